@@ -1,0 +1,179 @@
+//! Reading a binary's YAML config file into its typed config.
+//!
+//! Errors name the file, the line and column, and the key path, so an operator
+//! can fix a ConfigMap without guessing: `broker.yaml:4:9: listeners[0].port: invalid u16`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+/// Why a config file could not be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based line and column, when the problem is inside the file.
+    pub position: Option<(u64, u64)>,
+    /// Dotted path of the offending key, e.g. `listeners[0].port`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        f.write_str(": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and deserializes `path`. An empty file (or one with only comments)
+/// means "all defaults", like an absent key.
+pub fn load_yaml<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        position: None,
+        key: None,
+        message: format!("cannot read config file: {e}"),
+    })?;
+    parse_yaml(&text).map_err(|mut e| {
+        e.path = path.to_owned();
+        e
+    })
+}
+
+/// Deserializes YAML text; the error's `path` is left empty for the caller.
+pub fn parse_yaml<T: DeserializeOwned + Default>(text: &str) -> Result<T, ConfigError> {
+    if is_blank_yaml(text) {
+        return Ok(T::default());
+    }
+    let mut key = None;
+    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            // serde_path_to_error says "." for the root, which names nothing.
+            if path != "." {
+                key = Some(path);
+            }
+            e.into_inner()
+        })
+    });
+    result.map_err(|e| {
+        let bare = e.without_snippet();
+        ConfigError {
+            path: PathBuf::new(),
+            position: bare.location().map(|l| (l.line(), l.column())),
+            key,
+            message: strip_position(&bare.to_string()),
+        }
+    })
+}
+
+/// True when the text holds no YAML node: empty, blank, comments, or `---`.
+fn is_blank_yaml(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+/// serde-saphyr puts the position in its messages, as "error: line L column
+/// C: msg" or "msg at line L, column C"; we print it as `file:line:col` instead.
+fn strip_position(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default();
+    let mut text = first.strip_prefix("error: ").unwrap_or(first);
+    if let Some(after_line) = text.strip_prefix("line ") {
+        if let Some((_, tail)) = after_line.split_once(": ") {
+            text = tail;
+        }
+    }
+    if let Some((head, _)) = text.rsplit_once(" at line ") {
+        text = head;
+    }
+    text.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Listener {
+        port: u16,
+        name: String,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[serde(default)]
+        listeners: Vec<Listener>,
+        #[serde(default)]
+        enabled: bool,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Required {
+        data_dir: PathBuf,
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_key() {
+        let e = parse_yaml::<Sample>("enabled: true\nlisteners:\n  - port: 1\n    nmae: x\n")
+            .unwrap_err();
+        assert_eq!(e.position, Some((4, 5)));
+        assert!(e.message.contains("unknown field `nmae`"), "{e}");
+        assert_eq!(e.key.as_deref(), Some("listeners[0].nmae"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_path() {
+        let e = parse_yaml::<Sample>("listeners:\n  - port: 70000\n").unwrap_err();
+        assert_eq!(e.position, Some((2, 11)));
+        assert_eq!(e.key.as_deref(), Some("listeners[0].port"));
+        assert_eq!(e.to_string(), ":2:11: listeners[0].port: invalid u16");
+    }
+
+    #[test]
+    fn missing_required_value_is_an_error() {
+        let e = parse_yaml::<Required>("{}\n").unwrap_err();
+        assert!(e.message.contains("missing field `data_dir`"), "{e}");
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_a_position() {
+        let e = parse_yaml::<Sample>("listeners: [\n").unwrap_err();
+        assert!(e.position.is_some(), "{e:?}");
+    }
+
+    #[test]
+    fn blank_and_comment_only_files_mean_defaults() {
+        assert_eq!(parse_yaml::<Sample>("").unwrap(), Sample::default());
+        assert_eq!(
+            parse_yaml::<Sample>("# nothing yet\n\n---\n").unwrap(),
+            Sample::default()
+        );
+    }
+
+    #[test]
+    fn missing_file_says_which() {
+        let e = load_yaml::<Sample>(Path::new("/nonexistent/broker.yaml")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/nonexistent/broker.yaml: cannot read config file"),
+            "{text}"
+        );
+    }
+}

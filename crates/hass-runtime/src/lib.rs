@@ -1,0 +1,24 @@
+//! What every hass-sidecars binary shares, so each one behaves the same to an
+//! operator: the admin HTTP server (`/healthz`, `/readyz`, `/metrics`), shutdown
+//! on SIGTERM with a drain deadline, logging, config loading with precise
+//! errors, and secrets that never print.
+//!
+//! A binary implements [`Component`] and calls [`run`] from `main`; the pieces
+//! are public on their own for binaries with subcommands.
+
+pub mod admin;
+pub mod cli;
+pub mod component;
+pub mod config;
+pub mod exit;
+pub mod liveness;
+pub mod logging;
+pub mod metrics;
+pub mod process;
+pub mod readiness;
+pub mod secret;
+pub mod shutdown;
+
+pub use component::{Component, ComponentInfo, Context};
+pub use exit::Fatal;
+pub use process::run;

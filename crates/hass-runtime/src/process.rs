@@ -1,0 +1,148 @@
+//! The life of a component process, the same for every binary: parse flags and
+//! env, load config, prepare, serve the admin port, run, and on SIGTERM drain
+//! within the deadline. Maps every failure to one log line and an exit code.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::cli::{self, CommonArgs, ComponentCli};
+use crate::config;
+use crate::logging;
+use crate::shutdown::{Shutdown, StopSignals};
+use crate::{Component, Context, Fatal};
+
+/// Runs component `C` as the whole process; call it from `main`.
+pub fn run<C: Component>() -> ExitCode {
+    let cli: ComponentCli<C::Args> = cli::parse(&C::INFO);
+    logging::init(cli.common.log_format);
+    match start::<C>(cli) {
+        Ok(code) => code,
+        Err(fatal) => {
+            error!("{fatal}");
+            fatal.exit_code()
+        }
+    }
+}
+
+fn start<C: Component>(cli: ComponentCli<C::Args>) -> Result<ExitCode, Fatal> {
+    let ComponentCli { common, args } = cli;
+    let config: C::Config = match &common.config {
+        Some(path) => config::load_yaml(path).map_err(Fatal::config)?,
+        None => C::Config::default(),
+    };
+    let component = C::prepare(args, config, common.config.as_deref())?;
+    // Secrets are typed to print as [REDACTED], so the whole effective
+    // configuration can be logged for whoever debugs a pod.
+    debug!(?component, "effective configuration");
+    if common.check_config {
+        let source = common.config.as_deref().map_or_else(
+            || "built-in defaults".to_owned(),
+            |p| p.display().to_string(),
+        );
+        info!(config = %source, "configuration is valid");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fatal::runtime(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(serve(component, &common));
+    // Tasks that ignored the drain deadline must not hold the exit hostage.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+async fn serve<C: Component>(component: C, common: &CommonArgs) -> Result<ExitCode, Fatal> {
+    let info = C::INFO;
+    let mut signals = StopSignals::install()
+        .map_err(|e| Fatal::runtime(format!("cannot install signal handlers: {e}")))?;
+    let shutdown = Shutdown::new();
+    let admin_state = AdminState::new(&info);
+    let addr = common.admin_addr(&info);
+    let listener = admin::bind(addr).await?;
+    let router = admin::router(admin_state.clone());
+    // The admin server outlives the drain so probes see "not ready" while
+    // work finishes; it stops when the process does.
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve(listener, router, std::future::pending()).await {
+            error!(%addr, "admin server stopped: {e}");
+        }
+    });
+    info!(
+        component = info.name,
+        version = info.version,
+        admin = %addr,
+        "started"
+    );
+
+    let AdminState {
+        readiness,
+        liveness,
+        metrics,
+    } = admin_state;
+    let ctx = Context {
+        shutdown: shutdown.clone(),
+        readiness: readiness.clone(),
+        liveness,
+        metrics,
+    };
+    let mut main_task = tokio::spawn(component.run(ctx));
+
+    let signal = tokio::select! {
+        signal = signals.recv() => signal,
+        finished = &mut main_task => {
+            // The component stopped on its own: an error, or it had nothing to do.
+            shutdown.trigger();
+            let _ = shutdown.drain(common.drain_timeout).await;
+            return join_result(finished).map(|()| ExitCode::SUCCESS);
+        }
+    };
+
+    info!(
+        signal = signal.name(),
+        deadline = ?common.drain_timeout,
+        "shutting down: draining"
+    );
+    readiness.set_draining();
+    shutdown.trigger();
+    let deadline = common.drain_timeout;
+    // One deadline covers the component and every task it spawned.
+    let started = Instant::now();
+    let drained = async {
+        let finished = tokio::time::timeout(deadline, &mut main_task).await;
+        let tasks = shutdown
+            .drain(deadline.saturating_sub(started.elapsed()))
+            .await;
+        (finished, tasks)
+    };
+    tokio::select! {
+        (finished, tasks) = drained => {
+            let Ok(finished) = finished else {
+                return Err(Fatal::runtime(format!(
+                    "drain deadline of {deadline:?} passed before the component stopped; exiting anyway"
+                )));
+            };
+            join_result(finished)?;
+            if let Err(e) = tasks {
+                warn!("{e}; exiting anyway");
+                return Ok(ExitCode::from(1));
+            }
+            info!("stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        second = signals.recv() => {
+            Err(Fatal::runtime(format!("{} received while draining; exiting now", second.name())))
+        }
+    }
+}
+
+fn join_result(finished: Result<Result<(), Fatal>, tokio::task::JoinError>) -> Result<(), Fatal> {
+    match finished {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(Fatal::runtime("the component panicked; see the log above")),
+        Err(e) => Err(Fatal::runtime(format!("the component task failed: {e}"))),
+    }
+}

@@ -1,0 +1,128 @@
+//! A built binary running as a child process, the way kubelet runs it: probed
+//! over its admin port, stopped with SIGTERM, judged by its exit code and logs.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::{http, wait_for};
+
+/// A running binary whose stdout and stderr are kept in files for assertions.
+#[derive(Debug)]
+pub struct SpawnedBinary {
+    child: Child,
+    logs: TempDir,
+}
+
+impl SpawnedBinary {
+    /// Spawns `command` with stdout and stderr captured.
+    pub fn spawn(mut command: Command) -> Result<Self, String> {
+        let logs = tempfile::Builder::new()
+            .prefix("hass-bin-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let file = |name: &str| {
+            fs::File::create(logs.path().join(name)).map_err(|e| format!("log file: {e}"))
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file("stdout")?)
+            .stderr(file("stderr")?)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {:?}: {e}", command.get_program()))?;
+        Ok(Self { child, logs })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until `GET /readyz` on `admin` answers 200. On timeout, or if the
+    /// process exits first, the error carries its stderr.
+    pub fn wait_ready(&mut self, admin: SocketAddr, timeout: Duration) -> Result<(), String> {
+        let outcome = wait_for(timeout, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(Err(format!("exited with {status} before becoming ready")));
+            }
+            match http::get(admin, "/readyz") {
+                Ok(reply) if reply.status == 200 => Some(Ok(())),
+                _ => None,
+            }
+        });
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(format!("{e}; stderr:\n{}", self.stderr())),
+            None => Err(format!(
+                "/readyz on {admin} not 200 within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            )),
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
+
+    pub fn stdout(&self) -> String {
+        self.read_log("stdout")
+    }
+
+    pub fn stderr(&self) -> String {
+        self.read_log("stderr")
+    }
+
+    fn read_log(&self, name: &str) -> String {
+        fs::read_to_string(self.logs.path().join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for SpawnedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to completion, returning its exit status, stdout and stderr.
+pub fn run(mut command: Command) -> Result<(ExitStatus, String, String), String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", command.get_program()))?;
+    Ok((
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// A binary of this workspace, found beside the running test executable
+/// (`target/<profile>/`), for tests that start another crate's binary.
+pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Test executables live in target/<profile>/deps/.
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("test executable has no profile directory")?;
+    let path = profile_dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not built: run `cargo build --workspace` first (cargo test --workspace does)",
+            path.display()
+        ))
+    }
+}

@@ -1,0 +1,221 @@
+//! A throwaway PostgreSQL server per test: `initdb` into a temp dir, started on
+//! a free loopback port, stopped and deleted when dropped. Uses Debian's
+//! postgresql binaries (PATH first, then /usr/lib/postgresql/<newest>/bin).
+//!
+//! PostgreSQL refuses to run as root, and CI runs as root, so under root the
+//! server runs as the `postgres` user that Debian's package creates.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User, geteuid};
+use tempfile::TempDir;
+
+use crate::{free_port, wait_for};
+
+/// A running server; drop it to stop it and delete its data.
+#[derive(Debug)]
+pub struct TempPostgres {
+    child: Child,
+    port: u16,
+    // Dropped after `child` is stopped in `Drop`.
+    dir: TempDir,
+}
+
+impl TempPostgres {
+    /// Initializes and starts a server, retrying on a port taken in between.
+    pub fn start() -> Result<Self, String> {
+        let bin = find_bin_dir()?;
+        let run_as = run_as_user()?;
+        let dir = tempfile::Builder::new()
+            .prefix("hass-pg-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let data = dir.path().join("data");
+        if let Some(user) = &run_as {
+            std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(|e| format!("chown {}: {e}", dir.path().display()))?;
+        }
+        let initdb = command(&bin.join("initdb"), run_as.as_ref())
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
+            .arg("--pgdata")
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", bin.join("initdb").display()))?;
+        if !initdb.status.success() {
+            return Err(format!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&initdb.stderr)
+            ));
+        }
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match launch(&bin, run_as.as_ref(), dir.path(), &data) {
+                Ok((child, port)) => return Ok(Self { child, port, dir }),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A libpq-style connection string for the `postgres` superuser and database.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            self.port
+        )
+    }
+
+    /// The same as a URL, as Home Assistant's `recorder.db_url` takes it.
+    pub fn url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The server's data directory (deleted on drop).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Stops the server the way an outage would: no clean shutdown.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TempPostgres {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SIGINT is PostgreSQL's "fast" shutdown: disconnect clients, exit.
+            let pid = Pid::from_raw(self.child.id() as i32);
+            let _ = kill(pid, Signal::SIGINT);
+            let exited = wait_for(Duration::from_secs(10), || {
+                matches!(self.child.try_wait(), Ok(Some(_))).then_some(())
+            });
+            if exited.is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+fn launch(
+    bin: &Path,
+    run_as: Option<&User>,
+    dir: &Path,
+    data: &Path,
+) -> Result<(Child, u16), String> {
+    let port = free_port();
+    let log_path = dir.join("postgres.log");
+    let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| e.to_string())?;
+    let mut child = command(&bin.join("postgres"), run_as)
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", dir.display()))
+        // Durability is not under test here; speed is welcome.
+        .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+        .args(["-c", "full_page_writes=off"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", bin.join("postgres").display()))?;
+    // postgres marks itself ready in postmaster.pid, which is what pg_ctl -w reads.
+    let ready = wait_for(Duration::from_secs(30), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(Err(format!("postgres exited with {status}")));
+        }
+        let pid_file = fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+        pid_file
+            .lines()
+            .nth(7)
+            .is_some_and(|line| line.trim() == "ready")
+            .then_some(Ok(()))
+    });
+    let log_tail = || fs::read_to_string(&log_path).unwrap_or_default();
+    match ready {
+        Some(Ok(())) => Ok((child, port)),
+        Some(Err(e)) => Err(format!("{e}; log:\n{}", log_tail())),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!(
+                "postgres not ready after 30 s; log:\n{}",
+                log_tail()
+            ))
+        }
+    }
+}
+
+fn command(program: &Path, run_as: Option<&User>) -> Command {
+    let mut cmd = Command::new(program);
+    if let Some(user) = run_as {
+        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+    }
+    cmd
+}
+
+fn run_as_user() -> Result<Option<User>, String> {
+    if !geteuid().is_root() {
+        return Ok(None);
+    }
+    match User::from_name("postgres") {
+        Ok(Some(user)) => Ok(Some(user)),
+        _ => Err(
+            "running as root, but there is no `postgres` user to run PostgreSQL as; \
+                  install Debian's postgresql package (the README's test command does)"
+                .to_owned(),
+        ),
+    }
+}
+
+fn find_bin_dir() -> Result<PathBuf, String> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file());
+    if let Some(dir) = on_path {
+        return Ok(dir);
+    }
+    // Debian keeps server binaries off PATH, one folder per major version.
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").is_file().then_some((major, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        "PostgreSQL server binaries not found (initdb, postgres): install Debian's \
+         postgresql package (the README's test command does)"
+            .to_owned()
+    })
+}
