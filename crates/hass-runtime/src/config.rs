@@ -90,10 +90,11 @@ fn is_blank_yaml(text: &str) -> bool {
 fn strip_position(message: &str) -> String {
     let first = message.lines().next().unwrap_or_default();
     let mut text = first.strip_prefix("error: ").unwrap_or(first);
-    if let Some(after_line) = text.strip_prefix("line ") {
-        if let Some((_, tail)) = after_line.split_once(": ") {
-            text = tail;
-        }
+    if let Some((_, tail)) = text
+        .strip_prefix("line ")
+        .and_then(|after_line| after_line.split_once(": "))
+    {
+        text = tail;
     }
     if let Some((head, _)) = text.rsplit_once(" at line ") {
         text = head;

@@ -5,13 +5,14 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::cli::{self, CommonArgs, ComponentCli};
 use crate::config;
 use crate::logging;
-use crate::shutdown::{Shutdown, StopSignals};
+use crate::shutdown::{Shutdown, StopSignal, StopSignals};
 use crate::{Component, Context, Fatal};
 
 /// Runs component `C` as the whole process; call it from `main`.
@@ -49,16 +50,33 @@ fn start<C: Component>(cli: ComponentCli<C::Args>) -> Result<ExitCode, Fatal> {
         .enable_all()
         .build()
         .map_err(|e| Fatal::runtime(format!("cannot start the async runtime: {e}")))?;
-    let result = runtime.block_on(serve(component, &common));
+    let result = runtime.block_on(async {
+        let mut signals = StopSignals::install()
+            .map_err(|e| Fatal::runtime(format!("cannot install signal handlers: {e}")))?;
+        let (tx, stops) = mpsc::channel(2);
+        tokio::spawn(async move {
+            loop {
+                if tx.send(signals.recv().await).await.is_err() {
+                    break;
+                }
+            }
+        });
+        serve(component, &common, stops).await
+    });
     // Tasks that ignored the drain deadline must not hold the exit hostage.
     runtime.shutdown_timeout(Duration::from_millis(100));
     result
 }
 
-async fn serve<C: Component>(component: C, common: &CommonArgs) -> Result<ExitCode, Fatal> {
+/// Serves `component` until a stop request arrives on `stops` (the process's
+/// SIGTERM and SIGINT in [`run`]), then drains it. Public so tests can drive
+/// the whole lifecycle in-process.
+pub async fn serve<C: Component>(
+    component: C,
+    common: &CommonArgs,
+    mut stops: mpsc::Receiver<StopSignal>,
+) -> Result<ExitCode, Fatal> {
     let info = C::INFO;
-    let mut signals = StopSignals::install()
-        .map_err(|e| Fatal::runtime(format!("cannot install signal handlers: {e}")))?;
     let shutdown = Shutdown::new();
     let admin_state = AdminState::new(&info);
     let addr = common.admin_addr(&info);
@@ -92,7 +110,7 @@ async fn serve<C: Component>(component: C, common: &CommonArgs) -> Result<ExitCo
     let mut main_task = tokio::spawn(component.run(ctx));
 
     let signal = tokio::select! {
-        signal = signals.recv() => signal,
+        signal = recv_stop(&mut stops) => signal,
         finished = &mut main_task => {
             // The component stopped on its own: an error, or it had nothing to do.
             shutdown.trigger();
@@ -133,9 +151,17 @@ async fn serve<C: Component>(component: C, common: &CommonArgs) -> Result<ExitCo
             info!("stopped cleanly");
             Ok(ExitCode::SUCCESS)
         }
-        second = signals.recv() => {
+        second = recv_stop(&mut stops) => {
             Err(Fatal::runtime(format!("{} received while draining; exiting now", second.name())))
         }
+    }
+}
+
+/// The next stop request; a closed channel means nobody can ask, so wait forever.
+async fn recv_stop(stops: &mut mpsc::Receiver<StopSignal>) -> StopSignal {
+    match stops.recv().await {
+        Some(signal) => signal,
+        None => std::future::pending().await,
     }
 }
 

@@ -20,8 +20,9 @@ struct Admin {
 
 async fn start_admin() -> Admin {
     let state = AdminState::new(&INFO);
-    let listener = admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = admin::bind(any_port).await.expect("bind admin");
+    let addr = listener.local_addr().expect("bound address");
     tokio::spawn(admin::serve(
         listener,
         admin::router(state.clone()),
@@ -34,8 +35,8 @@ async fn start_admin() -> Admin {
 async fn get(addr: std::net::SocketAddr, path: &'static str) -> http::Reply {
     tokio::task::spawn_blocking(move || http::get(addr, path))
         .await
-        .unwrap()
-        .unwrap()
+        .expect("GET task")
+        .expect("an HTTP answer")
 }
 
 #[tokio::test]

@@ -11,7 +11,10 @@ use hass_test_support::PtyPair;
 /// Reads exactly `n` bytes from `path` on a thread, so a hang fails the test
 /// instead of blocking it.
 fn read_exactly(path: &Path, n: usize) -> mpsc::Receiver<Vec<u8>> {
-    let mut file = OpenOptions::new().read(true).open(path).unwrap();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .expect("open pty end");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = vec![0; n];

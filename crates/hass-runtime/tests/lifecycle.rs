@@ -1,0 +1,190 @@
+//! The process lifecycle in-process: stop requests, drain deadlines, and
+//! components that fail, driven through the same `serve` the binaries use.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hass_runtime::cli::{CommonArgs, LogFormat};
+use hass_runtime::process::serve;
+use hass_runtime::shutdown::StopSignal;
+use hass_runtime::{Component, ComponentInfo, Context, Fatal};
+use hass_test_support::{free_addr, http};
+use tokio::sync::mpsc;
+
+fn common(drain_timeout: Duration) -> CommonArgs {
+    CommonArgs {
+        config: None,
+        check_config: false,
+        log_format: LogFormat::Text,
+        admin_listen: Some(free_addr()),
+        drain_timeout,
+    }
+}
+
+const INFO: ComponentInfo = ComponentInfo {
+    name: "test",
+    version: "0.0.0",
+    admin_port: 0,
+};
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct NoArgs {}
+
+/// Flushes acknowledged work on shutdown, taking `flush` to do it.
+#[derive(Debug)]
+struct Flusher {
+    flush: Duration,
+    flushed: Arc<AtomicBool>,
+}
+
+impl Component for Flusher {
+    const INFO: ComponentInfo = INFO;
+    type Args = NoArgs;
+    type Config = ();
+
+    fn prepare(_: NoArgs, _: (), _: Option<&Path>) -> Result<Self, Fatal> {
+        Err(Fatal::config("tests construct it directly"))
+    }
+
+    async fn run(self, ctx: Context) -> Result<(), Fatal> {
+        ctx.readiness.register("queue").set_ready();
+        let shutdown = ctx.shutdown.clone();
+        ctx.shutdown.spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(self.flush).await;
+            self.flushed.store(true, Ordering::SeqCst);
+        });
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+}
+
+/// Never notices shutdown.
+#[derive(Debug)]
+struct Stubborn;
+
+impl Component for Stubborn {
+    const INFO: ComponentInfo = INFO;
+    type Args = NoArgs;
+    type Config = ();
+
+    fn prepare(_: NoArgs, _: (), _: Option<&Path>) -> Result<Self, Fatal> {
+        Ok(Self)
+    }
+
+    async fn run(self, _ctx: Context) -> Result<(), Fatal> {
+        std::future::pending().await
+    }
+}
+
+/// Fails on its own, as when a device or store is lost for good.
+#[derive(Debug)]
+struct Failing;
+
+impl Component for Failing {
+    const INFO: ComponentInfo = INFO;
+    type Args = NoArgs;
+    type Config = ();
+
+    fn prepare(_: NoArgs, _: (), _: Option<&Path>) -> Result<Self, Fatal> {
+        Ok(Self)
+    }
+
+    async fn run(self, _ctx: Context) -> Result<(), Fatal> {
+        Err(Fatal::runtime("store at /data is corrupt"))
+    }
+}
+
+async fn readyz_status(addr: std::net::SocketAddr) -> Option<u16> {
+    tokio::task::spawn_blocking(move || http::get(addr, "/readyz").ok().map(|r| r.status))
+        .await
+        .expect("GET task")
+}
+
+#[tokio::test]
+async fn sigterm_drains_tracked_work_and_reports_not_ready_meanwhile() {
+    let flushed = Arc::new(AtomicBool::new(false));
+    let args = common(Duration::from_secs(5));
+    let admin = args.admin_listen.unwrap();
+    let (stop, stops) = mpsc::channel(2);
+    let component = Flusher {
+        flush: Duration::from_millis(600),
+        flushed: flushed.clone(),
+    };
+    let served = tokio::spawn(async move { serve(component, &args, stops).await });
+
+    let mut ready = None;
+    for _ in 0..250 {
+        ready = readyz_status(admin).await;
+        if ready == Some(200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready, Some(200));
+
+    stop.send(StopSignal::Terminate).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        readyz_status(admin).await,
+        Some(503),
+        "not ready while draining"
+    );
+    assert!(!flushed.load(Ordering::SeqCst));
+
+    let code = served.await.unwrap().unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(flushed.load(Ordering::SeqCst), "work finished before exit");
+}
+
+#[tokio::test]
+async fn drain_deadline_bounds_a_component_that_ignores_shutdown() {
+    let args = common(Duration::from_millis(300));
+    let (stop, stops) = mpsc::channel(2);
+    let served = tokio::spawn(async move { serve(Stubborn, &args, stops).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = Instant::now();
+    stop.send(StopSignal::Terminate).await.unwrap();
+    let err = served.await.unwrap().unwrap_err();
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(err.exit_code(), ExitCode::from(1));
+    assert!(
+        err.to_string().contains("drain deadline of 300ms passed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let args = common(Duration::from_secs(60));
+    let (stop, stops) = mpsc::channel(2);
+    let served = tokio::spawn(async move { serve(Stubborn, &args, stops).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(StopSignal::Terminate).await.unwrap();
+    stop.send(StopSignal::Interrupt).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("second signal must not wait for the 60 s deadline")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("SIGINT received while draining"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_component_failing_on_its_own_ends_the_process_with_its_error() {
+    let args = common(Duration::from_secs(5));
+    let (_stop, stops) = mpsc::channel(2);
+    let err = serve(Failing, &args, stops).await.unwrap_err();
+    assert_eq!(err.exit_code(), ExitCode::from(1));
+    assert_eq!(err.to_string(), "store at /data is corrupt");
+}
