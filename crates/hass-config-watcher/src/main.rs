@@ -1,1 +1,89 @@
-fn main() {}
+//! `hass-config-watcher check [DIR]`: prints every problem in a Home Assistant config
+//! folder as `file:line:col: severity: message`, or as JSON.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hass_config_watcher::{Checked, Diagnostic, Severity};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Validates Home Assistant config the way Home Assistant loads it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check a config folder; exit 1 if it has errors.
+    Check {
+        /// The folder holding configuration.yaml.
+        #[arg(default_value = "/config")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonReport<'a> {
+    valid: bool,
+    errors: usize,
+    warnings: usize,
+    diagnostics: &'a [Diagnostic],
+}
+
+fn main() -> ExitCode {
+    // clap exits 2 on bad usage, which is what we promise.
+    let Command::Check { dir, format } = Cli::parse().command;
+    let checked = hass_config_watcher::load(&dir);
+    if let Err(err) = print_report(&checked, format) {
+        // A closed pipe is not worth a panic; say so and fail.
+        eprintln!("hass-config-watcher: cannot write the report: {err}");
+        return ExitCode::FAILURE;
+    }
+    if checked.has_errors() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_report(checked: &Checked, format: Format) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    match format {
+        Format::Text => {
+            for diagnostic in &checked.diagnostics {
+                writeln!(out, "{diagnostic}")?;
+            }
+        }
+        Format::Json => {
+            let count = |severity| {
+                checked
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.severity == severity)
+                    .count()
+            };
+            let report = JsonReport {
+                valid: !checked.has_errors(),
+                errors: count(Severity::Error),
+                warnings: count(Severity::Warning),
+                diagnostics: &checked.diagnostics,
+            };
+            serde_json::to_writer_pretty(&mut out, &report)?;
+            writeln!(out)?;
+        }
+    }
+    out.flush()
+}

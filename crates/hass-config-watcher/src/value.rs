@@ -268,7 +268,7 @@ impl Mapping {
 }
 
 /// Where a redacted value came from.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretSource {
     /// `!secret name`, from a `secrets.yaml`.
     SecretsFile(String),

@@ -95,6 +95,7 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
             message: e.info().to_owned(),
         })?;
         let pos = Pos::from_marker(&span.start);
+        let is_map_start = matches!(event, Event::MappingStart(..));
         let node = match event {
             Event::DocumentStart(_) => {
                 documents += 1;
@@ -122,13 +123,13 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                 node
             }
             Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag) => {
+                let is_map = is_map_start;
                 if stack.len() >= MAX_DEPTH {
                     return Err(SyntaxError {
                         pos,
                         message: format!("nesting deeper than {MAX_DEPTH} levels"),
                     });
                 }
-                let is_map = matches!(event, Event::MappingStart(..));
                 stack.push(Frame {
                     tag: tag.map(|t| format!("{}{}", t.handle, t.suffix)),
                     pos,

@@ -1,0 +1,791 @@
+//! Reads YAML files the way `homeassistant/util/yaml/loader.py` does: the
+//! `!include*`, `!secret`, `!env_var` and `!input` tags, merge keys, duplicate keys,
+//! and what an empty or missing file becomes. Every problem becomes a diagnostic and
+//! loading carries on, so one run reports all of them.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::scalar::{self, CORE_TAG_PREFIX, Plain};
+use crate::secrets::{self, SECRETS_FILE, SecretsCache, SecretsFile};
+use crate::value::{KeyId, Mapping, Node, Origin, Secret, SecretSource, Value};
+use crate::yaml::{self, Pos, YamlKind, YamlNode};
+
+/// Config files are small; anything bigger is a mistake, not something to parse.
+const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+/// Values built in one load, aliases expanded: stops "billion laughs" documents.
+const MAX_VALUES: usize = 5_000_000;
+/// Nesting across includes and aliases; Python's recursion limit stops HA sooner.
+const MAX_NESTING: usize = 1000;
+
+/// Which of the loader's tags a file may use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rules {
+    /// False in `secrets.yaml` and blueprints, which Home Assistant loads without secrets.
+    pub(crate) secrets: bool,
+    /// Only blueprints may hold `!input` placeholders.
+    pub(crate) inputs: bool,
+}
+
+/// The outcome of loading one file, as Home Assistant's `load_yaml` would return it.
+#[derive(Debug)]
+pub(crate) enum Loaded {
+    Node(Node),
+    /// An empty document: Python's None, which each caller turns into something else.
+    Empty,
+    /// The file could not be used; the reason was reported.
+    Failed,
+}
+
+/// The file being built: its path as Home Assistant names it (never resolved through
+/// symlinks, because includes and secrets are relative to that name).
+#[derive(Debug)]
+struct FileContext {
+    path: PathBuf,
+    display: Arc<Path>,
+    rules: Rules,
+    /// Nodes already built, by identity, so an alias is built (and reported) once,
+    /// with the number of values it holds.
+    built: HashMap<*const YamlNode, (Node, usize)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Loader {
+    root: PathBuf,
+    pub(crate) diagnostics: Vec<Diagnostic>,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) dirs: Vec<PathBuf>,
+    /// Files being loaded, outermost first, by canonical path: an include of one of
+    /// these is a cycle.
+    chain: Vec<(PathBuf, Arc<Path>)>,
+    secrets: SecretsCache,
+    nesting: usize,
+    values: usize,
+    reported_too_many_values: bool,
+}
+
+impl Loader {
+    pub(crate) fn new(root: PathBuf) -> Self {
+        Loader {
+            root,
+            diagnostics: Vec::new(),
+            files: Vec::new(),
+            dirs: Vec::new(),
+            chain: Vec::new(),
+            secrets: SecretsCache::default(),
+            nesting: 0,
+            values: 0,
+            reported_too_many_values: false,
+        }
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The path to show for a file: relative to the config root when inside it.
+    pub(crate) fn display(&self, path: &Path) -> Arc<Path> {
+        Arc::from(path.strip_prefix(&self.root).unwrap_or(path))
+    }
+
+    pub(crate) fn report(&mut self, file: &Path, pos: Pos, severity: Severity, message: String) {
+        self.diagnostics.push(Diagnostic {
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            severity,
+            message,
+        });
+    }
+
+    pub(crate) fn error_at(&mut self, origin: &Origin, message: String) {
+        let pos = Pos {
+            line: origin.line,
+            column: origin.column,
+        };
+        self.report(&origin.file.clone(), pos, Severity::Error, message);
+    }
+
+    /// Loads one file. `referrer` is the tag that asked for it: problems finding or
+    /// reading the file are reported there, problems inside it in the file itself.
+    pub(crate) fn load_file(
+        &mut self,
+        path: &Path,
+        rules: Rules,
+        referrer: Option<&Origin>,
+    ) -> Loaded {
+        let display = self.display(path);
+        let here = Origin {
+            file: display.clone(),
+            line: 1,
+            column: 1,
+        };
+        let at = referrer.cloned().unwrap_or_else(|| here.clone());
+        let canonical = match fs::canonicalize(path) {
+            Ok(canonical) => canonical,
+            Err(err) => {
+                self.error_at(&at, unreadable(&display, &err));
+                return Loaded::Failed;
+            }
+        };
+        if let Some(start) = self.chain.iter().position(|(c, _)| *c == canonical) {
+            let cycle: Vec<String> = self.chain[start..]
+                .iter()
+                .map(|(_, d)| d.display().to_string())
+                .chain([display.display().to_string()])
+                .collect();
+            self.error_at(&at, format!("include cycle: {}", cycle.join(" -> ")));
+            return Loaded::Failed;
+        }
+        let text = match read_text(path) {
+            Ok(text) => text,
+            Err(ReadError::Io(err)) => {
+                self.error_at(&at, unreadable(&display, &err));
+                return Loaded::Failed;
+            }
+            Err(ReadError::Other(message)) => {
+                self.error_at(&at, format!("Unable to read file {}: {message}", display.display()));
+                return Loaded::Failed;
+            }
+            Err(ReadError::NotUtf8 { pos, byte }) => {
+                self.files.push(path.to_path_buf());
+                let message = format!("file is not valid UTF-8 (byte 0x{byte:02x})");
+                self.report(&display, pos, Severity::Error, message);
+                return Loaded::Failed;
+            }
+        };
+        self.files.push(path.to_path_buf());
+        let document = match yaml::parse(&text) {
+            Ok(Some(document)) => document,
+            Ok(None) => return Loaded::Empty,
+            Err(err) => {
+                self.report(&display, err.pos, Severity::Error, err.message);
+                return Loaded::Failed;
+            }
+        };
+        let mut file = FileContext {
+            path: path.to_path_buf(),
+            display: display.clone(),
+            rules,
+            built: HashMap::new(),
+        };
+        self.chain.push((canonical, display));
+        let node = self.build(&document, &mut file);
+        self.chain.pop();
+        Loaded::Node(node)
+    }
+
+    /// Builds a value from a node, applying its tag.
+    fn build(&mut self, node: &Rc<YamlNode>, file: &mut FileContext) -> Node {
+        let key = Rc::as_ptr(node);
+        let origin = self.origin(file, node.pos);
+        if let Some((built, count)) = file.built.get(&key) {
+            let (built, count) = (built.clone(), *count);
+            if !self.count_values(count, &file.display, node.pos) {
+                return Node::new(Value::Null, origin);
+            }
+            return built;
+        }
+        if self.nesting >= MAX_NESTING {
+            self.error_at(
+                &origin,
+                format!("nesting deeper than {MAX_NESTING} levels (through includes or aliases)"),
+            );
+            return Node::new(Value::Null, origin);
+        }
+        let before = self.values;
+        if !self.count_values(1, &file.display, node.pos) {
+            return Node::new(Value::Null, origin);
+        }
+        self.nesting += 1;
+        let value = self.build_value(node, file, &origin);
+        self.nesting -= 1;
+        let built = Node::new(value, origin);
+        file.built
+            .insert(key, (built.clone(), self.values.saturating_sub(before)));
+        built
+    }
+
+    /// Counts values about to be built; false (reported once) when over the limit,
+    /// checked before cloning so an alias bomb never gets to allocate.
+    fn count_values(&mut self, count: usize, file: &Arc<Path>, pos: Pos) -> bool {
+        self.values = self.values.saturating_add(count);
+        if self.values <= MAX_VALUES {
+            return true;
+        }
+        if !self.reported_too_many_values {
+            self.reported_too_many_values = true;
+            let message = format!(
+                "the config expands to more than {MAX_VALUES} values (aliases of aliases?)"
+            );
+            self.report(&file.clone(), pos, Severity::Error, message);
+        }
+        false
+    }
+
+    fn origin(&self, file: &FileContext, pos: Pos) -> Origin {
+        Origin {
+            file: file.display.clone(),
+            line: pos.line,
+            column: pos.column,
+        }
+    }
+
+    fn build_value(&mut self, node: &Rc<YamlNode>, file: &mut FileContext, origin: &Origin) -> Value {
+        let Some(tag) = node.tag.as_deref() else {
+            return self.build_untagged(node, file, origin);
+        };
+        if let Some(suffix) = tag.strip_prefix(CORE_TAG_PREFIX) {
+            return self.build_core_tagged(suffix, node, file, origin);
+        }
+        if tag == "!" {
+            // The non-specific tag: a scalar stays a string, collections as usual.
+            return match &node.kind {
+                YamlKind::Scalar { text, .. } => Value::Str(text.clone()),
+                _ => self.build_untagged(node, file, origin),
+            };
+        }
+        let handler = match tag {
+            "!include" | "!include_dir_list" | "!include_dir_named"
+            | "!include_dir_merge_list" | "!include_dir_merge_named" | "!secret"
+            | "!env_var" | "!input" => tag,
+            _ => {
+                self.error_at(
+                    origin,
+                    format!("could not determine a constructor for the tag '{tag}'"),
+                );
+                return Value::Null;
+            }
+        };
+        let YamlKind::Scalar { text, .. } = &node.kind else {
+            let what = if handler.starts_with("!include") { "a path" } else { "a name" };
+            self.error_at(
+                origin,
+                format!("{handler} expects {what}, not a {}", node.kind_name()),
+            );
+            return Value::Null;
+        };
+        match handler {
+            "!include" => self.include(text, file, origin),
+            "!secret" => self.secret(text, file, origin),
+            "!env_var" => self.env_var(text, origin),
+            "!input" => {
+                if !file.rules.inputs {
+                    self.error_at(origin, "!input is only allowed in blueprints".to_owned());
+                }
+                Value::Input(text.clone())
+            }
+            dir_tag => self.include_dir(dir_tag, text, file, origin),
+        }
+    }
+
+    fn build_untagged(&mut self, node: &Rc<YamlNode>, file: &mut FileContext, origin: &Origin) -> Value {
+        match &node.kind {
+            YamlKind::Scalar { text, plain: false } => Value::Str(text.clone()),
+            YamlKind::Scalar { text, plain: true } => match scalar::resolve_plain(text) {
+                Ok(Plain::Value(value)) => value,
+                Ok(Plain::Merge | Plain::ValueTag) => {
+                    let tag = if text == "<<" { "merge" } else { "value" };
+                    self.error_at(
+                        origin,
+                        format!(
+                            "could not determine a constructor for the tag '{CORE_TAG_PREFIX}{tag}'"
+                        ),
+                    );
+                    Value::Null
+                }
+                Err(message) => {
+                    self.error_at(origin, message);
+                    Value::Null
+                }
+            },
+            YamlKind::Seq(items) => Value::Seq(items.iter().map(|item| self.build(item, file)).collect()),
+            YamlKind::Map(_) => Value::Map(self.build_mapping(node, file)),
+        }
+    }
+
+    fn build_core_tagged(
+        &mut self,
+        suffix: &str,
+        node: &Rc<YamlNode>,
+        file: &mut FileContext,
+        origin: &Origin,
+    ) -> Value {
+        match (&node.kind, suffix) {
+            (YamlKind::Seq(_), "seq" | "omap" | "pairs") | (YamlKind::Map(_), "map" | "set") => {
+                self.build_untagged(node, file, origin)
+            }
+            (YamlKind::Scalar { text, .. }, _)
+                if !matches!(suffix, "seq" | "omap" | "pairs" | "map" | "set") =>
+            {
+                scalar::construct_tagged(suffix, text).unwrap_or_else(|message| {
+                    self.error_at(origin, message);
+                    Value::Null
+                })
+            }
+            _ => {
+                let expected = match suffix {
+                    "seq" | "omap" | "pairs" => "sequence",
+                    "map" | "set" => "mapping",
+                    _ => "scalar",
+                };
+                self.error_at(
+                    origin,
+                    format!(
+                        "expected a {expected} node for !!{suffix}, but found a {}",
+                        node.kind_name()
+                    ),
+                );
+                Value::Null
+            }
+        }
+    }
+
+    /// A mapping as `_handle_mapping_tag` builds it: merge keys flattened first, then
+    /// pairs in order, the last value of a repeated key winning with a warning.
+    fn build_mapping(&mut self, node: &Rc<YamlNode>, file: &mut FileContext) -> Mapping {
+        let pairs = self.flatten(node, file);
+        let mut mapping = Mapping::new();
+        let mut seen: HashMap<KeyId, u32> = HashMap::new();
+        for (key_node, value_node) in pairs {
+            let key = match &key_node.kind {
+                // PyYAML turns a `=` key into the string "=".
+                YamlKind::Scalar { text, plain: true } if text == "=" && key_node.tag.is_none() => {
+                    Node::new(Value::Str(text.clone()), self.origin(file, key_node.pos))
+                }
+                _ => self.build(&key_node, file),
+            };
+            let value = self.build(&value_node, file);
+            let Some(id) = key.value.key_id() else {
+                self.error_at(
+                    &key.origin,
+                    format!("invalid key: a {} cannot be a mapping key", key.value.kind()),
+                );
+                continue;
+            };
+            if let Some(first) = seen.insert(id, key.origin.line) {
+                let message = format!(
+                    "duplicate key \"{}\" (also at line {first}); the last value is used",
+                    key.value.key_text()
+                );
+                let pos = Pos {
+                    line: key.origin.line,
+                    column: key.origin.column,
+                };
+                self.report(&file.display.clone(), pos, Severity::Warning, message);
+            }
+            mapping.insert(key, value);
+        }
+        mapping
+    }
+
+    /// PyYAML's `flatten_mapping`: pairs merged in by `<<` come first (a list of
+    /// mappings merges the first one last, so it wins), then the mapping's own.
+    fn flatten(&mut self, node: &Rc<YamlNode>, file: &mut FileContext) -> Vec<(Rc<YamlNode>, Rc<YamlNode>)> {
+        let YamlKind::Map(pairs) = &node.kind else {
+            return Vec::new();
+        };
+        let mut merged = Vec::new();
+        let mut own = Vec::new();
+        for (key, value) in pairs {
+            if !is_merge_key(key) {
+                own.push((Rc::clone(key), Rc::clone(value)));
+                continue;
+            }
+            match &value.kind {
+                YamlKind::Map(_) => merged.extend(self.flatten(value, file)),
+                YamlKind::Seq(items) => {
+                    let mut groups = Vec::new();
+                    for item in items {
+                        if matches!(item.kind, YamlKind::Map(_)) {
+                            groups.push(self.flatten(item, file));
+                        } else {
+                            let origin = self.origin(file, item.pos);
+                            self.error_at(
+                                &origin,
+                                format!("expected a mapping for merging, but found a {}", item.kind_name()),
+                            );
+                        }
+                    }
+                    for group in groups.into_iter().rev() {
+                        merged.extend(group);
+                    }
+                }
+                YamlKind::Scalar { .. } => {
+                    let origin = self.origin(file, value.pos);
+                    let message = match &value.tag {
+                        Some(tag) => format!(
+                            "expected a mapping or list of mappings for merging, but found a scalar ({tag} cannot be merged with <<)"
+                        ),
+                        None => "expected a mapping or list of mappings for merging, but found a scalar".to_owned(),
+                    };
+                    self.error_at(&origin, message);
+                }
+            }
+        }
+        merged.extend(own);
+        merged
+    }
+
+    fn include(&mut self, name: &str, file: &FileContext, origin: &Origin) -> Value {
+        let path = sibling(&file.path, name);
+        match self.load_file(&path, file.rules, Some(origin)) {
+            Loaded::Node(node) => node.value,
+            // An empty included file is an empty mapping (`_include_yaml`).
+            Loaded::Empty => Value::Map(Mapping::new()),
+            Loaded::Failed => Value::Null,
+        }
+    }
+
+    fn include_dir(&mut self, tag: &str, name: &str, file: &FileContext, origin: &Origin) -> Value {
+        let dir = sibling(&file.path, name);
+        let files = self.find_yaml_files(&dir, tag, origin);
+        match tag {
+            "!include_dir_list" => {
+                let mut items = Vec::new();
+                for path in files {
+                    // Empty files are left out of the list.
+                    if let Loaded::Node(node) = self.load_file(&path, file.rules, Some(origin)) {
+                        items.push(node);
+                    }
+                }
+                Value::Seq(items)
+            }
+            "!include_dir_named" => {
+                let mut mapping = Mapping::new();
+                for path in files {
+                    let key_text = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default()
+                        .trim_end_matches(".yaml")
+                        .to_owned();
+                    let file_origin = Origin {
+                        file: self.display(&path),
+                        line: 1,
+                        column: 1,
+                    };
+                    let value = match self.load_file(&path, file.rules, Some(origin)) {
+                        Loaded::Node(node) => node,
+                        Loaded::Empty => Node::new(Value::Map(Mapping::new()), file_origin.clone()),
+                        Loaded::Failed => Node::new(Value::Null, file_origin.clone()),
+                    };
+                    let key = Node::new(Value::Str(key_text.clone()), file_origin.clone());
+                    if let Some(earlier) = mapping.insert(key, value) {
+                        let message = format!(
+                            "{tag} key \"{key_text}\" also comes from {}; Home Assistant uses this file's content",
+                            earlier.origin.file.display()
+                        );
+                        self.warn_at(&file_origin, message);
+                    }
+                }
+                Value::Map(mapping)
+            }
+            "!include_dir_merge_list" => {
+                let mut items = Vec::new();
+                for path in files {
+                    match self.load_file(&path, file.rules, Some(origin)) {
+                        Loaded::Node(Node { value: Value::Seq(more), .. }) => items.extend(more),
+                        Loaded::Node(node) => self.warn_at(
+                            &node.origin,
+                            format!(
+                                "Home Assistant ignores this file: {tag} only merges files that contain a list, this one contains a {}",
+                                node.value.kind()
+                            ),
+                        ),
+                        Loaded::Empty | Loaded::Failed => {}
+                    }
+                }
+                Value::Seq(items)
+            }
+            _ => {
+                let mut mapping = Mapping::new();
+                for path in files {
+                    match self.load_file(&path, file.rules, Some(origin)) {
+                        Loaded::Node(Node { value: Value::Map(more), .. }) => {
+                            for (key, value) in more.iter() {
+                                if let Some(earlier) = mapping.insert(key.clone(), value.clone()) {
+                                    let message = format!(
+                                        "key \"{}\" is also defined in {}:{}; Home Assistant uses the last one loaded",
+                                        key.value.key_text(),
+                                        earlier.origin.file.display(),
+                                        earlier.origin.line
+                                    );
+                                    self.warn_at(&key.origin, message);
+                                }
+                            }
+                        }
+                        Loaded::Node(node) => self.warn_at(
+                            &node.origin,
+                            format!(
+                                "Home Assistant ignores this file: {tag} only merges files that contain a mapping, this one contains a {}",
+                                node.value.kind()
+                            ),
+                        ),
+                        Loaded::Empty | Loaded::Failed => {}
+                    }
+                }
+                Value::Map(mapping)
+            }
+        }
+    }
+
+    fn warn_at(&mut self, origin: &Origin, message: String) {
+        let pos = Pos {
+            line: origin.line,
+            column: origin.column,
+        };
+        self.report(&origin.file.clone(), pos, Severity::Warning, message);
+    }
+
+    /// The files a `!include_dir_*` tag loads, in Home Assistant's order (`_find_files`:
+    /// `os.walk` top-down, each folder's files sorted, then its subfolders), skipping
+    /// dot-entries and `secrets.yaml`, not descending into symlinked folders.
+    fn find_yaml_files(&mut self, dir: &Path, tag: &str, origin: &Origin) -> Vec<PathBuf> {
+        let shown = self.display(dir);
+        match fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                self.warn_at(
+                    origin,
+                    format!("{} is not a directory; Home Assistant's {tag} includes nothing", shown.display()),
+                );
+                return Vec::new();
+            }
+            Err(_) => {
+                self.warn_at(
+                    origin,
+                    format!("directory {} does not exist; Home Assistant's {tag} includes nothing", shown.display()),
+                );
+                return Vec::new();
+            }
+        }
+        let mut found = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(current) = pending.pop() {
+            self.dirs.push(current.clone());
+            let entries = match fs::read_dir(&current) {
+                Ok(entries) => entries,
+                Err(err) => {
+                    let shown = self.display(&current);
+                    self.warn_at(
+                        origin,
+                        format!("cannot list {}: {err}; Home Assistant skips it", shown.display()),
+                    );
+                    continue;
+                }
+            };
+            let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.file_name()).collect();
+            names.sort();
+            let mut subdirs = Vec::new();
+            for name in names {
+                let bytes = name.as_encoded_bytes();
+                if bytes.starts_with(b".") {
+                    continue;
+                }
+                let path = current.join(&name);
+                let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                // `os.walk` sorts entries by `is_dir()`, which follows symlinks.
+                if fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                    if is_link {
+                        let shown = self.display(&path);
+                        self.warn_at(
+                            origin,
+                            format!("{} is a symlink to a directory; Home Assistant's {tag} does not follow it", shown.display()),
+                        );
+                    } else {
+                        subdirs.push(path);
+                    }
+                    continue;
+                }
+                if bytes.ends_with(b".yaml") {
+                    if bytes != SECRETS_FILE.as_bytes() {
+                        found.push(path);
+                    }
+                } else if bytes.to_ascii_lowercase().ends_with(b".yml")
+                    || bytes.to_ascii_lowercase().ends_with(b".yaml")
+                {
+                    let shown = self.display(&path);
+                    self.report(
+                        &shown,
+                        Pos::START,
+                        Severity::Warning,
+                        format!("Home Assistant ignores this file: {tag} only reads files named *.yaml"),
+                    );
+                }
+            }
+            // Depth-first, in sorted order (`os.walk` itself visits subfolders in
+            // directory order, which is not stable; sorting makes ours repeatable).
+            pending.extend(subdirs.into_iter().rev());
+        }
+        found
+    }
+
+    fn secret(&mut self, name: &str, file: &FileContext, origin: &Origin) -> Value {
+        if !file.rules.secrets {
+            self.error_at(
+                origin,
+                "Secrets not supported in this YAML file (secrets.yaml, the files it includes and blueprints cannot use !secret)"
+                    .to_owned(),
+            );
+            return Value::Null;
+        }
+        let root = self.root.clone();
+        let dirs: Vec<PathBuf> = secrets::secret_dirs(&file.path, &root)
+            .into_iter()
+            .map(Path::to_path_buf)
+            .collect();
+        for dir in dirs {
+            let path = dir.join(SECRETS_FILE);
+            if self.secrets.get(&path).is_none() {
+                let loaded = self.load_secrets_file(&path);
+                self.secrets.insert(path.clone(), loaded);
+            }
+            match self.secrets.get(&path) {
+                Some(SecretsFile::Loaded(mapping)) => {
+                    if let Some(value) = mapping.get(name) {
+                        let source = SecretSource::SecretsFile(name.to_owned());
+                        return Value::Secret(Secret::new(source, value.value.clone()));
+                    }
+                }
+                Some(SecretsFile::Invalid) => {
+                    let shown = self.display(&path);
+                    self.error_at(
+                        origin,
+                        format!("Secret {name} not resolved: {} is invalid", shown.display()),
+                    );
+                    return Value::Null;
+                }
+                Some(SecretsFile::Missing) | None => {}
+            }
+        }
+        self.error_at(origin, format!("Secret {name} not defined"));
+        Value::Null
+    }
+
+    /// `Secrets._load_secret_yaml`: a missing file is empty, anything but a mapping is
+    /// an error, and a `logger` key is taken out.
+    fn load_secrets_file(&mut self, path: &Path) -> SecretsFile {
+        match fs::metadata(path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return SecretsFile::Missing,
+            _ => {}
+        }
+        let rules = Rules {
+            secrets: false,
+            inputs: false,
+        };
+        let shown = self.display(path);
+        let not_a_mapping = "Secrets is not a dictionary: secrets.yaml must be a mapping of names to values";
+        match self.load_file(path, rules, None) {
+            Loaded::Node(Node {
+                value: Value::Map(mut mapping),
+                ..
+            }) => {
+                let logger = KeyId::Str("logger".to_owned());
+                if let Some((key, value)) = mapping.remove(&logger) {
+                    let level = value.value.key_text().to_lowercase();
+                    if level != "debug" {
+                        self.warn_at(
+                            &key.origin,
+                            format!("Error in secrets.yaml: 'logger: debug' expected, but 'logger: {level}' found"),
+                        );
+                    }
+                }
+                SecretsFile::Loaded(mapping)
+            }
+            Loaded::Node(node) => {
+                self.error_at(&node.origin, not_a_mapping.to_owned());
+                SecretsFile::Invalid
+            }
+            Loaded::Empty => {
+                self.report(&shown, Pos::START, Severity::Error, not_a_mapping.to_owned());
+                SecretsFile::Invalid
+            }
+            Loaded::Failed => SecretsFile::Invalid,
+        }
+    }
+
+    /// `_env_var_yaml`: `!env_var NAME [default words...]`.
+    fn env_var(&mut self, text: &str, origin: &Origin) -> Value {
+        let mut words = text.split_whitespace();
+        let Some(name) = words.next() else {
+            self.error_at(origin, "!env_var needs the name of an environment variable".to_owned());
+            return Value::Null;
+        };
+        let default: Vec<&str> = words.collect();
+        let value = match std::env::var_os(name) {
+            Some(value) => value.to_string_lossy().into_owned(),
+            None if !default.is_empty() => default.join(" "),
+            None => {
+                self.error_at(origin, format!("Environment variable {name} not defined"));
+                return Value::Null;
+            }
+        };
+        Value::Secret(Secret::new(SecretSource::EnvVar(name.to_owned()), Value::Str(value)))
+    }
+}
+
+/// `os.path.join(os.path.dirname(including_file), name)`.
+fn sibling(including_file: &Path, name: &str) -> PathBuf {
+    including_file.parent().unwrap_or(Path::new("")).join(name)
+}
+
+fn is_merge_key(key: &YamlNode) -> bool {
+    match (&key.tag, &key.kind) {
+        (None, YamlKind::Scalar { text, plain: true }) => text == "<<",
+        (Some(tag), _) => tag == "tag:yaml.org,2002:merge",
+        _ => false,
+    }
+}
+
+fn unreadable(display: &Path, err: &io::Error) -> String {
+    let reason = match err.kind() {
+        io::ErrorKind::NotFound => "file not found".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => err.to_string(),
+    };
+    format!("Unable to read file {}: {reason}", display.display())
+}
+
+enum ReadError {
+    Io(io::Error),
+    Other(String),
+    NotUtf8 { pos: Pos, byte: u8 },
+}
+
+fn read_text(path: &Path) -> Result<String, ReadError> {
+    let meta = fs::metadata(path).map_err(ReadError::Io)?;
+    if meta.is_dir() {
+        return Err(ReadError::Other("it is a directory".to_owned()));
+    }
+    // A FIFO or device would block or never end.
+    if !meta.is_file() {
+        return Err(ReadError::Other("not a regular file".to_owned()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ReadError::Other(format!(
+            "larger than {} MiB",
+            MAX_FILE_BYTES / 1024 / 1024
+        )));
+    }
+    let bytes = fs::read(path).map_err(ReadError::Io)?;
+    String::from_utf8(bytes).map_err(|err| {
+        let valid = err.utf8_error().valid_up_to();
+        let bytes = err.as_bytes();
+        let prefix = String::from_utf8_lossy(&bytes[..valid]);
+        let line = prefix.matches('\n').count() + 1;
+        let column = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ReadError::NotUtf8 {
+            pos: Pos {
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                column: u32::try_from(column).unwrap_or(u32::MAX),
+            },
+            byte: bytes[valid],
+        }
+    })
+}
