@@ -1,0 +1,1 @@
+//! `hass-serial-bridge`: serves Zigbee/Z-Wave USB sticks over TCP.
