@@ -166,14 +166,14 @@ fn check_blueprints(loader: &mut Loader) {
     }
     files.sort();
     for path in files {
-        if let Loaded::Node(node) = loader.load_file(&path, rules, None) {
-            if !matches!(node.value, Value::Map(_)) {
-                let message = format!(
-                    "YAML file {} does not contain a dict",
-                    loader.display(&path).display()
-                );
-                loader.error_at(&node.origin, message);
-            }
+        if let Loaded::Node(node) = loader.load_file(&path, rules, None)
+            && !matches!(node.value, Value::Map(_))
+        {
+            let message = format!(
+                "YAML file {} does not contain a dict",
+                loader.display(&path).display()
+            );
+            loader.error_at(&node.origin, message);
         }
     }
 }

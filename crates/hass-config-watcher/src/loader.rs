@@ -19,7 +19,7 @@ use crate::yaml::{self, Pos, YamlKind, YamlNode};
 /// Config files are small; anything bigger is a mistake, not something to parse.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
 /// Values built in one load, aliases expanded: stops "billion laughs" documents.
-const MAX_VALUES: usize = 5_000_000;
+const MAX_VALUES: usize = 1_000_000;
 /// Nesting across includes and aliases; Python's recursion limit stops HA sooner.
 const MAX_NESTING: usize = 1000;
 
@@ -90,10 +90,18 @@ impl Loader {
 
     /// The path to show for a file: relative to the config root when inside it.
     pub(crate) fn display(&self, path: &Path) -> Arc<Path> {
-        Arc::from(path.strip_prefix(&self.root).unwrap_or(path))
+        match path.strip_prefix(&self.root) {
+            Ok(relative) if relative.as_os_str().is_empty() => Arc::from(Path::new(".")),
+            Ok(relative) => Arc::from(relative),
+            Err(_) => Arc::from(path),
+        }
     }
 
     pub(crate) fn report(&mut self, file: &Path, pos: Pos, severity: Severity, message: String) {
+        // Past the value limit everything built is a stand-in; what it would report is noise.
+        if self.reported_too_many_values {
+            return;
+        }
         self.diagnostics.push(Diagnostic {
             file: file.to_path_buf(),
             line: pos.line,
@@ -149,7 +157,10 @@ impl Loader {
                 return Loaded::Failed;
             }
             Err(ReadError::Other(message)) => {
-                self.error_at(&at, format!("Unable to read file {}: {message}", display.display()));
+                self.error_at(
+                    &at,
+                    format!("Unable to read file {}: {message}", display.display()),
+                );
                 return Loaded::Failed;
             }
             Err(ReadError::NotUtf8 { pos, byte }) => {
@@ -206,8 +217,12 @@ impl Loader {
         let value = self.build_value(node, file, &origin);
         self.nesting -= 1;
         let built = Node::new(value, origin);
-        file.built
-            .insert(key, (built.clone(), self.values.saturating_sub(before)));
+        // Only a node an alias also points to is met again; caching others would copy
+        // every subtree once per level.
+        if Rc::strong_count(node) > 1 {
+            let count = self.values.saturating_sub(before);
+            file.built.insert(key, (built.clone(), count));
+        }
         built
     }
 
@@ -219,11 +234,11 @@ impl Loader {
             return true;
         }
         if !self.reported_too_many_values {
-            self.reported_too_many_values = true;
             let message = format!(
                 "the config expands to more than {MAX_VALUES} values (aliases of aliases?)"
             );
             self.report(&file.clone(), pos, Severity::Error, message);
+            self.reported_too_many_values = true;
         }
         false
     }
@@ -236,7 +251,12 @@ impl Loader {
         }
     }
 
-    fn build_value(&mut self, node: &Rc<YamlNode>, file: &mut FileContext, origin: &Origin) -> Value {
+    fn build_value(
+        &mut self,
+        node: &Rc<YamlNode>,
+        file: &mut FileContext,
+        origin: &Origin,
+    ) -> Value {
         let Some(tag) = node.tag.as_deref() else {
             return self.build_untagged(node, file, origin);
         };
@@ -251,9 +271,14 @@ impl Loader {
             };
         }
         let handler = match tag {
-            "!include" | "!include_dir_list" | "!include_dir_named"
-            | "!include_dir_merge_list" | "!include_dir_merge_named" | "!secret"
-            | "!env_var" | "!input" => tag,
+            "!include"
+            | "!include_dir_list"
+            | "!include_dir_named"
+            | "!include_dir_merge_list"
+            | "!include_dir_merge_named"
+            | "!secret"
+            | "!env_var"
+            | "!input" => tag,
             _ => {
                 self.error_at(
                     origin,
@@ -263,7 +288,11 @@ impl Loader {
             }
         };
         let YamlKind::Scalar { text, .. } = &node.kind else {
-            let what = if handler.starts_with("!include") { "a path" } else { "a name" };
+            let what = if handler.starts_with("!include") {
+                "a path"
+            } else {
+                "a name"
+            };
             self.error_at(
                 origin,
                 format!("{handler} expects {what}, not a {}", node.kind_name()),
@@ -284,7 +313,12 @@ impl Loader {
         }
     }
 
-    fn build_untagged(&mut self, node: &Rc<YamlNode>, file: &mut FileContext, origin: &Origin) -> Value {
+    fn build_untagged(
+        &mut self,
+        node: &Rc<YamlNode>,
+        file: &mut FileContext,
+        origin: &Origin,
+    ) -> Value {
         match &node.kind {
             YamlKind::Scalar { text, plain: false } => Value::Str(text.clone()),
             YamlKind::Scalar { text, plain: true } => match scalar::resolve_plain(text) {
@@ -304,7 +338,9 @@ impl Loader {
                     Value::Null
                 }
             },
-            YamlKind::Seq(items) => Value::Seq(items.iter().map(|item| self.build(item, file)).collect()),
+            YamlKind::Seq(items) => {
+                Value::Seq(items.iter().map(|item| self.build(item, file)).collect())
+            }
             YamlKind::Map(_) => Value::Map(self.build_mapping(node, file)),
         }
     }
@@ -358,13 +394,13 @@ impl Loader {
                 YamlKind::Scalar { text, plain: true } if text == "=" && key_node.tag.is_none() => {
                     Node::new(Value::Str(text.clone()), self.origin(file, key_node.pos))
                 }
-                _ => self.build(&key_node, file),
+                _ => self.build(key_node, file),
             };
-            let value = self.build(&value_node, file);
+            let value = self.build(value_node, file);
             let Some(id) = key.value.key_id() else {
                 self.error_at(
                     &key.origin,
-                    format!("invalid key: a {} cannot be a mapping key", key.value.kind()),
+                    format!("invalid key: {} cannot be a mapping key", key.value.kind()),
                 );
                 continue;
             };
@@ -386,7 +422,11 @@ impl Loader {
 
     /// PyYAML's `flatten_mapping`: pairs merged in by `<<` come first (a list of
     /// mappings merges the first one last, so it wins), then the mapping's own.
-    fn flatten(&mut self, node: &Rc<YamlNode>, file: &mut FileContext) -> Vec<(Rc<YamlNode>, Rc<YamlNode>)> {
+    fn flatten<'n>(
+        &mut self,
+        node: &'n YamlNode,
+        file: &mut FileContext,
+    ) -> Vec<(&'n Rc<YamlNode>, &'n Rc<YamlNode>)> {
         let YamlKind::Map(pairs) = &node.kind else {
             return Vec::new();
         };
@@ -394,7 +434,7 @@ impl Loader {
         let mut own = Vec::new();
         for (key, value) in pairs {
             if !is_merge_key(key) {
-                own.push((Rc::clone(key), Rc::clone(value)));
+                own.push((key, value));
                 continue;
             }
             match &value.kind {
@@ -408,7 +448,10 @@ impl Loader {
                             let origin = self.origin(file, item.pos);
                             self.error_at(
                                 &origin,
-                                format!("expected a mapping for merging, but found a {}", item.kind_name()),
+                                format!(
+                                    "expected a mapping for merging, but found a {}",
+                                    item.kind_name()
+                                ),
                             );
                         }
                     }
@@ -422,7 +465,10 @@ impl Loader {
                         Some(tag) => format!(
                             "expected a mapping or list of mappings for merging, but found a scalar ({tag} cannot be merged with <<)"
                         ),
-                        None => "expected a mapping or list of mappings for merging, but found a scalar".to_owned(),
+                        None => {
+                            "expected a mapping or list of mappings for merging, but found a scalar"
+                                .to_owned()
+                        }
                     };
                     self.error_at(&origin, message);
                 }
@@ -494,7 +540,7 @@ impl Loader {
                         Loaded::Node(node) => self.warn_at(
                             &node.origin,
                             format!(
-                                "Home Assistant ignores this file: {tag} only merges files that contain a list, this one contains a {}",
+                                "Home Assistant ignores this file: {tag} only merges files that contain a list, this one contains {}",
                                 node.value.kind()
                             ),
                         ),
@@ -523,7 +569,7 @@ impl Loader {
                         Loaded::Node(node) => self.warn_at(
                             &node.origin,
                             format!(
-                                "Home Assistant ignores this file: {tag} only merges files that contain a mapping, this one contains a {}",
+                                "Home Assistant ignores this file: {tag} only merges files that contain a mapping, this one contains {}",
                                 node.value.kind()
                             ),
                         ),
@@ -553,14 +599,20 @@ impl Loader {
             Ok(_) => {
                 self.warn_at(
                     origin,
-                    format!("{} is not a directory; Home Assistant's {tag} includes nothing", shown.display()),
+                    format!(
+                        "{} is not a directory; Home Assistant's {tag} includes nothing",
+                        shown.display()
+                    ),
                 );
                 return Vec::new();
             }
             Err(_) => {
                 self.warn_at(
                     origin,
-                    format!("directory {} does not exist; Home Assistant's {tag} includes nothing", shown.display()),
+                    format!(
+                        "directory {} does not exist; Home Assistant's {tag} includes nothing",
+                        shown.display()
+                    ),
                 );
                 return Vec::new();
             }
@@ -575,12 +627,18 @@ impl Loader {
                     let shown = self.display(&current);
                     self.warn_at(
                         origin,
-                        format!("cannot list {}: {err}; Home Assistant skips it", shown.display()),
+                        format!(
+                            "cannot list {}: {err}; Home Assistant skips it",
+                            shown.display()
+                        ),
                     );
                     continue;
                 }
             };
-            let mut names: Vec<_> = entries.filter_map(Result::ok).map(|e| e.file_name()).collect();
+            let mut names: Vec<_> = entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .collect();
             names.sort();
             let mut subdirs = Vec::new();
             for name in names {
@@ -615,7 +673,9 @@ impl Loader {
                         &shown,
                         Pos::START,
                         Severity::Warning,
-                        format!("Home Assistant ignores this file: {tag} only reads files named *.yaml"),
+                        format!(
+                            "Home Assistant ignores this file: {tag} only reads files named *.yaml"
+                        ),
                     );
                 }
             }
@@ -680,7 +740,8 @@ impl Loader {
             inputs: false,
         };
         let shown = self.display(path);
-        let not_a_mapping = "Secrets is not a dictionary: secrets.yaml must be a mapping of names to values";
+        let not_a_mapping =
+            "Secrets is not a dictionary: secrets.yaml must be a mapping of names to values";
         match self.load_file(path, rules, None) {
             Loaded::Node(Node {
                 value: Value::Map(mut mapping),
@@ -703,7 +764,12 @@ impl Loader {
                 SecretsFile::Invalid
             }
             Loaded::Empty => {
-                self.report(&shown, Pos::START, Severity::Error, not_a_mapping.to_owned());
+                self.report(
+                    &shown,
+                    Pos::START,
+                    Severity::Error,
+                    not_a_mapping.to_owned(),
+                );
                 SecretsFile::Invalid
             }
             Loaded::Failed => SecretsFile::Invalid,
@@ -714,7 +780,10 @@ impl Loader {
     fn env_var(&mut self, text: &str, origin: &Origin) -> Value {
         let mut words = text.split_whitespace();
         let Some(name) = words.next() else {
-            self.error_at(origin, "!env_var needs the name of an environment variable".to_owned());
+            self.error_at(
+                origin,
+                "!env_var needs the name of an environment variable".to_owned(),
+            );
             return Value::Null;
         };
         let default: Vec<&str> = words.collect();
@@ -726,7 +795,10 @@ impl Loader {
                 return Value::Null;
             }
         };
-        Value::Secret(Secret::new(SecretSource::EnvVar(name.to_owned()), Value::Str(value)))
+        Value::Secret(Secret::new(
+            SecretSource::EnvVar(name.to_owned()),
+            Value::Str(value),
+        ))
     }
 }
 

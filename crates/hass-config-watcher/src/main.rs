@@ -10,7 +10,10 @@ use hass_config_watcher::{Checked, Diagnostic, Severity};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "Validates Home Assistant config the way Home Assistant loads it")]
+#[command(
+    version,
+    about = "Validates Home Assistant config the way Home Assistant loads it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

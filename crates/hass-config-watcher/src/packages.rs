@@ -55,7 +55,7 @@ pub(crate) fn merge_packages(config: &mut Mapping, loader: &mut Loader) {
         loader.error_at(
             &packages.origin,
             format!(
-                "Invalid package configuration 'packages': expected a dictionary, got a {}",
+                "Invalid package configuration 'packages': expected a dictionary for dictionary value 'packages', got {}",
                 packages.value.kind()
             ),
         );
@@ -64,15 +64,20 @@ pub(crate) fn merge_packages(config: &mut Mapping, loader: &mut Loader) {
     let mut valid = true;
     for (name, package) in packages.iter() {
         if matches!(name.value, Value::Null) {
-            loader.error_at(&name.origin, "Invalid package configuration 'packages': a package name cannot be null".to_owned());
+            loader.error_at(
+                &name.origin,
+                "Invalid package configuration 'packages': a package name cannot be null"
+                    .to_owned(),
+            );
             valid = false;
         } else if !matches!(package.value, Value::Map(_) | Value::Seq(_)) {
             loader.error_at(
                 &package.origin,
+                // Voluptuous' words, as Home Assistant prints them.
                 format!(
-                    "Invalid package configuration 'packages': package '{}' must be a mapping, got a {}",
+                    "Invalid package configuration 'packages': expected dict for dictionary value 'packages->{}', got {}",
                     name.value.key_text(),
-                    package.value.kind()
+                    package.value.key_text()
                 ),
             );
             valid = false;
@@ -86,9 +91,18 @@ pub(crate) fn merge_packages(config: &mut Mapping, loader: &mut Loader) {
     }
 }
 
-fn merge_package(config: &mut Mapping, name: &str, name_node: &Node, package: &Node, loader: &mut Loader) {
+fn merge_package(
+    config: &mut Mapping,
+    name: &str,
+    name_node: &Node,
+    package: &Node,
+    loader: &mut Loader,
+) {
     let fail = |loader: &mut Loader, origin: &Origin, message: String| {
-        loader.error_at(origin, format!("Setup of package '{name}' failed: {message}"));
+        loader.error_at(
+            origin,
+            format!("Setup of package '{name}' failed: {message}"),
+        );
     };
     // _validate_package_definition: a slug name, and a mapping of integrations to a
     // mapping, a list or nothing.
@@ -97,7 +111,9 @@ fn merge_package(config: &mut Mapping, name: &str, name_node: &Node, package: &N
         fail(
             loader,
             &name_node.origin,
-            format!("Invalid package definition '{name}': invalid slug {name} (try {slug}). Package will not be initialized"),
+            format!(
+                "Invalid package definition '{name}': invalid slug {name} (try {slug}). Package will not be initialized"
+            ),
         );
         return;
     }
@@ -105,7 +121,9 @@ fn merge_package(config: &mut Mapping, name: &str, name_node: &Node, package: &N
         fail(
             loader,
             &package.origin,
-            format!("Invalid package definition '{name}': expected a dictionary. Package will not be initialized"),
+            format!(
+                "Invalid package definition '{name}': expected a dictionary. Package will not be initialized"
+            ),
         );
         return;
     };
@@ -120,9 +138,8 @@ fn merge_package(config: &mut Mapping, name: &str, name_node: &Node, package: &N
                 loader,
                 origin,
                 format!(
-                    "Invalid package definition '{name}': integration '{}' must be a mapping, a list or empty, not a {}. Package will not be initialized",
+                    "Invalid package definition '{name}': expected dict for dictionary value @ data['{}']. Package will not be initialized",
                     component.value.key_text(),
-                    component_conf.value.kind()
                 ),
             );
             return;
@@ -135,7 +152,11 @@ fn merge_package(config: &mut Mapping, name: &str, name_node: &Node, package: &N
             continue;
         }
         let Some(domain) = domain_key(&component.value) else {
-            fail(loader, &component.origin, format!("Invalid domain '{key_text}'"));
+            fail(
+                loader,
+                &component.origin,
+                format!("Invalid domain '{key_text}'"),
+            );
             continue;
         };
         let Some(id) = component.value.key_id() else {
@@ -146,7 +167,9 @@ fn merge_package(config: &mut Mapping, name: &str, name_node: &Node, package: &N
             Some(mode) => *mode,
             // Unknown integration: a list in either place can only be a list schema.
             None if matches!(component_conf.value, Value::Seq(_))
-                || existing.as_ref().is_some_and(|e| matches!(e.value, Value::Seq(_))) =>
+                || existing
+                    .as_ref()
+                    .is_some_and(|e| matches!(e.value, Value::Seq(_))) =>
             {
                 MergeMode::List
             }
@@ -182,7 +205,9 @@ fn merge_package(config: &mut Mapping, name: &str, name_node: &Node, package: &N
                 fail(
                     loader,
                     &component.origin,
-                    format!("integration '{key_text}' cannot be merged, dict expected in main config"),
+                    format!(
+                        "integration '{key_text}' cannot be merged, dict expected in main config"
+                    ),
                 );
                 continue;
             }
@@ -223,7 +248,10 @@ fn recursive_merge(target: &mut Mapping, package: &Mapping, conflicts: &mut Vec<
                     continue;
                 }
                 if target.get_entry(&id).is_none() {
-                    target.insert(key.clone(), Node::new(Value::Map(Mapping::new()), value.origin.clone()));
+                    target.insert(
+                        key.clone(),
+                        Node::new(Value::Map(Mapping::new()), value.origin.clone()),
+                    );
                 }
                 match target.get_mut(&id) {
                     Some(Node {
@@ -333,8 +361,14 @@ mod tests {
     #[test]
     fn merge_modes_table_is_read() {
         assert_eq!(known_merge_modes().get("sensor"), Some(&MergeMode::List));
-        assert_eq!(known_merge_modes().get("automation"), Some(&MergeMode::List));
-        assert_eq!(known_merge_modes().get("input_boolean"), Some(&MergeMode::Dict));
+        assert_eq!(
+            known_merge_modes().get("automation"),
+            Some(&MergeMode::List)
+        );
+        assert_eq!(
+            known_merge_modes().get("input_boolean"),
+            Some(&MergeMode::Dict)
+        );
         assert_eq!(known_merge_modes().get("script"), Some(&MergeMode::Dict));
     }
 }

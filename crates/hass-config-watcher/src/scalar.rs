@@ -45,7 +45,7 @@ pub(crate) fn construct_tagged(suffix: &str, text: &str) -> Result<Value, String
     match suffix {
         "str" => Ok(Value::Str(text.to_owned())),
         "null" => Ok(Value::Null),
-        "bool" => bool_value(&text.to_lowercase())
+        "bool" => bool_value(text)
             .map(Value::Bool)
             .ok_or_else(|| format!("invalid boolean {text:?}")),
         "int" => {
@@ -95,8 +95,9 @@ fn is_bool(text: &str) -> bool {
     )
 }
 
-fn bool_value(lower_or_exact: &str) -> Option<bool> {
-    match lower_or_exact.to_lowercase().as_str() {
+/// PyYAML's `bool_values`, looked up in lower case.
+fn bool_value(text: &str) -> Option<bool> {
+    match text.to_lowercase().as_str() {
         "yes" | "true" | "on" => Some(true),
         "no" | "false" | "off" => Some(false),
         _ => None,

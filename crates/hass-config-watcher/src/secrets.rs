@@ -60,7 +60,10 @@ mod tests {
 
     #[test]
     fn walks_up_to_the_root_and_no_further() {
-        let dirs = secret_dirs(Path::new("/config/pkgs/lights/a.yaml"), Path::new("/config"));
+        let dirs = secret_dirs(
+            Path::new("/config/pkgs/lights/a.yaml"),
+            Path::new("/config"),
+        );
         assert_eq!(
             dirs,
             [

@@ -97,20 +97,20 @@ impl Value {
         }
     }
 
-    /// What YAML calls this kind of value, for messages.
+    /// What this kind of value is called, with its article, for messages.
     pub fn kind(&self) -> &'static str {
         match self {
             Value::Null => "null",
-            Value::Bool(_) => "boolean",
-            Value::Int(_) => "integer",
-            Value::Float(_) => "float",
-            Value::Str(_) => "string",
-            Value::Timestamp(_) => "timestamp",
-            Value::Binary(_) => "binary",
-            Value::Seq(_) => "list",
-            Value::Map(_) => "mapping",
-            Value::Input(_) => "!input",
-            Value::Secret(_) => "secret",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) => "an integer",
+            Value::Float(_) => "a float",
+            Value::Str(_) => "a string",
+            Value::Timestamp(_) => "a timestamp",
+            Value::Binary(_) => "a binary value",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+            Value::Input(_) => "an !input",
+            Value::Secret(_) => "a secret",
         }
     }
 
@@ -234,9 +234,7 @@ impl Mapping {
     /// Python's `d[key] = value`. Returns the key node already present, if any.
     /// Keys Python cannot hash are not inserted; callers report them first.
     pub(crate) fn insert(&mut self, key: Node, value: Node) -> Option<Node> {
-        let Some(id) = key.value.key_id() else {
-            return None;
-        };
+        let id = key.value.key_id()?;
         match self.index.get(&id) {
             Some(&i) => {
                 self.entries[i].1 = value;

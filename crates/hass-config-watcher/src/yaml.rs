@@ -102,8 +102,9 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                 if documents > 1 {
                     return Err(SyntaxError {
                         pos,
-                        message: "expected a single document in the stream, but found another document"
-                            .to_owned(),
+                        message:
+                            "expected a single document in the stream, but found another document"
+                                .to_owned(),
                     });
                 }
                 continue;
@@ -175,10 +176,7 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                     });
                 }
             },
-            Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentEnd
-            | Event::Nothing => continue,
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => continue,
         };
         match stack.last_mut() {
             Some(parent) => parent.children.push(node),

@@ -77,6 +77,21 @@ pub fn parse_yaml<T: DeserializeOwned + Default>(text: &str) -> Result<T, Config
     })
 }
 
+/// Serde helpers for durations written as `"10s"`, `"500ms"`, `"1h 30m"`:
+/// `#[serde(with = "hass_runtime::config::duration")]`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(de)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"10s\": {e}"))
+        })
+    }
+}
+
 /// True when the text holds no YAML node: empty, blank, comments, or `---`.
 fn is_blank_yaml(text: &str) -> bool {
     text.lines().all(|line| {

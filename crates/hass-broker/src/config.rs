@@ -1,0 +1,92 @@
+//! `broker.yaml`: the broker's config file, with defaults that are safe for a
+//! Home Assistant pod (no anonymous access, fsync before acknowledging).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub listeners: Listeners,
+    /// Where retained messages and persistent sessions are kept (a PVC).
+    pub data_dir: PathBuf,
+    /// `always` (default): fsync each group commit before acknowledging.
+    /// `periodic`: fsync every `fsync_interval`; a crash can lose that much.
+    pub fsync: FsyncPolicy,
+    #[serde(with = "hass_runtime::config::duration")]
+    pub fsync_interval: Duration,
+    /// Mosquitto `password_file` (made with `mosquitto_passwd`).
+    pub password_file: Option<PathBuf>,
+    /// Admit clients without a username. Off unless asked for.
+    pub allow_anonymous: bool,
+    pub limits: LimitsConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listeners: Listeners::default(),
+            data_dir: PathBuf::from("hass-broker-data"),
+            fsync: FsyncPolicy::Always,
+            fsync_interval: Duration::from_secs(1),
+            password_file: None,
+            allow_anonymous: false,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Always,
+    Periodic,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listeners {
+    /// MQTT 3.1.1 and 5 over TCP; `null` turns it off.
+    pub mqtt: Option<SocketAddr>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest packet accepted, in bytes. Zigbee2MQTT's `bridge/devices`
+    /// runs to megabytes on big networks.
+    pub max_packet_size: usize,
+    /// Messages queued per session before new ones are dropped (QoS 0 first).
+    /// Retained messages sent on subscribe do not count.
+    pub max_queued_messages: usize,
+    /// Bytes queued across all sessions before new deliveries are dropped.
+    pub memory_budget: usize,
+    /// QoS 1/2 messages in flight per client.
+    pub max_inflight: u16,
+    /// How long a new connection may take to send CONNECT.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 8 * 1024 * 1024,
+            max_queued_messages: 100_000,
+            memory_budget: 256 * 1024 * 1024,
+            max_inflight: 32,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}

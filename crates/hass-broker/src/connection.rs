@@ -1,0 +1,794 @@
+//! One client connection: the CONNECT handshake, then a single task that
+//! reads packets, writes what the session has queued, enforces keepalive, and
+//! holds acknowledgements back until the store has committed what they cover.
+//!
+//! One task per connection (no separate reader and writer) keeps an idle
+//! connection down to a task, two small buffers and its session.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
+    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
+    PubRelReason, PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::auth::{AuthDecision, Authenticator};
+use crate::codec::{self, CodecError, Detected, Version};
+use crate::message::Message;
+use crate::metrics::BrokerMetrics;
+use crate::router::{
+    AckKind, Attached, ConnectRequest, Departure, Outgoing, Router, SubscribeResult,
+};
+use crate::session::SubscriptionOptions;
+use crate::topic;
+
+/// Settings every connection shares.
+#[derive(Debug)]
+pub struct ConnectionContext {
+    pub router: Arc<Router>,
+    pub auth: std::sync::RwLock<Arc<Authenticator>>,
+    pub metrics: BrokerMetrics,
+    /// Largest packet accepted, in bytes.
+    pub max_packet_size: usize,
+    pub connect_timeout: Duration,
+    /// Store commits, when a store is configured.
+    pub committed: Option<watch::Receiver<u64>>,
+    /// Cancelled at shutdown: connections send DISCONNECT and close.
+    pub shutdown: CancellationToken,
+}
+
+/// Why a connection ended, for logs and the will decision.
+#[derive(Debug)]
+enum Close {
+    Departure(Departure),
+    Protocol(String),
+    Io(std::io::Error),
+}
+
+/// Serves one client until it leaves, breaks the protocol, or is closed.
+pub async fn serve<S>(mut stream: S, peer: SocketAddr, ctx: Arc<ConnectionContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.metrics.connections_opened.inc();
+    let mut rbuf = BytesMut::with_capacity(512);
+    let handshake = tokio::time::timeout(
+        ctx.connect_timeout,
+        read_connect(&mut stream, &mut rbuf, &ctx),
+    );
+    let (version, connect) = match handshake.await {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            ctx.metrics.malformed(&e);
+            debug!(%peer, "closing before CONNECT: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT within {:?}", ctx.connect_timeout);
+            return;
+        }
+    };
+    let Packet::Connect(connect, props, will, will_props, login) = connect else {
+        return;
+    };
+
+    let mut wbuf = BytesMut::with_capacity(256);
+    let auth = ctx.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let decision = auth.decide(
+        login
+            .as_ref()
+            .map(|l| l.username.as_str())
+            .filter(|u| !u.is_empty()),
+        login.as_ref().map(|l| l.password.as_bytes()),
+    );
+    let refusal = match decision {
+        AuthDecision::Allowed(_) => None,
+        AuthDecision::BadCredentials => {
+            Some((ConnectReturnCode::BadUserNamePassword, "bad_credentials"))
+        }
+        AuthDecision::NotAuthorized => Some((ConnectReturnCode::NotAuthorized, "not_authorized")),
+    };
+    if let Some((code, reason)) = refusal {
+        ctx.metrics
+            .auth_failures
+            .get_or_create(&reason.into())
+            .inc();
+        info!(%peer, client_id = %connect.client_id, reason, "refused CONNECT");
+        // MQTT 3.1.1 clients read rc 5 as "not authorised" (Home Assistant's
+        // "invalid auth"); MQTT 5 gets the precise 0x86/0x87.
+        let code = if version == Version::V4 {
+            ConnectReturnCode::NotAuthorized
+        } else {
+            code
+        };
+        let _ = write_now(&mut stream, &mut wbuf, version, connack(false, code, None)).await;
+        return;
+    }
+
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        if version == Version::V4 && !connect.clean_session {
+            // MQTT 3.1.1 §3.1.3.1: an empty id needs a clean session.
+            let _ = write_now(
+                &mut stream,
+                &mut wbuf,
+                version,
+                connack(false, ConnectReturnCode::ClientIdentifierNotValid, None),
+            )
+            .await;
+            return;
+        }
+        let id = generated_client_id();
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        connect.client_id.as_str().into()
+    };
+
+    let props = props.unwrap_or_else(empty_connect_properties);
+    let expiry_interval = match version {
+        Version::V4 if connect.clean_session => 0,
+        Version::V4 => u32::MAX,
+        Version::V5 => props.session_expiry_interval.unwrap_or(0),
+    };
+    let will = will.and_then(|w| {
+        let topic = std::str::from_utf8(&w.topic).ok()?;
+        topic::validate_name(topic).ok()?;
+        let will_props = will_props.unwrap_or_default_will();
+        Some(Message {
+            topic: topic.into(),
+            payload: w.message,
+            qos: w.qos,
+            retain: w.retain,
+            expires_at: will_props
+                .message_expiry_interval
+                .map(|s| SystemTime::now() + Duration::from_secs(u64::from(s))),
+            properties: Some(PublishProperties {
+                payload_format_indicator: will_props.payload_format_indicator,
+                content_type: will_props.content_type,
+                response_topic: will_props.response_topic,
+                correlation_data: will_props.correlation_data,
+                user_properties: will_props.user_properties,
+                ..Default::default()
+            })
+            .filter(|_| version == Version::V5),
+            publisher: Some(client_id.clone()),
+        })
+    });
+    let attached = ctx.router.connect(ConnectRequest {
+        client_id: client_id.clone(),
+        clean_start: connect.clean_session,
+        expiry_interval,
+        will,
+        receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+        version,
+    });
+    let client_max_packet = props.max_packet_size.map_or(usize::MAX, |m| m as usize);
+    let connack_props = (version == Version::V5).then(|| ConnAckProperties {
+        assigned_client_identifier: assigned,
+        max_packet_size: u32::try_from(ctx.max_packet_size).ok(),
+        retain_available: Some(1),
+        shared_subscription_available: Some(0),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        topic_alias_max: Some(0),
+        ..empty_connack_properties()
+    });
+    if write_now(
+        &mut stream,
+        &mut wbuf,
+        version,
+        connack(
+            attached.session_present,
+            ConnectReturnCode::Success,
+            connack_props,
+        ),
+    )
+    .await
+    .is_err()
+    {
+        ctx.router
+            .disconnect(&client_id, attached.conn_id, Departure::Abnormal);
+        return;
+    }
+    ctx.metrics.connections_current.inc();
+    debug!(%peer, %client_id, ?version, session_present = attached.session_present, "connected");
+
+    let mut conn = Connection {
+        ctx: ctx.clone(),
+        version,
+        client_id: client_id.clone(),
+        attached,
+        keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+        client_max_packet,
+        rbuf,
+        wbuf,
+        pending_acks: VecDeque::new(),
+        committed: ctx.committed.clone(),
+    };
+    let close = conn.run(&mut stream).await;
+    let departure = match &close {
+        Close::Departure(d) => *d,
+        Close::Protocol(reason) => {
+            debug!(%peer, %client_id, "closing: {reason}");
+            Departure::Abnormal
+        }
+        Close::Io(e) => {
+            debug!(%peer, %client_id, "connection lost: {e}");
+            Departure::Abnormal
+        }
+    };
+    ctx.router
+        .disconnect(&client_id, conn.attached.conn_id, departure);
+    ctx.metrics.connections_current.dec();
+}
+
+struct Connection {
+    ctx: Arc<ConnectionContext>,
+    version: Version,
+    client_id: Arc<str>,
+    attached: Attached,
+    keep_alive: Duration,
+    client_max_packet: usize,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Acknowledgements in the order their PUBLISHes arrived, each with the
+    /// store sequence number it must wait for (0: none).
+    pending_acks: VecDeque<(u64, Packet)>,
+    committed: Option<watch::Receiver<u64>>,
+}
+
+impl Connection {
+    async fn run<S>(&mut self, stream: &mut S) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Resend what was in flight when the session was last connected.
+        let resend = self
+            .ctx
+            .router
+            .resume(&self.client_id, self.attached.conn_id);
+        for out in resend {
+            self.encode_outgoing(out);
+        }
+        if let Err(e) = self.flush_queue(stream).await {
+            return e;
+        }
+        let mut last_read = Instant::now();
+        loop {
+            let keepalive_deadline = (!self.keep_alive.is_zero())
+                .then(|| last_read + self.keep_alive + self.keep_alive / 2);
+            let waiting_commit = self.pending_acks.front().is_some_and(|(seq, _)| *seq > 0);
+            tokio::select! {
+                read = stream.read_buf(&mut self.rbuf) => {
+                    match read {
+                        Ok(0) => return Close::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                        Ok(n) => {
+                            self.ctx.metrics.bytes_received.inc_by(n as u64);
+                            last_read = Instant::now();
+                        }
+                        Err(e) => return Close::Io(e),
+                    }
+                    if let Some(close) = self.handle_packets() {
+                        let _ = self.write_out(stream).await;
+                        return close;
+                    }
+                }
+                _ = self.attached.wake.notified() => {}
+                _ = wait_commit(self.committed.as_mut()), if waiting_commit => {}
+                _ = self.attached.kick.cancelled() => {
+                    self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
+                    let _ = self.write_out(stream).await;
+                    return Close::Departure(Departure::TakenOver);
+                }
+                _ = self.ctx.shutdown.cancelled() => {
+                    self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
+                    let _ = self.write_out(stream).await;
+                    // The session stays; its will is not a server shutdown's business.
+                    return Close::Departure(Departure::Clean { publish_will: false, expiry_override: None });
+                }
+                _ = sleep_until(keepalive_deadline) => {
+                    self.disconnect_packet(DisconnectReasonCode::KeepAliveTimeout);
+                    let _ = self.write_out(stream).await;
+                    return Close::Protocol("keepalive timeout".into());
+                }
+            }
+            self.release_acks();
+            if let Err(e) = self.flush_queue(stream).await {
+                return e;
+            }
+            // A large packet grew the buffer; give the memory back once idle.
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
+                self.rbuf = BytesMut::with_capacity(512);
+            }
+        }
+    }
+
+    /// Handles every complete packet in the read buffer. Returns a reason to
+    /// close, if any.
+    fn handle_packets(&mut self) -> Option<Close> {
+        loop {
+            let incoming = match codec::read(self.version, &mut self.rbuf, self.ctx.max_packet_size)
+            {
+                Ok(Some(incoming)) => incoming,
+                Ok(None) => return None,
+                Err(e) => {
+                    self.ctx.metrics.malformed(&e);
+                    let reason = match e {
+                        CodecError::TooLarge { .. } => DisconnectReasonCode::PacketTooLarge,
+                        _ => DisconnectReasonCode::MalformedPacket,
+                    };
+                    self.disconnect_packet(reason);
+                    return Some(Close::Protocol(e.to_string()));
+                }
+            };
+            if let Some(close) = self.handle(incoming) {
+                return Some(close);
+            }
+        }
+    }
+
+    fn handle(&mut self, incoming: codec::Incoming) -> Option<Close> {
+        let router = self.ctx.router.clone();
+        match incoming.packet {
+            Packet::Publish(publish, props) => {
+                let header = incoming.publish?;
+                self.ctx.metrics.publish_received(header.qos, incoming.size);
+                let Some(topic) = std::str::from_utf8(&publish.topic)
+                    .ok()
+                    .filter(|t| topic::validate_name(t).is_ok())
+                else {
+                    self.ctx.metrics.malformed_kind("topic");
+                    self.disconnect_packet(DisconnectReasonCode::TopicNameInvalid);
+                    return Some(Close::Protocol("invalid topic name".into()));
+                };
+                if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                    // Topic Alias Maximum is 0 in our CONNACK.
+                    self.disconnect_packet(DisconnectReasonCode::TopicAliasInvalid);
+                    return Some(Close::Protocol("topic alias not allowed".into()));
+                }
+                let message = message_from(
+                    topic,
+                    publish.payload,
+                    header.qos,
+                    publish.retain,
+                    props,
+                    &self.client_id,
+                );
+                match header.qos {
+                    QoS::AtMostOnce => {
+                        router.publish(message);
+                    }
+                    QoS::AtLeastOnce => {
+                        let seq = router.publish(message).unwrap_or(0);
+                        let ack = Packet::PubAck(
+                            PubAck {
+                                pkid: header.pkid,
+                                reason: PubAckReason::Success,
+                            },
+                            None,
+                        );
+                        self.pending_acks.push_back((seq, ack));
+                    }
+                    QoS::ExactlyOnce => {
+                        let seq = if router.receive_qos2(&self.client_id, header.pkid) {
+                            router.publish(message).unwrap_or(0)
+                        } else {
+                            0
+                        };
+                        let ack = Packet::PubRec(
+                            PubRec {
+                                pkid: header.pkid,
+                                reason: PubRecReason::Success,
+                            },
+                            None,
+                        );
+                        self.pending_acks.push_back((seq, ack));
+                    }
+                }
+            }
+            Packet::PubAck(ack, _) => {
+                let _ = router.acknowledge(&self.client_id, ack.pkid, AckKind::PubAck);
+            }
+            Packet::PubRec(rec, _) => {
+                if let Ok(Some(out)) =
+                    router.acknowledge(&self.client_id, rec.pkid, AckKind::PubRec)
+                {
+                    self.encode_outgoing(out);
+                }
+            }
+            Packet::PubComp(comp, _) => {
+                let _ = router.acknowledge(&self.client_id, comp.pkid, AckKind::PubComp);
+            }
+            Packet::PubRel(rel, _) => {
+                let known = router.release_qos2(&self.client_id, rel.pkid);
+                let reason = if known || self.version == Version::V4 {
+                    PubCompReason::Success
+                } else {
+                    PubCompReason::PacketIdentifierNotFound
+                };
+                self.pending_acks.push_back((
+                    0,
+                    Packet::PubComp(
+                        PubComp {
+                            pkid: rel.pkid,
+                            reason,
+                        },
+                        None,
+                    ),
+                ));
+            }
+            Packet::Subscribe(subscribe, props) => {
+                let identifier = props
+                    .and_then(|p| p.id)
+                    .and_then(|id| u32::try_from(id).ok())
+                    .unwrap_or(0);
+                let requests: Vec<(String, SubscriptionOptions)> = subscribe
+                    .filters
+                    .iter()
+                    .map(|f| {
+                        let options = SubscriptionOptions {
+                            qos: f.qos,
+                            no_local: f.nolocal && self.version == Version::V5,
+                            retain_as_published: f.preserve_retain && self.version == Version::V5,
+                            retain_handling: match (self.version, &f.retain_forward_rule) {
+                                (Version::V4, _) => 0,
+                                (_, rumqttd::protocol::RetainForwardRule::OnEverySubscribe) => 0,
+                                (_, rumqttd::protocol::RetainForwardRule::OnNewSubscribe) => 1,
+                                (_, rumqttd::protocol::RetainForwardRule::Never) => 2,
+                            },
+                            identifier,
+                        };
+                        (f.path.clone(), options)
+                    })
+                    .collect();
+                let results = router.subscribe(&self.client_id, requests);
+                let return_codes = results
+                    .into_iter()
+                    .map(|r| match (r, self.version) {
+                        (SubscribeResult::Granted(qos), _) => SubscribeReasonCode::Success(qos),
+                        (_, Version::V4) => SubscribeReasonCode::Failure,
+                        (SubscribeResult::Invalid, _) => SubscribeReasonCode::TopicFilterInvalid,
+                        (SubscribeResult::SharedNotSupported, _) => {
+                            SubscribeReasonCode::SharedSubscriptionsNotSupported
+                        }
+                    })
+                    .collect();
+                // SUBACK goes out after earlier acks, then the retained replay follows.
+                self.pending_acks.push_back((
+                    0,
+                    Packet::SubAck(
+                        SubAck {
+                            pkid: subscribe.pkid,
+                            return_codes,
+                        },
+                        None,
+                    ),
+                ));
+            }
+            Packet::Unsubscribe(unsubscribe, _) => {
+                let existed = router.unsubscribe(&self.client_id, &unsubscribe.filters);
+                let reasons = existed
+                    .into_iter()
+                    .map(|e| {
+                        if e {
+                            UnsubAckReason::Success
+                        } else {
+                            UnsubAckReason::NoSubscriptionExisted
+                        }
+                    })
+                    .collect();
+                self.pending_acks.push_back((
+                    0,
+                    Packet::UnsubAck(
+                        UnsubAck {
+                            pkid: unsubscribe.pkid,
+                            reasons,
+                        },
+                        None,
+                    ),
+                ));
+            }
+            Packet::PingReq(_) => {
+                self.pending_acks.push_back((0, Packet::PingResp(PingResp)));
+            }
+            Packet::Disconnect(disconnect, props) => {
+                let publish_will =
+                    disconnect.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                let expiry_override = props.and_then(|p| p.session_expiry_interval);
+                return Some(Close::Departure(Departure::Clean {
+                    publish_will,
+                    expiry_override,
+                }));
+            }
+            Packet::Connect(..) => {
+                self.disconnect_packet(DisconnectReasonCode::ProtocolError);
+                return Some(Close::Protocol("second CONNECT".into()));
+            }
+            _ => {
+                self.disconnect_packet(DisconnectReasonCode::ProtocolError);
+                return Some(Close::Protocol("unexpected packet".into()));
+            }
+        }
+        None
+    }
+
+    /// Moves acknowledgements whose store commit is done into the write buffer,
+    /// keeping their order.
+    fn release_acks(&mut self) {
+        let committed = self.committed.as_ref().map_or(u64::MAX, |c| *c.borrow());
+        while let Some((seq, _)) = self.pending_acks.front() {
+            if *seq > committed {
+                break;
+            }
+            if let Some((_, packet)) = self.pending_acks.pop_front() {
+                self.encode(packet);
+            }
+        }
+    }
+
+    /// Writes what is buffered, then everything the session may send now.
+    async fn flush_queue<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> Result<(), Close> {
+        loop {
+            let (outgoing, more) =
+                self.ctx
+                    .router
+                    .take_outgoing(&self.client_id, self.attached.conn_id, 256);
+            for out in outgoing {
+                self.encode_outgoing(out);
+            }
+            self.write_out(stream).await.map_err(Close::Io)?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    fn encode_outgoing(&mut self, out: Outgoing) {
+        match out {
+            Outgoing::PubRel(pkid) => self.encode(Packet::PubRel(
+                PubRel {
+                    pkid,
+                    reason: PubRelReason::Success,
+                },
+                None,
+            )),
+            Outgoing::Publish {
+                delivery,
+                pkid,
+                dup,
+            } => {
+                let message = &delivery.message;
+                let publish = codec::outgoing_publish(
+                    message.topic.as_bytes(),
+                    &message.payload,
+                    delivery.qos,
+                    pkid,
+                    dup,
+                    delivery.retain,
+                );
+                let props = (self.version == Version::V5)
+                    .then(|| {
+                        let mut props = message.properties.clone().unwrap_or_default();
+                        props.message_expiry_interval = message.remaining_expiry(SystemTime::now());
+                        props.subscription_identifiers = delivery
+                            .subscription_ids
+                            .iter()
+                            .map(|id| *id as usize)
+                            .collect();
+                        props
+                    })
+                    .filter(|p| *p != PublishProperties::default());
+                let before = self.wbuf.len();
+                self.encode(Packet::Publish(publish, props));
+                let size = self.wbuf.len() - before;
+                if size > self.client_max_packet {
+                    // MQTT 5 §3.1.2.24: never send more than the client accepts.
+                    self.wbuf.truncate(before);
+                    self.ctx.metrics.dropped_too_large.inc();
+                    if delivery.qos != QoS::AtMostOnce {
+                        let kind = if delivery.qos == QoS::AtLeastOnce {
+                            AckKind::PubAck
+                        } else {
+                            AckKind::PubRec
+                        };
+                        let _ = self.ctx.router.acknowledge(&self.client_id, pkid, kind);
+                        if kind == AckKind::PubRec {
+                            let _ = self.ctx.router.acknowledge(
+                                &self.client_id,
+                                pkid,
+                                AckKind::PubComp,
+                            );
+                        }
+                    }
+                } else {
+                    self.ctx.metrics.publish_sent(delivery.qos, size);
+                }
+            }
+        }
+    }
+
+    fn encode(&mut self, packet: Packet) {
+        if let Err(e) = codec::write(self.version, packet, &mut self.wbuf) {
+            debug!(client_id = %self.client_id, "cannot encode packet: {e:?}");
+        }
+    }
+
+    fn disconnect_packet(&mut self, reason: DisconnectReasonCode) {
+        // MQTT 3.1.1 servers never send DISCONNECT; they just close.
+        if self.version == Version::V5 {
+            self.encode(Packet::Disconnect(
+                Disconnect {
+                    reason_code: reason,
+                },
+                None,
+            ));
+        }
+    }
+
+    async fn write_out<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        stream.write_all(&self.wbuf).await?;
+        self.ctx.metrics.bytes_sent.inc_by(self.wbuf.len() as u64);
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 256 * 1024 {
+            self.wbuf = BytesMut::with_capacity(256);
+        }
+        Ok(())
+    }
+}
+
+/// Reads until a whole CONNECT is buffered and parses it. `Ok(None)`: the
+/// peer closed first.
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    ctx: &ConnectionContext,
+) -> Result<Option<(Version, Packet)>, CodecError> {
+    loop {
+        if let Detected::Version(version) = codec::detect_version(rbuf, ctx.max_packet_size)? {
+            let incoming = codec::read(version, rbuf, ctx.max_packet_size)?;
+            if let Some(incoming) = incoming {
+                ctx.metrics.bytes_received.inc_by(incoming.size as u64);
+                return Ok(Some((version, incoming.packet)));
+            }
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_now<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    wbuf: &mut BytesMut,
+    version: Version,
+    packet: Packet,
+) -> std::io::Result<()> {
+    codec::write(version, packet, wbuf).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    stream.write_all(wbuf).await?;
+    wbuf.clear();
+    Ok(())
+}
+
+fn connack(
+    session_present: bool,
+    code: ConnectReturnCode,
+    props: Option<ConnAckProperties>,
+) -> Packet {
+    Packet::ConnAck(
+        ConnAck {
+            session_present,
+            code,
+        },
+        props,
+    )
+}
+
+fn message_from(
+    topic: &str,
+    payload: bytes::Bytes,
+    qos: QoS,
+    retain: bool,
+    props: Option<PublishProperties>,
+    client_id: &Arc<str>,
+) -> Message {
+    let mut props = props;
+    let expires_at = props
+        .as_mut()
+        .and_then(|p| p.message_expiry_interval.take())
+        .map(|secs| SystemTime::now() + Duration::from_secs(u64::from(secs)));
+    if let Some(p) = props.as_mut() {
+        p.topic_alias = None;
+        p.subscription_identifiers.clear();
+    }
+    Message {
+        topic: topic.into(),
+        payload,
+        qos,
+        retain,
+        properties: props.filter(|p| *p != PublishProperties::default()),
+        expires_at,
+        publisher: Some(client_id.clone()),
+    }
+}
+
+fn generated_client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "hass-broker-{nanos:08x}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn wait_commit(committed: Option<&mut watch::Receiver<u64>>) {
+    match committed {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn empty_connect_properties() -> rumqttd::protocol::ConnectProperties {
+    rumqttd::protocol::ConnectProperties {
+        session_expiry_interval: None,
+        receive_maximum: None,
+        max_packet_size: None,
+        topic_alias_max: None,
+        request_response_info: None,
+        request_problem_info: None,
+        user_properties: Vec::new(),
+        authentication_method: None,
+        authentication_data: None,
+    }
+}
+
+fn empty_connack_properties() -> ConnAckProperties {
+    ConnAckProperties::default()
+}
+
+trait WillPropertiesExt {
+    fn unwrap_or_default_will(self) -> rumqttd::protocol::LastWillProperties;
+}
+
+impl WillPropertiesExt for Option<rumqttd::protocol::LastWillProperties> {
+    fn unwrap_or_default_will(self) -> rumqttd::protocol::LastWillProperties {
+        self.unwrap_or(rumqttd::protocol::LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        })
+    }
+}

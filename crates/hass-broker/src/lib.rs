@@ -1,0 +1,177 @@
+//! `hass-broker`: an MQTT 3.1.1 and 5 broker for Home Assistant's pod,
+//! replacing the Mosquitto sidecar.
+//!
+//! Packets are parsed and encoded by rumqttd's codecs ([`codec`]); sessions,
+//! routing, retained messages and durability are this crate's own
+//! ([`router`], [`store`]), because Home Assistant's discovery depends on
+//! every retained message reaching every new subscriber and surviving a
+//! restart. ARCHITECTURE.md explains the split.
+
+pub mod auth;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod metrics;
+pub mod retained;
+pub mod router;
+pub mod session;
+pub mod store;
+pub mod topic;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hass_runtime::{Component, ComponentInfo, Context, Fatal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::{Authenticator, PasswordFile};
+use crate::config::{BrokerConfig, FsyncPolicy};
+use crate::connection::ConnectionContext;
+use crate::metrics::{BrokerMetrics, StateCollector};
+use crate::router::{Limits, Router};
+use crate::store::{Durability, Store, StoreStats};
+
+/// Flags of `hass-broker` beyond the shared ones.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {}
+
+/// The prepared broker: config checked, password file read.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    auth: Authenticator,
+}
+
+impl Component for Broker {
+    const INFO: ComponentInfo = ComponentInfo {
+        name: "broker",
+        version: env!("CARGO_PKG_VERSION"),
+        admin_port: 9181,
+    };
+    type Args = BrokerArgs;
+    type Config = BrokerConfig;
+
+    fn prepare(
+        _args: BrokerArgs,
+        config: BrokerConfig,
+        _path: Option<&Path>,
+    ) -> Result<Self, Fatal> {
+        let passwords = config
+            .password_file
+            .as_deref()
+            .map(PasswordFile::load)
+            .transpose()
+            .map_err(|e| Fatal::config(format!("password_file: {e}")))?;
+        if passwords.is_none() && !config.allow_anonymous {
+            warn!("no password_file and allow_anonymous is false: every client will be refused");
+        }
+        if config.limits.max_packet_size < 1024 {
+            return Err(Fatal::config(
+                "limits.max_packet_size must be at least 1024 bytes",
+            ));
+        }
+        Ok(Self {
+            auth: Authenticator {
+                passwords,
+                allow_anonymous: config.allow_anonymous,
+            },
+            config,
+        })
+    }
+
+    async fn run(self, ctx: Context) -> Result<(), Fatal> {
+        let store_check = ctx.readiness.register("store");
+        let durability = match self.config.fsync {
+            FsyncPolicy::Always => Durability::Always,
+            FsyncPolicy::Periodic => Durability::Periodic(self.config.fsync_interval),
+        };
+        let stats = Arc::new(StoreStats::default());
+        let data_dir = self.config.data_dir.clone();
+        let started = std::time::Instant::now();
+        let opened = tokio::task::spawn_blocking({
+            let stats = stats.clone();
+            move || Store::open(&data_dir, durability, stats)
+        })
+        .await
+        .map_err(|e| Fatal::runtime(format!("store: {e}")))?;
+        let (store, recovered) = opened.map_err(Fatal::runtime)?;
+        info!(
+            retained = recovered.retained.len(),
+            sessions = recovered.sessions.len(),
+            queued = recovered.queued.len(),
+            corrupt = recovered.corrupt,
+            elapsed = ?started.elapsed(),
+            path = %store.path().display(),
+            "store restored"
+        );
+        store_check.set_ready();
+
+        let limits = Limits {
+            max_queued_messages: self.config.limits.max_queued_messages,
+            memory_budget: self.config.limits.memory_budget,
+            max_inflight: self.config.limits.max_inflight,
+        };
+        let committed = store.committed();
+        let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));
+        let metrics = BrokerMetrics::default();
+        ctx.metrics.register(|registry| {
+            metrics.register(registry);
+            registry.register_collector(Box::new(StateCollector {
+                router: router.clone(),
+                store: Some(stats.clone()),
+            }));
+        });
+
+        let connections_stop = CancellationToken::new();
+        let conn_ctx = Arc::new(ConnectionContext {
+            router: router.clone(),
+            auth: std::sync::RwLock::new(Arc::new(self.auth)),
+            metrics,
+            max_packet_size: self.config.limits.max_packet_size,
+            connect_timeout: self.config.limits.connect_timeout,
+            committed: Some(committed),
+            shutdown: connections_stop.clone(),
+        });
+        let connections = TaskTracker::new();
+        if let Some(addr) = self.config.listeners.mqtt {
+            let listener = listener::bind(addr, "mqtt").await?;
+            ctx.readiness.register("listener:mqtt").set_ready();
+            info!(address = %listener.local_addr().map_err(|e| Fatal::runtime(e.to_string()))?, "MQTT listener up");
+            ctx.shutdown.spawn(listener::accept_loop(
+                listener,
+                conn_ctx.clone(),
+                connections.clone(),
+                ctx.shutdown.clone(),
+            ));
+        }
+        ctx.shutdown
+            .spawn(expiry_loop(router.clone(), ctx.shutdown.clone()));
+
+        ctx.shutdown.cancelled().await;
+        // Stop accepting (the accept loop watches the same signal), tell
+        // clients we are going, wait for them, then make the store durable.
+        connections_stop.cancel();
+        connections.close();
+        connections.wait().await;
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .map_err(|e| Fatal::runtime(format!("store close: {e}")))?;
+        info!("broker stopped; store flushed");
+        Ok(())
+    }
+}
+
+async fn expiry_loop(router: Arc<Router>, shutdown: hass_runtime::shutdown::Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => router.expire(SystemTime::now()),
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! An application message as the broker keeps it: shared by every queue it
+//! is delivered to, so a payload is stored once however many subscribers get it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use rumqttd::protocol::{PublishProperties, QoS};
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// A valid topic name (UTF-8, no wildcards).
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5 properties to forward, without per-hop ones (topic alias,
+    /// subscription identifiers, message expiry: that lives in `expires_at`).
+    pub properties: Option<PublishProperties>,
+    /// When an MQTT 5 message expiry interval runs out.
+    pub expires_at: Option<SystemTime>,
+    /// Client id of the publisher, for MQTT 5 No Local.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    /// Bytes this message holds in memory, for queue budgets.
+    pub fn weight(&self) -> usize {
+        const OVERHEAD: usize = 96;
+        self.topic.len() + self.payload.len() + OVERHEAD
+    }
+
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Seconds left before expiry, as an MQTT 5 receiver must be told.
+    pub fn remaining_expiry(&self, now: SystemTime) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.duration_since(now).unwrap_or(Duration::ZERO);
+            u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX)
+        })
+    }
+}

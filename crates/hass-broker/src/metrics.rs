@@ -1,0 +1,256 @@
+//! The broker's metrics. Counters on the hot path are prometheus-client
+//! atomics; state that lives in the router and store (sessions, retained,
+//! queue depth, commit latency) is read at scrape time by a collector, so a
+//! scrape always shows the current value.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::{Registry, Unit};
+use rumqttd::protocol::QoS;
+
+use crate::codec::CodecError;
+use crate::router::Router;
+use crate::store::StoreStats;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QosLabels {
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+impl From<&str> for ReasonLabels {
+    fn from(reason: &str) -> Self {
+        Self {
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Metrics updated by connections. Cloning shares them.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerMetrics {
+    pub connections_opened: Counter,
+    pub connections_current: Gauge,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub malformed: Family<ReasonLabels, Counter>,
+    pub messages_received: Family<QosLabels, Counter>,
+    pub messages_sent: Family<QosLabels, Counter>,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub dropped_too_large: Counter,
+}
+
+impl BrokerMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_opened",
+            "TCP connections accepted",
+            self.connections_opened.clone(),
+        );
+        registry.register(
+            "clients_connected",
+            "Clients connected now (after CONNACK)",
+            self.connections_current.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "CONNECTs refused, by reason (bad_credentials, not_authorized)",
+            self.auth_failures.clone(),
+        );
+        registry.register(
+            "malformed_packets",
+            "Connections closed for malformed or disallowed input, by kind",
+            self.malformed.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "PUBLISH packets received from clients, by QoS",
+            self.messages_received.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "PUBLISH packets sent to clients, by QoS",
+            self.messages_sent.clone(),
+        );
+        registry.register_with_unit(
+            "received",
+            "Bytes received from clients",
+            Unit::Bytes,
+            self.bytes_received.clone(),
+        );
+        registry.register_with_unit(
+            "sent",
+            "Bytes sent to clients",
+            Unit::Bytes,
+            self.bytes_sent.clone(),
+        );
+        registry.register(
+            "dropped_too_large",
+            "Deliveries dropped because they exceed the client's Maximum Packet Size",
+            self.dropped_too_large.clone(),
+        );
+    }
+
+    pub fn malformed(&self, error: &CodecError) {
+        let kind = match error {
+            CodecError::Malformed(_) => "malformed",
+            CodecError::TooLarge { .. } => "too_large",
+            CodecError::UnexpectedType(_) => "unexpected_type",
+            CodecError::NotConnect => "not_connect",
+            CodecError::UnsupportedProtocol { .. } => "unsupported_protocol",
+            CodecError::ParserPanicked => "parser_panicked",
+        };
+        self.malformed_kind(kind);
+    }
+
+    pub fn malformed_kind(&self, kind: &str) {
+        self.malformed.get_or_create(&kind.into()).inc();
+    }
+
+    pub fn publish_received(&self, qos: QoS, _size: usize) {
+        self.messages_received
+            .get_or_create(&QosLabels { qos: qos as u8 })
+            .inc();
+    }
+
+    pub fn publish_sent(&self, qos: QoS, _size: usize) {
+        self.messages_sent
+            .get_or_create(&QosLabels { qos: qos as u8 })
+            .inc();
+    }
+}
+
+/// Reads router and store state at scrape time.
+#[derive(Debug)]
+pub struct StateCollector {
+    pub router: Arc<Router>,
+    pub store: Option<Arc<StoreStats>>,
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (sessions, connected, queued, queued_bytes) = self.router.session_counts();
+        let gauge = |encoder: &mut DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     unit: Option<&Unit>,
+                     value: i64| {
+            let metric = ConstGauge::new(value);
+            let e = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
+            metric.encode(e)
+        };
+        let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            &mut encoder,
+            "sessions",
+            "Sessions held, connected or not",
+            None,
+            as_i64(sessions),
+        )?;
+        gauge(
+            &mut encoder,
+            "sessions_offline",
+            "Persistent sessions whose client is disconnected",
+            None,
+            as_i64(sessions - connected),
+        )?;
+        gauge(
+            &mut encoder,
+            "retained_messages",
+            "Retained messages held",
+            None,
+            as_i64(self.router.retained_count()),
+        )?;
+        gauge(
+            &mut encoder,
+            "retained",
+            "Memory held by retained messages",
+            Some(&Unit::Bytes),
+            as_i64(self.router.retained_bytes()),
+        )?;
+        gauge(
+            &mut encoder,
+            "queued_messages",
+            "Messages queued for sessions, not yet sent",
+            None,
+            as_i64(queued),
+        )?;
+        gauge(
+            &mut encoder,
+            "queued",
+            "Memory held by queued messages",
+            Some(&Unit::Bytes),
+            as_i64(queued_bytes),
+        )?;
+        let stats = &self.router.stats;
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| {
+            let metric = ConstCounter::new(value);
+            let e = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+            metric.encode(e)
+        };
+        counter(
+            &mut encoder,
+            "dropped_queue_full",
+            "Deliveries dropped because a session's queue was full",
+            stats.dropped_queue_full.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "dropped_memory_budget",
+            "Deliveries dropped because the global memory budget was reached",
+            stats.dropped_budget.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "dropped_expired",
+            "Queued messages dropped because their MQTT 5 expiry passed",
+            stats.dropped_expired.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "wills_published",
+            "Will messages published",
+            stats.wills_published.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "sessions_expired",
+            "Persistent sessions ended by their expiry interval",
+            stats.sessions_expired.load(Ordering::Relaxed),
+        )?;
+        if let Some(store) = &self.store {
+            counter(
+                &mut encoder,
+                "store_commits",
+                "Store transactions committed",
+                store.commits.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "store_commit_failures",
+                "Store commits that failed and were retried",
+                store.commit_failures.load(Ordering::Relaxed),
+            )?;
+            let metric =
+                ConstCounter::new(store.commit_micros_total.load(Ordering::Relaxed) as f64 / 1e6);
+            let e = encoder.encode_descriptor(
+                "store_commit",
+                "Time spent committing (and fsyncing) the store",
+                Some(&Unit::Seconds),
+                metric.metric_type(),
+            )?;
+            metric.encode(e)?;
+        }
+        Ok(())
+    }
+}

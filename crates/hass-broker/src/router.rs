@@ -1,0 +1,743 @@
+//! The broker's shared state and every operation on it: sessions, routing
+//! publishes to subscriptions, retained messages, acknowledgements, wills and
+//! expiry. Connections call in under one lock and never block inside it; the
+//! store receives the resulting changes in the same order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttd::protocol::QoS;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::codec::{Version, min_qos};
+use crate::message::Message;
+use crate::retained::RetainedStore;
+use crate::session::{Delivery, Inflight, InflightState, Link, Session, SubscriptionOptions};
+use crate::store::{Op, QueuedRecord, Recovered, Store};
+use crate::topic::{self, TopicError};
+
+/// Limits that keep memory bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Queued messages per session beyond which new ones are dropped
+    /// (retained replays on subscribe are exempt: they are already in memory).
+    pub max_queued_messages: usize,
+    /// Bytes queued across all sessions beyond which new deliveries are dropped.
+    pub memory_budget: usize,
+    /// QoS 1/2 deliveries in flight per MQTT 3.1.1 client (MQTT 5 clients say
+    /// their own Receive Maximum; the lower of the two applies).
+    pub max_inflight: u16,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_queued_messages: 100_000,
+            memory_budget: 256 * 1024 * 1024,
+            max_inflight: 32,
+        }
+    }
+}
+
+/// Counters read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    pub publishes_routed: AtomicU64,
+    pub deliveries_queued: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_budget: AtomicU64,
+    pub dropped_expired: AtomicU64,
+    pub wills_published: AtomicU64,
+    pub sessions_expired: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    state: Mutex<RouterState>,
+    store: Option<Store>,
+    limits: Limits,
+    pub stats: RouterStats,
+}
+
+#[derive(Debug, Default)]
+struct RouterState {
+    sessions: HashMap<Arc<str>, Session>,
+    retained: RetainedStore,
+    queued_bytes: usize,
+    next_conn_id: u64,
+}
+
+/// What a connecting client asks for, after authentication.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    pub client_id: Arc<str>,
+    pub clean_start: bool,
+    pub expiry_interval: u32,
+    pub will: Option<Message>,
+    pub receive_maximum: u16,
+    pub version: Version,
+}
+
+/// A connection's handle on its session.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub conn_id: u64,
+    pub session_present: bool,
+    pub wake: Arc<Notify>,
+    pub kick: CancellationToken,
+}
+
+/// A packet the connection should write for its session.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Publish {
+        delivery: Delivery,
+        pkid: u16,
+        dup: bool,
+    },
+    PubRel(u16),
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// DISCONNECT received: no will (unless MQTT 5 asked for it).
+    Clean {
+        publish_will: bool,
+        expiry_override: Option<u32>,
+    },
+    /// Socket closed, keepalive timeout, protocol error: the will goes out.
+    Abnormal,
+    /// Another connection took the session over.
+    TakenOver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeResult {
+    Granted(QoS),
+    Invalid,
+    SharedNotSupported,
+}
+
+/// An acknowledgement for a packet id that is not in flight (a late
+/// duplicate, or a confused client); ignored, as the spec allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("packet id {0} is not in flight")]
+pub struct UnknownPacketId(pub u16);
+
+/// Which acknowledgement a client sent for a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    PubAck,
+    PubRec,
+    PubComp,
+}
+
+impl Router {
+    /// A router holding what the store recovered.
+    pub fn new(limits: Limits, store: Option<(Store, Recovered)>) -> Self {
+        let mut state = RouterState::default();
+        let store = store.map(|(store, recovered)| {
+            restore(&mut state, recovered);
+            store
+        });
+        Self {
+            state: Mutex::new(state),
+            store,
+            limits,
+            stats: RouterStats::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RouterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn submit(&self, op: Op) -> Option<u64> {
+        self.store.as_ref().map(|s| s.submit(op))
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.lock().retained.len()
+    }
+
+    pub fn retained_bytes(&self) -> usize {
+        self.lock().retained.bytes()
+    }
+
+    /// (sessions, connected sessions, queued messages, queued bytes)
+    pub fn session_counts(&self) -> (usize, usize, usize, usize) {
+        let state = self.lock();
+        let connected = state.sessions.values().filter(|s| s.link.is_some()).count();
+        let queued = state.sessions.values().map(|s| s.queue.len()).sum();
+        (state.sessions.len(), connected, queued, state.queued_bytes)
+    }
+
+    /// Attaches a connection to its session, creating or resuming it, and
+    /// closes any connection that held it before.
+    pub fn connect(&self, request: ConnectRequest) -> Attached {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        state.next_conn_id += 1;
+        let conn_id = state.next_conn_id;
+
+        let mut old_will = None;
+        let mut session_present = false;
+        if let Some(existing) = state.sessions.get_mut(&request.client_id) {
+            if let Some(old) = existing.link.take() {
+                old.kick.cancel();
+                old_will = existing.will.take();
+            }
+            if request.clean_start {
+                let old = state.sessions.remove(&request.client_id);
+                if let Some(old) = old {
+                    self.forget_session(state, old);
+                }
+            } else {
+                session_present = true;
+            }
+        }
+        let session = state
+            .sessions
+            .entry(request.client_id.clone())
+            .or_insert_with(|| Session::new(request.client_id.clone(), request.expiry_interval));
+        let was_persistent = session.is_persistent();
+        session.expiry_interval = request.expiry_interval;
+        session.disconnected_at = None;
+        session.will = request.will;
+        let wake = Arc::new(Notify::new());
+        let kick = CancellationToken::new();
+        session.link = Some(Link {
+            conn_id,
+            wake: wake.clone(),
+            kick: kick.clone(),
+            receive_maximum: request
+                .receive_maximum
+                .clamp(1, self.limits.max_inflight.max(1)),
+            version: request.version,
+        });
+        if session.is_persistent() {
+            let record = session.record();
+            self.submit(Op::PutSession {
+                client_id: request.client_id.clone(),
+                record,
+            });
+        } else if was_persistent {
+            self.submit(Op::DeleteSession(request.client_id.clone()));
+        }
+        if let Some(will) = old_will {
+            self.route(state, Arc::new(will));
+            self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+        }
+        Attached {
+            conn_id,
+            session_present,
+            wake,
+            kick,
+        }
+    }
+
+    /// Detaches a connection. Ignored if the session has moved on to a newer one.
+    pub fn disconnect(&self, client_id: &str, conn_id: u64, departure: Departure) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return;
+        };
+        if session.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
+            return;
+        }
+        session.link = None;
+        let will = match departure {
+            Departure::Clean { publish_will, .. } => session.will.take().filter(|_| publish_will),
+            Departure::Abnormal => session.will.take(),
+            Departure::TakenOver => None,
+        };
+        if let Departure::Clean {
+            expiry_override: Some(expiry),
+            ..
+        } = departure
+        {
+            session.expiry_interval = expiry;
+        }
+        if session.is_persistent() {
+            session.disconnected_at = Some(SystemTime::now());
+            let record = session.record();
+            let client_id = session.client_id.clone();
+            self.submit(Op::PutSession { client_id, record });
+        } else if let Some(session) = state.sessions.remove(client_id) {
+            self.forget_session(state, session);
+        }
+        if let Some(will) = will {
+            self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+            self.route(state, Arc::new(will));
+        }
+    }
+
+    /// Routes a client's publish. Returns the store sequence number the
+    /// publisher's acknowledgement must wait for, if it changed durable state.
+    pub fn publish(&self, message: Message) -> Option<u64> {
+        let mut guard = self.lock();
+        self.route(&mut guard, Arc::new(message))
+    }
+
+    fn route(&self, state: &mut RouterState, message: Arc<Message>) -> Option<u64> {
+        self.stats.publishes_routed.fetch_add(1, Ordering::Relaxed);
+        let mut last_seq = None;
+        if message.retain {
+            if message.payload.is_empty() {
+                if state.retained.remove(&message.topic) {
+                    last_seq = self.submit(Op::DeleteRetained(message.topic.clone()));
+                }
+            } else {
+                state.retained.set(message.clone());
+                last_seq = self.submit(Op::PutRetained(message.clone()));
+            }
+        }
+        let RouterState {
+            sessions,
+            queued_bytes,
+            ..
+        } = state;
+        for session in sessions.values_mut() {
+            let mut best: Option<(QoS, bool)> = None;
+            let mut ids = Vec::new();
+            for (filter, options) in &session.subscriptions {
+                if !topic::matches(&message.topic, filter) {
+                    continue;
+                }
+                if options.no_local && message.publisher.as_deref() == Some(&*session.client_id) {
+                    continue;
+                }
+                let qos = min_qos(message.qos, options.qos);
+                let keep_retain = options.retain_as_published && message.retain;
+                best = Some(match best {
+                    Some((q, r)) => (
+                        if (qos as u8) > (q as u8) { qos } else { q },
+                        r || keep_retain,
+                    ),
+                    None => (qos, keep_retain),
+                });
+                if options.identifier > 0 {
+                    ids.push(options.identifier);
+                }
+            }
+            if let Some((qos, retain)) = best {
+                let delivery = Delivery {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                    queued_id: 0,
+                };
+                if let Some(seq) = self.enqueue(session, queued_bytes, delivery, false) {
+                    last_seq = Some(seq);
+                }
+            }
+        }
+        last_seq
+    }
+
+    /// Queues a delivery within the limits; returns a store sequence number
+    /// when it was persisted.
+    fn enqueue(
+        &self,
+        session: &mut Session,
+        queued_bytes: &mut usize,
+        mut delivery: Delivery,
+        retained_replay: bool,
+    ) -> Option<u64> {
+        if !retained_replay {
+            if session.queue.len() >= self.limits.max_queued_messages {
+                // Shed QoS 0 first: a newer QoS 1 message displaces an old QoS 0 one.
+                let evicted = if delivery.qos == QoS::AtMostOnce {
+                    None
+                } else {
+                    session.evict_oldest_qos0()
+                };
+                self.stats
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                match evicted {
+                    Some(old) => *queued_bytes -= old.message.weight(),
+                    None => return None,
+                }
+            }
+            if *queued_bytes + delivery.message.weight() > self.limits.memory_budget {
+                self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        }
+        let mut seq = None;
+        if let Some(store) = &self.store
+            && session.is_persistent()
+            && delivery.qos != QoS::AtMostOnce
+        {
+            delivery.queued_id = store.next_queued_id();
+            seq = Some(store.submit(Op::PutQueued {
+                client_id: session.client_id.clone(),
+                id: delivery.queued_id,
+                queued: QueuedRecord {
+                    message: delivery.message.clone(),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    subscription_ids: delivery.subscription_ids.clone(),
+                },
+            }));
+        }
+        *queued_bytes += delivery.message.weight();
+        session.push(delivery);
+        session.wake();
+        self.stats.deliveries_queued.fetch_add(1, Ordering::Relaxed);
+        seq
+    }
+
+    /// Adds subscriptions and queues the retained messages they match.
+    pub fn subscribe(
+        &self,
+        client_id: &str,
+        filters: Vec<(String, SubscriptionOptions)>,
+    ) -> Vec<SubscribeResult> {
+        let mut guard = self.lock();
+        let RouterState {
+            sessions,
+            retained,
+            queued_bytes,
+            ..
+        } = &mut *guard;
+        let Some(session) = sessions.get_mut(client_id) else {
+            return vec![SubscribeResult::Invalid; filters.len()];
+        };
+        let now = SystemTime::now();
+        let mut results = Vec::with_capacity(filters.len());
+        for (raw, options) in filters {
+            match topic::parse_filter(&raw) {
+                Err(TopicError::BadShare) => {
+                    results.push(SubscribeResult::Invalid);
+                    continue;
+                }
+                Err(_) => {
+                    results.push(SubscribeResult::Invalid);
+                    continue;
+                }
+                Ok(parsed) if parsed.share_group.is_some() => {
+                    results.push(SubscribeResult::SharedNotSupported);
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            let existed = session.subscriptions.insert(raw.clone(), options).is_some();
+            results.push(SubscribeResult::Granted(options.qos));
+            let replay = match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            if replay {
+                let matching: Vec<Arc<Message>> = retained.matching(&raw, now).cloned().collect();
+                for message in matching {
+                    let delivery = Delivery {
+                        qos: min_qos(message.qos, options.qos),
+                        message,
+                        // Retained replays always carry the retain flag.
+                        retain: true,
+                        subscription_ids: (options.identifier > 0)
+                            .then_some(options.identifier)
+                            .into_iter()
+                            .collect(),
+                        queued_id: 0,
+                    };
+                    self.enqueue(session, queued_bytes, delivery, true);
+                }
+            }
+        }
+        if session.is_persistent() {
+            let record = session.record();
+            self.submit(Op::PutSession {
+                client_id: session.client_id.clone(),
+                record,
+            });
+        }
+        results
+    }
+
+    /// Removes subscriptions; returns whether each existed.
+    pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
+        let mut guard = self.lock();
+        let Some(session) = guard.sessions.get_mut(client_id) else {
+            return vec![false; filters.len()];
+        };
+        let existed: Vec<bool> = filters
+            .iter()
+            .map(|f| session.subscriptions.remove(f).is_some())
+            .collect();
+        if session.is_persistent() {
+            let record = session.record();
+            let client_id = session.client_id.clone();
+            self.submit(Op::PutSession { client_id, record });
+        }
+        existed
+    }
+
+    /// Packets to resend after a session resumes: unacknowledged publishes
+    /// (with DUP) and PUBRELs, in packet id order.
+    pub fn resume(&self, client_id: &str, conn_id: u64) -> Vec<Outgoing> {
+        let guard = self.lock();
+        let Some(session) = attached(&guard, client_id, conn_id) else {
+            return Vec::new();
+        };
+        session
+            .inflight
+            .iter()
+            .map(|(pkid, inflight)| match inflight.state {
+                InflightState::AwaitAck => Outgoing::Publish {
+                    delivery: inflight.delivery.clone(),
+                    pkid: *pkid,
+                    dup: true,
+                },
+                InflightState::AwaitComplete => Outgoing::PubRel(*pkid),
+            })
+            .collect()
+    }
+
+    /// Takes up to `max` queued deliveries the connection may send now,
+    /// moving QoS 1/2 ones in flight. Returns them and whether more wait.
+    pub fn take_outgoing(
+        &self,
+        client_id: &str,
+        conn_id: u64,
+        max: usize,
+    ) -> (Vec<Outgoing>, bool) {
+        let mut guard = self.lock();
+        let RouterState {
+            sessions,
+            queued_bytes,
+            ..
+        } = &mut *guard;
+        let Some(session) = sessions.get_mut(client_id) else {
+            return (Vec::new(), false);
+        };
+        let Some(window) = session
+            .link
+            .as_ref()
+            .filter(|l| l.conn_id == conn_id)
+            .map(|l| usize::from(l.receive_maximum))
+        else {
+            return (Vec::new(), false);
+        };
+        let now = SystemTime::now();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(front) = session.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && session.inflight.len() >= window {
+                break;
+            }
+            let Some(delivery) = session.pop() else {
+                break;
+            };
+            *queued_bytes -= delivery.message.weight();
+            if delivery.message.is_expired(now) {
+                self.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+                if delivery.queued_id > 0 {
+                    self.submit(Op::DeleteQueued {
+                        client_id: session.client_id.clone(),
+                        id: delivery.queued_id,
+                    });
+                }
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    delivery,
+                    pkid: 0,
+                    dup: false,
+                });
+                continue;
+            }
+            let Some(pkid) = session.next_pkid() else {
+                break;
+            };
+            session.inflight.insert(
+                pkid,
+                Inflight {
+                    delivery: delivery.clone(),
+                    state: InflightState::AwaitAck,
+                },
+            );
+            out.push(Outgoing::Publish {
+                delivery,
+                pkid,
+                dup: false,
+            });
+        }
+        let more = !session.queue.is_empty()
+            && (session
+                .queue
+                .front()
+                .is_some_and(|d| d.qos == QoS::AtMostOnce)
+                || session.inflight.len() < window);
+        (out, more)
+    }
+
+    /// Records a client's acknowledgement of a delivery. Returns the PUBREL
+    /// to send after a PUBREC, or `Err` for a packet id not in flight.
+    pub fn acknowledge(
+        &self,
+        client_id: &str,
+        pkid: u16,
+        kind: AckKind,
+    ) -> Result<Option<Outgoing>, UnknownPacketId> {
+        let mut guard = self.lock();
+        let Some(session) = guard.sessions.get_mut(client_id) else {
+            return Err(UnknownPacketId(pkid));
+        };
+        let state = session
+            .inflight
+            .get(&pkid)
+            .map(|i| (i.state, i.delivery.qos));
+        let finished = match (kind, state) {
+            (AckKind::PubAck, Some((InflightState::AwaitAck, QoS::AtLeastOnce))) => true,
+            (AckKind::PubRec, Some((InflightState::AwaitAck, QoS::ExactlyOnce))) => {
+                if let Some(inflight) = session.inflight.get_mut(&pkid) {
+                    inflight.state = InflightState::AwaitComplete;
+                }
+                return Ok(Some(Outgoing::PubRel(pkid)));
+            }
+            // A repeated PUBREC: answer again.
+            (AckKind::PubRec, Some((InflightState::AwaitComplete, _))) => {
+                return Ok(Some(Outgoing::PubRel(pkid)));
+            }
+            (AckKind::PubComp, Some((InflightState::AwaitComplete, _))) => true,
+            _ => false,
+        };
+        if !finished {
+            return Err(UnknownPacketId(pkid));
+        }
+        if let Some(done) = session.inflight.remove(&pkid)
+            && done.delivery.queued_id > 0
+        {
+            let client_id = session.client_id.clone();
+            self.submit(Op::DeleteQueued {
+                client_id,
+                id: done.delivery.queued_id,
+            });
+        }
+        session.wake();
+        Ok(None)
+    }
+
+    /// Notes an incoming QoS 2 packet id; false if it was already received
+    /// (a resend after a lost PUBREC: acknowledge, do not route again).
+    pub fn receive_qos2(&self, client_id: &str, pkid: u16) -> bool {
+        let mut guard = self.lock();
+        guard
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.incoming_qos2.insert(pkid))
+    }
+
+    /// Releases an incoming QoS 2 packet id (PUBREL); false if unknown.
+    pub fn release_qos2(&self, client_id: &str, pkid: u16) -> bool {
+        let mut guard = self.lock();
+        guard
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.incoming_qos2.remove(&pkid))
+    }
+
+    /// Ends disconnected sessions past their expiry and drops expired
+    /// retained messages. Called periodically.
+    pub fn expire(&self, now: SystemTime) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let expired: Vec<Arc<str>> = state
+            .sessions
+            .values()
+            .filter(|s| {
+                s.link.is_none()
+                    && s.expiry_interval != u32::MAX
+                    && s.disconnected_at.is_some_and(|at| {
+                        now.duration_since(at).unwrap_or(Duration::ZERO)
+                            >= Duration::from_secs(u64::from(s.expiry_interval))
+                    })
+            })
+            .map(|s| s.client_id.clone())
+            .collect();
+        for client_id in expired {
+            if let Some(session) = state.sessions.remove(&client_id) {
+                debug!(client_id = %client_id, "session expired");
+                self.stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                self.forget_session(state, session);
+            }
+        }
+        for topic in state.retained.purge_expired(now) {
+            self.submit(Op::DeleteRetained(topic));
+        }
+    }
+
+    /// Closes every connection (shutdown), sending them on their way.
+    pub fn kick_all(&self) {
+        let guard = self.lock();
+        for session in guard.sessions.values() {
+            if let Some(link) = &session.link {
+                link.kick.cancel();
+            }
+        }
+    }
+
+    fn forget_session(&self, state: &mut RouterState, session: Session) {
+        state.queued_bytes -= session.queued_bytes;
+        if session.is_persistent() {
+            self.submit(Op::DeleteSession(session.client_id.clone()));
+        }
+    }
+}
+
+fn attached<'a>(state: &'a RouterState, client_id: &str, conn_id: u64) -> Option<&'a Session> {
+    state
+        .sessions
+        .get(client_id)
+        .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
+}
+
+/// Rebuilds the in-memory state from what the store recovered.
+fn restore(state: &mut RouterState, recovered: Recovered) {
+    for message in recovered.retained {
+        state.retained.set(Arc::new(message));
+    }
+    for (client_id, record) in recovered.sessions {
+        let client_id: Arc<str> = client_id.into();
+        let mut session = Session::new(client_id.clone(), record.expiry_interval);
+        session.disconnected_at = Some(if record.disconnected_at == 0 {
+            // It was connected when the broker stopped: it disconnected then.
+            SystemTime::now()
+        } else {
+            UNIX_EPOCH + Duration::from_secs(record.disconnected_at)
+        });
+        for sub in record.subscriptions {
+            if let Some(options) = SubscriptionOptions::from_byte(sub.options, sub.identifier) {
+                session.subscriptions.insert(sub.filter, options);
+            }
+        }
+        state.sessions.insert(client_id, session);
+    }
+    for (client_id, id, queued) in recovered.queued {
+        if let Some(session) = state.sessions.get_mut(client_id.as_str()) {
+            let delivery = Delivery {
+                message: queued.message,
+                qos: queued.qos,
+                retain: queued.retain,
+                subscription_ids: queued.subscription_ids,
+                queued_id: id,
+            };
+            state.queued_bytes += delivery.message.weight();
+            session.push(delivery);
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! A client's session: its subscriptions, the messages queued for it, the
+//! QoS 1/2 exchanges in flight in both directions, and the live connection
+//! (if any). Persistent sessions outlive their connection.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rumqttd::protocol::QoS;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::Version;
+use crate::message::Message;
+use crate::store::{SessionRecord, StoredSubscription};
+
+/// MQTT 5 subscription options (3.1.1 subscriptions use the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0: send retained on every subscribe; 1: only if new; 2: never.
+    pub retain_handling: u8,
+    /// MQTT 5 subscription identifier; 0 = none.
+    pub identifier: u32,
+}
+
+impl SubscriptionOptions {
+    pub fn to_byte(self) -> u8 {
+        self.qos as u8
+            | (u8::from(self.no_local) << 2)
+            | (u8::from(self.retain_as_published) << 3)
+            | (self.retain_handling << 4)
+    }
+
+    pub fn from_byte(byte: u8, identifier: u32) -> Option<Self> {
+        Some(Self {
+            qos: rumqttd::protocol::qos(byte & 0b11)?,
+            no_local: byte & 0b100 != 0,
+            retain_as_published: byte & 0b1000 != 0,
+            retain_handling: (byte >> 4) & 0b11,
+            identifier,
+        })
+    }
+}
+
+/// A message on its way to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Id in the store's queue table; 0 when not persisted.
+    pub queued_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    AwaitAck,
+    /// PUBREL sent; waiting for PUBCOMP.
+    AwaitComplete,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub delivery: Delivery,
+    pub state: InflightState,
+}
+
+/// The live connection attached to a session.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub conn_id: u64,
+    /// Woken when the session has something to send.
+    pub wake: Arc<Notify>,
+    /// Cancelled to close the connection (session taken over, shutdown).
+    pub kick: CancellationToken,
+    /// How many QoS 1/2 deliveries may be unacknowledged at once.
+    pub receive_maximum: u16,
+    pub version: Version,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: Arc<str>,
+    /// Seconds the session outlives its connection; 0 = not at all,
+    /// `u32::MAX` = forever (MQTT 3.1.1 `clean_session = false`).
+    pub expiry_interval: u32,
+    pub subscriptions: HashMap<String, SubscriptionOptions>,
+    pub queue: VecDeque<Delivery>,
+    pub queued_bytes: usize,
+    pub inflight: BTreeMap<u16, Inflight>,
+    /// QoS 2 packet ids received (PUBREC sent) and not yet released.
+    pub incoming_qos2: HashSet<u16>,
+    next_pkid: u16,
+    pub link: Option<Link>,
+    pub disconnected_at: Option<SystemTime>,
+    pub will: Option<Message>,
+}
+
+impl Session {
+    pub fn new(client_id: Arc<str>, expiry_interval: u32) -> Self {
+        Self {
+            client_id,
+            expiry_interval,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+            next_pkid: 0,
+            link: None,
+            disconnected_at: None,
+            will: None,
+        }
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.expiry_interval > 0
+    }
+
+    /// The next packet id not in flight (1..=65535, wrapping).
+    pub fn next_pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_pkid) {
+                return Some(self.next_pkid);
+            }
+        }
+        None
+    }
+
+    pub fn push(&mut self, delivery: Delivery) {
+        self.queued_bytes += delivery.message.weight();
+        self.queue.push_back(delivery);
+    }
+
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let delivery = self.queue.pop_front()?;
+        self.queued_bytes -= delivery.message.weight();
+        Some(delivery)
+    }
+
+    /// Removes the oldest queued QoS 0 delivery, to make room under a limit.
+    pub fn evict_oldest_qos0(&mut self) -> Option<Delivery> {
+        let at = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)?;
+        let delivery = self.queue.remove(at)?;
+        self.queued_bytes -= delivery.message.weight();
+        Some(delivery)
+    }
+
+    pub fn wake(&self) {
+        if let Some(link) = &self.link {
+            link.wake.notify_one();
+        }
+    }
+
+    pub fn record(&self) -> SessionRecord {
+        let mut subscriptions: Vec<StoredSubscription> = self
+            .subscriptions
+            .iter()
+            .map(|(filter, options)| StoredSubscription {
+                filter: filter.clone(),
+                options: options.to_byte(),
+                identifier: options.identifier,
+            })
+            .collect();
+        subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+        SessionRecord {
+            expiry_interval: self.expiry_interval,
+            disconnected_at: self.disconnected_at.map_or(0, |t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            }),
+            subscriptions,
+        }
+    }
+}
