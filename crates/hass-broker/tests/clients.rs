@@ -1,0 +1,254 @@
+//! hass-broker with real clients: paho-mqtt (Home Assistant's) and the
+//! Mosquitto command-line tools, over MQTT 3.1.1 and 5.
+
+mod common;
+
+use std::process::Command;
+
+use common::{PASSWORD, TestBroker, USER};
+
+fn mosquitto(tool: &str, broker: &TestBroker, args: &[&str]) -> std::process::Output {
+    Command::new(tool)
+        .args(["-h", "127.0.0.1", "-p", &broker.mqtt.port().to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (Debian's mosquitto-clients)"))
+}
+
+#[test]
+fn ten_thousand_retained_discovery_topics_reach_every_new_subscriber() {
+    let broker = TestBroker::start("");
+    let published = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/sensor/dev{i}/config",
+            "--payload",
+            r#"{"name":"dev{i}","state_topic":"zigbee2mqtt/dev{i}"}"#,
+            "--count",
+            "10000",
+            "--qos",
+            "1",
+            "--retain",
+        ],
+    );
+    assert_eq!(published["acked"], 10_000, "{published}");
+
+    for (protocol, qos) in [(4, "0"), (4, "1"), (5, "0"), (5, "1")] {
+        let got = broker.paho(
+            protocol,
+            true,
+            &[
+                "subscribe",
+                "--filter",
+                "homeassistant/#",
+                "--qos",
+                qos,
+                "--expect",
+                "10000",
+                "--timeout",
+                "60",
+                "--linger",
+                "0.3",
+            ],
+        );
+        assert_eq!(got["count"], 10_000, "MQTT {protocol} QoS {qos}: {got}");
+        assert_eq!(got["retained"], 10_000, "MQTT {protocol} QoS {qos}: {got}");
+    }
+    assert_eq!(
+        broker.metric("hass_broker_retained_messages", None),
+        10_000.0
+    );
+}
+
+#[test]
+fn delivery_qos_is_the_lower_of_publish_and_subscription() {
+    let broker = TestBroker::start("");
+    for (sub_qos, pub_qos, want) in [("1", "0", 0), ("1", "2", 1), ("2", "2", 2), ("0", "2", 0)] {
+        let topic = format!("qos/{sub_qos}/{pub_qos}");
+        std::thread::scope(|s| {
+            let subscriber = s.spawn(|| {
+                broker.paho(
+                    5,
+                    true,
+                    &[
+                        "subscribe",
+                        "--filter",
+                        &topic,
+                        "--qos",
+                        sub_qos,
+                        "--expect",
+                        "1",
+                        "--timeout",
+                        "10",
+                    ],
+                )
+            });
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            let sent = broker.paho(
+                4,
+                true,
+                &["publish-many", "--topic", &topic, "--qos", pub_qos],
+            );
+            assert_eq!(sent["rc"], 0);
+            let got = subscriber.join().expect("subscriber");
+            assert_eq!(got["count"], 1, "sub {sub_qos} pub {pub_qos}: {got}");
+            assert_eq!(
+                got["qos"],
+                serde_json::json!([want]),
+                "sub {sub_qos} pub {pub_qos}: {got}"
+            );
+        });
+    }
+}
+
+#[test]
+fn bad_credentials_get_a_connack_refusal_not_a_dropped_socket() {
+    let broker = TestBroker::start("");
+    // MQTT 3.1.1 gets return code 5, which paho 2 reports as reason 0x87
+    // "Not authorized" (and Home Assistant as "invalid auth", not "cannot
+    // connect"); MQTT 5 tells a wrong password (0x86) from no credentials (0x87).
+    for protocol in [4u8, 5] {
+        let got = paho_raw(
+            &broker,
+            protocol,
+            &["--user", USER, "--password", "wrong", "connect"],
+        );
+        let want = if protocol == 4 { 0x87 } else { 0x86 };
+        assert_eq!(got["rc"], want, "MQTT {protocol} wrong password: {got}");
+        let got = paho_raw(&broker, protocol, &["connect"]);
+        assert_eq!(got["rc"], 0x87, "MQTT {protocol} anonymous: {got}");
+    }
+    let out = mosquitto(
+        "mosquitto_pub",
+        &broker,
+        &["-u", USER, "-P", "nope", "-t", "x", "-m", "y"],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not authorised"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        broker.metric(
+            "hass_broker_auth_failures",
+            Some(("reason", "bad_credentials"))
+        ),
+        3.0
+    );
+    assert_eq!(
+        broker.metric(
+            "hass_broker_auth_failures",
+            Some(("reason", "not_authorized"))
+        ),
+        2.0
+    );
+}
+
+/// paho without the default credentials.
+fn paho_raw(broker: &TestBroker, protocol: u8, args: &[&str]) -> serde_json::Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/paho_client.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .args([
+            "--port",
+            &broker.mqtt.port().to_string(),
+            "--protocol",
+            &protocol.to_string(),
+        ])
+        .args(args)
+        .output()
+        .expect("python3");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+#[test]
+fn keepalive_zero_is_accepted() {
+    let broker = TestBroker::start("");
+    for protocol in [4u8, 5] {
+        let got = broker.paho(
+            protocol,
+            true,
+            &["connect", "--keepalive", "0", "--hold", "0.5"],
+        );
+        assert_eq!(got["rc"], 0, "MQTT {protocol}: {got}");
+        assert_eq!(got["still_connected"], true, "MQTT {protocol}: {got}");
+    }
+}
+
+#[test]
+fn mosquitto_clients_round_trip_on_one_port_for_both_versions() {
+    let broker = TestBroker::start("");
+    for version in ["mqttv311", "mqttv5"] {
+        let topic = format!("zigbee2mqtt/bridge/state/{version}");
+        let out = mosquitto(
+            "mosquitto_pub",
+            &broker,
+            &[
+                "-V", version, "-u", USER, "-P", PASSWORD, "-t", &topic, "-m", "online", "-r",
+                "-q", "1",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = mosquitto(
+            "mosquitto_sub",
+            &broker,
+            &[
+                "-V", version, "-u", USER, "-P", PASSWORD, "-t", &topic, "-C", "1", "-W", "5", "-v",
+            ],
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{topic} online")
+        );
+    }
+}
+
+#[test]
+fn empty_retained_payload_clears_the_topic() {
+    let broker = TestBroker::start("");
+    broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/light/x/config",
+            "--payload",
+            "{}",
+            "--retain",
+        ],
+    );
+    broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/light/x/config",
+            "--payload",
+            "",
+            "--retain",
+        ],
+    );
+    let got = broker.paho(
+        4,
+        true,
+        &["subscribe", "--filter", "homeassistant/#", "--timeout", "1"],
+    );
+    assert_eq!(got["count"], 0, "{got}");
+    assert_eq!(broker.metric("hass_broker_retained_messages", None), 0.0);
+}

@@ -1,0 +1,153 @@
+//! A real hass-broker process for tests, with a real password file made by
+//! `mosquitto_passwd`, and the paho-mqtt client Home Assistant uses.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+pub const USER: &str = "homeassistant";
+pub const PASSWORD: &str = "s3cret-Pa55";
+
+pub struct TestBroker {
+    pub dir: TempDir,
+    pub mqtt: SocketAddr,
+    pub admin: SocketAddr,
+    pub process: Option<SpawnedBinary>,
+    pub logs: String,
+}
+
+impl TestBroker {
+    /// Starts a broker with `extra` appended to its YAML config.
+    pub fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "").expect("passwd file");
+        let status = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(&passwd)
+            .args([USER, PASSWORD])
+            .status()
+            .expect("mosquitto_passwd (Debian's mosquitto package; the README test command installs it)");
+        assert!(status.success());
+        let mqtt = free_addr();
+        let config = format!(
+            "data_dir: {data}\npassword_file: {passwd}\nlisteners:\n  mqtt: {mqtt}\n{extra}",
+            data = dir.path().join("data").display(),
+            passwd = passwd.display(),
+        );
+        std::fs::write(dir.path().join("broker.yaml"), config).expect("config");
+        let mut broker = Self {
+            dir,
+            mqtt,
+            admin: free_addr(),
+            process: None,
+            logs: String::new(),
+        };
+        broker.launch();
+        broker
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("broker.yaml")
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hass-broker"));
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("--admin-listen")
+            .arg(self.admin.to_string())
+            .env("RUST_LOG", "info");
+        let mut process = SpawnedBinary::spawn(cmd).expect("spawn hass-broker");
+        process
+            .wait_ready(self.admin, Duration::from_secs(20))
+            .expect("broker ready");
+        self.process = Some(process);
+    }
+
+    /// SIGKILL: no flush, no goodbye, as an OOM kill or node loss.
+    pub fn kill9(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.signal(Signal::SIGKILL);
+            let mut process = process;
+            process.wait_exit(Duration::from_secs(10));
+            self.logs.push_str(&process.stderr());
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.launch();
+    }
+
+    /// SIGTERM and the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut process = self.process.take()?;
+        process.signal(Signal::SIGTERM);
+        let status = process.wait_exit(Duration::from_secs(20));
+        self.logs.push_str(&process.stderr());
+        status.and_then(|s| s.code())
+    }
+
+    pub fn stderr(&self) -> String {
+        let current = self
+            .process
+            .as_ref()
+            .map(|p| p.stderr())
+            .unwrap_or_default();
+        format!("{}{current}", self.logs)
+    }
+
+    /// Runs the paho helper with `args` after the connection flags.
+    pub fn paho(&self, protocol: u8, auth: bool, args: &[&str]) -> serde_json::Value {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/paho_client.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(["--port", &self.mqtt.port().to_string()])
+            .args(["--protocol", &protocol.to_string()]);
+        if auth {
+            cmd.args(["--user", USER, "--password", PASSWORD]);
+        }
+        let output = cmd.args(args).output().expect("python3");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "paho {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("paho output {stdout:?}: {e}"))
+    }
+
+    /// The broker's metrics, parsed by the reference OpenMetrics parser.
+    pub fn metrics(&self) -> Vec<openmetrics::Family> {
+        let reply = http::get(self.admin, "/metrics").expect("metrics");
+        openmetrics::parse(&reply.body).expect("valid OpenMetrics")
+    }
+
+    pub fn metric(&self, family: &str, label: Option<(&str, &str)>) -> f64 {
+        let families = self.metrics();
+        let Some(found) = openmetrics::find(&families, family) else {
+            return 0.0;
+        };
+        found
+            .samples
+            .iter()
+            .filter(|s| !s.name.ends_with("_created"))
+            .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k).map(String::as_str) == Some(v)))
+            .map(|s| s.value)
+            .sum()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
