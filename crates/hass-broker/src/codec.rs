@@ -16,7 +16,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::v5::V5;
-use rumqttd::protocol::{self, Packet, Protocol, Publish, QoS};
+use rumqttd::protocol::{
+    self, Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, Protocol, Publish, QoS,
+};
 
 /// The protocol version a connection speaks, fixed by its CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +73,11 @@ pub enum Detected {
 
 /// Finds the protocol version from the CONNECT at the start of `buf`.
 pub fn detect_version(buf: &[u8], max_packet: usize) -> Result<Detected, CodecError> {
+    // Refuse a stream that does not start with CONNECT at its first byte,
+    // rather than waiting for a frame its garbage length announces.
+    if buf.first().is_some_and(|b| *b != 0x10) {
+        return Err(CodecError::NotConnect);
+    }
     let header = match frame(buf, max_packet)? {
         Some(header) => header,
         None => return Ok(Detected::NeedMore),
@@ -219,6 +226,38 @@ fn strip_properties(packet: Packet) -> Packet {
     }
 }
 
+/// A DISCONNECT with `reason` and a reason string saying it in words.
+///
+/// rumqttd's v5 writer mis-frames a DISCONNECT whose remaining length comes
+/// to 1 or 2 bytes: without properties it announces 1 byte and writes 2, and
+/// with empty properties it drops the reason code. A non-empty reason string
+/// keeps it on its correct path, and tells the client why.
+pub fn disconnect(reason: DisconnectReasonCode) -> Packet {
+    let text = match reason {
+        DisconnectReasonCode::MalformedPacket => "malformed packet",
+        DisconnectReasonCode::ProtocolError => "protocol error",
+        DisconnectReasonCode::ServerShuttingDown => "server shutting down",
+        DisconnectReasonCode::KeepAliveTimeout => "keepalive timeout",
+        DisconnectReasonCode::SessionTakenOver => "session taken over by a new connection",
+        DisconnectReasonCode::TopicNameInvalid => "invalid topic name",
+        DisconnectReasonCode::TopicAliasInvalid => "topic aliases are not accepted",
+        DisconnectReasonCode::PacketTooLarge => "packet too large",
+        DisconnectReasonCode::NotAuthorized => "not authorized",
+        _ => "disconnecting",
+    };
+    Packet::Disconnect(
+        Disconnect {
+            reason_code: reason,
+        },
+        Some(DisconnectProperties {
+            session_expiry_interval: None,
+            reason_string: Some(text.to_owned()),
+            user_properties: Vec::new(),
+            server_reference: None,
+        }),
+    )
+}
+
 /// QoS of a delivery: the lower of the publish's and the subscription's.
 pub fn min_qos(a: QoS, b: QoS) -> QoS {
     if (a as u8) <= (b as u8) { a } else { b }
@@ -261,6 +300,36 @@ mod tests {
             assert!(p.retain);
             assert!(wire.is_empty());
         }
+    }
+
+    #[test]
+    fn disconnect_is_framed_exactly() {
+        let mut wire = encode(
+            Version::V5,
+            disconnect(DisconnectReasonCode::MalformedPacket),
+        );
+        assert_eq!(wire[..3], [0xe0, 0x15, 0x81], "{wire:02x?}");
+        assert_eq!(
+            wire.len(),
+            2 + 0x15,
+            "remaining length matches what is written"
+        );
+        // And it reads back as what was sent.
+        wire[0] = 0xe0;
+        let back = read(Version::V5, &mut wire, 1024).unwrap().unwrap();
+        let Packet::Disconnect(d, props) = back.packet else {
+            panic!("not a disconnect")
+        };
+        assert_eq!(d.reason_code, DisconnectReasonCode::MalformedPacket);
+        assert_eq!(
+            props.and_then(|p| p.reason_string).as_deref(),
+            Some("malformed packet")
+        );
+        let wire = encode(
+            Version::V4,
+            disconnect(DisconnectReasonCode::NormalDisconnection),
+        );
+        assert_eq!(&wire[..], [0xe0, 0x00]);
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
-    PingResp, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
-    PubRelReason, PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, ConnectReturnCode, DisconnectReasonCode, Packet, PingResp, PubAck,
+    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
+    PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -72,6 +72,12 @@ where
         Ok(Err(e)) => {
             ctx.metrics.malformed(&e);
             debug!(%peer, "closing before CONNECT: {e}");
+            if let CodecError::UnsupportedProtocol { .. } = e {
+                // MQTT 3.1.1 §3.2.2.3: tell an MQTT 3.1 client why, in a CONNACK it can read.
+                let mut wbuf = BytesMut::with_capacity(4);
+                let refusal = connack(false, ConnectReturnCode::RefusedProtocolVersion, None);
+                let _ = write_now(&mut stream, &mut wbuf, Version::V4, refusal).await;
+            }
             return;
         }
         Err(_) => {
@@ -262,6 +268,12 @@ impl Connection {
         for out in resend {
             self.encode_outgoing(out);
         }
+        // Packets that arrived in the same read as CONNECT.
+        if let Some(close) = self.handle_packets() {
+            let _ = self.write_out(stream).await;
+            return close;
+        }
+        self.release_acks();
         if let Err(e) = self.flush_queue(stream).await {
             return e;
         }
@@ -430,6 +442,16 @@ impl Connection {
                 ));
             }
             Packet::Subscribe(subscribe, props) => {
+                if subscribe
+                    .filters
+                    .iter()
+                    .any(|f| topic::parse_filter(&f.path).is_err())
+                {
+                    // A malformed filter is a malformed packet (MQTT 3.1.1 §4.7.3).
+                    self.ctx.metrics.malformed_kind("invalid_filter");
+                    self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
+                    return Some(Close::Protocol("invalid topic filter".into()));
+                }
                 let identifier = props
                     .and_then(|p| p.id)
                     .and_then(|id| u32::try_from(id).ok())
@@ -478,6 +500,15 @@ impl Connection {
                 ));
             }
             Packet::Unsubscribe(unsubscribe, _) => {
+                if unsubscribe
+                    .filters
+                    .iter()
+                    .any(|f| topic::parse_filter(f).is_err())
+                {
+                    self.ctx.metrics.malformed_kind("invalid_filter");
+                    self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
+                    return Some(Close::Protocol("invalid topic filter".into()));
+                }
                 let existed = router.unsubscribe(&self.client_id, &unsubscribe.filters);
                 let reasons = existed
                     .into_iter()
@@ -628,12 +659,7 @@ impl Connection {
     fn disconnect_packet(&mut self, reason: DisconnectReasonCode) {
         // MQTT 3.1.1 servers never send DISCONNECT; they just close.
         if self.version == Version::V5 {
-            self.encode(Packet::Disconnect(
-                Disconnect {
-                    reason_code: reason,
-                },
-                None,
-            ));
+            self.encode(codec::disconnect(reason));
         }
     }
 

@@ -85,7 +85,14 @@ impl Component for Broker {
     }
 
     async fn run(self, ctx: Context) -> Result<(), Fatal> {
+        // Every check is registered before any is set, so /readyz cannot
+        // pass between the store opening and the listener binding.
         let store_check = ctx.readiness.register("store");
+        let mqtt_check = self
+            .config
+            .listeners
+            .mqtt
+            .map(|_| ctx.readiness.register("listener:mqtt"));
         let durability = match self.config.fsync {
             FsyncPolicy::Always => Durability::Always,
             FsyncPolicy::Periodic => Durability::Periodic(self.config.fsync_interval),
@@ -140,7 +147,9 @@ impl Component for Broker {
         let connections = TaskTracker::new();
         if let Some(addr) = self.config.listeners.mqtt {
             let listener = listener::bind(addr, "mqtt").await?;
-            ctx.readiness.register("listener:mqtt").set_ready();
+            if let Some(check) = &mqtt_check {
+                check.set_ready();
+            }
             info!(address = %listener.local_addr().map_err(|e| Fatal::runtime(e.to_string()))?, "MQTT listener up");
             ctx.shutdown.spawn(listener::accept_loop(
                 listener,

@@ -18,7 +18,7 @@ use crate::message::Message;
 use crate::retained::RetainedStore;
 use crate::session::{Delivery, Inflight, InflightState, Link, Session, SubscriptionOptions};
 use crate::store::{Op, QueuedRecord, Recovered, Store};
-use crate::topic::{self, TopicError};
+use crate::topic;
 
 /// Limits that keep memory bounded.
 #[derive(Debug, Clone)]
@@ -416,10 +416,6 @@ impl Router {
         let mut results = Vec::with_capacity(filters.len());
         for (raw, options) in filters {
             match topic::parse_filter(&raw) {
-                Err(TopicError::BadShare) => {
-                    results.push(SubscribeResult::Invalid);
-                    continue;
-                }
                 Err(_) => {
                     results.push(SubscribeResult::Invalid);
                     continue;

@@ -5,6 +5,7 @@ on stdout describing what it saw; the Rust test asserts on it.
 """
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -57,8 +58,14 @@ def connect(client, args, clean=True, expiry=None, keepalive=60):
 
 def cmd_connect(args):
     client = make_client(args, args.client_id)
+    if args.will_topic:
+        client.will_set(args.will_topic, args.will_payload, qos=1, retain=args.will_retain)
     rc, present = connect(client, args, keepalive=args.keepalive)
     time.sleep(args.hold)
+    if args.abort:
+        # Vanish without DISCONNECT, as a crashed or unplugged client does.
+        print(json.dumps({"rc": rc, "session_present": present}), flush=True)
+        os._exit(0)
     alive = client.is_connected()
     client.disconnect()
     client.loop_stop()
@@ -150,6 +157,10 @@ def main():
     p = sub.add_parser("connect")
     p.add_argument("--keepalive", type=int, default=60)
     p.add_argument("--hold", type=float, default=0.0)
+    p.add_argument("--will-topic")
+    p.add_argument("--will-payload", default="offline")
+    p.add_argument("--will-retain", action="store_true")
+    p.add_argument("--abort", action="store_true")
 
     p = sub.add_parser("publish-many")
     p.add_argument("--topic", required=True)

@@ -1,0 +1,235 @@
+//! What Home Assistant relies on across broker restarts: retained messages,
+//! persistent sessions with their subscriptions, and queued QoS 1 messages
+//! survive SIGKILL (nothing acknowledged is lost) and a clean SIGTERM.
+
+mod common;
+
+use common::TestBroker;
+
+fn publish_retained_and_queue(broker: &TestBroker) {
+    // Home Assistant's session: persistent, subscribed, then gone.
+    let ha = broker.paho(
+        4,
+        true,
+        &[
+            "--client-id",
+            "homeassistant-core",
+            "subscribe",
+            "--filter",
+            "zigbee2mqtt/#",
+            "--qos",
+            "1",
+            "--persistent",
+            "--timeout",
+            "0.2",
+        ],
+    );
+    assert_eq!(ha["granted"], serde_json::json!([1]), "{ha}");
+    let sent = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/binary_sensor/door{i}/config",
+            "--payload",
+            "cfg{i}",
+            "--count",
+            "50",
+            "--qos",
+            "1",
+            "--retain",
+        ],
+    );
+    assert_eq!(sent["acked"], 50);
+    let sent = broker.paho(
+        5,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "zigbee2mqtt/door{i}",
+            "--payload",
+            "open{i}",
+            "--count",
+            "5",
+            "--qos",
+            "1",
+        ],
+    );
+    assert_eq!(sent["acked"], 5, "every QoS 1 publish acknowledged: {sent}");
+}
+
+fn assert_state_restored(broker: &TestBroker) {
+    let retained = broker.paho(
+        5,
+        true,
+        &[
+            "subscribe",
+            "--filter",
+            "homeassistant/#",
+            "--qos",
+            "1",
+            "--expect",
+            "50",
+            "--timeout",
+            "10",
+            "--linger",
+            "0.2",
+        ],
+    );
+    assert_eq!(
+        retained["count"],
+        50,
+        "retained after restart: {retained}\n{}",
+        broker.stderr()
+    );
+    assert_eq!(retained["retained"], 50);
+
+    // The session resumes without subscribing again, and gets what was queued.
+    let ha = broker.paho(
+        4,
+        true,
+        &[
+            "--client-id",
+            "homeassistant-core",
+            "subscribe",
+            "--filter",
+            "unused",
+            "--persistent",
+            "--no-subscribe",
+            "--expect",
+            "5",
+            "--timeout",
+            "10",
+            "--show",
+        ],
+    );
+    assert_eq!(ha["session_present"], true, "{ha}");
+    assert_eq!(
+        ha["count"],
+        5,
+        "queued QoS 1 after restart: {ha}\n{}",
+        broker.stderr()
+    );
+    let payloads: Vec<&str> = ha["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        payloads,
+        ["open0", "open1", "open2", "open3", "open4"],
+        "in order"
+    );
+}
+
+#[test]
+fn state_survives_sigkill() {
+    let mut broker = TestBroker::start("");
+    publish_retained_and_queue(&broker);
+    broker.kill9();
+    broker.restart();
+    assert_state_restored(&broker);
+}
+
+#[test]
+fn state_survives_sigterm_and_exit_is_clean() {
+    let mut broker = TestBroker::start("");
+    publish_retained_and_queue(&broker);
+    assert_eq!(broker.stop(), Some(0), "{}", broker.stderr());
+    assert!(
+        broker.stderr().contains("store flushed"),
+        "{}",
+        broker.stderr()
+    );
+    broker.restart();
+    assert_state_restored(&broker);
+}
+
+#[test]
+fn delivered_messages_are_not_replayed_after_restart() {
+    let mut broker = TestBroker::start("");
+    publish_retained_and_queue(&broker);
+    // Home Assistant comes back and receives (and acknowledges) the queue...
+    let ha = broker.paho(
+        4,
+        true,
+        &[
+            "--client-id",
+            "homeassistant-core",
+            "subscribe",
+            "--filter",
+            "unused",
+            "--persistent",
+            "--no-subscribe",
+            "--expect",
+            "5",
+            "--timeout",
+            "10",
+            "--linger",
+            "0.5",
+        ],
+    );
+    assert_eq!(ha["count"], 5);
+    broker.kill9();
+    broker.restart();
+    // ...so after a crash there is nothing left to deliver twice.
+    let ha = broker.paho(
+        4,
+        true,
+        &[
+            "--client-id",
+            "homeassistant-core",
+            "subscribe",
+            "--filter",
+            "unused",
+            "--persistent",
+            "--no-subscribe",
+            "--timeout",
+            "1.5",
+        ],
+    );
+    assert_eq!(ha["session_present"], true);
+    assert_eq!(ha["count"], 0, "acknowledged messages came back: {ha}");
+}
+
+#[test]
+fn a_clean_session_leaves_nothing_behind() {
+    let mut broker = TestBroker::start("");
+    broker.paho(
+        4,
+        true,
+        &[
+            "--client-id",
+            "transient",
+            "subscribe",
+            "--filter",
+            "a/#",
+            "--qos",
+            "1",
+            "--timeout",
+            "0.2",
+        ],
+    );
+    broker.kill9();
+    broker.restart();
+    assert_eq!(broker.metric("hass_broker_sessions", None), 0.0);
+    let got = broker.paho(
+        4,
+        true,
+        &[
+            "--client-id",
+            "transient",
+            "subscribe",
+            "--filter",
+            "x",
+            "--persistent",
+            "--no-subscribe",
+            "--timeout",
+            "0.3",
+        ],
+    );
+    assert_eq!(got["session_present"], false, "{got}");
+}

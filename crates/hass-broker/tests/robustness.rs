@@ -1,0 +1,273 @@
+//! Bad input and abrupt clients: the offending connection is closed, the
+//! broker stays up for everyone else, and a metric counts what happened.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{PASSWORD, TestBroker, USER};
+
+/// A CONNECT packet (MQTT 3.1.1 unless `level` says otherwise).
+fn connect_packet(name: &[u8], level: u8, client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    body.push(level);
+    body.push(0b1100_0010); // username, password, clean session
+    body.extend_from_slice(&60u16.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    for field in [client_id.as_bytes(), USER.as_bytes(), PASSWORD.as_bytes()] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut packet = vec![0x10];
+    packet.extend(remaining_length(body.len()));
+    packet.extend(body);
+    packet
+}
+
+fn remaining_length(mut len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return out;
+        }
+    }
+}
+
+/// Sends `bytes` and returns what the broker answered before closing, or
+/// panics if it keeps the connection open.
+fn send_and_expect_close(broker: &TestBroker, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(broker.mqtt)
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", broker.stderr()));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return answer,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return answer,
+            Err(e) => panic!("connection not closed after {:?}: {e}", started.elapsed()),
+        }
+    }
+}
+
+fn still_serving(broker: &TestBroker) {
+    let got = broker.paho(4, true, &["connect"]);
+    assert_eq!(
+        got["rc"],
+        0,
+        "broker stopped serving: {got}\n{}",
+        broker.stderr()
+    );
+}
+
+#[test]
+fn random_bytes_close_the_connection_and_are_counted() {
+    let broker = TestBroker::start("");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..50 {
+        let bytes: Vec<u8> = (0..64)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        send_and_expect_close(&broker, &bytes);
+    }
+    still_serving(&broker);
+    assert!(broker.metric("hass_broker_malformed_packets", None) >= 40.0);
+}
+
+#[test]
+fn garbage_after_a_good_connect_is_malformed() {
+    let broker = TestBroker::start("");
+    for version in [4u8, 5] {
+        let mut bytes = connect_packet(b"MQTT", version, "fuzzed");
+        // A PUBLISH with QoS 3 (both QoS bits set) is malformed.
+        bytes.extend_from_slice(&[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01]);
+        let answer = send_and_expect_close(&broker, &bytes);
+        assert_eq!(
+            answer.first(),
+            Some(&0x20),
+            "a CONNACK first: {answer:02x?}"
+        );
+        if version == 4 {
+            assert_eq!(
+                answer,
+                [0x20, 0x02, 0x00, 0x00],
+                "CONNACK, then closed without a word"
+            );
+        } else {
+            // CONNACK, then DISCONNECT 0x81 Malformed Packet, with its reason in words.
+            let disconnect = &answer[usize::from(answer[1]) + 2..];
+            assert_eq!(disconnect[0], 0xe0, "{answer:02x?}");
+            assert_eq!(
+                usize::from(disconnect[1]),
+                disconnect.len() - 2,
+                "{answer:02x?}"
+            );
+            assert_eq!(disconnect[2], 0x81, "{answer:02x?}");
+        }
+    }
+    still_serving(&broker);
+    assert_eq!(
+        broker.metric(
+            "hass_broker_malformed_packets",
+            Some(("reason", "malformed"))
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn a_remaining_length_over_the_limit_is_refused_without_reading_it() {
+    let broker = TestBroker::start("limits:\n  max_packet_size: 4096\n");
+    let mut bytes = connect_packet(b"MQTT", 4, "big");
+    // PUBLISH announcing 100 MiB; only the header is sent.
+    bytes.push(0x30);
+    bytes.extend(remaining_length(100 * 1024 * 1024));
+    send_and_expect_close(&broker, &bytes);
+    still_serving(&broker);
+    assert_eq!(
+        broker.metric(
+            "hass_broker_malformed_packets",
+            Some(("reason", "too_large"))
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn truncated_packets_do_not_wedge_the_broker() {
+    let broker = TestBroker::start("");
+    let full = connect_packet(b"MQTT", 4, "truncated");
+    let mut stream = TcpStream::connect(broker.mqtt)
+        .unwrap_or_else(|e| panic!("connect: {e}\n{}", broker.stderr()));
+    stream.write_all(&full[..full.len() / 2]).expect("write");
+    // The half-sent CONNECT holds nothing up for other clients.
+    still_serving(&broker);
+    drop(stream);
+    still_serving(&broker);
+}
+
+#[test]
+fn mqtt_3_1_gets_connack_unacceptable_protocol_version() {
+    let broker = TestBroker::start("");
+    let answer = send_and_expect_close(&broker, &connect_packet(b"MQIsdp", 3, "old"));
+    assert_eq!(answer, [0x20, 0x02, 0x00, 0x01]);
+    assert_eq!(
+        broker.metric(
+            "hass_broker_malformed_packets",
+            Some(("reason", "unsupported_protocol"))
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_subscribe_to_an_invalid_filter_closes_the_connection() {
+    let broker = TestBroker::start("");
+    let mut bytes = connect_packet(b"MQTT", 4, "badfilter");
+    let filter = b"a/#/b";
+    let mut body = vec![0x00, 0x07];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter);
+    body.push(0);
+    bytes.push(0x82);
+    bytes.extend(remaining_length(body.len()));
+    bytes.extend(body);
+    let answer = send_and_expect_close(&broker, &bytes);
+    assert_eq!(answer.len(), 4, "a CONNACK and no SUBACK: {answer:02x?}");
+    still_serving(&broker);
+    assert_eq!(
+        broker.metric(
+            "hass_broker_malformed_packets",
+            Some(("reason", "invalid_filter"))
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_vanished_client_has_its_will_published() {
+    let broker = TestBroker::start("");
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            broker.paho(
+                5,
+                true,
+                &[
+                    "subscribe",
+                    "--filter",
+                    "zigbee2mqtt/bridge/state",
+                    "--qos",
+                    "1",
+                    "--expect",
+                    "1",
+                    "--timeout",
+                    "10",
+                    "--show",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        broker.paho(
+            4,
+            true,
+            &[
+                "--client-id",
+                "zigbee2mqtt",
+                "connect",
+                "--will-topic",
+                "zigbee2mqtt/bridge/state",
+                "--will-payload",
+                "offline",
+                "--abort",
+            ],
+        );
+        let got = watcher.join().expect("watcher");
+        assert_eq!(got["count"], 1, "{got}");
+        assert_eq!(got["messages"][0]["payload"], "offline");
+    });
+    assert_eq!(broker.metric("hass_broker_wills_published", None), 1.0);
+}
+
+#[test]
+fn a_clean_disconnect_discards_the_will() {
+    let broker = TestBroker::start("");
+    broker.paho(
+        4,
+        true,
+        &[
+            "connect",
+            "--will-topic",
+            "zigbee2mqtt/bridge/state",
+            "--will-retain",
+        ],
+    );
+    let got = broker.paho(
+        4,
+        true,
+        &["subscribe", "--filter", "zigbee2mqtt/#", "--timeout", "0.5"],
+    );
+    assert_eq!(got["count"], 0, "{got}");
+    assert_eq!(broker.metric("hass_broker_wills_published", None), 0.0);
+}
