@@ -73,7 +73,19 @@ pub fn parse<T: Parser>(info: &ComponentInfo) -> T {
     from_matches(matches)
 }
 
-/// Like [`parse`] but from an explicit argument list, for tests.
+/// Like [`parse`] but from an explicit argument list (the first item is the
+/// program name); exits like [`parse`] on bad usage.
+pub fn parse_from<T, I, S>(info: &ComponentInfo, args: I) -> T
+where
+    T: Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command::<T>(info).get_matches_from(args);
+    from_matches(matches)
+}
+
+/// Like [`parse`] but from an explicit argument list, returning errors.
 pub fn try_parse_from<T, I, S>(info: &ComponentInfo, args: I) -> Result<T, clap::Error>
 where
     T: Parser,

@@ -62,6 +62,13 @@ pub trait Component: Sized + Send + std::fmt::Debug + 'static {
         config_path: Option<&Path>,
     ) -> Result<Self, Fatal>;
 
+    /// Extra routes for the admin server (e.g. the exporter's `/probe/*`),
+    /// merged beside `/healthz`, `/readyz` and `/metrics`. Called once, after
+    /// `prepare` and before `run`; share state with `run` through `self`.
+    fn admin_routes(&self) -> Option<axum::Router> {
+        None
+    }
+
     /// Serves until `ctx.shutdown` is cancelled, then drains and returns.
     fn run(self, ctx: Context) -> impl Future<Output = Result<(), Fatal>> + Send;
 }

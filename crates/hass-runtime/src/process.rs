@@ -17,7 +17,18 @@ use crate::{Component, Context, Fatal};
 
 /// Runs component `C` as the whole process; call it from `main`.
 pub fn run<C: Component>() -> ExitCode {
-    let cli: ComponentCli<C::Args> = cli::parse(&C::INFO);
+    run_from::<C, _, _>(std::env::args_os())
+}
+
+/// Like [`run`], with the command line given: a binary with subcommands
+/// passes `[argv0, rest…]` after taking its subcommand word out.
+pub fn run_from<C, I, S>(args: I) -> ExitCode
+where
+    C: Component,
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    let cli: ComponentCli<C::Args> = cli::parse_from(&C::INFO, args);
     logging::init(cli.common.log_format);
     match start::<C>(cli) {
         Ok(code) => code,
@@ -81,7 +92,10 @@ pub async fn serve<C: Component>(
     let admin_state = AdminState::new(&info);
     let addr = common.admin_addr(&info);
     let listener = admin::bind(addr).await?;
-    let router = admin::router(admin_state.clone());
+    let mut router = admin::router(admin_state.clone());
+    if let Some(extra) = component.admin_routes() {
+        router = router.merge(extra);
+    }
     // The admin server outlives the drain so probes see "not ready" while
     // work finishes; it stops when the process does.
     tokio::spawn(async move {

@@ -98,6 +98,32 @@ impl Component for Failing {
     }
 }
 
+/// Adds a route of its own to the admin server.
+#[derive(Debug)]
+struct WithProbe;
+
+impl Component for WithProbe {
+    const INFO: ComponentInfo = INFO;
+    type Args = NoArgs;
+    type Config = ();
+
+    fn prepare(_: NoArgs, _: (), _: Option<&Path>) -> Result<Self, Fatal> {
+        Ok(Self)
+    }
+
+    fn admin_routes(&self) -> Option<axum::Router> {
+        Some(axum::Router::new().route(
+            "/probe/thing",
+            axum::routing::get(|| async { "thing is fine\n" }),
+        ))
+    }
+
+    async fn run(self, ctx: Context) -> Result<(), Fatal> {
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+}
+
 async fn readyz_status(addr: std::net::SocketAddr) -> Option<u16> {
     tokio::task::spawn_blocking(move || http::get(addr, "/readyz").ok().map(|r| r.status))
         .await
@@ -187,4 +213,32 @@ async fn a_component_failing_on_its_own_ends_the_process_with_its_error() {
     let err = serve(Failing, &args, stops).await.unwrap_err();
     assert_eq!(err.exit_code(), ExitCode::from(1));
     assert_eq!(err.to_string(), "store at /data is corrupt");
+}
+
+#[tokio::test]
+async fn components_add_admin_routes_beside_the_shared_ones() {
+    let args = common(Duration::from_secs(5));
+    let admin = args.admin_listen.unwrap();
+    let (stop, stops) = mpsc::channel(2);
+    let served = tokio::spawn(async move { serve(WithProbe, &args, stops).await });
+    let mut reply = None;
+    for _ in 0..250 {
+        reply = tokio::task::spawn_blocking(move || http::get(admin, "/probe/thing").ok())
+            .await
+            .expect("GET task");
+        if reply.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = reply.expect("admin server answered");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body, "thing is fine\n");
+    assert_eq!(
+        readyz_status(admin).await,
+        Some(200),
+        "shared routes still there"
+    );
+    stop.send(StopSignal::Terminate).await.unwrap();
+    assert_eq!(served.await.unwrap().unwrap(), ExitCode::SUCCESS);
 }
