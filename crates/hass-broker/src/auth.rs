@@ -267,3 +267,24 @@ mod tests {
         assert_eq!(open.decide(None, None), AuthDecision::Allowed(None));
     }
 }
+
+/// Who may connect and what they may touch: the password file, the anonymous
+/// switch and the ACL file, swapped as a whole when the files change.
+#[derive(Debug, Clone, Default)]
+pub struct AccessPolicy {
+    pub authenticator: Authenticator,
+    pub acl: Option<crate::acl::AclFile>,
+}
+
+impl AccessPolicy {
+    /// The client's ACL; `None` means no ACL file: everything is allowed.
+    pub fn client_acl(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+    ) -> Option<std::sync::Arc<crate::acl::ClientAcl>> {
+        self.acl
+            .as_ref()
+            .map(|acl| std::sync::Arc::new(acl.for_client(username, client_id)))
+    }
+}

@@ -20,8 +20,13 @@ pub struct BrokerConfig {
     pub fsync_interval: Duration,
     /// Mosquitto `password_file` (made with `mosquitto_passwd`).
     pub password_file: Option<PathBuf>,
+    /// Mosquitto `acl_file`; without one every client may use every topic.
+    pub acl_file: Option<PathBuf>,
     /// Admit clients without a username. Off unless asked for.
     pub allow_anonymous: bool,
+    /// How often the password and ACL files are checked for changes.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub policy_reload_interval: Duration,
     pub limits: LimitsConfig,
 }
 
@@ -33,7 +38,9 @@ impl Default for BrokerConfig {
             fsync: FsyncPolicy::Always,
             fsync_interval: Duration::from_secs(1),
             password_file: None,
+            acl_file: None,
             allow_anonymous: false,
+            policy_reload_interval: Duration::from_secs(2),
             limits: LimitsConfig::default(),
         }
     }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::auth::{AuthDecision, Authenticator};
+use crate::auth::{AccessPolicy, AuthDecision};
 use crate::codec::{self, CodecError, Detected, Version};
 use crate::message::Message;
 use crate::metrics::BrokerMetrics;
@@ -36,7 +36,8 @@ use crate::topic;
 #[derive(Debug)]
 pub struct ConnectionContext {
     pub router: Arc<Router>,
-    pub auth: std::sync::RwLock<Arc<Authenticator>>,
+    /// Swapped whole when the password or ACL file changes.
+    pub policy: std::sync::RwLock<Arc<AccessPolicy>>,
     pub metrics: BrokerMetrics,
     /// Largest packet accepted, in bytes.
     pub max_packet_size: usize,
@@ -90,21 +91,32 @@ where
     };
 
     let mut wbuf = BytesMut::with_capacity(256);
-    let auth = ctx.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let decision = auth.decide(
+    let policy = ctx.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let decision = policy.authenticator.decide(
         login
             .as_ref()
             .map(|l| l.username.as_str())
             .filter(|u| !u.is_empty()),
         login.as_ref().map(|l| l.password.as_bytes()),
     );
-    let refusal = match decision {
-        AuthDecision::Allowed(_) => None,
-        AuthDecision::BadCredentials => {
-            Some((ConnectReturnCode::BadUserNamePassword, "bad_credentials"))
-        }
-        AuthDecision::NotAuthorized => Some((ConnectReturnCode::NotAuthorized, "not_authorized")),
+    let (username, refusal) = match decision {
+        AuthDecision::Allowed(user) => (user, None),
+        AuthDecision::BadCredentials => (
+            None,
+            Some((ConnectReturnCode::BadUserNamePassword, "bad_credentials")),
+        ),
+        AuthDecision::NotAuthorized => (
+            None,
+            Some((ConnectReturnCode::NotAuthorized, "not_authorized")),
+        ),
     };
+    let acl = policy.client_acl(username.as_deref(), &connect.client_id);
+    // A will the client may not publish is refused at CONNECT, as Mosquitto does.
+    let refusal = refusal.or_else(|| {
+        let topic = String::from_utf8_lossy(&will.as_ref()?.topic).into_owned();
+        (!acl.as_ref()?.can_write(&topic))
+            .then_some((ConnectReturnCode::NotAuthorized, "will_not_authorized"))
+    });
     if let Some((code, reason)) = refusal {
         ctx.metrics
             .auth_failures
@@ -179,6 +191,8 @@ where
         will,
         receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
         version,
+        username,
+        acl,
     });
     let client_max_packet = props.max_packet_size.map_or(usize::MAX, |m| m as usize);
     let connack_props = (version == Version::V5).then(|| ConnAckProperties {
@@ -378,31 +392,52 @@ impl Connection {
                     props,
                     &self.client_id,
                 );
+                // QoS 2: a resend after a lost PUBREC is acknowledged, not routed again.
+                let fresh = header.qos != QoS::ExactlyOnce
+                    || router.receive_qos2(&self.client_id, header.pkid);
+                let routed = if fresh {
+                    router.publish_from(&self.client_id, message)
+                } else {
+                    Ok(None)
+                };
+                if routed.is_err() {
+                    self.ctx
+                        .metrics
+                        .acl_denied
+                        .get_or_create(&"publish".into())
+                        .inc();
+                }
+                // MQTT 3.1.1 has no way to say "denied": Mosquitto acknowledges
+                // and drops, and so do we. MQTT 5 gets 0x87.
+                let denied = routed.is_err() && self.version == Version::V5;
+                let seq = routed.ok().flatten().unwrap_or(0);
                 match header.qos {
-                    QoS::AtMostOnce => {
-                        router.publish(message);
-                    }
+                    QoS::AtMostOnce => {}
                     QoS::AtLeastOnce => {
-                        let seq = router.publish(message).unwrap_or(0);
+                        let reason = if denied {
+                            PubAckReason::NotAuthorized
+                        } else {
+                            PubAckReason::Success
+                        };
                         let ack = Packet::PubAck(
                             PubAck {
                                 pkid: header.pkid,
-                                reason: PubAckReason::Success,
+                                reason,
                             },
                             None,
                         );
                         self.pending_acks.push_back((seq, ack));
                     }
                     QoS::ExactlyOnce => {
-                        let seq = if router.receive_qos2(&self.client_id, header.pkid) {
-                            router.publish(message).unwrap_or(0)
+                        let reason = if denied {
+                            PubRecReason::NotAuthorized
                         } else {
-                            0
+                            PubRecReason::Success
                         };
                         let ack = Packet::PubRec(
                             PubRec {
                                 pkid: header.pkid,
-                                reason: PubRecReason::Success,
+                                reason,
                             },
                             None,
                         );
@@ -476,6 +511,17 @@ impl Connection {
                     })
                     .collect();
                 let results = router.subscribe(&self.client_id, requests);
+                for denied in results
+                    .iter()
+                    .filter(|r| **r == SubscribeResult::NotAuthorized)
+                {
+                    let _ = denied;
+                    self.ctx
+                        .metrics
+                        .acl_denied
+                        .get_or_create(&"subscribe".into())
+                        .inc();
+                }
                 let return_codes = results
                     .into_iter()
                     .map(|r| match (r, self.version) {
@@ -485,6 +531,7 @@ impl Connection {
                         (SubscribeResult::SharedNotSupported, _) => {
                             SubscribeReasonCode::SharedSubscriptionsNotSupported
                         }
+                        (SubscribeResult::NotAuthorized, _) => SubscribeReasonCode::NotAuthorized,
                     })
                     .collect();
                 // SUBACK goes out after earlier acks, then the retained replay follows.

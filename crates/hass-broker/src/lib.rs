@@ -7,6 +7,7 @@
 //! every retained message reaching every new subscriber and surviving a
 //! restart. ARCHITECTURE.md explains the split.
 
+pub mod acl;
 pub mod auth;
 pub mod codec;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod connection;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod policy;
 pub mod retained;
 pub mod router;
 pub mod session;
@@ -29,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::{Authenticator, PasswordFile};
+use crate::auth::AccessPolicy;
 use crate::config::{BrokerConfig, FsyncPolicy};
 use crate::connection::ConnectionContext;
 use crate::metrics::{BrokerMetrics, StateCollector};
+use crate::policy::PolicySource;
 use crate::router::{Limits, Router};
 use crate::store::{Durability, Store, StoreStats};
 
@@ -40,11 +43,12 @@ use crate::store::{Durability, Store, StoreStats};
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {}
 
-/// The prepared broker: config checked, password file read.
+/// The prepared broker: config checked, password and ACL files read.
 #[derive(Debug)]
 pub struct Broker {
     config: BrokerConfig,
-    auth: Authenticator,
+    policy_source: PolicySource,
+    policy: AccessPolicy,
 }
 
 impl Component for Broker {
@@ -61,13 +65,13 @@ impl Component for Broker {
         config: BrokerConfig,
         _path: Option<&Path>,
     ) -> Result<Self, Fatal> {
-        let passwords = config
-            .password_file
-            .as_deref()
-            .map(PasswordFile::load)
-            .transpose()
-            .map_err(|e| Fatal::config(format!("password_file: {e}")))?;
-        if passwords.is_none() && !config.allow_anonymous {
+        let policy_source = PolicySource {
+            password_file: config.password_file.clone(),
+            acl_file: config.acl_file.clone(),
+            allow_anonymous: config.allow_anonymous,
+        };
+        let policy = policy_source.load().map_err(Fatal::config)?;
+        if config.password_file.is_none() && !config.allow_anonymous {
             warn!("no password_file and allow_anonymous is false: every client will be refused");
         }
         if config.limits.max_packet_size < 1024 {
@@ -76,11 +80,9 @@ impl Component for Broker {
             ));
         }
         Ok(Self {
-            auth: Authenticator {
-                passwords,
-                allow_anonymous: config.allow_anonymous,
-            },
             config,
+            policy_source,
+            policy,
         })
     }
 
@@ -137,7 +139,7 @@ impl Component for Broker {
         let connections_stop = CancellationToken::new();
         let conn_ctx = Arc::new(ConnectionContext {
             router: router.clone(),
-            auth: std::sync::RwLock::new(Arc::new(self.auth)),
+            policy: std::sync::RwLock::new(Arc::new(self.policy)),
             metrics,
             max_packet_size: self.config.limits.max_packet_size,
             connect_timeout: self.config.limits.connect_timeout,
@@ -160,6 +162,12 @@ impl Component for Broker {
         }
         ctx.shutdown
             .spawn(expiry_loop(router.clone(), ctx.shutdown.clone()));
+        ctx.shutdown.spawn(policy::reload_on_change(
+            self.policy_source,
+            conn_ctx.clone(),
+            self.config.policy_reload_interval,
+            ctx.shutdown.clone(),
+        ));
 
         ctx.shutdown.cancelled().await;
         // Stop accepting (the accept loop watches the same signal), tell

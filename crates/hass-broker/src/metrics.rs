@@ -36,6 +36,19 @@ impl From<&str> for ReasonLabels {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: String,
+}
+
+impl From<&str> for ActionLabels {
+    fn from(action: &str) -> Self {
+        Self {
+            action: action.to_owned(),
+        }
+    }
+}
+
 /// Metrics updated by connections. Cloning shares them.
 #[derive(Debug, Clone, Default)]
 pub struct BrokerMetrics {
@@ -48,6 +61,8 @@ pub struct BrokerMetrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub dropped_too_large: Counter,
+    pub acl_denied: Family<ActionLabels, Counter>,
+    pub policy_reloads: Family<ReasonLabels, Counter>,
 }
 
 impl BrokerMetrics {
@@ -93,6 +108,16 @@ impl BrokerMetrics {
             "Bytes sent to clients",
             Unit::Bytes,
             self.bytes_sent.clone(),
+        );
+        registry.register(
+            "acl_denied",
+            "Publishes and subscriptions the ACL refused, by action",
+            self.acl_denied.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Reloads of the password and ACL files after they changed, by reason (ok, failed)",
+            self.policy_reloads.clone(),
         );
         registry.register(
             "dropped_too_large",
@@ -215,6 +240,12 @@ impl Collector for StateCollector {
             "dropped_expired",
             "Queued messages dropped because their MQTT 5 expiry passed",
             stats.dropped_expired.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "dropped_acl",
+            "Queued deliveries dropped because the client's ACL no longer allows them",
+            stats.dropped_acl.load(Ordering::Relaxed),
         )?;
         counter(
             &mut encoder,

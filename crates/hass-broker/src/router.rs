@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::acl::ClientAcl;
 use crate::codec::{Version, min_qos};
 use crate::message::Message;
 use crate::retained::RetainedStore;
@@ -51,6 +52,8 @@ pub struct RouterStats {
     pub dropped_queue_full: AtomicU64,
     pub dropped_budget: AtomicU64,
     pub dropped_expired: AtomicU64,
+    /// Queued deliveries the client's ACL no longer lets it read.
+    pub dropped_acl: AtomicU64,
     pub wills_published: AtomicU64,
     pub sessions_expired: AtomicU64,
 }
@@ -80,6 +83,8 @@ pub struct ConnectRequest {
     pub will: Option<Message>,
     pub receive_maximum: u16,
     pub version: Version,
+    pub username: Option<String>,
+    pub acl: Option<Arc<ClientAcl>>,
 }
 
 /// A connection's handle on its session.
@@ -121,7 +126,13 @@ pub enum SubscribeResult {
     Granted(QoS),
     Invalid,
     SharedNotSupported,
+    NotAuthorized,
 }
+
+/// The client's ACL does not allow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not authorized by the ACL")]
+pub struct NotAuthorized;
 
 /// An acknowledgement for a packet id that is not in flight (a late
 /// duplicate, or a confused client); ignored, as the spec allows.
@@ -219,6 +230,8 @@ impl Router {
                 .receive_maximum
                 .clamp(1, self.limits.max_inflight.max(1)),
             version: request.version,
+            username: request.username,
+            acl: request.acl,
         });
         if session.is_persistent() {
             let record = session.record();
@@ -278,11 +291,30 @@ impl Router {
         }
     }
 
-    /// Routes a client's publish. Returns the store sequence number the
-    /// publisher's acknowledgement must wait for, if it changed durable state.
+    /// Routes a publish from the broker itself ($SYS) or a test. Returns the
+    /// store sequence number an acknowledgement must wait for, if any.
     pub fn publish(&self, message: Message) -> Option<u64> {
         let mut guard = self.lock();
         self.route(&mut guard, Arc::new(message))
+    }
+
+    /// Routes a client's publish after checking its ACL.
+    pub fn publish_from(
+        &self,
+        client_id: &str,
+        message: Message,
+    ) -> Result<Option<u64>, NotAuthorized> {
+        let mut guard = self.lock();
+        let allowed = guard
+            .sessions
+            .get(client_id)
+            .and_then(|s| s.link.as_ref())
+            .and_then(|l| l.acl.as_ref())
+            .is_none_or(|acl| acl.can_write(&message.topic));
+        if !allowed {
+            return Err(NotAuthorized);
+        }
+        Ok(self.route(&mut guard, Arc::new(message)))
     }
 
     fn route(&self, state: &mut RouterState, message: Arc<Message>) -> Option<u64> {
@@ -304,6 +336,9 @@ impl Router {
             ..
         } = state;
         for session in sessions.values_mut() {
+            if !session.may_read(&message.topic) {
+                continue;
+            }
             let mut best: Option<(QoS, bool)> = None;
             let mut ids = Vec::new();
             for (filter, options) in &session.subscriptions {
@@ -426,6 +461,15 @@ impl Router {
                 }
                 Ok(_) => {}
             }
+            if !session
+                .link
+                .as_ref()
+                .and_then(|l| l.acl.as_ref())
+                .is_none_or(|acl| acl.can_subscribe(&raw))
+            {
+                results.push(SubscribeResult::NotAuthorized);
+                continue;
+            }
             let existed = session.subscriptions.insert(raw.clone(), options).is_some();
             results.push(SubscribeResult::Granted(options.qos));
             let replay = match options.retain_handling {
@@ -538,8 +582,14 @@ impl Router {
                 break;
             };
             *queued_bytes -= delivery.message.weight();
-            if delivery.message.is_expired(now) {
-                self.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+            let denied = !session.may_read(&delivery.message.topic);
+            if denied || delivery.message.is_expired(now) {
+                let counter = if denied {
+                    &self.stats.dropped_acl
+                } else {
+                    &self.stats.dropped_expired
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 if delivery.queued_id > 0 {
                     self.submit(Op::DeleteQueued {
                         client_id: session.client_id.clone(),
@@ -674,6 +724,18 @@ impl Router {
         }
         for topic in state.retained.purge_expired(now) {
             self.submit(Op::DeleteRetained(topic));
+        }
+    }
+
+    /// Recomputes every live connection's ACL after the ACL file changed;
+    /// connections stay up.
+    pub fn refresh_acls(&self, acl_for: impl Fn(Option<&str>, &str) -> Option<Arc<ClientAcl>>) {
+        let mut guard = self.lock();
+        for session in guard.sessions.values_mut() {
+            let client_id = session.client_id.clone();
+            if let Some(link) = session.link.as_mut() {
+                link.acl = acl_for(link.username.as_deref(), &client_id);
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use rumqttd::protocol::QoS;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::ClientAcl;
 use crate::codec::Version;
 use crate::message::Message;
 use crate::store::{SessionRecord, StoredSubscription};
@@ -81,6 +82,10 @@ pub struct Link {
     /// How many QoS 1/2 deliveries may be unacknowledged at once.
     pub receive_maximum: u16,
     pub version: Version,
+    /// Who authenticated, to recompute the ACL when the file changes.
+    pub username: Option<String>,
+    /// What the client may read; `None` when no ACL file is configured.
+    pub acl: Option<Arc<ClientAcl>>,
 }
 
 #[derive(Debug)]
@@ -150,6 +155,15 @@ impl Session {
         let delivery = self.queue.remove(at)?;
         self.queued_bytes -= delivery.message.weight();
         Some(delivery)
+    }
+
+    /// Whether the connected client may receive `topic`. Sessions without a
+    /// live connection are checked when it returns, at send time.
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.link
+            .as_ref()
+            .and_then(|l| l.acl.as_ref())
+            .is_none_or(|acl| acl.can_read(topic))
     }
 
     pub fn wake(&self) {

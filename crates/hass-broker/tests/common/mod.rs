@@ -26,7 +26,17 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker with `extra` appended to its YAML config.
     pub fn start(extra: &str) -> Self {
+        Self::start_with_files(&[], extra)
+    }
+
+    /// Like `start`, with files written into the broker's directory first;
+    /// `{dir}` in `extra` stands for that directory.
+    pub fn start_with_files(files: &[(&str, &str)], extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("test file");
+        }
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
         let passwd = dir.path().join("passwd");
         std::fs::write(&passwd, "").expect("passwd file");
         let status = Command::new("mosquitto_passwd")
@@ -102,6 +112,30 @@ impl TestBroker {
             .map(|p| p.stderr())
             .unwrap_or_default();
         format!("{}{current}", self.logs)
+    }
+
+    /// Adds or changes a user in the password file with `mosquitto_passwd`.
+    pub fn set_password(&self, user: &str, password: &str) {
+        let status = Command::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(self.dir.path().join("passwd"))
+            .args([user, password])
+            .status()
+            .expect("mosquitto_passwd");
+        assert!(status.success());
+    }
+
+    /// Runs the paho helper as `user`.
+    pub fn paho_as(
+        &self,
+        protocol: u8,
+        user: &str,
+        password: &str,
+        args: &[&str],
+    ) -> serde_json::Value {
+        let mut all = vec!["--user", user, "--password", password];
+        all.extend_from_slice(args);
+        self.paho(protocol, false, &all)
     }
 
     /// Runs the paho helper with `args` after the connection flags.
