@@ -58,12 +58,15 @@ pub enum FsyncPolicy {
 pub struct Listeners {
     /// MQTT 3.1.1 and 5 over TCP; `null` turns it off.
     pub mqtt: Option<SocketAddr>,
+    /// MQTT over WebSockets (paths `/mqtt` and `/`); `null` turns it off.
+    pub ws: Option<SocketAddr>,
 }
 
 impl Default for Listeners {
     fn default() -> Self {
         Self {
             mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
+            ws: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
         }
     }
 }

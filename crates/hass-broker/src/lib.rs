@@ -21,6 +21,7 @@ pub mod router;
 pub mod session;
 pub mod store;
 pub mod topic;
+pub mod websocket;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -95,6 +96,11 @@ impl Component for Broker {
             .listeners
             .mqtt
             .map(|_| ctx.readiness.register("listener:mqtt"));
+        let ws_check = self
+            .config
+            .listeners
+            .ws
+            .map(|_| ctx.readiness.register("listener:ws"));
         let durability = match self.config.fsync {
             FsyncPolicy::Always => Durability::Always,
             FsyncPolicy::Periodic => Durability::Periodic(self.config.fsync_interval),
@@ -158,6 +164,20 @@ impl Component for Broker {
                 conn_ctx.clone(),
                 connections.clone(),
                 ctx.shutdown.clone(),
+            ));
+        }
+        if let Some(addr) = self.config.listeners.ws {
+            let listener = listener::bind(addr, "ws").await?;
+            if let Some(check) = &ws_check {
+                check.set_ready();
+            }
+            info!(address = %addr, "MQTT over WebSocket listener up (paths /mqtt and /)");
+            let stop = ctx.shutdown.clone();
+            ctx.shutdown.spawn(websocket::serve(
+                listener,
+                conn_ctx.clone(),
+                connections.clone(),
+                async move { stop.cancelled().await },
             ));
         }
         ctx.shutdown

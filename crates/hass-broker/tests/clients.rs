@@ -252,3 +252,78 @@ fn empty_retained_payload_clears_the_topic() {
     assert_eq!(got["count"], 0, "{got}");
     assert_eq!(broker.metric("hass_broker_retained_messages", None), 0.0);
 }
+
+#[test]
+fn websockets_carry_both_versions_on_mqtt_and_root_paths() {
+    let broker = TestBroker::start("");
+    let sent = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/switch/s{i}/config",
+            "--count",
+            "300",
+            "--retain",
+        ],
+    );
+    assert_eq!(sent["acked"], 300);
+    for protocol in [4u8, 5] {
+        for path in ["/mqtt", "/"] {
+            let got = broker.paho_on(
+                broker.ws.port(),
+                protocol,
+                true,
+                &[
+                    "--transport",
+                    "websockets",
+                    "--ws-path",
+                    path,
+                    "subscribe",
+                    "--filter",
+                    "homeassistant/#",
+                    "--qos",
+                    "1",
+                    "--expect",
+                    "300",
+                    "--timeout",
+                    "20",
+                ],
+            );
+            assert_eq!(got["count"], 300, "MQTT {protocol} over ws {path}: {got}");
+        }
+    }
+    // And publishing over a WebSocket reaches a TCP subscriber.
+    std::thread::scope(|s| {
+        let tcp = s.spawn(|| {
+            broker.paho(
+                4,
+                true,
+                &[
+                    "subscribe",
+                    "--filter",
+                    "ws/test",
+                    "--expect",
+                    "1",
+                    "--timeout",
+                    "10",
+                ],
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        broker.paho_on(
+            broker.ws.port(),
+            5,
+            true,
+            &[
+                "--transport",
+                "websockets",
+                "publish-many",
+                "--topic",
+                "ws/test",
+            ],
+        );
+        assert_eq!(tcp.join().expect("tcp")["count"], 1);
+    });
+}

@@ -24,8 +24,11 @@ def make_client(args, client_id=None, clean=True):
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id or "",
         protocol=protocol,
+        transport=args.transport,
         **kwargs,
     )
+    if args.transport == "websockets":
+        client.ws_set_options(path=args.ws_path)
     if args.user:
         client.username_pw_set(args.user, args.password)
     return client
@@ -152,6 +155,8 @@ def main():
     parser.add_argument("--user")
     parser.add_argument("--password")
     parser.add_argument("--client-id")
+    parser.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
+    parser.add_argument("--ws-path", default="/mqtt")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("connect")

@@ -18,6 +18,7 @@ pub const PASSWORD: &str = "s3cret-Pa55";
 pub struct TestBroker {
     pub dir: TempDir,
     pub mqtt: SocketAddr,
+    pub ws: SocketAddr,
     pub admin: SocketAddr,
     pub process: Option<SpawnedBinary>,
     pub logs: String,
@@ -47,8 +48,9 @@ impl TestBroker {
             .expect("mosquitto_passwd (Debian's mosquitto package; the README test command installs it)");
         assert!(status.success());
         let mqtt = free_addr();
+        let ws = free_addr();
         let config = format!(
-            "data_dir: {data}\npassword_file: {passwd}\nlisteners:\n  mqtt: {mqtt}\n{extra}",
+            "data_dir: {data}\npassword_file: {passwd}\nlisteners:\n  mqtt: {mqtt}\n  ws: {ws}\n{extra}",
             data = dir.path().join("data").display(),
             passwd = passwd.display(),
         );
@@ -56,6 +58,7 @@ impl TestBroker {
         let mut broker = Self {
             dir,
             mqtt,
+            ws,
             admin: free_addr(),
             process: None,
             logs: String::new(),
@@ -140,10 +143,16 @@ impl TestBroker {
 
     /// Runs the paho helper with `args` after the connection flags.
     pub fn paho(&self, protocol: u8, auth: bool, args: &[&str]) -> serde_json::Value {
+        self.paho_on(self.mqtt.port(), protocol, auth, args)
+    }
+
+    /// Runs the paho helper against `port` (the WebSocket one, with
+    /// `--transport websockets` in `args`).
+    pub fn paho_on(&self, port: u16, protocol: u8, auth: bool, args: &[&str]) -> serde_json::Value {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/paho_client.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
-            .args(["--port", &self.mqtt.port().to_string()])
+            .args(["--port", &port.to_string()])
             .args(["--protocol", &protocol.to_string()]);
         if auth {
             cmd.args(["--user", USER, "--password", PASSWORD]);

@@ -1,0 +1,98 @@
+//! MQTT over WebSockets (Home Assistant's frontend cards, browser tools,
+//! Zigbee2MQTT's frontend): an HTTP upgrade on `/mqtt` or `/`, then the same
+//! connection handling as TCP.
+//!
+//! WebSocket messages are pumped into an in-memory byte pipe, so
+//! [`connection::serve`] sees an ordinary byte stream and MQTT packets may
+//! span messages or share one, as the spec allows.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::connection::{self, ConnectionContext};
+
+#[derive(Clone)]
+struct WsState {
+    ctx: Arc<ConnectionContext>,
+    connections: TaskTracker,
+}
+
+/// Serves MQTT over WebSockets on `listener` until `stop` completes.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ConnectionContext>,
+    connections: TaskTracker,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = WsState { ctx, connections };
+    let app = Router::new()
+        .route("/mqtt", get(upgrade))
+        .route("/", get(upgrade))
+        .with_state(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    State(state): State<WsState>,
+) -> Response {
+    let max = state.ctx.max_packet_size;
+    // MQTT over WebSockets names its subprotocol "mqtt" (3.1.1 and 5).
+    ws.protocols(["mqtt", "mqttv3.1"])
+        .max_message_size(max.saturating_add(8))
+        .max_frame_size(max.saturating_add(8))
+        .on_upgrade(move |socket| async move {
+            let (broker_side, ws_side) = tokio::io::duplex(64 * 1024);
+            let ctx = state.ctx.clone();
+            state
+                .connections
+                .spawn(async move { connection::serve(broker_side, peer, ctx).await });
+            pump(socket, ws_side).await;
+        })
+}
+
+/// Moves bytes between the WebSocket and the pipe until either side closes.
+async fn pump(socket: WebSocket, mut pipe: DuplexStream) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        tokio::select! {
+            incoming = ws_rx.next() => match incoming {
+                Some(Ok(Message::Binary(data))) => {
+                    if pipe.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                // Pings are answered by the WebSocket layer; text is not MQTT.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Text(_) | Message::Close(_))) | Some(Err(_)) | None => break,
+            },
+            outgoing = pipe.read(&mut buf) => match outgoing {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if ws_tx.send(Message::Binary(data)).await.is_err() {
+                        break;
+                    }
+                }
+            },
+        }
+    }
+    let _ = ws_tx.close().await;
+}
