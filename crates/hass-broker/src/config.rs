@@ -28,6 +28,27 @@ pub struct BrokerConfig {
     #[serde(with = "hass_runtime::config::duration")]
     pub policy_reload_interval: Duration,
     pub limits: LimitsConfig,
+    /// Certificate for the `mqtts` and `wss` listeners.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (a cert-manager Secret's `tls.crt`).
+    pub cert_file: PathBuf,
+    /// PEM private key (`tls.key`).
+    pub key_file: PathBuf,
+    /// How often the files are checked for a rotated certificate.
+    #[serde(
+        with = "hass_runtime::config::duration",
+        default = "default_tls_reload"
+    )]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl Default for BrokerConfig {
@@ -42,6 +63,7 @@ impl Default for BrokerConfig {
             allow_anonymous: false,
             policy_reload_interval: Duration::from_secs(2),
             limits: LimitsConfig::default(),
+            tls: None,
         }
     }
 }
@@ -60,6 +82,10 @@ pub struct Listeners {
     pub mqtt: Option<SocketAddr>,
     /// MQTT over WebSockets (paths `/mqtt` and `/`); `null` turns it off.
     pub ws: Option<SocketAddr>,
+    /// MQTT over TLS (usually 8883); needs `tls`. Off by default.
+    pub mqtts: Option<SocketAddr>,
+    /// MQTT over WebSockets over TLS (usually 8884); needs `tls`. Off by default.
+    pub wss: Option<SocketAddr>,
 }
 
 impl Default for Listeners {
@@ -67,6 +93,8 @@ impl Default for Listeners {
         Self {
             mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
             ws: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
+            mqtts: None,
+            wss: None,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod retained;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod topic;
 pub mod websocket;
 
@@ -39,6 +40,7 @@ use crate::metrics::{BrokerMetrics, StateCollector};
 use crate::policy::PolicySource;
 use crate::router::{Limits, Router};
 use crate::store::{Durability, Store, StoreStats};
+use crate::tls::{CurrentTls, TlsFiles};
 
 /// Flags of `hass-broker` beyond the shared ones.
 #[derive(Debug, Clone, clap::Args)]
@@ -50,6 +52,8 @@ pub struct Broker {
     config: BrokerConfig,
     policy_source: PolicySource,
     policy: AccessPolicy,
+    /// Loaded when a TLS listener is configured.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 impl Component for Broker {
@@ -75,6 +79,23 @@ impl Component for Broker {
         if config.password_file.is_none() && !config.allow_anonymous {
             warn!("no password_file and allow_anonymous is false: every client will be refused");
         }
+        let tls_listeners = config.listeners.mqtts.is_some() || config.listeners.wss.is_some();
+        let tls = match (&config.tls, tls_listeners) {
+            (Some(tls), true) => Some(
+                TlsFiles {
+                    cert_file: tls.cert_file.clone(),
+                    key_file: tls.key_file.clone(),
+                }
+                .load()
+                .map_err(|e| Fatal::config(format!("tls: {e}")))?,
+            ),
+            (None, true) => {
+                return Err(Fatal::config(
+                    "listeners.mqtts/wss need tls.cert_file and tls.key_file",
+                ));
+            }
+            (_, false) => None,
+        };
         if config.limits.max_packet_size < 1024 {
             return Err(Fatal::config(
                 "limits.max_packet_size must be at least 1024 bytes",
@@ -84,6 +105,7 @@ impl Component for Broker {
             config,
             policy_source,
             policy,
+            tls,
         })
     }
 
@@ -101,6 +123,16 @@ impl Component for Broker {
             .listeners
             .ws
             .map(|_| ctx.readiness.register("listener:ws"));
+        let mqtts_check = self
+            .config
+            .listeners
+            .mqtts
+            .map(|_| ctx.readiness.register("listener:mqtts"));
+        let wss_check = self
+            .config
+            .listeners
+            .wss
+            .map(|_| ctx.readiness.register("listener:wss"));
         let durability = match self.config.fsync {
             FsyncPolicy::Always => Durability::Always,
             FsyncPolicy::Periodic => Durability::Periodic(self.config.fsync_interval),
@@ -165,6 +197,64 @@ impl Component for Broker {
                 connections.clone(),
                 ctx.shutdown.clone(),
             ));
+        }
+        if let (Some(server_config), Some(tls_config)) = (self.tls.clone(), self.config.tls.clone())
+        {
+            let current = CurrentTls::new(server_config);
+            ctx.shutdown.spawn(tls::reload_on_change(
+                TlsFiles {
+                    cert_file: tls_config.cert_file,
+                    key_file: tls_config.key_file,
+                },
+                current.clone(),
+                conn_ctx.clone(),
+                tls_config.reload_interval,
+                ctx.shutdown.clone(),
+            ));
+            if let Some(addr) = self.config.listeners.mqtts {
+                let listener = listener::bind(addr, "mqtts").await?;
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                ctx.shutdown.spawn(tls::accept_handshakes(
+                    listener,
+                    current.clone(),
+                    conn_ctx.clone(),
+                    tx,
+                    connections.clone(),
+                    ctx.shutdown.clone(),
+                ));
+                ctx.shutdown
+                    .spawn(tls::serve_mqtts(rx, conn_ctx.clone(), connections.clone()));
+                if let Some(check) = &mqtts_check {
+                    check.set_ready();
+                }
+                info!(address = %addr, "MQTT over TLS listener up");
+            }
+            if let Some(addr) = self.config.listeners.wss {
+                let listener = listener::bind(addr, "wss").await?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| Fatal::runtime(e.to_string()))?;
+                let (tx, rx) = tokio::sync::mpsc::channel(64);
+                ctx.shutdown.spawn(tls::accept_handshakes(
+                    listener,
+                    current,
+                    conn_ctx.clone(),
+                    tx,
+                    connections.clone(),
+                    ctx.shutdown.clone(),
+                ));
+                let stop = ctx.shutdown.clone();
+                ctx.shutdown.spawn(websocket::serve(
+                    tls::HandshakenListener { ready: rx, local },
+                    conn_ctx.clone(),
+                    connections.clone(),
+                    async move { stop.cancelled().await },
+                ));
+                if let Some(check) = &wss_check {
+                    check.set_ready();
+                }
+                info!(address = %addr, "MQTT over secure WebSocket listener up");
+            }
         }
         if let Some(addr) = self.config.listeners.ws {
             let listener = listener::bind(addr, "ws").await?;

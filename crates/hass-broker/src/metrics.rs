@@ -63,6 +63,7 @@ pub struct BrokerMetrics {
     pub dropped_too_large: Counter,
     pub acl_denied: Family<ActionLabels, Counter>,
     pub policy_reloads: Family<ReasonLabels, Counter>,
+    pub tls_reloads: Family<ReasonLabels, Counter>,
 }
 
 impl BrokerMetrics {
@@ -118,6 +119,11 @@ impl BrokerMetrics {
             "policy_reloads",
             "Reloads of the password and ACL files after they changed, by reason (ok, failed)",
             self.policy_reloads.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Reloads of the TLS certificate after its files changed, by reason (ok, failed)",
+            self.tls_reloads.clone(),
         );
         registry.register(
             "dropped_too_large",

@@ -10,16 +10,33 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use axum::routing::get;
+use axum::serve::IncomingStream;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ConnectionContext};
+
+/// The client's address, for logs; works for plain and TLS listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, crate::tls::HandshakenListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, crate::tls::HandshakenListener>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
 
 #[derive(Clone)]
 struct WsState {
@@ -27,29 +44,31 @@ struct WsState {
     connections: TaskTracker,
 }
 
-/// Serves MQTT over WebSockets on `listener` until `stop` completes.
-pub async fn serve(
-    listener: TcpListener,
+/// Serves MQTT over WebSockets on `listener` (plain TCP for `ws`, TLS
+/// streams for `wss`) until `stop` completes.
+pub async fn serve<L>(
+    listener: L,
     ctx: Arc<ConnectionContext>,
     connections: TaskTracker,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
+{
     let state = WsState { ctx, connections };
     let app = Router::new()
         .route("/mqtt", get(upgrade))
         .route("/", get(upgrade))
         .with_state(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     State(state): State<WsState>,
 ) -> Response {
     let max = state.ctx.max_packet_size;

@@ -199,6 +199,7 @@ fn a_broken_acl_edit_keeps_the_previous_rules() {
 fn start_with_acl() -> TestBroker {
     TestBroker::start_with_files(
         &[("acl", ACL)],
+        "",
         "acl_file: {dir}/acl\npolicy_reload_interval: 200ms\n",
     )
 }

@@ -29,6 +29,8 @@ def make_client(args, client_id=None, clean=True):
     )
     if args.transport == "websockets":
         client.ws_set_options(path=args.ws_path)
+    if args.tls_ca:
+        client.tls_set(ca_certs=args.tls_ca)
     if args.user:
         client.username_pw_set(args.user, args.password)
     return client
@@ -157,6 +159,7 @@ def main():
     parser.add_argument("--client-id")
     parser.add_argument("--transport", choices=["tcp", "websockets"], default="tcp")
     parser.add_argument("--ws-path", default="/mqtt")
+    parser.add_argument("--tls-ca")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("connect")

@@ -27,12 +27,13 @@ pub struct TestBroker {
 impl TestBroker {
     /// Starts a broker with `extra` appended to its YAML config.
     pub fn start(extra: &str) -> Self {
-        Self::start_with_files(&[], extra)
+        Self::start_with_files(&[], "", extra)
     }
 
-    /// Like `start`, with files written into the broker's directory first;
-    /// `{dir}` in `extra` stands for that directory.
-    pub fn start_with_files(files: &[(&str, &str)], extra: &str) -> Self {
+    /// Like `start`, with files written into the broker's directory first,
+    /// and `listeners` lines added under `listeners:`; `{dir}` in `extra`
+    /// stands for that directory.
+    pub fn start_with_files(files: &[(&str, &str)], listeners: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).expect("test file");
@@ -50,7 +51,7 @@ impl TestBroker {
         let mqtt = free_addr();
         let ws = free_addr();
         let config = format!(
-            "data_dir: {data}\npassword_file: {passwd}\nlisteners:\n  mqtt: {mqtt}\n  ws: {ws}\n{extra}",
+            "data_dir: {data}\npassword_file: {passwd}\nlisteners:\n  mqtt: {mqtt}\n  ws: {ws}\n{listeners}{extra}",
             data = dir.path().join("data").display(),
             passwd = passwd.display(),
         );
