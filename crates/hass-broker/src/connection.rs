@@ -160,10 +160,11 @@ where
         Version::V4 => u32::MAX,
         Version::V5 => props.session_expiry_interval.unwrap_or(0),
     };
+    let will_props = will_props.unwrap_or_default_will();
+    let will_delay = will_props.delay_interval.unwrap_or(0);
     let will = will.and_then(|w| {
         let topic = std::str::from_utf8(&w.topic).ok()?;
         topic::validate_name(topic).ok()?;
-        let will_props = will_props.unwrap_or_default_will();
         Some(Message {
             topic: topic.into(),
             payload: w.message,
@@ -189,6 +190,7 @@ where
         clean_start: connect.clean_session,
         expiry_interval,
         will,
+        will_delay,
         receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
         version,
         username,
@@ -199,10 +201,10 @@ where
         assigned_client_identifier: assigned,
         max_packet_size: u32::try_from(ctx.max_packet_size).ok(),
         retain_available: Some(1),
-        shared_subscription_available: Some(0),
+        shared_subscription_available: Some(1),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
-        topic_alias_max: Some(0),
+        topic_alias_max: Some(TOPIC_ALIAS_MAX),
         ..empty_connack_properties()
     });
     if write_now(
@@ -236,6 +238,7 @@ where
         wbuf,
         pending_acks: VecDeque::new(),
         committed: ctx.committed.clone(),
+        topic_aliases: std::collections::HashMap::new(),
     };
     let close = conn.run(&mut stream).await;
     let departure = match &close {
@@ -267,7 +270,13 @@ struct Connection {
     /// store sequence number it must wait for (0: none).
     pending_acks: VecDeque<(u64, Packet)>,
     committed: Option<watch::Receiver<u64>>,
+    /// MQTT 5 topic aliases the client has set (client to broker only).
+    topic_aliases: std::collections::HashMap<u16, Arc<str>>,
 }
+
+/// Topic aliases a client may use towards the broker (CONNACK's Topic Alias
+/// Maximum). Zigbee2MQTT-scale publishers cycle through few topics.
+const TOPIC_ALIAS_MAX: u16 = 64;
 
 impl Connection {
     async fn run<S>(&mut self, stream: &mut S) -> Close
@@ -371,21 +380,17 @@ impl Connection {
             Packet::Publish(publish, props) => {
                 let header = incoming.publish?;
                 self.ctx.metrics.publish_received(header.qos, incoming.size);
-                let Some(topic) = std::str::from_utf8(&publish.topic)
-                    .ok()
-                    .filter(|t| topic::validate_name(t).is_ok())
-                else {
-                    self.ctx.metrics.malformed_kind("topic");
-                    self.disconnect_packet(DisconnectReasonCode::TopicNameInvalid);
-                    return Some(Close::Protocol("invalid topic name".into()));
+                let alias = props.as_ref().and_then(|p| p.topic_alias);
+                let topic = match self.resolve_topic(&publish.topic, alias) {
+                    Ok(topic) => topic,
+                    Err(reason) => {
+                        self.ctx.metrics.malformed_kind("topic");
+                        self.disconnect_packet(reason);
+                        return Some(Close::Protocol("invalid topic name or alias".into()));
+                    }
                 };
-                if props.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
-                    // Topic Alias Maximum is 0 in our CONNACK.
-                    self.disconnect_packet(DisconnectReasonCode::TopicAliasInvalid);
-                    return Some(Close::Protocol("topic alias not allowed".into()));
-                }
                 let message = message_from(
-                    topic,
+                    &topic,
                     publish.payload,
                     header.qos,
                     publish.retain,
@@ -528,9 +533,6 @@ impl Connection {
                         (SubscribeResult::Granted(qos), _) => SubscribeReasonCode::Success(qos),
                         (_, Version::V4) => SubscribeReasonCode::Failure,
                         (SubscribeResult::Invalid, _) => SubscribeReasonCode::TopicFilterInvalid,
-                        (SubscribeResult::SharedNotSupported, _) => {
-                            SubscribeReasonCode::SharedSubscriptionsNotSupported
-                        }
                         (SubscribeResult::NotAuthorized, _) => SubscribeReasonCode::NotAuthorized,
                     })
                     .collect();
@@ -600,6 +602,37 @@ impl Connection {
             }
         }
         None
+    }
+
+    /// The topic a PUBLISH is for, applying MQTT 5 topic aliases: a topic
+    /// with an alias (re)binds it; an empty topic with an alias uses it.
+    fn resolve_topic(
+        &mut self,
+        raw: &[u8],
+        alias: Option<u16>,
+    ) -> Result<Arc<str>, DisconnectReasonCode> {
+        if let Some(alias) = alias
+            && (alias == 0 || alias > TOPIC_ALIAS_MAX)
+        {
+            return Err(DisconnectReasonCode::TopicAliasInvalid);
+        }
+        if raw.is_empty() {
+            let alias = alias.ok_or(DisconnectReasonCode::TopicNameInvalid)?;
+            return self
+                .topic_aliases
+                .get(&alias)
+                .cloned()
+                .ok_or(DisconnectReasonCode::ProtocolError);
+        }
+        let topic: Arc<str> = std::str::from_utf8(raw)
+            .ok()
+            .filter(|t| topic::validate_name(t).is_ok())
+            .ok_or(DisconnectReasonCode::TopicNameInvalid)?
+            .into();
+        if let Some(alias) = alias {
+            self.topic_aliases.insert(alias, topic.clone());
+        }
+        Ok(topic)
     }
 
     /// Moves acknowledgements whose store commit is done into the write buffer,

@@ -3,7 +3,7 @@
 //! expiry. Connections call in under one lock and never block inside it; the
 //! store receives the resulting changes in the same order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -69,9 +69,28 @@ pub struct Router {
 #[derive(Debug, Default)]
 struct RouterState {
     sessions: HashMap<Arc<str>, Session>,
+    /// Shared subscriptions by their full `$share/group/filter` string.
+    shared: BTreeMap<String, SharedGroup>,
+    /// MQTT 5 wills waiting out their Will Delay Interval, by client id.
+    delayed_wills: HashMap<Arc<str>, (SystemTime, Message)>,
     retained: RetainedStore,
     queued_bytes: usize,
     next_conn_id: u64,
+}
+
+/// The members of one shared subscription; each message goes to one of
+/// them, in turn, preferring connected ones.
+#[derive(Debug)]
+struct SharedGroup {
+    filter: String,
+    members: Vec<Arc<str>>,
+    next: usize,
+}
+
+impl SharedGroup {
+    fn remove(&mut self, client_id: &str) {
+        self.members.retain(|m| &**m != client_id);
+    }
 }
 
 /// What a connecting client asks for, after authentication.
@@ -81,6 +100,8 @@ pub struct ConnectRequest {
     pub clean_start: bool,
     pub expiry_interval: u32,
     pub will: Option<Message>,
+    /// MQTT 5 Will Delay Interval, seconds.
+    pub will_delay: u32,
     pub receive_maximum: u16,
     pub version: Version,
     pub username: Option<String>,
@@ -125,7 +146,6 @@ pub enum Departure {
 pub enum SubscribeResult {
     Granted(QoS),
     Invalid,
-    SharedNotSupported,
     NotAuthorized,
 }
 
@@ -198,10 +218,13 @@ impl Router {
 
         let mut old_will = None;
         let mut session_present = false;
+        // A returning client cancels its delayed will (MQTT 5 §3.1.3.2.2).
+        state.delayed_wills.remove(&request.client_id);
         if let Some(existing) = state.sessions.get_mut(&request.client_id) {
             if let Some(old) = existing.link.take() {
                 old.kick.cancel();
-                old_will = existing.will.take();
+                // A delayed will is not due: the session lives on in this connection.
+                old_will = existing.will.take().filter(|_| existing.will_delay == 0);
             }
             if request.clean_start {
                 let old = state.sessions.remove(&request.client_id);
@@ -220,6 +243,7 @@ impl Router {
         session.expiry_interval = request.expiry_interval;
         session.disconnected_at = None;
         session.will = request.will;
+        session.will_delay = request.will_delay;
         let wake = Arc::new(Notify::new());
         let kick = CancellationToken::new();
         session.link = Some(Link {
@@ -285,9 +309,21 @@ impl Router {
         } else if let Some(session) = state.sessions.remove(client_id) {
             self.forget_session(state, session);
         }
-        if let Some(will) = will {
-            self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
-            self.route(state, Arc::new(will));
+        let delay = state
+            .sessions
+            .get(client_id)
+            .map_or(0, |s| s.will_delay.min(s.expiry_interval));
+        match will {
+            // Delayed until the delay passes or the session ends, whichever is first.
+            Some(will) if delay > 0 => {
+                let due = SystemTime::now() + Duration::from_secs(u64::from(delay));
+                state.delayed_wills.insert(client_id.into(), (due, will));
+            }
+            Some(will) => {
+                self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+                self.route(state, Arc::new(will));
+            }
+            None => {}
         }
     }
 
@@ -333,6 +369,7 @@ impl Router {
         let RouterState {
             sessions,
             queued_bytes,
+            shared,
             ..
         } = state;
         for session in sessions.values_mut() {
@@ -342,7 +379,7 @@ impl Router {
             let mut best: Option<(QoS, bool)> = None;
             let mut ids = Vec::new();
             for (filter, options) in &session.subscriptions {
-                if !topic::matches(&message.topic, filter) {
+                if filter.starts_with(SHARE_PREFIX) || !topic::matches(&message.topic, filter) {
                     continue;
                 }
                 if options.no_local && message.publisher.as_deref() == Some(&*session.client_id) {
@@ -372,6 +409,33 @@ impl Router {
                 if let Some(seq) = self.enqueue(session, queued_bytes, delivery, false) {
                     last_seq = Some(seq);
                 }
+            }
+        }
+        for (raw, group) in shared.iter_mut() {
+            if !topic::matches(&message.topic, &group.filter) {
+                continue;
+            }
+            let Some(member) = pick_member(group, sessions, &message.topic) else {
+                continue;
+            };
+            let Some(session) = sessions.get_mut(&member) else {
+                continue;
+            };
+            let Some(options) = session.subscriptions.get(raw).copied() else {
+                continue;
+            };
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: min_qos(message.qos, options.qos),
+                retain: options.retain_as_published && message.retain,
+                subscription_ids: (options.identifier > 0)
+                    .then_some(options.identifier)
+                    .into_iter()
+                    .collect(),
+                queued_id: 0,
+            };
+            if let Some(seq) = self.enqueue(session, queued_bytes, delivery, false) {
+                last_seq = Some(seq);
             }
         }
         last_seq
@@ -442,6 +506,7 @@ impl Router {
             sessions,
             retained,
             queued_bytes,
+            shared,
             ..
         } = &mut *guard;
         let Some(session) = sessions.get_mut(client_id) else {
@@ -450,28 +515,28 @@ impl Router {
         let now = SystemTime::now();
         let mut results = Vec::with_capacity(filters.len());
         for (raw, options) in filters {
-            match topic::parse_filter(&raw) {
-                Err(_) => {
-                    results.push(SubscribeResult::Invalid);
-                    continue;
-                }
-                Ok(parsed) if parsed.share_group.is_some() => {
-                    results.push(SubscribeResult::SharedNotSupported);
-                    continue;
-                }
-                Ok(_) => {}
-            }
+            let Ok(parsed) = topic::parse_filter(&raw) else {
+                results.push(SubscribeResult::Invalid);
+                continue;
+            };
+            let inner = parsed.filter.to_owned();
+            let is_shared = parsed.share_group.is_some();
             if !session
                 .link
                 .as_ref()
                 .and_then(|l| l.acl.as_ref())
-                .is_none_or(|acl| acl.can_subscribe(&raw))
+                .is_none_or(|acl| acl.can_subscribe(&inner))
             {
                 results.push(SubscribeResult::NotAuthorized);
                 continue;
             }
             let existed = session.subscriptions.insert(raw.clone(), options).is_some();
             results.push(SubscribeResult::Granted(options.qos));
+            if is_shared {
+                join_group(shared, &raw, inner, &session.client_id);
+                // Retained messages are not sent on shared subscriptions.
+                continue;
+            }
             let replay = match options.retain_handling {
                 0 => true,
                 1 => !existed,
@@ -508,13 +573,19 @@ impl Router {
     /// Removes subscriptions; returns whether each existed.
     pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
         let mut guard = self.lock();
-        let Some(session) = guard.sessions.get_mut(client_id) else {
+        let RouterState {
+            sessions, shared, ..
+        } = &mut *guard;
+        let Some(session) = sessions.get_mut(client_id) else {
             return vec![false; filters.len()];
         };
         let existed: Vec<bool> = filters
             .iter()
             .map(|f| session.subscriptions.remove(f).is_some())
             .collect();
+        for filter in filters {
+            leave_group(shared, filter, client_id);
+        }
         if session.is_persistent() {
             let record = session.record();
             let client_id = session.client_id.clone();
@@ -725,6 +796,18 @@ impl Router {
         for topic in state.retained.purge_expired(now) {
             self.submit(Op::DeleteRetained(topic));
         }
+        let due: Vec<Arc<str>> = state
+            .delayed_wills
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(client, _)| client.clone())
+            .collect();
+        for client in due {
+            if let Some((_, will)) = state.delayed_wills.remove(&client) {
+                self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+                self.route(state, Arc::new(will));
+            }
+        }
     }
 
     /// Recomputes every live connection's ACL after the ACL file changed;
@@ -751,10 +834,68 @@ impl Router {
 
     fn forget_session(&self, state: &mut RouterState, session: Session) {
         state.queued_bytes -= session.queued_bytes;
+        for filter in session.subscriptions.keys() {
+            leave_group(&mut state.shared, filter, &session.client_id);
+        }
         if session.is_persistent() {
             self.submit(Op::DeleteSession(session.client_id.clone()));
         }
     }
+}
+
+const SHARE_PREFIX: &str = "$share/";
+
+fn join_group(
+    shared: &mut BTreeMap<String, SharedGroup>,
+    raw: &str,
+    filter: String,
+    client_id: &Arc<str>,
+) {
+    let group = shared.entry(raw.to_owned()).or_insert_with(|| SharedGroup {
+        filter,
+        members: Vec::new(),
+        next: 0,
+    });
+    if !group.members.contains(client_id) {
+        group.members.push(client_id.clone());
+    }
+}
+
+fn leave_group(shared: &mut BTreeMap<String, SharedGroup>, raw: &str, client_id: &str) {
+    if let Some(group) = shared.get_mut(raw) {
+        group.remove(client_id);
+        if group.members.is_empty() {
+            shared.remove(raw);
+        }
+    }
+}
+
+/// The next member in turn that may read `topic`, preferring connected
+/// sessions; an offline persistent member gets it only when none is online.
+fn pick_member(
+    group: &mut SharedGroup,
+    sessions: &HashMap<Arc<str>, Session>,
+    topic_name: &str,
+) -> Option<Arc<str>> {
+    let count = group.members.len();
+    let mut offline = None;
+    for step in 0..count {
+        let index = (group.next + step) % count;
+        let member = &group.members[index];
+        let Some(session) = sessions.get(member) else {
+            continue;
+        };
+        if session.link.is_some() && session.may_read(topic_name) {
+            group.next = index + 1;
+            return Some(member.clone());
+        }
+        if offline.is_none() && session.link.is_none() && session.is_persistent() {
+            offline = Some(index);
+        }
+    }
+    let index = offline?;
+    group.next = index + 1;
+    Some(group.members[index].clone())
 }
 
 fn attached<'a>(state: &'a RouterState, client_id: &str, conn_id: u64) -> Option<&'a Session> {
@@ -780,6 +921,16 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
         });
         for sub in record.subscriptions {
             if let Some(options) = SubscriptionOptions::from_byte(sub.options, sub.identifier) {
+                if let Ok(parsed) = topic::parse_filter(&sub.filter)
+                    && parsed.share_group.is_some()
+                {
+                    join_group(
+                        &mut state.shared,
+                        &sub.filter,
+                        parsed.filter.to_owned(),
+                        &client_id,
+                    );
+                }
                 session.subscriptions.insert(sub.filter, options);
             }
         }

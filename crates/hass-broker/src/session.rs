@@ -104,6 +104,8 @@ pub struct Session {
     pub link: Option<Link>,
     pub disconnected_at: Option<SystemTime>,
     pub will: Option<Message>,
+    /// MQTT 5 Will Delay Interval of the connected client's will, seconds.
+    pub will_delay: u32,
 }
 
 impl Session {
@@ -120,6 +122,7 @@ impl Session {
             link: None,
             disconnected_at: None,
             will: None,
+            will_delay: 0,
         }
     }
 

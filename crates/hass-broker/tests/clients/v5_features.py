@@ -1,0 +1,211 @@
+"""MQTT 5 behaviours exercised with paho-mqtt, one scenario per name.
+
+Usage: v5_features.py PORT USER PASSWORD SCENARIO; prints one JSON object.
+"""
+import json
+import os
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+PORT, USER, PASSWORD = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+class Client:
+    """A connected MQTT 5 client that records what it receives."""
+
+    def __init__(self, client_id="", clean_start=True, expiry=None, props=None, will=None):
+        self.messages = []
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.session_present = None
+        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=client_id, protocol=mqtt.MQTTv5)
+        self.c.username_pw_set(USER, PASSWORD)
+        self.c.on_message = self._on_message
+        self.c.on_connect = self._on_connect
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        if will:
+            self.c.will_set(will["topic"], will["payload"], qos=1, properties=will.get("props"))
+        connect_props = props or Properties(PacketTypes.CONNECT)
+        if expiry is not None:
+            connect_props.SessionExpiryInterval = expiry
+        self.c.connect("127.0.0.1", PORT, clean_start=clean_start, properties=connect_props)
+        self.c.loop_start()
+        assert self.connected.wait(10), "no CONNACK"
+
+    def _on_connect(self, _c, _u, flags, rc, _p):
+        self.session_present = bool(flags.session_present)
+        self.connected.set()
+
+    def _on_message(self, _c, _u, msg):
+        props = msg.properties
+        with self.lock:
+            self.messages.append({
+                "topic": msg.topic,
+                "payload": msg.payload.decode("utf-8", "replace"),
+                "retain": bool(msg.retain),
+                "qos": msg.qos,
+                "sub_ids": list(getattr(props, "SubscriptionIdentifier", []) or []),
+                "expiry": getattr(props, "MessageExpiryInterval", None),
+            })
+
+    def subscribe(self, topic, qos=1, sub_id=None, **options):
+        self.subscribed.clear()
+        props = None
+        if sub_id:
+            props = Properties(PacketTypes.SUBSCRIBE)
+            props.SubscriptionIdentifier = sub_id
+        self.c.subscribe(topic, options=SubscribeOptions(qos=qos, **options), properties=props)
+        assert self.subscribed.wait(10), "no SUBACK"
+
+    def publish(self, topic, payload, qos=1, retain=False, props=None):
+        self.c.publish(topic, payload, qos=qos, retain=retain, properties=props).wait_for_publish(10)
+
+    def got(self, settle=0.5):
+        time.sleep(settle)
+        with self.lock:
+            return list(self.messages)
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def shared():
+    a, b = Client("worker-a"), Client("worker-b")
+    a.subscribe("$share/workers/jobs/+")
+    b.subscribe("$share/workers/jobs/+")
+    p = Client()
+    for i in range(20):
+        p.publish("jobs/%d" % i, "job%d" % i)
+    got_a, got_b = a.got(), b.got(0)
+    return {"a": len(got_a), "b": len(got_b),
+            "distinct": len({m["payload"] for m in got_a + got_b})}
+
+
+def topic_alias():
+    s = Client()
+    s.subscribe("zigbee2mqtt/#")
+    p = Client()
+    props = Properties(PacketTypes.PUBLISH)
+    props.TopicAlias = 1
+    p.publish("zigbee2mqtt/living_room/lamp", "first", props=props)
+    for payload in ("second", "third"):
+        props = Properties(PacketTypes.PUBLISH)
+        props.TopicAlias = 1
+        p.publish("", payload, props=props)
+    return {"messages": [(m["topic"], m["payload"]) for m in s.got()]}
+
+
+def no_local():
+    c = Client("echo")
+    c.subscribe("chat", noLocal=True)
+    c.publish("chat", "mine")
+    Client().publish("chat", "theirs")
+    return {"payloads": [m["payload"] for m in c.got()]}
+
+
+def retain_handling():
+    Client().publish("rh/state", "on", retain=True)
+    results = {}
+    for name, rh in (("never", 2), ("always", 0)):
+        c = Client()
+        c.subscribe("rh/#", retainHandling=rh)
+        results[name] = len(c.got())
+    c = Client()
+    c.subscribe("rh/#", retainHandling=1)
+    first = len(c.got())
+    c.subscribe("rh/#", retainHandling=1)
+    results["if_new_first"], results["if_new_again"] = first, len(c.got()) - first
+    return results
+
+
+def retain_as_published():
+    keep, clear = Client(), Client()
+    keep.subscribe("rap/#", retainAsPublished=True)
+    clear.subscribe("rap/#", retainAsPublished=False)
+    Client().publish("rap/x", "v", retain=True)
+    return {"keep": [m["retain"] for m in keep.got()], "clear": [m["retain"] for m in clear.got(0)]}
+
+
+def subscription_ids():
+    c = Client()
+    c.subscribe("ids/#", sub_id=7)
+    Client().publish("ids/a", "x")
+    return {"sub_ids": [m["sub_ids"] for m in c.got()]}
+
+
+def message_expiry():
+    offline = Client("sleeper", clean_start=True, expiry=300)
+    offline.subscribe("exp/#")
+    offline.close()
+    p = Client()
+    short = Properties(PacketTypes.PUBLISH)
+    short.MessageExpiryInterval = 1
+    p.publish("exp/short", "gone", props=short)
+    long = Properties(PacketTypes.PUBLISH)
+    long.MessageExpiryInterval = 600
+    p.publish("exp/long", "kept", props=long)
+    time.sleep(2.2)
+    back = Client("sleeper", clean_start=False, expiry=300)
+    got = back.got(1.0)
+    return {"payloads": [m["payload"] for m in got], "expiry": [m["expiry"] for m in got]}
+
+
+def session_expiry():
+    c = Client("brief", clean_start=True, expiry=1)
+    c.subscribe("se/#")
+    c.close()
+    time.sleep(2.5)
+    later = Client("brief", clean_start=False, expiry=1)
+    return {"session_present": later.session_present}
+
+
+def will_delay(reconnect):
+    watcher = Client()
+    watcher.subscribe("wd/status")
+    props = Properties(PacketTypes.WILLMESSAGE)
+    props.WillDelayInterval = 2
+    pid = os.fork()
+    if pid == 0:
+        Client("delayed", clean_start=True, expiry=60,
+               will={"topic": "wd/status", "payload": "offline", "props": props})
+        os._exit(0)  # vanish without DISCONNECT
+    os.waitpid(pid, 0)
+    early = len(watcher.got(0.8))
+    if reconnect:
+        Client("delayed", clean_start=False, expiry=60)
+    late = len(watcher.got(2.5))
+    return {"early": early, "late": late}
+
+
+def max_packet_size():
+    props = Properties(PacketTypes.CONNECT)
+    props.MaximumPacketSize = 200
+    small = Client(props=props)
+    small.subscribe("mps/#")
+    p = Client()
+    p.publish("mps/big", "x" * 500)
+    p.publish("mps/small", "ok")
+    return {"payloads": [m["payload"] for m in small.got()]}
+
+
+SCENARIOS = {
+    "shared": shared, "topic_alias": topic_alias, "no_local": no_local,
+    "retain_handling": retain_handling, "retain_as_published": retain_as_published,
+    "subscription_ids": subscription_ids, "message_expiry": message_expiry,
+    "session_expiry": session_expiry, "will_delay": lambda: will_delay(False),
+    "will_delay_cancelled": lambda: will_delay(True), "max_packet_size": max_packet_size,
+}
+
+if __name__ == "__main__":
+    print(json.dumps(SCENARIOS[sys.argv[4]]()))
+    sys.stdout.flush()
+    os._exit(0)

@@ -1,0 +1,121 @@
+//! MQTT 5 features Home Assistant, Zigbee2MQTT and friends use, each checked
+//! with paho-mqtt against a real broker.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{PASSWORD, TestBroker, USER};
+use serde_json::json;
+
+fn scenario(broker: &TestBroker, name: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/v5_features.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args([&broker.mqtt.port().to_string(), USER, PASSWORD, name])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "scenario {name}: {e}\nstdout: {stdout}\nstderr: {}\nbroker: {}",
+            String::from_utf8_lossy(&out.stderr),
+            broker.stderr()
+        )
+    })
+}
+
+#[test]
+fn shared_subscriptions_split_messages_between_members() {
+    let broker = TestBroker::start("");
+    let got = scenario(&broker, "shared");
+    assert_eq!(got, json!({"a": 10, "b": 10, "distinct": 20}));
+}
+
+#[test]
+fn topic_aliases_resolve() {
+    let broker = TestBroker::start("");
+    let got = scenario(&broker, "topic_alias");
+    let topic = "zigbee2mqtt/living_room/lamp";
+    assert_eq!(
+        got["messages"],
+        json!([[topic, "first"], [topic, "second"], [topic, "third"]])
+    );
+}
+
+#[test]
+fn no_local_skips_the_publishers_own_messages() {
+    let broker = TestBroker::start("");
+    assert_eq!(scenario(&broker, "no_local")["payloads"], json!(["theirs"]));
+}
+
+#[test]
+fn retain_handling_options() {
+    let broker = TestBroker::start("");
+    let got = scenario(&broker, "retain_handling");
+    assert_eq!(
+        got,
+        json!({"never": 0, "always": 1, "if_new_first": 1, "if_new_again": 0})
+    );
+}
+
+#[test]
+fn retain_as_published() {
+    let broker = TestBroker::start("");
+    assert_eq!(
+        scenario(&broker, "retain_as_published"),
+        json!({"keep": [true], "clear": [false]})
+    );
+}
+
+#[test]
+fn subscription_identifiers_come_back_on_deliveries() {
+    let broker = TestBroker::start("");
+    assert_eq!(
+        scenario(&broker, "subscription_ids")["sub_ids"],
+        json!([[7]])
+    );
+}
+
+#[test]
+fn expired_messages_are_not_delivered_and_the_rest_carry_their_remaining_time() {
+    let broker = TestBroker::start("");
+    let got = scenario(&broker, "message_expiry");
+    assert_eq!(got["payloads"], json!(["kept"]));
+    let left = got["expiry"][0].as_u64().expect("expiry property");
+    assert!((590..=600).contains(&left), "remaining expiry {left}");
+}
+
+#[test]
+fn a_session_ends_when_its_expiry_interval_passes() {
+    let broker = TestBroker::start("");
+    assert_eq!(
+        scenario(&broker, "session_expiry"),
+        json!({"session_present": false})
+    );
+    assert_eq!(broker.metric("hass_broker_sessions_expired", None), 1.0);
+}
+
+#[test]
+fn will_delay_holds_the_will_and_a_reconnect_cancels_it() {
+    let broker = TestBroker::start("");
+    assert_eq!(
+        scenario(&broker, "will_delay"),
+        json!({"early": 0, "late": 1})
+    );
+    assert_eq!(
+        scenario(&broker, "will_delay_cancelled"),
+        json!({"early": 0, "late": 0})
+    );
+}
+
+#[test]
+fn deliveries_over_the_clients_maximum_packet_size_are_dropped() {
+    let broker = TestBroker::start("");
+    assert_eq!(
+        scenario(&broker, "max_packet_size")["payloads"],
+        json!(["ok"])
+    );
+    assert_eq!(broker.metric("hass_broker_dropped_too_large", None), 1.0);
+}
