@@ -28,6 +28,10 @@ pub struct BrokerConfig {
     #[serde(with = "hass_runtime::config::duration")]
     pub policy_reload_interval: Duration,
     pub limits: LimitsConfig,
+    /// How often the `$SYS/broker/...` topics are refreshed; `null` turns
+    /// them off.
+    #[serde(with = "optional_duration")]
+    pub sys_interval: Option<Duration>,
     /// Certificate for the `mqtts` and `wss` listeners.
     pub tls: Option<TlsConfig>,
 }
@@ -64,6 +68,7 @@ impl Default for BrokerConfig {
             policy_reload_interval: Duration::from_secs(2),
             limits: LimitsConfig::default(),
             tls: None,
+            sys_interval: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -126,5 +131,26 @@ impl Default for LimitsConfig {
             max_inflight: 32,
             connect_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// `Option<Duration>` from `"10s"` or `null`.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(de)?
+            .map(|text| {
+                humantime::parse_duration(&text).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not a duration like \"10s\": {e}"
+                    ))
+                })
+            })
+            .transpose()
     }
 }

@@ -20,6 +20,7 @@ pub mod retained;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod sys;
 pub mod tls;
 pub mod topic;
 pub mod websocket;
@@ -272,6 +273,15 @@ impl Component for Broker {
         }
         ctx.shutdown
             .spawn(expiry_loop(router.clone(), ctx.shutdown.clone()));
+        if let Some(interval) = self.config.sys_interval {
+            ctx.shutdown.spawn(sys::publish_loop(
+                router.clone(),
+                conn_ctx.metrics.clone(),
+                Self::INFO.version,
+                interval,
+                ctx.shutdown.clone(),
+            ));
+        }
         ctx.shutdown.spawn(policy::reload_on_change(
             self.policy_source,
             conn_ctx.clone(),

@@ -154,6 +154,16 @@ impl BrokerMetrics {
             .inc();
     }
 
+    /// Messages received and sent, over all QoS levels.
+    pub fn message_totals(&self) -> (u64, u64) {
+        let sum = |family: &Family<QosLabels, Counter>| {
+            (0..=2)
+                .map(|qos| family.get_or_create(&QosLabels { qos }).get())
+                .sum()
+        };
+        (sum(&self.messages_received), sum(&self.messages_sent))
+    }
+
     pub fn publish_sent(&self, qos: QoS, _size: usize) {
         self.messages_sent
             .get_or_create(&QosLabels { qos: qos as u8 })
@@ -170,7 +180,13 @@ pub struct StateCollector {
 
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let (sessions, connected, queued, queued_bytes) = self.router.session_counts();
+        let snapshot = self.router.snapshot();
+        let (sessions, connected, queued, queued_bytes) = (
+            snapshot.sessions,
+            snapshot.connected,
+            snapshot.queued_messages,
+            snapshot.queued_bytes,
+        );
         let gauge = |encoder: &mut DescriptorEncoder,
                      name: &str,
                      help: &str,
@@ -198,16 +214,16 @@ impl Collector for StateCollector {
         gauge(
             &mut encoder,
             "retained_messages",
-            "Retained messages held",
+            "Retained messages held, published by clients ($SYS not counted)",
             None,
-            as_i64(self.router.retained_count()),
+            as_i64(snapshot.retained_messages),
         )?;
         gauge(
             &mut encoder,
             "retained",
             "Memory held by retained messages",
             Some(&Unit::Bytes),
-            as_i64(self.router.retained_bytes()),
+            as_i64(snapshot.retained_bytes),
         )?;
         gauge(
             &mut encoder,

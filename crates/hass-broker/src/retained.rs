@@ -10,10 +10,14 @@ use std::time::SystemTime;
 use crate::message::Message;
 use crate::topic;
 
+const SYSTEM_PREFIX: &str = "$SYS/";
+
 #[derive(Debug, Default)]
 pub struct RetainedStore {
     by_topic: BTreeMap<Arc<str>, Arc<Message>>,
     bytes: usize,
+    /// Entries under `$SYS/`, which the broker writes itself.
+    system: usize,
 }
 
 impl RetainedStore {
@@ -24,8 +28,11 @@ impl RetainedStore {
             return self.remove(&message.topic);
         }
         self.bytes += message.weight();
-        if let Some(old) = self.by_topic.insert(message.topic.clone(), message) {
-            self.bytes -= old.weight();
+        let system = message.topic.starts_with(SYSTEM_PREFIX);
+        match self.by_topic.insert(message.topic.clone(), message) {
+            Some(old) => self.bytes -= old.weight(),
+            None if system => self.system += 1,
+            None => {}
         }
         true
     }
@@ -34,6 +41,9 @@ impl RetainedStore {
         match self.by_topic.remove(topic) {
             Some(old) => {
                 self.bytes -= old.weight();
+                if topic.starts_with(SYSTEM_PREFIX) {
+                    self.system -= 1;
+                }
                 true
             }
             None => false,
@@ -42,6 +52,11 @@ impl RetainedStore {
 
     pub fn len(&self) -> usize {
         self.by_topic.len()
+    }
+
+    /// Retained messages published by clients (not the broker's `$SYS`).
+    pub fn client_len(&self) -> usize {
+        self.by_topic.len() - self.system
     }
 
     pub fn is_empty(&self) -> bool {

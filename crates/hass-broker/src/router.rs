@@ -93,6 +93,18 @@ impl SharedGroup {
     }
 }
 
+/// A point-in-time count of the router's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterSnapshot {
+    pub sessions: usize,
+    pub connected: usize,
+    pub queued_messages: usize,
+    pub queued_bytes: usize,
+    pub subscriptions: usize,
+    pub retained_messages: usize,
+    pub retained_bytes: usize,
+}
+
 /// What a connecting client asks for, after authentication.
 #[derive(Debug)]
 pub struct ConnectRequest {
@@ -192,20 +204,18 @@ impl Router {
         self.store.as_ref().map(|s| s.submit(op))
     }
 
-    pub fn retained_count(&self) -> usize {
-        self.lock().retained.len()
-    }
-
-    pub fn retained_bytes(&self) -> usize {
-        self.lock().retained.bytes()
-    }
-
-    /// (sessions, connected sessions, queued messages, queued bytes)
-    pub fn session_counts(&self) -> (usize, usize, usize, usize) {
+    /// Counts for metrics and `$SYS`.
+    pub fn snapshot(&self) -> RouterSnapshot {
         let state = self.lock();
-        let connected = state.sessions.values().filter(|s| s.link.is_some()).count();
-        let queued = state.sessions.values().map(|s| s.queue.len()).sum();
-        (state.sessions.len(), connected, queued, state.queued_bytes)
+        RouterSnapshot {
+            sessions: state.sessions.len(),
+            connected: state.sessions.values().filter(|s| s.link.is_some()).count(),
+            queued_messages: state.sessions.values().map(|s| s.queue.len()).sum(),
+            queued_bytes: state.queued_bytes,
+            subscriptions: state.sessions.values().map(|s| s.subscriptions.len()).sum(),
+            retained_messages: state.retained.client_len(),
+            retained_bytes: state.retained.bytes(),
+        }
     }
 
     /// Attaches a connection to its session, creating or resuming it, and
@@ -332,6 +342,23 @@ impl Router {
     pub fn publish(&self, message: Message) -> Option<u64> {
         let mut guard = self.lock();
         self.route(&mut guard, Arc::new(message))
+    }
+
+    /// Routes a broker-generated message (`$SYS`) whose retained copy is
+    /// kept in memory only: it is rewritten every interval anyway.
+    pub fn publish_volatile(&self, message: Message) {
+        let mut guard = self.lock();
+        let message = Arc::new(message);
+        if message.retain {
+            guard.retained.set(message.clone());
+        }
+        let unretained = Arc::new(Message {
+            retain: false,
+            ..(*message).clone()
+        });
+        // Routed as not retained so the store is not touched; subscribers
+        // with Retain As Published see it live, as Mosquitto sends $SYS.
+        self.route(&mut guard, unretained);
     }
 
     /// Routes a client's publish after checking its ACL.

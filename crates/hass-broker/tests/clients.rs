@@ -327,3 +327,59 @@ fn websockets_carry_both_versions_on_mqtt_and_root_paths() {
         assert_eq!(tcp.join().expect("tcp")["count"], 1);
     });
 }
+
+#[test]
+fn sys_topics_report_the_broker_like_mosquitto() {
+    let broker = TestBroker::start("sys_interval: 200ms\n");
+    broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/x/config",
+            "--retain",
+        ],
+    );
+    let got = broker.paho(
+        4,
+        true,
+        // The retained snapshot, then one live refresh.
+        &[
+            "subscribe",
+            "--filter",
+            "$SYS/broker/#",
+            "--expect",
+            "32",
+            "--timeout",
+            "5",
+            "--show",
+        ],
+    );
+    let value = |topic: &str| -> String {
+        got["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .rfind(|m| m["topic"] == topic)
+            .map(|m| m["payload"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| panic!("{topic} missing from {got}"))
+    };
+    assert_eq!(
+        value("$SYS/broker/version"),
+        format!("hass-broker {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        value("$SYS/broker/clients/connected"),
+        "1",
+        "the subscriber itself"
+    );
+    assert_eq!(value("$SYS/broker/retained messages/count"), "1");
+    assert!(value("$SYS/broker/uptime").ends_with(" seconds"));
+    // `#` does not reach `$SYS`.
+    let plain = broker.paho(4, true, &["subscribe", "--filter", "#", "--timeout", "0.6"]);
+    assert_eq!(
+        plain["count"], 1,
+        "only the client's retained message: {plain}"
+    );
+}
