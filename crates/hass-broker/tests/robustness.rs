@@ -7,43 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, TestBroker, USER};
-
-/// A CONNECT packet (MQTT 3.1.1 unless `level` says otherwise).
-fn connect_packet(name: &[u8], level: u8, client_id: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
-    body.extend_from_slice(name);
-    body.push(level);
-    body.push(0b1100_0010); // username, password, clean session
-    body.extend_from_slice(&60u16.to_be_bytes());
-    if level == 5 {
-        body.push(0); // no properties
-    }
-    for field in [client_id.as_bytes(), USER.as_bytes(), PASSWORD.as_bytes()] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field);
-    }
-    let mut packet = vec![0x10];
-    packet.extend(remaining_length(body.len()));
-    packet.extend(body);
-    packet
-}
-
-fn remaining_length(mut len: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            return out;
-        }
-    }
-}
+use common::{TestBroker, connect_packet, remaining_length};
 
 /// Sends `bytes` and returns what the broker answered before closing, or
 /// panics if it keeps the connection open.
@@ -270,4 +234,58 @@ fn a_clean_disconnect_discards_the_will() {
     );
     assert_eq!(got["count"], 0, "{got}");
     assert_eq!(broker.metric("hass_broker_wills_published", None), 0.0);
+}
+
+#[test]
+fn a_flood_towards_a_stalled_subscriber_stays_within_the_memory_budget() {
+    // 200 MiB of QoS 0 publishes towards a subscriber that never reads.
+    let broker =
+        TestBroker::start("limits:\n  memory_budget: 16777216\n  max_queued_messages: 500\n");
+    let mut stalled = TcpStream::connect(broker.mqtt).expect("connect");
+    stalled
+        .write_all(&connect_packet(b"MQTT", 4, "stalled"))
+        .expect("connect");
+    stalled
+        .write_all(&common::subscribe_packet("flood/#", 0))
+        .expect("subscribe");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let payload = vec![0x5a; 10 * 1024];
+    let count = 20_000;
+    let mut publisher = TcpStream::connect(broker.mqtt).expect("connect");
+    publisher
+        .write_all(&connect_packet(b"MQTT", 4, "flooder"))
+        .expect("connect");
+    let packet = common::publish_packet("flood/data", &payload);
+    let mut batch = Vec::with_capacity(packet.len() * 100);
+    for _ in 0..100 {
+        batch.extend_from_slice(&packet);
+    }
+    for _ in 0..count / 100 {
+        publisher.write_all(&batch).expect("publish");
+    }
+    let received = hass_test_support::wait_for(Duration::from_secs(60), || {
+        (broker.metric("hass_broker_messages_received", None) >= f64::from(count)).then_some(())
+    });
+    assert!(
+        received.is_some(),
+        "the broker did not take the flood\n{}",
+        broker.stderr()
+    );
+
+    let pid = broker.process.as_ref().expect("running").pid();
+    let peak = common::peak_rss(pid);
+    eprintln!(
+        "peak RSS under a 200 MiB flood: {} MiB",
+        peak / (1024 * 1024)
+    );
+    // Budget 16 MiB queued + socket buffers + a baseline of a few MiB.
+    assert!(
+        peak < 96 * 1024 * 1024,
+        "peak RSS {} MiB",
+        peak / (1024 * 1024)
+    );
+    assert!(broker.metric("hass_broker_dropped_queue_full", None) > 0.0);
+    still_serving(&broker);
+    drop(stalled);
 }

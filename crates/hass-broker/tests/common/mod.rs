@@ -195,3 +195,73 @@ impl Drop for TestBroker {
         self.kill9();
     }
 }
+
+/// A CONNECT packet (MQTT 3.1.1 unless `level` says otherwise) with the
+/// test credentials and a clean session.
+pub fn connect_packet(name: &[u8], level: u8, client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    body.extend_from_slice(name);
+    body.push(level);
+    body.push(0b1100_0010); // username, password, clean session
+    body.extend_from_slice(&60u16.to_be_bytes());
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    for field in [client_id.as_bytes(), USER.as_bytes(), PASSWORD.as_bytes()] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    frame(0x10, body)
+}
+
+/// A QoS 0 PUBLISH.
+pub fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(payload);
+    frame(0x30, body)
+}
+
+/// A SUBSCRIBE for one filter at `qos`.
+pub fn subscribe_packet(filter: &str, qos: u8) -> Vec<u8> {
+    let mut body = vec![0x00, 0x01];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(qos);
+    frame(0x82, body)
+}
+
+pub fn frame(first: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut packet = vec![first];
+    packet.extend(remaining_length(body.len()));
+    packet.extend(body);
+    packet
+}
+
+pub fn remaining_length(mut len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            return out;
+        }
+    }
+}
+
+/// Peak resident memory of a process, from /proc, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .expect("VmHWM")
+        * 1024
+}
