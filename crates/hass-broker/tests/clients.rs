@@ -383,3 +383,62 @@ fn sys_topics_report_the_broker_like_mosquitto() {
         "only the client's retained message: {plain}"
     );
 }
+
+/// MQTT.js, as Zigbee2MQTT runs it.
+fn mqttjs(url: &str, version: &str, args: &[&str]) -> serde_json::Value {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/mqttjs_client.js");
+    let out = Command::new("node")
+        .arg(script)
+        .args([url, USER, PASSWORD, version])
+        .args(args)
+        .output()
+        .expect("node (the README test command installs MQTT.js)");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn mqttjs_publishes_discovery_and_reads_it_back_over_tcp_and_websockets() {
+    let broker = TestBroker::start("");
+    let tcp = format!("mqtt://{}", broker.mqtt);
+    let ws = format!("ws://{}/mqtt", broker.ws);
+    let sent = mqttjs(
+        &tcp,
+        "5",
+        &["publish-retained", "homeassistant/sensor/z2m", "1000"],
+    );
+    assert_eq!(sent["acked"], 1000, "{sent}");
+    for (url, version) in [(&tcp, "4"), (&tcp, "5"), (&ws, "4"), (&ws, "5")] {
+        let got = mqttjs(
+            url,
+            version,
+            &["count-retained", "homeassistant/#", "1000", "20000"],
+        );
+        assert_eq!(got["retained"], 1000, "{url} v{version}: {got}");
+    }
+    let refused = Command::new("node")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/mqttjs_client.js"))
+        .args([
+            tcp.as_str(),
+            USER,
+            "wrong",
+            "4",
+            "count-retained",
+            "x",
+            "1",
+            "100",
+        ])
+        .output()
+        .expect("node");
+    let refused: serde_json::Value = serde_json::from_slice(&refused.stdout).expect("json");
+    assert_eq!(
+        refused["code"], 5,
+        "MQTT.js sees return code 5 (not authorised): {refused}"
+    );
+}
