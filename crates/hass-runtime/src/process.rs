@@ -57,7 +57,11 @@ fn start<C: Component>(cli: ComponentCli<C::Args>) -> Result<ExitCode, Fatal> {
         info!(config = %source, "configuration is valid");
         return Ok(ExitCode::SUCCESS);
     }
+    // Two workers are plenty for a sidecar; tokio's default of one per host
+    // core would start dozens of threads on a big node for nothing.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .map_err(|e| Fatal::runtime(format!("cannot start the async runtime: {e}")))?;

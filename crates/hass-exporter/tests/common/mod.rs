@@ -1,0 +1,520 @@
+//! Real parts the exporter tests run against: the real `hass-exporter`
+//! binary, a stand-in Home Assistant REST API (an axum server in the test
+//! process that checks the bearer token and records every request), a
+//! stand-in serial bridge admin port, and helpers for PostgreSQL outages.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics, wait_for};
+use tempfile::TempDir;
+
+pub const TOKEN: &str = "ha-long-lived-token-0123456789";
+
+/// A running `hass-exporter` with its config and secret files.
+pub struct Exporter {
+    pub dir: TempDir,
+    pub admin: SocketAddr,
+    pub process: SpawnedBinary,
+}
+
+impl Exporter {
+    /// Writes `yaml` (with `{dir}` replaced by the temp dir) and starts the
+    /// binary; waits for `/healthz`, not `/readyz` (targets may be down on
+    /// purpose).
+    pub fn start(yaml: &str, files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).expect("write secret");
+        }
+        let yaml = yaml.replace("{dir}", &dir.path().display().to_string());
+        let config = dir.path().join("exporter.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let admin = free_addr();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hass-exporter"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .env("RUST_LOG", "info,hass_exporter=debug");
+        let process = SpawnedBinary::spawn(cmd).expect("spawn hass-exporter");
+        let up = wait_for(Duration::from_secs(20), || {
+            http::get(admin, "/healthz")
+                .ok()
+                .filter(|r| r.status == 200)
+        });
+        assert!(
+            up.is_some(),
+            "exporter did not serve /healthz; stderr:\n{}",
+            process.stderr()
+        );
+        Self {
+            dir,
+            admin,
+            process,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn status(&self, path: &str) -> u16 {
+        http::get(self.admin, path).expect("admin answers").status
+    }
+
+    pub fn metrics(&self) -> Vec<openmetrics::Family> {
+        let reply = http::get(self.admin, "/metrics").expect("metrics");
+        openmetrics::parse(&reply.body).unwrap_or_else(|e| panic!("{e}\n{}", reply.body))
+    }
+
+    /// The value of the sample `name` whose labels include `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        value(&self.metrics(), name, labels)
+    }
+
+    /// Waits until `check` holds for the exporter's metrics; returns how long it took.
+    pub fn wait_metric(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&[openmetrics::Family]) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        let ok = wait_for(timeout, || check(&self.metrics()).then_some(()));
+        assert!(
+            ok.is_some(),
+            "{what}: not within {timeout:?}; metrics:\n{}\nstderr:\n{}",
+            http::get(self.admin, "/metrics")
+                .map(|r| r.body)
+                .unwrap_or_default(),
+            self.process.stderr()
+        );
+        started.elapsed()
+    }
+
+    /// Waits until `GET path` answers `status`; returns how long it took.
+    pub fn wait_status(&self, path: &str, status: u16, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        let ok = wait_for(timeout, || (self.status(path) == status).then_some(()));
+        assert!(
+            ok.is_some(),
+            "{path} not {status} within {timeout:?}: {:?}\nstderr:\n{}",
+            http::get(self.admin, path).map(|r| (r.status, r.body)),
+            self.process.stderr()
+        );
+        started.elapsed()
+    }
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+pub fn value(families: &[openmetrics::Family], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    families
+        .iter()
+        .flat_map(|f| f.samples.iter())
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+}
+
+/// Scrapes `/metrics` `n` times; returns the sorted latencies.
+pub fn scrape_latencies(admin: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut latencies: Vec<Duration> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let reply = http::get(admin, "/metrics").expect("metrics");
+            assert_eq!(reply.status, 200);
+            started.elapsed()
+        })
+        .collect();
+    latencies.sort();
+    latencies
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+// ---------------------------------------------------------------------------
+// Stand-in Home Assistant
+
+/// How the stand-in answers `/api/core/state`.
+#[derive(Debug, Clone)]
+pub struct HaBehaviour {
+    pub state: String,
+    /// `Some((in_progress, is_live))` answers the newer shape.
+    pub recorder_state: Option<(bool, bool)>,
+    /// The token it accepts.
+    pub token: String,
+    /// Delay before every answer.
+    pub delay: Duration,
+}
+
+/// One request the stand-in received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct HaState {
+    behaviour: Arc<Mutex<HaBehaviour>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// A stand-in HA REST API on a free port; `set_down(true)` stops it the way
+/// a crashed pod does (connections refused, keep-alive connections gone).
+pub struct StandInHa {
+    pub addr: SocketAddr,
+    state: HaState,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl StandInHa {
+    pub fn start(state: &str) -> Self {
+        let state = HaState {
+            behaviour: Arc::new(Mutex::new(HaBehaviour {
+                state: state.to_owned(),
+                recorder_state: None,
+                token: TOKEN.to_owned(),
+                delay: Duration::ZERO,
+            })),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        };
+        let mut ha = Self {
+            addr: free_addr(),
+            state,
+            runtime: None,
+        };
+        ha.set_down(false);
+        ha
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut HaBehaviour)) {
+        f(&mut self.state.behaviour.lock().expect("lock"));
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+
+    pub fn set_down(&mut self, down: bool) {
+        if down {
+            if let Some(rt) = self.runtime.take() {
+                // Dropping the runtime ends the listener and every connection.
+                rt.shutdown_background();
+            }
+            return;
+        }
+        if self.runtime.is_some() {
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let addr = self.addr;
+        let app = Router::new()
+            .fallback(ha_handler)
+            .with_state(self.state.clone());
+        let listener = rt.block_on(async {
+            let mut last = None;
+            for _ in 0..50 {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => return l,
+                    Err(e) => last = Some(e),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("cannot bind {addr}: {last:?}");
+        });
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        self.runtime = Some(rt);
+    }
+}
+
+impl Drop for StandInHa {
+    fn drop(&mut self) {
+        self.set_down(true);
+    }
+}
+
+async fn ha_handler(State(state): State<HaState>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.seen.lock().expect("lock").push(Seen {
+        path: path.clone(),
+        authorization: authorization.clone(),
+        at: Instant::now(),
+    });
+    let behaviour = state.behaviour.lock().expect("lock").clone();
+    if !behaviour.delay.is_zero() {
+        tokio::time::sleep(behaviour.delay).await;
+    }
+    if path == "/manifest.json" {
+        return json(StatusCode::OK, r#"{"name":"Home Assistant"}"#.to_owned());
+    }
+    if !path.starts_with("/api/") {
+        return (StatusCode::NOT_FOUND, "404: Not Found").into_response();
+    }
+    // HA's own check: a missing or wrong bearer token is a 401 (and a
+    // strike towards an IP ban).
+    if authorization.as_deref() != Some(&format!("Bearer {}", behaviour.token)) {
+        return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
+    }
+    match path.as_str() {
+        "/api/core/state" => {
+            let body = match behaviour.recorder_state {
+                None => format!(r#"{{"state":"{}"}}"#, behaviour.state),
+                Some((in_progress, live)) => format!(
+                    r#"{{"state":"{}","recorder_state":{{"migration_in_progress":{in_progress},"migration_is_live":{live}}}}}"#,
+                    behaviour.state
+                ),
+            };
+            json(StatusCode::OK, body)
+        }
+        "/api/config" => json(
+            StatusCode::OK,
+            r#"{"version":"2024.3.3","location_name":"Home","unit_system":{}}"#.to_owned(),
+        ),
+        "/api/states" => json(
+            StatusCode::OK,
+            r#"[
+              {"entity_id":"light.kitchen","state":"on","attributes":{}},
+              {"entity_id":"light.hall","state":"unavailable","attributes":{}},
+              {"entity_id":"light.porch","state":"off","attributes":{}},
+              {"entity_id":"sensor.temp","state":"21.5","attributes":{"unit_of_measurement":"°C"}},
+              {"entity_id":"sensor.humidity","state":"unavailable","attributes":{}},
+              {"entity_id":"sun.sun","state":"above_horizon","attributes":{}}
+            ]"#
+            .to_owned(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "404: Not Found").into_response(),
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+// ---------------------------------------------------------------------------
+// Stand-in serial bridge admin port
+
+/// Serves `/readyz` with a body and status the test sets; records paths.
+pub struct StandInBridge {
+    pub addr: SocketAddr,
+    reply: Arc<Mutex<(u16, String)>>,
+    paths: Arc<Mutex<Vec<String>>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl StandInBridge {
+    pub fn start(status: u16, body: &str) -> Self {
+        let reply = Arc::new(Mutex::new((status, body.to_owned())));
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let addr = free_addr();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .expect("bind bridge stand-in");
+        let (r, p) = (reply.clone(), paths.clone());
+        let app = Router::new().fallback(move |request: Request| {
+            let (r, p) = (r.clone(), p.clone());
+            async move {
+                p.lock()
+                    .expect("lock")
+                    .push(request.uri().path().to_owned());
+                let (status, body) = r.lock().expect("lock").clone();
+                (StatusCode::from_u16(status).expect("status"), body).into_response()
+            }
+        });
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            reply,
+            paths,
+            runtime,
+        }
+    }
+
+    pub fn set(&self, status: u16, body: &str) {
+        *self.reply.lock().expect("lock") = (status, body.to_owned());
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().expect("lock").clone()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PostgreSQL outages
+
+/// Every process of the PostgreSQL server whose data dir is `data`:
+/// the postmaster (first line of postmaster.pid) and its children.
+pub fn postgres_pids(data: &Path) -> Vec<i32> {
+    let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).expect("postmaster.pid");
+    let postmaster: i32 = pid_file
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("pid");
+    let children =
+        std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"))
+            .unwrap_or_default();
+    let mut pids: Vec<i32> = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    pids.push(postmaster);
+    pids
+}
+
+/// Sends `signal` to every process of the server (SIGSTOP: a hung database).
+pub fn signal_postgres(data: &Path, signal: nix::sys::signal::Signal) {
+    for pid in postgres_pids(data) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// A PostgreSQL restarted on a killed `TempPostgres`'s data dir and port
+/// (hass-test-support has no restart yet). Stopped with SIGINT on drop; drop
+/// it before the `TempPostgres`.
+pub struct RestartedPostgres {
+    child: std::process::Child,
+}
+
+impl RestartedPostgres {
+    pub fn start(data: &Path, port: u16) -> Self {
+        use std::os::unix::process::CommandExt;
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("Debian's postgresql package")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("postgres").is_file())
+            .max()
+            .expect("postgres binary");
+        let socket_dir = data.parent().expect("data has a parent");
+        let mut last = String::new();
+        for _ in 0..50 {
+            let mut cmd = Command::new(bin.join("postgres"));
+            if nix::unistd::geteuid().is_root() {
+                let user = nix::unistd::User::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .expect("postgres user");
+                cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+            }
+            cmd.arg("-D")
+                .arg(data)
+                .args(["-p", &port.to_string()])
+                .args(["-c", "listen_addresses=127.0.0.1"])
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", socket_dir.display()))
+                .args(["-c", "fsync=off"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().expect("spawn postgres");
+            let ready = wait_for(Duration::from_secs(20), || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Some(Err(status));
+                }
+                let pid_file =
+                    std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+                (pid_file.lines().nth(7).map(str::trim) == Some("ready")
+                    && pid_file.lines().next().map(str::trim) == Some(&child.id().to_string()))
+                .then_some(Ok(()))
+            });
+            match ready {
+                Some(Ok(())) => return Self { child },
+                Some(Err(status)) => {
+                    // Old backends may still hold shared memory for a moment.
+                    last = format!("{status}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                None => panic!("restarted postgres not ready"),
+            }
+        }
+        panic!("postgres would not restart: {last}");
+    }
+}
+
+impl Drop for RestartedPostgres {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let exited = wait_for(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_))).then_some(())
+        });
+        if exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs SQL with psql against `port` (the fixture is plain SQL text).
+pub fn psql(port: u16, sql: &str) {
+    let output = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-X"])
+        .arg("-c")
+        .arg(sql)
+        .output()
+        .expect("psql (Debian's postgresql-client, installed with postgresql)");
+    assert!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
