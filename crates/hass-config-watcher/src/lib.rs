@@ -2,16 +2,34 @@
 //! loader reads it (`!include*`, `!secret`, `!env_var`, packages), reporting every
 //! problem with its file, line and column, and yields the resolved config so a
 //! watcher can tell which top-level domains changed.
+//!
+//! `run` ([`ConfigWatcher`]) watches the folder and reloads in Home Assistant
+//! exactly the domains whose resolved config changed.
 
+mod changes;
 mod config;
 mod diagnostic;
+mod fswatch;
+mod ha_api;
+mod ignore;
 mod loader;
 mod packages;
+mod reloads;
+pub mod run_command;
 mod scalar;
 mod secrets;
+mod settings;
 mod value;
+mod watch_metrics;
+mod watcher;
 mod yaml;
 
+pub use changes::{changed_domains, graph_fingerprint};
 pub use config::{CONFIG_FILE, Checked, load};
 pub use diagnostic::{Diagnostic, Severity};
+pub use ha_api::backoff;
+pub use ignore::IgnoreList;
+pub use reloads::NOTIFICATION_ID;
+pub use settings::{HomeAssistantConfig, RunArgs, Settings, WatcherConfig};
 pub use value::{Mapping, Node, Origin, Secret, SecretSource, Value};
+pub use watcher::ConfigWatcher;

@@ -1,6 +1,8 @@
 //! `hass-config-watcher check [DIR]`: prints every problem in a Home Assistant config
 //! folder as `file:line:col: severity: message`, or as JSON.
+//! `hass-config-watcher run`: watches the folder and reloads what changed.
 
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +31,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Watch a config folder, validate every change and reload in Home
+    /// Assistant exactly the domains that changed (`run --help` lists the flags).
+    #[command(disable_help_flag = true)]
+    Run {
+        /// Flags of the watcher: --config FILE, --admin-listen ADDR, …
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -47,7 +57,10 @@ struct JsonReport<'a> {
 
 fn main() -> ExitCode {
     // clap exits 2 on bad usage, which is what we promise.
-    let Command::Check { dir, format } = Cli::parse().command;
+    let (dir, format) = match Cli::parse().command {
+        Command::Check { dir, format } => (dir, format),
+        Command::Run { args } => return hass_config_watcher::run_command::main(args),
+    };
     let checked = hass_config_watcher::load(&dir);
     if let Err(err) = print_report(&checked, format) {
         // A closed pipe is not worth a panic; say so and fail.

@@ -1,0 +1,542 @@
+//! hass-broker and Mosquitto side by side, in one run, under the same load
+//! from the same generator: fan-in (50 publishers → 1 subscriber) and
+//! fan-out (1 publisher → 100 subscribers), QoS 0 and 1, at a fixed rate and
+//! unthrottled; then 1000 idle connections; then (hass-broker only) the time
+//! to restore 100 000 retained messages at start.
+//!
+//! Run: `cargo bench -p hass-broker --bench vs_mosquitto` (needs `mosquitto`
+//! and `mosquitto_passwd` on PATH). `-- --quick` shortens each scenario.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use hass_broker::codec::{self, Version};
+use rumqttd::protocol::{
+    Connect, Filter, Login, Packet, PubAck, PubAckReason, QoS, RetainForwardRule, Subscribe,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Mutex;
+
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+const PAYLOAD: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Hass,
+    Mosquitto,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Hass => "hass-broker",
+            Kind::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+struct Broker {
+    child: Child,
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
+    let addr = free_addr();
+    let passwd = dir.join("passwd");
+    let child = match kind {
+        Kind::Hass => {
+            let admin = free_addr();
+            let config = dir.join("hass-broker.yaml");
+            std::fs::write(
+                &config,
+                format!(
+                    "data_dir: {}\npassword_file: {}\nsys_interval: null\nlisteners:\n  mqtt: {addr}\n  ws: null\nlimits:\n  max_inflight: 20\n  max_queued_messages: 1000\n",
+                    data.display(),
+                    passwd.display()
+                ),
+            )
+            .expect("config");
+            let child = Command::new(env!("CARGO_BIN_EXE_hass-broker"))
+                .arg("--config")
+                .arg(&config)
+                .args(["--admin-listen", &admin.to_string()])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn hass-broker");
+            let broker = Broker {
+                child,
+                addr,
+                admin: Some(admin),
+            };
+            wait_listening(addr);
+            return broker;
+        }
+        Kind::Mosquitto => {
+            let config = dir.join("mosquitto.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\nmax_inflight_messages 20\nmax_queued_messages 1000\nset_tcp_nodelay true\nlog_dest none\n",
+                    addr.port(),
+                    passwd.display()
+                ),
+            )
+            .expect("config");
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn mosquitto (Debian's mosquitto package)")
+        }
+    };
+    wait_listening(addr);
+    Broker {
+        child,
+        addr,
+        admin: None,
+    }
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("broker on {addr} did not start");
+}
+
+/// (CPU seconds, peak RSS bytes, current RSS bytes) of a process.
+fn usage(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/PID/stat (utime, stime) in clock ticks (100/s).
+    let cpu = (ticks(11) + ticks(12)) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (cpu, kb("VmHWM:"), kb("VmRSS:"))
+}
+
+// A minimal MQTT 3.1.1 client on hass-broker's codec module.
+
+async fn connect(addr: SocketAddr, client_id: &str) -> (OwnedReadHalf, OwnedWriteHalf) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (mut read, mut write) = stream.into_split();
+    let mut out = BytesMut::new();
+    let connect = Packet::Connect(
+        Connect {
+            keep_alive: 0,
+            client_id: client_id.to_owned(),
+            clean_session: true,
+        },
+        None,
+        None,
+        None,
+        Some(Login {
+            username: USER.into(),
+            password: PASSWORD.into(),
+        }),
+    );
+    codec::write(Version::V4, connect, &mut out).expect("encode");
+    write.write_all(&out).await.expect("send CONNECT");
+    let mut ack = [0u8; 4];
+    read.read_exact(&mut ack).await.expect("CONNACK");
+    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK refused");
+    (read, write)
+}
+
+async fn subscribe(read: &mut OwnedReadHalf, write: &mut OwnedWriteHalf, filter: &str, qos: QoS) {
+    let mut out = BytesMut::new();
+    let sub = Packet::Subscribe(
+        Subscribe {
+            pkid: 1,
+            filters: vec![Filter {
+                path: filter.into(),
+                qos,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+            }],
+        },
+        None,
+    );
+    codec::write(Version::V4, sub, &mut out).expect("encode");
+    write.write_all(&out).await.expect("SUBSCRIBE");
+    let mut ack = [0u8; 5];
+    read.read_exact(&mut ack).await.expect("SUBACK");
+}
+
+/// Frames server-to-client packets; calls `on_publish(pkid, payload)` for
+/// PUBLISH and `on_ack(pkid)` for PUBACK.
+fn drain_packets(
+    buf: &mut BytesMut,
+    mut on_publish: impl FnMut(u8, u16, &[u8]),
+    mut on_ack: impl FnMut(u16),
+) {
+    while let Ok(header) = rumqttd::protocol::v4::check(buf.iter(), usize::MAX) {
+        let frame = buf.split_to(header.frame_length());
+        let body = &frame[header.fixed_header_len..];
+        match header.byte1 >> 4 {
+            3 => {
+                let qos = (header.byte1 >> 1) & 0b11;
+                let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                let mut at = 2 + topic_len;
+                let mut pkid = 0;
+                if qos > 0 {
+                    pkid = u16::from_be_bytes([body[at], body[at + 1]]);
+                    at += 2;
+                }
+                on_publish(qos, pkid, &body[at..]);
+            }
+            4 => on_ack(u16::from_be_bytes([body[0], body[1]])),
+            _ => {}
+        }
+    }
+}
+
+struct Subscriber {
+    received: Arc<AtomicU64>,
+    latencies: Arc<Mutex<Vec<u64>>>,
+}
+
+async fn run_subscriber(addr: SocketAddr, id: String, qos: QoS, epoch: Instant, sub: Arc<Subscriber>, ready: Arc<AtomicU64>) {
+    let (mut read, mut write) = connect(addr, &id).await;
+    subscribe(&mut read, &mut write, "bench/#", qos).await;
+    ready.fetch_add(1, Ordering::SeqCst);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut local = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), read.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+        let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut acks = BytesMut::new();
+        drain_packets(
+            &mut buf,
+            |qos, pkid, payload| {
+                let mut p = payload;
+                if p.len() >= 8 {
+                    local.push(now.saturating_sub(p.get_u64()));
+                }
+                if qos == 1 {
+                    let ack = Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None);
+                    let _ = codec::write(Version::V4, ack, &mut acks);
+                }
+            },
+            |_| {},
+        );
+        if !acks.is_empty() && write.write_all(&acks).await.is_err() {
+            break;
+        }
+        sub.received.store(local.len() as u64, Ordering::Relaxed);
+    }
+    sub.received.store(local.len() as u64, Ordering::Relaxed);
+    sub.latencies.lock().await.extend(local);
+}
+
+/// Publishes until `until`, at `rate` messages/s (0: as fast as it can),
+/// keeping at most `window` QoS 1 messages unacknowledged.
+async fn run_publisher(addr: SocketAddr, id: String, qos: QoS, rate: u32, until: Instant, epoch: Instant, sent: Arc<AtomicU64>) {
+    let (mut read, mut write) = connect(addr, &id).await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked_reader = acked.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(4096);
+        while let Ok(n) = read.read_buf(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            drain_packets(&mut buf, |_, _, _| {}, |_| {
+                acked_reader.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    });
+    let window = 20u64;
+    let mut count = 0u64;
+    let mut pkid = 0u16;
+    let mut tick = (rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate))));
+    let mut out = BytesMut::new();
+    while Instant::now() < until {
+        if let Some(tick) = tick.as_mut() {
+            tick.tick().await;
+        }
+        if qos == QoS::AtLeastOnce {
+            while count - acked.load(Ordering::Relaxed) >= window {
+                if Instant::now() >= until {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut payload = vec![0u8; PAYLOAD];
+        let stamp = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
+        payload[..8].copy_from_slice(&stamp.to_be_bytes());
+        pkid = pkid.wrapping_add(1).max(1);
+        let publish = codec::outgoing_publish(b"bench/data", &payload, qos, pkid, false, false);
+        out.clear();
+        codec::write(Version::V4, Packet::Publish(publish, None), &mut out).expect("encode");
+        if write.write_all(&out).await.is_err() {
+            break;
+        }
+        count += 1;
+        // Unthrottled QoS 0: yield now and then so subscribers get to run.
+        if rate == 0 && qos == QoS::AtMostOnce && count % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    sent.fetch_add(count, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reader.abort();
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    publishers: usize,
+    subscribers: usize,
+    qos: QoS,
+    /// Per publisher, messages/s; 0 = unthrottled.
+    rate: u32,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Result {
+    delivered_pct: f64,
+    throughput: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_s: f64,
+    peak_rss_mib: f64,
+}
+
+async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> Result {
+    let epoch = Instant::now();
+    let ready = Arc::new(AtomicU64::new(0));
+    let mut subs = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..s.subscribers {
+        let sub = Arc::new(Subscriber {
+            received: Arc::new(AtomicU64::new(0)),
+            latencies: Arc::new(Mutex::new(Vec::new())),
+        });
+        subs.push(sub.clone());
+        handles.push(tokio::spawn(run_subscriber(addr, format!("sub-{i}"), s.qos, epoch, sub, ready.clone())));
+    }
+    while ready.load(Ordering::SeqCst) < s.subscribers as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (cpu_before, _, _) = usage(pid);
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let mut pubs = Vec::new();
+    for i in 0..s.publishers {
+        pubs.push(tokio::spawn(run_publisher(addr, format!("pub-{i}"), s.qos, s.rate, until, epoch, sent.clone())));
+    }
+    for p in pubs {
+        let _ = p.await;
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64() - 3.0; // subscribers wait 3 s idle at the end
+    let (cpu_after, peak, _) = usage(pid);
+    let expected = sent.load(Ordering::Relaxed) * s.subscribers as u64;
+    let mut all = Vec::new();
+    let mut received = 0;
+    for sub in &subs {
+        received += sub.received.load(Ordering::Relaxed);
+        all.extend(sub.latencies.lock().await.iter().copied());
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    Result {
+        delivered_pct: if expected == 0 { 0.0 } else { 100.0 * received as f64 / expected as f64 },
+        throughput: received as f64 / elapsed.max(seconds),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        cpu_s: cpu_after - cpu_before,
+        peak_rss_mib: peak as f64 / (1024.0 * 1024.0),
+    }
+}
+
+async fn idle_connections(addr: SocketAddr, pid: u32, count: usize) -> f64 {
+    let (_, _, before) = usage(pid);
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        held.push(connect(addr, &format!("idle-{i}")).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, _, after) = usage(pid);
+    drop(held);
+    (after.saturating_sub(before)) as f64 / count as f64
+}
+
+fn restore_time(dir: &Path, retained: usize) -> (Duration, String) {
+    let data = dir.join("restore-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut broker = start(Kind::Hass, dir, &data);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (mut read, mut write) = connect(broker.addr, "loader").await;
+        let mut out = BytesMut::new();
+        for i in 0..retained {
+            let topic = format!("homeassistant/sensor/dev{i}/config");
+            let payload = format!("{{\"name\":\"dev{i}\",\"state_topic\":\"zigbee2mqtt/dev{i}\",\"unique_id\":\"{i:08x}\"}}");
+            let publish = codec::outgoing_publish(topic.as_bytes(), payload.as_bytes(), QoS::AtLeastOnce, (i % 60000 + 1) as u16, false, true);
+            codec::write(Version::V4, Packet::Publish(publish, None), &mut out).expect("encode");
+            if out.len() > 256 * 1024 {
+                write.write_all(&out).await.expect("publish");
+                out.clear();
+            }
+        }
+        write.write_all(&out).await.expect("publish");
+        // Wait for every PUBACK: each means the message is durable.
+        let mut acks = 0;
+        let mut buf = BytesMut::new();
+        while acks < retained {
+            if read.read_buf(&mut buf).await.expect("read") == 0 {
+                break;
+            }
+            drain_packets(&mut buf, |_, _, _| {}, |_| acks += 1);
+        }
+    });
+    // SIGKILL, then time the restart to a listening socket (restore happens before).
+    let _ = broker.child.kill();
+    let _ = broker.child.wait();
+    let started = Instant::now();
+    let restarted = start(Kind::Hass, dir, &data);
+    let ready = started.elapsed();
+    let admin = restarted.admin.expect("admin");
+    let _ = admin;
+    let size = std::fs::metadata(data.join("broker.redb")).map(|m| m.len()).unwrap_or(0);
+    (ready, format!("{:.1} MiB store", size as f64 / (1024.0 * 1024.0)))
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let seconds = if quick { 1.5 } else { 4.0 };
+    let dir = tempfile::tempdir().expect("dir");
+    let passwd = dir.path().join("passwd");
+    std::fs::write(&passwd, "").expect("passwd");
+    let status = Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg(&passwd)
+        .args([USER, PASSWORD])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(status.success());
+
+    let scenarios = [
+        Scenario { name: "fan-in 50→1 QoS0 @2000/s", publishers: 50, subscribers: 1, qos: QoS::AtMostOnce, rate: 40 },
+        Scenario { name: "fan-in 50→1 QoS0 max", publishers: 50, subscribers: 1, qos: QoS::AtMostOnce, rate: 0 },
+        Scenario { name: "fan-in 50→1 QoS1 @2000/s", publishers: 50, subscribers: 1, qos: QoS::AtLeastOnce, rate: 40 },
+        Scenario { name: "fan-in 50→1 QoS1 max", publishers: 50, subscribers: 1, qos: QoS::AtLeastOnce, rate: 0 },
+        Scenario { name: "fan-out 1→100 QoS0 @50/s", publishers: 1, subscribers: 100, qos: QoS::AtMostOnce, rate: 50 },
+        Scenario { name: "fan-out 1→100 QoS0 max", publishers: 1, subscribers: 100, qos: QoS::AtMostOnce, rate: 0 },
+        Scenario { name: "fan-out 1→100 QoS1 @50/s", publishers: 1, subscribers: 100, qos: QoS::AtLeastOnce, rate: 50 },
+        Scenario { name: "fan-out 1→100 QoS1 max", publishers: 1, subscribers: 100, qos: QoS::AtLeastOnce, rate: 0 },
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    println!("# hass-broker vs Mosquitto ({} s per scenario, 64-byte payloads)", seconds);
+    println!();
+    println!("| scenario | broker | delivered % | msgs/s | p50 µs | p99 µs | CPU s | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for s in scenarios {
+        let mut row = [Result::default(); 2];
+        for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+            let data = dir.path().join(format!("data-{i}"));
+            let _ = std::fs::remove_dir_all(&data);
+            let broker = start(kind, dir.path(), &data);
+            let r = rt.block_on(run_scenario(broker.addr, broker.child.id(), s, seconds));
+            println!(
+                "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
+                s.name, kind.name(), r.delivered_pct, r.throughput, r.p50_us, r.p99_us, r.cpu_s, r.peak_rss_mib
+            );
+            row[i] = r;
+        }
+        ratios.push((s.name, row));
+    }
+    println!();
+    println!("Ratios, hass-broker / Mosquitto (throughput: higher is better; p99, CPU, RSS: lower is better):");
+    println!();
+    println!("| scenario | throughput | p99 | CPU | peak RSS |");
+    println!("|---|---|---|---|---|");
+    for (name, [h, m]) in &ratios {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        println!(
+            "| {name} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+            ratio(h.throughput, m.throughput),
+            ratio(h.p99_us, m.p99_us),
+            ratio(h.cpu_s, m.cpu_s),
+            ratio(h.peak_rss_mib, m.peak_rss_mib)
+        );
+    }
+
+    println!();
+    let idle = 1000;
+    for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+        let data = dir.path().join(format!("idle-{i}"));
+        let broker = start(kind, dir.path(), &data);
+        let per = rt.block_on(idle_connections(broker.addr, broker.child.id(), idle));
+        let (_, _, rss) = usage(broker.child.id());
+        println!(
+            "{} idle connections on {}: {:.0} bytes each, {:.1} MiB RSS in all",
+            idle,
+            kind.name(),
+            per,
+            rss as f64 / (1024.0 * 1024.0)
+        );
+    }
+    drop(rt);
+
+    let retained = if quick { 20_000 } else { 100_000 };
+    let (elapsed, store) = restore_time(dir.path(), retained);
+    println!();
+    println!("hass-broker restart with {retained} retained messages ({store}): listening after {elapsed:?} (store restored before the listener opens)");
+    let _ = PathBuf::new();
+}

@@ -1,0 +1,364 @@
+//! The few Home Assistant REST calls the watcher makes, always with the bearer
+//! token, retried with capped exponential backoff and jitter while Home
+//! Assistant is down or starting.
+//!
+//! Nothing here calls `/api/` without a token: Home Assistant counts failed
+//! logins per IP and can ban the pod's address (`ip_ban_enabled`). For the
+//! same reason a 401 or 403 is never retried.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hass_runtime::secret::{ExposeSecret, SecretSource, SecretString};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value as Json;
+use tracing::{debug, warn};
+
+use crate::settings::HomeAssistantConfig;
+use crate::watch_metrics::{ApiErrorKind, WatchMetrics};
+
+/// `/api/services` lists every service of every loaded integration: a few
+/// hundred kilobytes on a big install.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// HTTP 500 from a service call is usually the integration failing; a couple of
+/// retries cover a reload racing with startup, more would only add load.
+const SERVER_ERROR_ATTEMPTS: u32 = 3;
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// No HTTP answer: connection refused or reset, timeout.
+    #[error("Home Assistant is unreachable: {0}")]
+    Unreachable(String),
+    /// The connection could not even be opened, so the request was never sent.
+    #[error("Home Assistant is unreachable: {0}")]
+    NotConnected(String),
+    #[error("Home Assistant refused the token (HTTP {0}); check home_assistant.token")]
+    Unauthorized(u16),
+    #[error("Home Assistant answered HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("Home Assistant sent an unexpected answer: {0}")]
+    BadResponse(String),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl ApiError {
+    fn kind(&self) -> Option<ApiErrorKind> {
+        Some(match self {
+            Self::Unreachable(_) | Self::NotConnected(_) => ApiErrorKind::Unreachable,
+            Self::Unauthorized(_) => ApiErrorKind::Unauthorized,
+            Self::Status { status, .. } if *status >= 500 => ApiErrorKind::ServerError,
+            Self::Status { .. } => ApiErrorKind::ClientError,
+            Self::BadResponse(_) => ApiErrorKind::BadResponse,
+            Self::ShuttingDown => return None,
+        })
+    }
+}
+
+/// Whether a failed call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Idempotent calls (reloads, reads): retry while Home Assistant is
+    /// unreachable or starting (502/503/504), and a few times on 500.
+    Idempotent,
+    /// `homeassistant.restart`: only when the request never left (connection
+    /// refused); a dropped connection after sending means it is restarting.
+    OnlyIfNotSent,
+}
+
+/// A client for one Home Assistant instance.
+#[derive(Debug, Clone)]
+pub(crate) struct HaApi {
+    base: String,
+    token_source: SecretSource,
+    client: Client<HttpConnector, Full<Bytes>>,
+    request_timeout: Duration,
+    retry_initial: Duration,
+    retry_max: Duration,
+    metrics: WatchMetrics,
+    shutdown: hass_runtime::shutdown::Shutdown,
+}
+
+impl HaApi {
+    pub(crate) fn new(
+        base: String,
+        token_source: SecretSource,
+        config: &HomeAssistantConfig,
+        metrics: WatchMetrics,
+        shutdown: hass_runtime::shutdown::Shutdown,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.request_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            base,
+            token_source,
+            client,
+            request_timeout: config.request_timeout,
+            retry_initial: config.retry_initial,
+            retry_max: config.retry_max,
+            metrics,
+            shutdown,
+        }
+    }
+
+    /// Every domain Home Assistant has loaded, with its service names.
+    pub(crate) async fn services(&self) -> Result<BTreeMap<String, BTreeSet<String>>, ApiError> {
+        let body = self
+            .call(Method::GET, "/api/services", None, Retry::Idempotent)
+            .await?;
+        parse_services(&body)
+    }
+
+    /// `POST /api/services/<domain>/<service>` with `data` (or `{}`).
+    pub(crate) async fn call_service(
+        &self,
+        domain: &str,
+        service: &str,
+        data: Option<Json>,
+        retry: Retry,
+    ) -> Result<(), ApiError> {
+        let body = data.unwrap_or_else(|| Json::Object(Default::default()));
+        self.call(
+            Method::POST,
+            &format!("/api/services/{domain}/{service}"),
+            Some(body),
+            retry,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Home Assistant's own check of the config on disk: `Ok(None)` when it
+    /// says valid, `Ok(Some(errors))` when not.
+    pub(crate) async fn check_config(&self) -> Result<Option<String>, ApiError> {
+        let body = self
+            .call(
+                Method::POST,
+                "/api/config/core/check_config",
+                None,
+                Retry::Idempotent,
+            )
+            .await?;
+        let json: Json = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadResponse(format!("check_config: {e}")))?;
+        match json.get("result").and_then(Json::as_str) {
+            Some("valid") => Ok(None),
+            Some(_) => Ok(Some(
+                json.get("errors")
+                    .map(|e| match e {
+                        Json::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_else(|| "no details".to_owned()),
+            )),
+            None => Err(ApiError::BadResponse(format!(
+                "check_config: no \"result\" in {json}"
+            ))),
+        }
+    }
+
+    /// One call, retried as `retry` allows, until it succeeds, fails for good or
+    /// shutdown starts.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Json>,
+        retry: Retry,
+    ) -> Result<Bytes, ApiError> {
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let mut attempt: u32 = 0;
+        let mut server_errors: u32 = 0;
+        loop {
+            attempt += 1;
+            let result = tokio::select! {
+                result = self.attempt(method.clone(), path, body.clone()) => result,
+                () = self.shutdown.cancelled() => Err(ApiError::ShuttingDown),
+            };
+            let error = match result {
+                Ok(bytes) => {
+                    self.metrics.ha_up.set(1);
+                    return Ok(bytes);
+                }
+                Err(e) => e,
+            };
+            if let Some(kind) = error.kind() {
+                self.metrics.count_api_error(kind);
+            }
+            let again = match (&error, retry) {
+                (ApiError::NotConnected(_), _) => true,
+                (ApiError::Unreachable(_), Retry::Idempotent) => true,
+                (ApiError::Status { status, .. }, Retry::Idempotent) => match *status {
+                    502..=504 => true,
+                    500 => {
+                        server_errors += 1;
+                        server_errors < SERVER_ERROR_ATTEMPTS
+                    }
+                    _ => false,
+                },
+                _ => false,
+            };
+            if matches!(error, ApiError::Unreachable(_) | ApiError::NotConnected(_)) {
+                self.metrics.ha_up.set(0);
+            }
+            if !again {
+                return Err(error);
+            }
+            let wait = backoff(attempt, self.retry_initial, self.retry_max);
+            debug!(%method, path, attempt, ?wait, "retrying: {error}");
+            if attempt == 1 || attempt.is_multiple_of(10) {
+                warn!(%method, path, attempt, "{error}; retrying with backoff");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Bytes, ApiError> {
+        let token = self.token()?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| ApiError::BadResponse(format!("cannot build the request: {e}")))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    ApiError::NotConnected(error_chain(&e))
+                } else {
+                    ApiError::Unreachable(error_chain(&e))
+                }
+            })?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| ApiError::Unreachable(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok::<_, ApiError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| {
+                ApiError::Unreachable(format!("no answer within {:?}", self.request_timeout))
+            })??;
+        match status {
+            s if s.is_success() => Ok(bytes),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(ApiError::Unauthorized(status.as_u16()))
+            }
+            s => Err(ApiError::Status {
+                status: s.as_u16(),
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            }),
+        }
+    }
+
+    /// The token as the Secret holds it now (a rotated Kubernetes Secret is
+    /// picked up). Unreadable now means no call at all.
+    fn token(&self) -> Result<SecretString, ApiError> {
+        self.token_source
+            .load()
+            .map_err(|e| ApiError::BadResponse(format!("no token to send: {e}")))
+    }
+}
+
+/// The `n`th wait (1-based): `initial · 2^(n-1)`, capped at `max`, then
+/// scaled by a random factor in [0.5, 1] so that restarts do not synchronise.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let full = initial.saturating_mul(1 << exponent).min(max);
+    full.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+fn parse_services(body: &[u8]) -> Result<BTreeMap<String, BTreeSet<String>>, ApiError> {
+    let json: Json = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadResponse(format!("/api/services: {e}")))?;
+    let Some(list) = json.as_array() else {
+        return Err(ApiError::BadResponse(
+            "/api/services: not a list".to_owned(),
+        ));
+    };
+    let mut services = BTreeMap::new();
+    for entry in list {
+        let Some(domain) = entry.get("domain").and_then(Json::as_str) else {
+            continue;
+        };
+        let names = entry
+            .get("services")
+            .and_then(Json::as_object)
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default();
+        services.insert(domain.to_owned(), names);
+    }
+    Ok(services)
+}
+
+/// An error with its causes: hyper's top-level message alone ("client error
+/// (Connect)") does not say what went wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(2);
+        for _ in 0..100 {
+            let first = backoff(1, initial, max);
+            assert!(
+                first >= Duration::from_millis(50) && first <= initial,
+                "{first:?}"
+            );
+            let fourth = backoff(4, initial, max);
+            assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
+            let late = backoff(40, initial, max);
+            assert!(late >= Duration::from_secs(1) && late <= max, "{late:?}");
+        }
+    }
+
+    #[test]
+    fn services_by_domain() {
+        let body = br#"[{"domain":"automation","services":{"reload":{},"trigger":{}}},
+                        {"domain":"mqtt","services":{"publish":{}}}, {"bogus":1}]"#;
+        let services = parse_services(body).unwrap_or_default();
+        assert!(services["automation"].contains("reload"));
+        assert!(!services["mqtt"].contains("reload"));
+        assert_eq!(services.len(), 2);
+        assert!(parse_services(b"{}").is_err());
+    }
+}

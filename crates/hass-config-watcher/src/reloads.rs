@@ -1,0 +1,325 @@
+//! Turning "these domains changed" into Home Assistant service calls: a
+//! targeted `<domain>.reload` where Home Assistant offers one, otherwise a
+//! restart advised (or done, when configured and Home Assistant's own
+//! `check_config` agrees). Never `reload_all`: it reloads MQTT too, which
+//! drops every MQTT entity for minutes.
+//!
+//! At most one reload per domain is in flight. A request for a domain whose
+//! reload is running marks it to run once more afterwards, however many
+//! requests arrive meanwhile: the last reload then sees the final files.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hass_runtime::shutdown::Shutdown;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::changes::CORE;
+use crate::ha_api::{ApiError, HaApi, Retry};
+use crate::watch_metrics::{
+    ReloadResult, RestartLabels, RestartReason, RestartReasonLabels, RestartResult, WatchMetrics,
+};
+
+/// The id of the persistent notification the watcher raises and dismisses.
+pub const NOTIFICATION_ID: &str = "hass_config_watcher";
+
+/// What one or more valid changes ask of Home Assistant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Top-level domains whose resolved config changed.
+    pub(crate) domains: BTreeSet<String>,
+    /// Reasons for a restart known before asking Home Assistant.
+    pub(crate) restart_reasons: BTreeSet<RestartReason>,
+}
+
+impl Plan {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.domains.is_empty() && self.restart_reasons.is_empty()
+    }
+
+    fn merge(&mut self, other: Plan) {
+        self.domains.extend(other.domains);
+        self.restart_reasons.extend(other.restart_reasons);
+    }
+}
+
+/// Work for the task that talks to Home Assistant, in the order it was found.
+#[derive(Debug, Clone)]
+pub(crate) enum Work {
+    Apply(Plan),
+    /// The config on disk is invalid: raise (or update) the notification.
+    NotifyInvalid(String),
+    /// The config is valid again: dismiss it.
+    DismissNotification,
+}
+
+/// The sending end; the task stops at shutdown.
+#[derive(Debug, Clone)]
+pub(crate) struct Applier {
+    tx: mpsc::UnboundedSender<Work>,
+}
+
+impl Applier {
+    /// Starts the task. Without an API (no token) it only logs what it would do.
+    pub(crate) fn start(
+        api: Option<HaApi>,
+        auto_restart: bool,
+        metrics: WatchMetrics,
+        shutdown: Shutdown,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = Task {
+            api,
+            auto_restart,
+            metrics,
+            shutdown: shutdown.clone(),
+            slots: Arc::default(),
+        };
+        shutdown.spawn(task.run(rx));
+        Self { tx }
+    }
+
+    pub(crate) fn send(&self, work: Work) {
+        // The task ends only at shutdown, when nothing is left to do.
+        let _ = self.tx.send(work);
+    }
+}
+
+struct Task {
+    api: Option<HaApi>,
+    auto_restart: bool,
+    metrics: WatchMetrics,
+    shutdown: Shutdown,
+    /// Domains with a reload in flight, and whether another was asked for.
+    slots: Arc<Mutex<HashMap<String, bool>>>,
+}
+
+impl Task {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Work>) {
+        let Some(api) = self.api.clone() else {
+            info!("no home_assistant.token: validating only, never calling Home Assistant");
+            while let Some(work) = self.next(&mut rx).await {
+                if let Work::Apply(plan) = work {
+                    warn!(
+                        domains = ?plan.domains,
+                        "config changed; no token, so nothing is reloaded"
+                    );
+                }
+            }
+            return;
+        };
+        // One call at startup, so a wrong token shows in the log (and in
+        // `ha_api_errors_total`) now rather than at the first change.
+        match api.services().await {
+            Ok(services) => info!(domains = services.len(), "Home Assistant's API answers"),
+            Err(ApiError::ShuttingDown) => return,
+            Err(e) => error!("{e}"),
+        }
+        while let Some(first) = self.next(&mut rx).await {
+            // Everything queued meanwhile: one merged plan, the last
+            // notification state.
+            let mut plan = Plan::default();
+            let mut notification = None;
+            let mut work = Some(first);
+            while let Some(item) = work.take().or_else(|| rx.try_recv().ok()) {
+                match item {
+                    Work::Apply(p) => plan.merge(p),
+                    other => notification = Some(other),
+                }
+            }
+            match notification {
+                Some(Work::NotifyInvalid(message)) => {
+                    let data = json!({
+                        "notification_id": NOTIFICATION_ID,
+                        "title": "Configuration invalid: changes not reloaded",
+                        "message": message,
+                    });
+                    self.notify(&api, "create", data).await;
+                }
+                Some(Work::DismissNotification) => {
+                    let data = json!({ "notification_id": NOTIFICATION_ID });
+                    self.notify(&api, "dismiss", data).await;
+                }
+                _ => {}
+            }
+            if !plan.is_empty() {
+                self.apply(&api, plan).await;
+            }
+        }
+    }
+
+    async fn next(&self, rx: &mut mpsc::UnboundedReceiver<Work>) -> Option<Work> {
+        tokio::select! {
+            work = rx.recv() => work,
+            () = self.shutdown.cancelled() => None,
+        }
+    }
+
+    async fn notify(&self, api: &HaApi, service: &str, data: serde_json::Value) {
+        if let Err(e) = api
+            .call_service(
+                "persistent_notification",
+                service,
+                Some(data),
+                Retry::Idempotent,
+            )
+            .await
+        {
+            warn!("persistent_notification.{service}: {e}");
+        }
+    }
+
+    async fn apply(&self, api: &HaApi, plan: Plan) {
+        let services = if plan.domains.is_empty() {
+            BTreeMap::new()
+        } else {
+            match api.services().await {
+                Ok(services) => services,
+                Err(ApiError::ShuttingDown) => return,
+                Err(e) => {
+                    error!(domains = ?plan.domains, "cannot list Home Assistant's services, so nothing is reloaded: {e}");
+                    return;
+                }
+            }
+        };
+        let mut reloads = Vec::new();
+        let mut no_reload = Vec::new();
+        for domain in &plan.domains {
+            let offered = services.get(domain);
+            let service = if domain == CORE {
+                "reload_core_config"
+            } else {
+                "reload"
+            };
+            if offered.is_some_and(|s| s.contains(service)) {
+                reloads.push((domain.clone(), service));
+            } else {
+                no_reload.push(domain.clone());
+            }
+        }
+        let mut reasons = plan.restart_reasons;
+        if !no_reload.is_empty() {
+            reasons.insert(RestartReason::NoReloadService);
+        }
+        if !reasons.is_empty() {
+            self.metrics.restart_required.set(1);
+            for reason in &reasons {
+                self.metrics
+                    .restart_required_events
+                    .get_or_create(&RestartReasonLabels { reason: *reason })
+                    .inc();
+            }
+            warn!(
+                ?reasons,
+                domains_without_reload = ?no_reload,
+                "Home Assistant must restart to apply this change"
+            );
+            if self.auto_restart && self.restart(api).await {
+                // The restart loads everything; reloads would only race it.
+                return;
+            }
+        }
+        for (domain, service) in reloads {
+            self.request_reload(api, domain, service);
+        }
+    }
+
+    /// Restarts Home Assistant if its own check passes; true when asked to.
+    async fn restart(&self, api: &HaApi) -> bool {
+        let count = |result| {
+            self.metrics
+                .restarts
+                .get_or_create(&RestartLabels { result })
+                .inc();
+        };
+        match api.check_config().await {
+            Ok(None) => {}
+            Ok(Some(errors)) => {
+                count(RestartResult::Refused);
+                warn!(
+                    "not restarting: Home Assistant's check_config says the config is invalid: {errors}"
+                );
+                return false;
+            }
+            Err(ApiError::ShuttingDown) => return false,
+            Err(e) => {
+                count(RestartResult::Error);
+                error!("not restarting: Home Assistant's check_config failed: {e}");
+                return false;
+            }
+        }
+        match api
+            .call_service(CORE, "restart", None, Retry::OnlyIfNotSent)
+            .await
+        {
+            // A connection dropped after sending is Home Assistant going down.
+            Ok(()) | Err(ApiError::Unreachable(_)) => {
+                count(RestartResult::Requested);
+                self.metrics.restart_required.set(0);
+                info!("Home Assistant is restarting to apply the change");
+                true
+            }
+            Err(ApiError::ShuttingDown) => false,
+            Err(e) => {
+                count(RestartResult::Error);
+                error!("homeassistant.restart failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Starts `domain.service` unless a reload of `domain` is in flight, in
+    /// which case that one runs again when it finishes.
+    fn request_reload(&self, api: &HaApi, domain: String, service: &'static str) {
+        {
+            let mut slots = lock(&self.slots);
+            if let Some(again) = slots.get_mut(&domain) {
+                *again = true;
+                return;
+            }
+            slots.insert(domain.clone(), false);
+        }
+        let api = api.clone();
+        let slots = self.slots.clone();
+        let metrics = self.metrics.clone();
+        self.shutdown.spawn(async move {
+            loop {
+                let started = std::time::Instant::now();
+                match api
+                    .call_service(&domain, service, None, Retry::Idempotent)
+                    .await
+                {
+                    Ok(()) => {
+                        metrics.count_reload(&domain, ReloadResult::Ok);
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_secs_f64())
+                            .unwrap_or_default();
+                        metrics.last_reload.set(now);
+                        info!(%domain, service, took = ?started.elapsed(), "reloaded");
+                    }
+                    Err(ApiError::ShuttingDown) => return,
+                    Err(e) => {
+                        metrics.count_reload(&domain, ReloadResult::Error);
+                        error!(%domain, service, "reload failed: {e}");
+                    }
+                }
+                let mut slots = lock(&slots);
+                match slots.get_mut(&domain) {
+                    Some(again) if *again => *again = false,
+                    _ => {
+                        slots.remove(&domain);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn lock(slots: &Mutex<HashMap<String, bool>>) -> MutexGuard<'_, HashMap<String, bool>> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}

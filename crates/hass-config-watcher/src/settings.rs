@@ -1,0 +1,217 @@
+//! The `run` subcommand's YAML config and flags, and the checks `prepare` makes
+//! on them before anything is watched or called.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hass_runtime::Fatal;
+use hass_runtime::secret::SecretSource;
+use serde::Deserialize;
+
+use crate::ignore::IgnoreList;
+
+/// `hass-config-watcher run --config FILE`: every key is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatcherConfig {
+    /// Home Assistant's config folder, the one holding `configuration.yaml`.
+    pub config_dir: PathBuf,
+    pub home_assistant: HomeAssistantConfig,
+    /// Quiet time after the last change before the tree is validated: a burst
+    /// of writes (an editor, `git pull`, a ConfigMap swap) is validated once,
+    /// in its final state.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub debounce: Duration,
+    /// How often the files of the include graph are re-read and hashed, to
+    /// catch changes no filesystem event announced (files behind symlinks that
+    /// point outside the folder, network filesystems).
+    #[serde(with = "hass_runtime::config::duration")]
+    pub rescan_interval: Duration,
+    /// Restart Home Assistant when a change needs it (a domain without a
+    /// `reload` service, `custom_components/`), after its own `check_config`
+    /// says the config is valid. Off: only report that a restart is required.
+    pub auto_restart: bool,
+    /// Raise a persistent notification in Home Assistant while the config on
+    /// disk is invalid, and dismiss it once it is valid again.
+    pub notify_invalid: bool,
+    /// More paths to ignore, relative to `config_dir`, beside Home Assistant's
+    /// own churn (`.storage/`, logs, databases…). `name/` matches a folder at
+    /// any depth, `/name` only at the top; `*` matches within one path part.
+    pub ignore: Vec<String>,
+}
+
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        Self {
+            config_dir: PathBuf::from("/config"),
+            home_assistant: HomeAssistantConfig::default(),
+            debounce: Duration::from_secs(1),
+            rescan_interval: Duration::from_secs(60),
+            auto_restart: false,
+            notify_invalid: true,
+            ignore: Vec::new(),
+        }
+    }
+}
+
+/// How to reach Home Assistant's REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Base URL, plain HTTP: Home Assistant runs in the same pod.
+    pub url: String,
+    /// A long-lived access token (`{file: …}` or `{env: …}`). Without one the
+    /// watcher only validates: nothing ever calls `/api/` without a token.
+    pub token: Option<SecretSource>,
+    /// Limit for one API call; reloading many automations can take a while.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub request_timeout: Duration,
+    /// First wait before retrying a call Home Assistant could not answer
+    /// (down, starting); doubled on each retry up to `retry_max`, with jitter.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub retry_initial: Duration,
+    #[serde(with = "hass_runtime::config::duration")]
+    pub retry_max: Duration,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".to_owned(),
+            token: None,
+            request_timeout: Duration::from_secs(60),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Flags of `hass-config-watcher run` beside the shared ones; each overrides
+/// its YAML key and has an env fallback (`HASS_CONFIG_WATCHER_CONFIG_DIR`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Home Assistant's config folder (YAML `config_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Home Assistant's base URL (YAML `home_assistant.url`).
+    #[arg(long, value_name = "URL")]
+    pub ha_url: Option<String>,
+}
+
+/// The settings a running watcher uses, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_dir: PathBuf,
+    pub ha: HomeAssistantConfig,
+    /// The HA URL without a trailing slash.
+    pub ha_base: String,
+    pub debounce: Duration,
+    pub rescan_interval: Duration,
+    pub auto_restart: bool,
+    pub notify_invalid: bool,
+    pub ignore: IgnoreList,
+}
+
+impl Settings {
+    /// Applies flag overrides and checks everything that can be checked
+    /// without serving. Every error is bad config (exit 2).
+    pub fn new(args: RunArgs, mut config: WatcherConfig) -> Result<Self, Fatal> {
+        if let Some(dir) = args.config_dir {
+            config.config_dir = dir;
+        }
+        if let Some(url) = args.ha_url {
+            config.home_assistant.url = url;
+        }
+        let config_dir = std::path::absolute(&config.config_dir).map_err(|e| {
+            Fatal::config(format!("config_dir: {}: {e}", config.config_dir.display()))
+        })?;
+        if !config_dir.is_dir() {
+            return Err(Fatal::config(format!(
+                "config_dir: {} is not a folder (mount Home Assistant's /config there)",
+                config_dir.display()
+            )));
+        }
+        let ha_base = check_url(&config.home_assistant.url)
+            .map_err(|e| Fatal::config(format!("home_assistant.url: {e}")))?;
+        if let Some(token) = &config.home_assistant.token {
+            // Read now so a missing Secret stops the pod at startup, not at the
+            // first change; it is read again before each batch of calls, so a
+            // rotated Secret is picked up.
+            token
+                .load()
+                .map_err(|e| Fatal::config(format!("home_assistant.token: {e}")))?;
+        }
+        for (name, value) in [
+            ("debounce", config.debounce),
+            ("rescan_interval", config.rescan_interval),
+            (
+                "home_assistant.request_timeout",
+                config.home_assistant.request_timeout,
+            ),
+            (
+                "home_assistant.retry_initial",
+                config.home_assistant.retry_initial,
+            ),
+            ("home_assistant.retry_max", config.home_assistant.retry_max),
+        ] {
+            if value.is_zero() {
+                return Err(Fatal::config(format!("{name}: must be more than 0s")));
+            }
+        }
+        let ignore =
+            IgnoreList::new(&config.ignore).map_err(|e| Fatal::config(format!("ignore: {e}")))?;
+        Ok(Self {
+            config_dir,
+            ha: config.home_assistant,
+            ha_base,
+            debounce: config.debounce,
+            rescan_interval: config.rescan_interval,
+            auto_restart: config.auto_restart,
+            notify_invalid: config.notify_invalid,
+            ignore,
+        })
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+}
+
+/// An `http://host[:port][/prefix]` URL without the trailing slash. HTTPS is
+/// refused: Home Assistant is reached inside the pod, and a TLS stack would
+/// be most of this binary.
+fn check_url(url: &str) -> Result<String, String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!(
+            "{url:?} is not an http:// URL (the watcher talks to Home Assistant inside the pod, without TLS)"
+        ));
+    };
+    let base = url.trim_end_matches('/');
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    base.parse::<hyper::Uri>()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    Ok(base.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            check_url("http://127.0.0.1:8123/").as_deref(),
+            Ok("http://127.0.0.1:8123")
+        );
+        assert_eq!(
+            check_url("http://ha.local/prefix").as_deref(),
+            Ok("http://ha.local/prefix")
+        );
+        assert!(check_url("https://ha.local").is_err());
+        assert!(check_url("http://").is_err());
+        assert!(check_url("http://bad host").is_err());
+    }
+}
