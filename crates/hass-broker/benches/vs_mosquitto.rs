@@ -138,7 +138,12 @@ fn usage(pid: u32) -> (f64, u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_name = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // Fields 14 and 15 of /proc/PID/stat (utime, stime) in clock ticks (100/s).
     let cpu = (ticks(11) + ticks(12)) / 100.0;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -236,7 +241,14 @@ struct Subscriber {
     latencies: Arc<Mutex<Vec<u64>>>,
 }
 
-async fn run_subscriber(addr: SocketAddr, id: String, qos: QoS, epoch: Instant, sub: Arc<Subscriber>, ready: Arc<AtomicU64>) {
+async fn run_subscriber(
+    addr: SocketAddr,
+    id: String,
+    qos: QoS,
+    epoch: Instant,
+    sub: Arc<Subscriber>,
+    ready: Arc<AtomicU64>,
+) {
     let (mut read, mut write) = connect(addr, &id).await;
     subscribe(&mut read, &mut write, "bench/#", qos).await;
     ready.fetch_add(1, Ordering::SeqCst);
@@ -257,7 +269,13 @@ async fn run_subscriber(addr: SocketAddr, id: String, qos: QoS, epoch: Instant, 
                     local.push(now.saturating_sub(p.get_u64()));
                 }
                 if qos == 1 {
-                    let ack = Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None);
+                    let ack = Packet::PubAck(
+                        PubAck {
+                            pkid,
+                            reason: PubAckReason::Success,
+                        },
+                        None,
+                    );
                     let _ = codec::write(Version::V4, ack, &mut acks);
                 }
             },
@@ -274,7 +292,15 @@ async fn run_subscriber(addr: SocketAddr, id: String, qos: QoS, epoch: Instant, 
 
 /// Publishes until `until`, at `rate` messages/s (0: as fast as it can),
 /// keeping at most `window` QoS 1 messages unacknowledged.
-async fn run_publisher(addr: SocketAddr, id: String, qos: QoS, rate: u32, until: Instant, epoch: Instant, sent: Arc<AtomicU64>) {
+async fn run_publisher(
+    addr: SocketAddr,
+    id: String,
+    qos: QoS,
+    rate: u32,
+    until: Instant,
+    epoch: Instant,
+    sent: Arc<AtomicU64>,
+) {
     let (mut read, mut write) = connect(addr, &id).await;
     let acked = Arc::new(AtomicU64::new(0));
     let acked_reader = acked.clone();
@@ -284,15 +310,20 @@ async fn run_publisher(addr: SocketAddr, id: String, qos: QoS, rate: u32, until:
             if n == 0 {
                 break;
             }
-            drain_packets(&mut buf, |_, _, _| {}, |_| {
-                acked_reader.fetch_add(1, Ordering::Relaxed);
-            });
+            drain_packets(
+                &mut buf,
+                |_, _, _| {},
+                |_| {
+                    acked_reader.fetch_add(1, Ordering::Relaxed);
+                },
+            );
         }
     });
     let window = 20u64;
     let mut count = 0u64;
     let mut pkid = 0u16;
-    let mut tick = (rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate))));
+    let mut tick =
+        (rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate))));
     let mut out = BytesMut::new();
     while Instant::now() < until {
         if let Some(tick) = tick.as_mut() {
@@ -358,7 +389,14 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
             latencies: Arc::new(Mutex::new(Vec::new())),
         });
         subs.push(sub.clone());
-        handles.push(tokio::spawn(run_subscriber(addr, format!("sub-{i}"), s.qos, epoch, sub, ready.clone())));
+        handles.push(tokio::spawn(run_subscriber(
+            addr,
+            format!("sub-{i}"),
+            s.qos,
+            epoch,
+            sub,
+            ready.clone(),
+        )));
     }
     while ready.load(Ordering::SeqCst) < s.subscribers as u64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -369,7 +407,15 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
     let until = started + Duration::from_secs_f64(seconds);
     let mut pubs = Vec::new();
     for i in 0..s.publishers {
-        pubs.push(tokio::spawn(run_publisher(addr, format!("pub-{i}"), s.qos, s.rate, until, epoch, sent.clone())));
+        pubs.push(tokio::spawn(run_publisher(
+            addr,
+            format!("pub-{i}"),
+            s.qos,
+            s.rate,
+            until,
+            epoch,
+            sent.clone(),
+        )));
     }
     for p in pubs {
         let _ = p.await;
@@ -387,9 +433,18 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
         all.extend(sub.latencies.lock().await.iter().copied());
     }
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     Result {
-        delivered_pct: if expected == 0 { 0.0 } else { 100.0 * received as f64 / expected as f64 },
+        delivered_pct: if expected == 0 {
+            0.0
+        } else {
+            100.0 * received as f64 / expected as f64
+        },
         throughput: received as f64 / elapsed.max(seconds),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
@@ -447,8 +502,13 @@ fn restore_time(dir: &Path, retained: usize) -> (Duration, String) {
     let ready = started.elapsed();
     let admin = restarted.admin.expect("admin");
     let _ = admin;
-    let size = std::fs::metadata(data.join("broker.redb")).map(|m| m.len()).unwrap_or(0);
-    (ready, format!("{:.1} MiB store", size as f64 / (1024.0 * 1024.0)))
+    let size = std::fs::metadata(data.join("broker.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    (
+        ready,
+        format!("{:.1} MiB store", size as f64 / (1024.0 * 1024.0)),
+    )
 }
 
 fn main() {
@@ -466,14 +526,62 @@ fn main() {
     assert!(status.success());
 
     let scenarios = [
-        Scenario { name: "fan-in 50→1 QoS0 @2000/s", publishers: 50, subscribers: 1, qos: QoS::AtMostOnce, rate: 40 },
-        Scenario { name: "fan-in 50→1 QoS0 max", publishers: 50, subscribers: 1, qos: QoS::AtMostOnce, rate: 0 },
-        Scenario { name: "fan-in 50→1 QoS1 @2000/s", publishers: 50, subscribers: 1, qos: QoS::AtLeastOnce, rate: 40 },
-        Scenario { name: "fan-in 50→1 QoS1 max", publishers: 50, subscribers: 1, qos: QoS::AtLeastOnce, rate: 0 },
-        Scenario { name: "fan-out 1→100 QoS0 @50/s", publishers: 1, subscribers: 100, qos: QoS::AtMostOnce, rate: 50 },
-        Scenario { name: "fan-out 1→100 QoS0 max", publishers: 1, subscribers: 100, qos: QoS::AtMostOnce, rate: 0 },
-        Scenario { name: "fan-out 1→100 QoS1 @50/s", publishers: 1, subscribers: 100, qos: QoS::AtLeastOnce, rate: 50 },
-        Scenario { name: "fan-out 1→100 QoS1 max", publishers: 1, subscribers: 100, qos: QoS::AtLeastOnce, rate: 0 },
+        Scenario {
+            name: "fan-in 50→1 QoS0 @2000/s",
+            publishers: 50,
+            subscribers: 1,
+            qos: QoS::AtMostOnce,
+            rate: 40,
+        },
+        Scenario {
+            name: "fan-in 50→1 QoS0 max",
+            publishers: 50,
+            subscribers: 1,
+            qos: QoS::AtMostOnce,
+            rate: 0,
+        },
+        Scenario {
+            name: "fan-in 50→1 QoS1 @2000/s",
+            publishers: 50,
+            subscribers: 1,
+            qos: QoS::AtLeastOnce,
+            rate: 40,
+        },
+        Scenario {
+            name: "fan-in 50→1 QoS1 max",
+            publishers: 50,
+            subscribers: 1,
+            qos: QoS::AtLeastOnce,
+            rate: 0,
+        },
+        Scenario {
+            name: "fan-out 1→100 QoS0 @50/s",
+            publishers: 1,
+            subscribers: 100,
+            qos: QoS::AtMostOnce,
+            rate: 50,
+        },
+        Scenario {
+            name: "fan-out 1→100 QoS0 max",
+            publishers: 1,
+            subscribers: 100,
+            qos: QoS::AtMostOnce,
+            rate: 0,
+        },
+        Scenario {
+            name: "fan-out 1→100 QoS1 @50/s",
+            publishers: 1,
+            subscribers: 100,
+            qos: QoS::AtLeastOnce,
+            rate: 50,
+        },
+        Scenario {
+            name: "fan-out 1→100 QoS1 max",
+            publishers: 1,
+            subscribers: 100,
+            qos: QoS::AtLeastOnce,
+            rate: 0,
+        },
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -481,9 +589,14 @@ fn main() {
         .build()
         .expect("runtime");
 
-    println!("# hass-broker vs Mosquitto ({} s per scenario, 64-byte payloads)", seconds);
+    println!(
+        "# hass-broker vs Mosquitto ({} s per scenario, 64-byte payloads)",
+        seconds
+    );
     println!();
-    println!("| scenario | broker | delivered % | msgs/s | p50 µs | p99 µs | CPU s | peak RSS MiB |");
+    println!(
+        "| scenario | broker | delivered % | msgs/s | p50 µs | p99 µs | CPU s | peak RSS MiB |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for s in scenarios {
@@ -495,14 +608,23 @@ fn main() {
             let r = rt.block_on(run_scenario(broker.addr, broker.child.id(), s, seconds));
             println!(
                 "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
-                s.name, kind.name(), r.delivered_pct, r.throughput, r.p50_us, r.p99_us, r.cpu_s, r.peak_rss_mib
+                s.name,
+                kind.name(),
+                r.delivered_pct,
+                r.throughput,
+                r.p50_us,
+                r.p99_us,
+                r.cpu_s,
+                r.peak_rss_mib
             );
             row[i] = r;
         }
         ratios.push((s.name, row));
     }
     println!();
-    println!("Ratios, hass-broker / Mosquitto (throughput: higher is better; p99, CPU, RSS: lower is better):");
+    println!(
+        "Ratios, hass-broker / Mosquitto (throughput: higher is better; p99, CPU, RSS: lower is better):"
+    );
     println!();
     println!("| scenario | throughput | p99 | CPU | peak RSS |");
     println!("|---|---|---|---|---|");
@@ -537,6 +659,8 @@ fn main() {
     let retained = if quick { 20_000 } else { 100_000 };
     let (elapsed, store) = restore_time(dir.path(), retained);
     println!();
-    println!("hass-broker restart with {retained} retained messages ({store}): listening after {elapsed:?} (store restored before the listener opens)");
+    println!(
+        "hass-broker restart with {retained} retained messages ({store}): listening after {elapsed:?} (store restored before the listener opens)"
+    );
     let _ = PathBuf::new();
 }

@@ -243,6 +243,7 @@ pub fn disconnect(reason: DisconnectReasonCode) -> Packet {
         DisconnectReasonCode::TopicAliasInvalid => "topic aliases are not accepted",
         DisconnectReasonCode::PacketTooLarge => "packet too large",
         DisconnectReasonCode::NotAuthorized => "not authorized",
+        DisconnectReasonCode::QuotaExceeded => "too far behind: queue full",
         _ => "disconnecting",
     };
     Packet::Disconnect(

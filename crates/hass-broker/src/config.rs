@@ -117,6 +117,9 @@ pub struct LimitsConfig {
     pub memory_budget: usize,
     /// QoS 1/2 messages in flight per client.
     pub max_inflight: u16,
+    /// `drop` (default) or `disconnect`: what happens to a connected client
+    /// whose queue is full of QoS 1/2 messages.
+    pub slow_consumer: crate::router::SlowConsumer,
     /// How long a new connection may take to send CONNECT.
     #[serde(with = "hass_runtime::config::duration")]
     pub connect_timeout: Duration,
@@ -129,6 +132,7 @@ impl Default for LimitsConfig {
             max_queued_messages: 100_000,
             memory_budget: 256 * 1024 * 1024,
             max_inflight: 32,
+            slow_consumer: crate::router::SlowConsumer::Drop,
             connect_timeout: Duration::from_secs(10),
         }
     }

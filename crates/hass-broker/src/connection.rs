@@ -322,6 +322,11 @@ impl Connection {
                 }
                 _ = self.attached.wake.notified() => {}
                 _ = wait_commit(self.committed.as_mut()), if waiting_commit => {}
+                _ = self.attached.overflow.cancelled() => {
+                    self.disconnect_packet(DisconnectReasonCode::QuotaExceeded);
+                    let _ = self.write_out(stream).await;
+                    return Close::Protocol("slow consumer: queue full".into());
+                }
                 _ = self.attached.kick.cancelled() => {
                     self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
                     let _ = self.write_out(stream).await;
@@ -747,7 +752,14 @@ impl Connection {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        stream.write_all(&self.wbuf).await?;
+        // A client that stopped reading must not pin this task in write_all:
+        // takeover, slow-consumer and shutdown signals still end it.
+        tokio::select! {
+            written = stream.write_all(&self.wbuf) => written?,
+            _ = self.attached.kick.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+            _ = self.attached.overflow.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+            _ = self.ctx.shutdown.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+        }
         self.ctx.metrics.bytes_sent.inc_by(self.wbuf.len() as u64);
         self.wbuf.clear();
         if self.wbuf.capacity() > 256 * 1024 {

@@ -163,6 +163,7 @@ impl Component for Broker {
             max_queued_messages: self.config.limits.max_queued_messages,
             memory_budget: self.config.limits.memory_budget,
             max_inflight: self.config.limits.max_inflight,
+            slow_consumer: self.config.limits.slow_consumer,
         };
         let committed = store.committed();
         let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));

@@ -271,6 +271,12 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut encoder,
+            "slow_consumer_disconnects",
+            "Clients disconnected for a queue full of QoS 1/2 (limits.slow_consumer: disconnect)",
+            stats.slow_consumer_disconnects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "wills_published",
             "Will messages published",
             stats.wills_published.load(Ordering::Relaxed),

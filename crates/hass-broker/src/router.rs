@@ -32,6 +32,21 @@ pub struct Limits {
     /// QoS 1/2 deliveries in flight per MQTT 3.1.1 client (MQTT 5 clients say
     /// their own Receive Maximum; the lower of the two applies).
     pub max_inflight: u16,
+    /// What happens to a connected client whose queue is full of QoS 1/2.
+    pub slow_consumer: SlowConsumer,
+}
+
+/// The policy for a client that cannot keep up, once its queue is full and
+/// holds no QoS 0 message left to drop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Drop new messages for it (counted), as Mosquitto does.
+    #[default]
+    Drop,
+    /// Disconnect it (MQTT 5: reason 0x97 Quota exceeded); its persistent
+    /// session keeps what was queued.
+    Disconnect,
 }
 
 impl Default for Limits {
@@ -40,6 +55,7 @@ impl Default for Limits {
             max_queued_messages: 100_000,
             memory_budget: 256 * 1024 * 1024,
             max_inflight: 32,
+            slow_consumer: SlowConsumer::Drop,
         }
     }
 }
@@ -56,6 +72,7 @@ pub struct RouterStats {
     pub dropped_acl: AtomicU64,
     pub wills_published: AtomicU64,
     pub sessions_expired: AtomicU64,
+    pub slow_consumer_disconnects: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -127,6 +144,7 @@ pub struct Attached {
     pub session_present: bool,
     pub wake: Arc<Notify>,
     pub kick: CancellationToken,
+    pub overflow: CancellationToken,
 }
 
 /// A packet the connection should write for its session.
@@ -256,10 +274,12 @@ impl Router {
         session.will_delay = request.will_delay;
         let wake = Arc::new(Notify::new());
         let kick = CancellationToken::new();
+        let overflow = CancellationToken::new();
         session.link = Some(Link {
             conn_id,
             wake: wake.clone(),
             kick: kick.clone(),
+            overflow: overflow.clone(),
             receive_maximum: request
                 .receive_maximum
                 .clamp(1, self.limits.max_inflight.max(1)),
@@ -285,6 +305,7 @@ impl Router {
             session_present,
             wake,
             kick,
+            overflow,
         }
     }
 
@@ -490,7 +511,20 @@ impl Router {
                     .fetch_add(1, Ordering::Relaxed);
                 match evicted {
                     Some(old) => *queued_bytes -= old.message.weight(),
-                    None => return None,
+                    None => {
+                        // Nothing left to shed: a connected consumer this far
+                        // behind is disconnected if the policy says so.
+                        if self.limits.slow_consumer == SlowConsumer::Disconnect
+                            && let Some(link) = &session.link
+                            && !link.overflow.is_cancelled()
+                        {
+                            link.overflow.cancel();
+                            self.stats
+                                .slow_consumer_disconnects
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        return None;
+                    }
                 }
             }
             if *queued_bytes + delivery.message.weight() > self.limits.memory_budget {
@@ -845,16 +879,6 @@ impl Router {
             let client_id = session.client_id.clone();
             if let Some(link) = session.link.as_mut() {
                 link.acl = acl_for(link.username.as_deref(), &client_id);
-            }
-        }
-    }
-
-    /// Closes every connection (shutdown), sending them on their way.
-    pub fn kick_all(&self) {
-        let guard = self.lock();
-        for session in guard.sessions.values() {
-            if let Some(link) = &session.link {
-                link.kick.cancel();
             }
         }
     }

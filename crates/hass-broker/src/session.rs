@@ -79,6 +79,8 @@ pub struct Link {
     pub wake: Arc<Notify>,
     /// Cancelled to close the connection (session taken over, shutdown).
     pub kick: CancellationToken,
+    /// Cancelled to disconnect a slow consumer whose queue is full of QoS 1/2.
+    pub overflow: CancellationToken,
     /// How many QoS 1/2 deliveries may be unacknowledged at once.
     pub receive_maximum: u16,
     pub version: Version,

@@ -289,3 +289,83 @@ fn a_flood_towards_a_stalled_subscriber_stays_within_the_memory_budget() {
     still_serving(&broker);
     drop(stalled);
 }
+
+#[test]
+fn a_slow_consumer_is_disconnected_when_its_queue_fills_with_qos1() {
+    let broker =
+        TestBroker::start("limits:\n  max_queued_messages: 50\n  slow_consumer: disconnect\n");
+    // An MQTT 5 subscriber that never acknowledges and never reads.
+    let mut slow = TcpStream::connect(broker.mqtt).expect("connect");
+    slow.write_all(&connect_packet(b"MQTT", 5, "slowpoke"))
+        .expect("connect");
+    let mut body = vec![0x00, 0x01, 0x00];
+    body.extend_from_slice(&(b"load/#".len() as u16).to_be_bytes());
+    body.extend_from_slice(b"load/#");
+    body.push(1);
+    slow.write_all(&common::frame(0x82, body))
+        .expect("subscribe");
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "load/x",
+            "--count",
+            "200",
+            "--qos",
+            "1",
+        ],
+    );
+    assert_eq!(
+        sent["acked"], 200,
+        "publishers are never held up by a slow consumer"
+    );
+    let disconnected = hass_test_support::wait_for(Duration::from_secs(5), || {
+        (broker.metric("hass_broker_slow_consumer_disconnects", None) >= 1.0).then_some(())
+    });
+    assert!(disconnected.is_some(), "{}", broker.stderr());
+    // Its socket was closed, after a DISCONNECT 0x97 (Quota exceeded).
+    slow.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut all = Vec::new();
+    let _ = slow.read_to_end(&mut all);
+    let tail = all.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x97);
+    assert!(tail, "no DISCONNECT 0x97 in {} bytes", all.len());
+    still_serving(&broker);
+}
+
+#[test]
+fn by_default_a_slow_consumer_only_loses_messages() {
+    let broker = TestBroker::start("limits:\n  max_queued_messages: 50\n");
+    let mut slow = TcpStream::connect(broker.mqtt).expect("connect");
+    slow.write_all(&connect_packet(b"MQTT", 4, "slowpoke"))
+        .expect("connect");
+    slow.write_all(&common::subscribe_packet("load/#", 1))
+        .expect("subscribe");
+    std::thread::sleep(Duration::from_millis(300));
+    broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "load/x",
+            "--count",
+            "200",
+            "--qos",
+            "1",
+        ],
+    );
+    assert!(broker.metric("hass_broker_dropped_queue_full", None) >= 100.0);
+    assert_eq!(
+        broker.metric("hass_broker_slow_consumer_disconnects", None),
+        0.0
+    );
+    assert_eq!(
+        broker.metric("hass_broker_clients_connected", None),
+        1.0,
+        "still connected"
+    );
+}
