@@ -119,3 +119,64 @@ fn deliveries_over_the_clients_maximum_packet_size_are_dropped() {
     );
     assert_eq!(broker.metric("hass_broker_dropped_too_large", None), 1.0);
 }
+
+#[test]
+fn the_clients_receive_maximum_bounds_unacknowledged_deliveries() {
+    use std::io::{Read, Write};
+    let broker = TestBroker::start("");
+    // MQTT 5 CONNECT with Receive Maximum 3, then SUBSCRIBE at QoS 1; the
+    // client then never acknowledges anything.
+    let mut connect = common::connect_packet(b"MQTT", 5, "tiny-window");
+    // Replace the empty property block (a single 0x00 after keep-alive) with
+    // one holding Receive Maximum (0x21) = 3.
+    let at = 2 + 6 + 1 + 1 + 2;
+    assert_eq!(connect[at], 0x00);
+    connect.splice(at..=at, [0x03, 0x21, 0x00, 0x03]);
+    connect[1] += 3;
+    let mut stream = std::net::TcpStream::connect(broker.mqtt).expect("connect");
+    stream.write_all(&connect).expect("CONNECT");
+    let mut body = vec![0x00, 0x01, 0x00];
+    body.extend_from_slice(&(b"rm/#".len() as u16).to_be_bytes());
+    body.extend_from_slice(b"rm/#");
+    body.push(1);
+    stream
+        .write_all(&common::frame(0x82, body))
+        .expect("SUBSCRIBE");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "rm/x",
+            "--count",
+            "10",
+            "--qos",
+            "1",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    // Count PUBLISH packets after CONNACK and SUBACK.
+    let mut publishes = 0;
+    let mut rest = &got[..];
+    while rest.len() >= 2 {
+        let len = usize::from(rest[1]);
+        if rest[0] >> 4 == 3 {
+            publishes += 1;
+        }
+        rest = &rest[(2 + len).min(rest.len())..];
+    }
+    assert_eq!(publishes, 3, "exactly Receive Maximum deliveries in flight");
+}
