@@ -170,6 +170,12 @@ impl Component for Broker {
         let metrics = BrokerMetrics::default();
         ctx.metrics.register(|registry| {
             metrics.register(registry);
+            registry.register_with_unit(
+                "store_commit_duration",
+                "Time per store commit, fsync included (what a held-back PUBACK waits)",
+                prometheus_client::registry::Unit::Seconds,
+                stats.commit_seconds.clone(),
+            );
             registry.register_collector(Box::new(StateCollector {
                 router: router.clone(),
                 store: Some(stats.clone()),

@@ -300,15 +300,6 @@ impl Collector for StateCollector {
                 "Store commits that failed and were retried",
                 store.commit_failures.load(Ordering::Relaxed),
             )?;
-            let metric =
-                ConstCounter::new(store.commit_micros_total.load(Ordering::Relaxed) as f64 / 1e6);
-            let e = encoder.encode_descriptor(
-                "store_commit",
-                "Time spent committing (and fsyncing) the store",
-                Some(&Unit::Seconds),
-                metric.metric_type(),
-            )?;
-            metric.encode(e)?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use rumqttd::protocol::{Packet, QoS};
 use tokio::sync::watch;
@@ -128,15 +129,27 @@ struct StoreInner {
     path: PathBuf,
 }
 
-/// Counters the writer keeps, read by metrics.
-#[derive(Debug, Default)]
+/// What the writer measures, read by metrics.
+#[derive(Debug)]
 pub struct StoreStats {
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
     pub ops: AtomicU64,
-    /// Microseconds spent in the last commit.
-    pub last_commit_micros: AtomicU64,
-    pub commit_micros_total: AtomicU64,
+    /// Seconds per successful commit, fsync included: the latency every
+    /// held-back PUBACK pays.
+    pub commit_seconds: Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        Self {
+            commits: AtomicU64::new(0),
+            commit_failures: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            // 50 µs to ~3 s in factors of 2.
+            commit_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+        }
+    }
 }
 
 impl Store {
@@ -309,13 +322,11 @@ fn write_loop(
             let started = Instant::now();
             match commit(&db, &batch, fsync) {
                 Ok(()) => {
-                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                     stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    stats.last_commit_micros.store(micros, Ordering::Relaxed);
                     stats
-                        .commit_micros_total
-                        .fetch_add(micros, Ordering::Relaxed);
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     if attempt > 0 {
                         info!(
                             attempts = attempt + 1,

@@ -233,3 +233,39 @@ fn a_clean_session_leaves_nothing_behind() {
     );
     assert_eq!(got["session_present"], false, "{got}");
 }
+
+#[test]
+fn metrics_parse_and_show_the_store_at_work() {
+    let broker = TestBroker::start("");
+    broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/a/config",
+            "--count",
+            "20",
+            "--retain",
+        ],
+    );
+    let families = broker.metrics();
+    let commits = hass_test_support::openmetrics::find(
+        &families,
+        "hass_broker_store_commit_duration_seconds",
+    )
+    .expect("commit histogram");
+    assert_eq!(commits.kind, "histogram");
+    let count = commits
+        .samples
+        .iter()
+        .find(|s| s.name.ends_with("_count"))
+        .map(|s| s.value)
+        .unwrap_or_default();
+    assert!(count >= 1.0, "{commits:?}");
+    assert_eq!(broker.metric("hass_broker_retained_messages", None), 1.0);
+    assert_eq!(
+        broker.metric("hass_broker_messages_received", Some(("qos", "1"))),
+        20.0
+    );
+}
