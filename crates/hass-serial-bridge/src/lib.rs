@@ -1,1 +1,38 @@
-//! `hass-serial-bridge`: serves Zigbee/Z-Wave USB sticks over TCP.
+//! `hass-serial-bridge`: serves Zigbee/Z-Wave USB sticks over raw TCP, so
+//! Zigbee2MQTT (`tcp://`), ZHA (`socket://`) and Z-Wave JS can run on any node
+//! while the stick stays on one.
+//!
+//! Each configured device gets its own TCP port and exactly one client at a
+//! time (`second_client: reject | replace`); bytes cross at once in both
+//! directions; an unplugged stick is reopened as soon as it returns. `list`
+//! shows the serial devices sysfs knows, with a guess at each coordinator.
+//!
+//! ```yaml
+//! devices:
+//!   - name: zigbee
+//!     path: /dev/serial/by-id/usb-ITead_Sonoff_Zigbee_3.0_USB_Dongle_Plus_8e6f-if00-port0
+//!     listen: 0.0.0.0:6638
+//!     baud: 115200            # data_bits 8, parity none, stop_bits 1 by default
+//!     flow_control: none      # none | rts_cts | xon_xoff
+//!     second_client: replace  # or reject
+//!   - name: zwave
+//!     match: { usb: "0658:0200", serial: "optional" }
+//!     listen: 0.0.0.0:6639
+//!     dtr: true
+//!     pin_sequence: [{ rts: false, wait: 100ms }]
+//! keepalive: { idle: 10s, interval: 5s, count: 3, user_timeout: 25s }
+//! ```
+
+pub mod client_socket;
+pub mod component;
+pub mod config;
+pub mod coordinators;
+pub mod device_bridge;
+pub mod device_watcher;
+pub mod list;
+pub mod metrics;
+pub mod serial_port;
+pub mod sysfs;
+pub mod usb;
+
+pub use component::SerialBridge;

@@ -1,0 +1,472 @@
+//! Benchmark: round-trip latency and throughput of hass-serial-bridge, socat
+//! (`nodelay`) and ser2net (defaults, and tuned with `nodelay` and
+//! `chardelay: false`) against the same pty, beside the direct-pty baseline.
+//!
+//! The test plays a stick that echoes every byte; a TCP client sends a frame
+//! and waits for it to come back. Added latency is each bridge's round trip
+//! minus the direct one. Run (needs socat and ser2net on PATH):
+//!
+//! ```sh
+//! cargo build --release -p hass-serial-bridge --bins --examples
+//! target/release/examples/serial_latency
+//! ```
+#![allow(clippy::print_stdout)] // Printing the results is the job.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const FRAME_SIZES: [usize; 4] = [8, 64, 100, 1024];
+/// Candidates take turns, round after round, so that load from anything else
+/// on the machine spreads over all of them alike.
+const ROUNDS: usize = 5;
+/// Round trips per frame size and round, unless the time cap comes first.
+const ROUND_TRIPS: usize = 400;
+const TIME_CAP: Duration = Duration::from_secs(2);
+/// Bytes sent each way for throughput, per round.
+const BULK: usize = 4 * 1024 * 1024;
+
+/// The stick: echoes what it reads, or only counts it.
+struct EchoStick {
+    _socat: Child,
+    device: PathBuf,
+    peer: File,
+    echo: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+}
+
+impl EchoStick {
+    fn start(dir: &Path) -> Result<Self, String> {
+        let end = |name: &str| format!("pty,raw,echo=0,link={}", dir.join(name).display());
+        let socat = Command::new("socat")
+            .arg(end("device"))
+            .arg(end("peer"))
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("socat: {e}"))?;
+        let device = dir.join("device");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(device.exists() && dir.join("peer").exists()) {
+            if Instant::now() > deadline {
+                return Err("socat made no ptys".into());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let peer = open_tty(&dir.join("peer"))?;
+        let echo = Arc::new(AtomicBool::new(true));
+        let received = Arc::new(AtomicU64::new(0));
+        let mut reader = peer.try_clone().map_err(|e| e.to_string())?;
+        let mut writer = peer.try_clone().map_err(|e| e.to_string())?;
+        let (echo_flag, count) = (echo.clone(), received.clone());
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                if echo_flag.load(Ordering::Relaxed) && writer.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            _socat: socat,
+            device,
+            peer,
+            echo,
+            received,
+        })
+    }
+}
+
+fn open_tty(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A bridge under test, stopped on drop.
+struct Server {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+fn spawn(mut command: Command, dir: tempfile::TempDir) -> Result<Server, String> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{:?}: {e}", command.get_program()))?;
+    Ok(Server { child, _dir: dir })
+}
+
+/// The bridge built beside this example.
+fn hass_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("hass-serial-bridge"))
+        .filter(|p| p.is_file())
+        .ok_or_else(|| {
+            "build hass-serial-bridge first: cargo build --release -p hass-serial-bridge --bins --examples"
+                .to_owned()
+        })
+}
+
+fn start_hass(binary: &Path, device: &Path, listen: SocketAddr) -> Result<Server, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("bridge.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "devices:\n  - name: bench\n    path: {}\n    listen: {listen}\n",
+            device.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut command = Command::new(binary);
+    command
+        .arg("--config")
+        .arg(&config)
+        .args(["--admin-listen", &free_addr().to_string()])
+        .env("RUST_LOG", "warn");
+    spawn(command, dir)
+}
+
+fn start_socat(device: &Path, listen: SocketAddr) -> Result<Server, String> {
+    let mut command = Command::new("socat");
+    command
+        .arg(format!(
+            "TCP-LISTEN:{},bind={},reuseaddr,nodelay",
+            listen.port(),
+            listen.ip()
+        ))
+        .arg(format!("OPEN:{},raw,echo=0", device.display()));
+    spawn(command, tempfile::tempdir().map_err(|e| e.to_string())?)
+}
+
+fn start_ser2net(device: &Path, listen: SocketAddr, tuned: bool) -> Result<Server, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = dir.path().join("ser2net.yaml");
+    let (accepter, options) = if tuned {
+        ("tcp(nodelay)", "  options:\n    chardelay: false\n")
+    } else {
+        ("tcp", "")
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "connection: &bench\n  accepter: {accepter},{},{}\n  connector: serialdev,{},115200n81,local\n{options}",
+            listen.ip(),
+            listen.port(),
+            device.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut command = Command::new("ser2net");
+    command.arg("-n").arg("-c").arg(&config);
+    spawn(command, dir)
+}
+
+fn connect(listen: SocketAddr) -> Result<TcpStream, String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpStream::connect(listen) {
+            Ok(stream) => {
+                stream.set_nodelay(true).map_err(|e| e.to_string())?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| e.to_string())?;
+                // Let the bridge open the device before timing starts.
+                thread::sleep(Duration::from_millis(300));
+                return Ok(stream);
+            }
+            Err(e) if Instant::now() > deadline => return Err(format!("connect {listen}: {e}")),
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+trait Link: Read + Write {}
+impl<T: Read + Write> Link for T {}
+
+/// Round-trip times of one frame size, sorted.
+fn round_trips(link: &mut dyn Link, size: usize) -> Result<Vec<Duration>, String> {
+    let frame: Vec<u8> = (0..size).map(|i| (i * 7 + 1) as u8).collect();
+    let mut back = vec![0u8; size];
+    let mut times = Vec::with_capacity(ROUND_TRIPS);
+    let started = Instant::now();
+    while times.len() < ROUND_TRIPS && started.elapsed() < TIME_CAP {
+        let t = Instant::now();
+        link.write_all(&frame).map_err(|e| format!("write: {e}"))?;
+        link.read_exact(&mut back)
+            .map_err(|e| format!("read: {e}"))?;
+        times.push(t.elapsed());
+        if back != frame {
+            return Err("echo came back different".into());
+        }
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// MB/s client→stick, then stick→client.
+fn throughput(link: &mut dyn Link, stick: &EchoStick) -> Result<(f64, f64), String> {
+    stick.echo.store(false, Ordering::Relaxed);
+    let before = stick.received.load(Ordering::Relaxed);
+    let chunk = vec![0x5a_u8; 16 * 1024];
+    let t = Instant::now();
+    let mut sent = 0;
+    while sent < BULK {
+        link.write_all(&chunk).map_err(|e| format!("write: {e}"))?;
+        sent += chunk.len();
+    }
+    while stick.received.load(Ordering::Relaxed) - before < BULK as u64 {
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("upload stalled".into());
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+    let up = BULK as f64 / t.elapsed().as_secs_f64() / 1e6;
+
+    let mut writer = stick.peer.try_clone().map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let source = thread::spawn(move || {
+        let chunk = vec![0xa5_u8; 16 * 1024];
+        let mut sent = 0;
+        while sent < BULK && writer.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0;
+    while got < BULK {
+        let n = link.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err("closed during download".into());
+        }
+        got += n;
+    }
+    let down = BULK as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let _ = source.join();
+    stick.echo.store(true, Ordering::Relaxed);
+    Ok((up, down))
+}
+
+/// Everything measured for one candidate over all rounds.
+#[derive(Default)]
+struct Results {
+    /// Round-trip samples per frame size.
+    samples: Vec<Vec<Duration>>,
+    /// MB/s per round, each way.
+    up: Vec<f64>,
+    down: Vec<f64>,
+}
+
+fn measure_round(link: &mut dyn Link, stick: &EchoStick, into: &mut Results) -> Result<(), String> {
+    if into.samples.is_empty() {
+        into.samples = vec![Vec::new(); FRAME_SIZES.len()];
+    }
+    for (i, size) in FRAME_SIZES.into_iter().enumerate() {
+        into.samples[i].extend(round_trips(link, size)?);
+    }
+    let (up, down) = throughput(link, stick)?;
+    into.up.push(up);
+    into.down.push(down);
+    Ok(())
+}
+
+/// Starts a bridge on the device, listening on the address.
+type StartBridge = Box<dyn Fn(&Path, SocketAddr) -> Result<Server, String>>;
+
+/// How a candidate is reached: the pty itself, or a bridge started per round.
+enum Candidate {
+    Direct,
+    Bridge(StartBridge),
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn main() -> ExitCode {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stick = match EchoStick::start(dir.path()) {
+        Ok(stick) => stick,
+        Err(e) => {
+            eprintln!("cannot start the pty stick: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let hass = match hass_binary() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut candidates: Vec<(String, Candidate)> = vec![
+        ("direct pty".into(), Candidate::Direct),
+        (
+            "hass-serial-bridge".into(),
+            Candidate::Bridge(Box::new(move |d, l| start_hass(&hass, d, l))),
+        ),
+    ];
+    // Another build of the bridge, to compare two versions in one run.
+    if let Some(other) = std::env::var_os("BENCH_BRIDGE_BIN") {
+        let other = PathBuf::from(other);
+        candidates.push((
+            format!("hass {}", other.display()),
+            Candidate::Bridge(Box::new(move |d, l| start_hass(&other, d, l))),
+        ));
+    }
+    candidates.push((
+        "socat nodelay".into(),
+        Candidate::Bridge(Box::new(start_socat)),
+    ));
+    candidates.push((
+        "ser2net defaults".into(),
+        Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, false))),
+    ));
+    candidates.push((
+        "ser2net tuned".into(),
+        Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, true))),
+    ));
+
+    let mut results: Vec<Results> = candidates.iter().map(|_| Results::default()).collect();
+    let mut failed = vec![false; candidates.len()];
+    for round in 1..=ROUNDS {
+        eprintln!("round {round}/{ROUNDS}");
+        for (i, (name, candidate)) in candidates.iter().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            let outcome = match candidate {
+                Candidate::Direct => open_tty(&stick.device)
+                    .and_then(|mut tty| measure_round(&mut tty, &stick, &mut results[i])),
+                Candidate::Bridge(start) => {
+                    let listen = free_addr();
+                    start(&stick.device, listen).and_then(|server| {
+                        let mut stream = connect(listen)?;
+                        let outcome = measure_round(&mut stream, &stick, &mut results[i]);
+                        drop(stream);
+                        drop(server);
+                        outcome
+                    })
+                }
+            };
+            if let Err(e) = outcome {
+                eprintln!("{name}: {e}");
+                failed[i] = true;
+            }
+            // Let the pty settle before the next one opens it.
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if failed[0] {
+        return ExitCode::FAILURE;
+    }
+    let named: Vec<(&str, &Results)> = candidates
+        .iter()
+        .zip(&results)
+        .zip(&failed)
+        .filter(|(_, failed)| !**failed)
+        .map(|(((name, _), r), _)| (name.as_str(), r))
+        .collect();
+    report(&named);
+    ExitCode::SUCCESS
+}
+
+fn report(all: &[(&str, &Results)]) {
+    let stats = |r: &Results, i: usize| {
+        let mut sorted = r.samples[i].clone();
+        sorted.sort();
+        (
+            micros(percentile(&sorted, 0.5)),
+            micros(percentile(&sorted, 0.99)),
+            sorted.len(),
+        )
+    };
+    let direct = all[0].1;
+    let socat = all.iter().find(|(name, _)| *name == "socat nodelay");
+    println!(
+        "Round trip through an echoing pty, {ROUNDS} interleaved rounds; added = candidate minus direct pty (µs)."
+    );
+    println!(
+        "{:<26} {:>5} {:>9} {:>9} {:>10} {:>10} {:>13} {:>6}",
+        "", "frame", "p50", "p99", "added p50", "added p99", "added vs socat", "n"
+    );
+    for (name, r) in all {
+        for (i, size) in FRAME_SIZES.iter().enumerate() {
+            let (p50, p99, n) = stats(r, i);
+            let (d50, d99, _) = stats(direct, i);
+            let vs_socat = socat
+                .map(|(_, s)| format!("{:.2}x", (p50 - d50) / (stats(s, i).0 - d50)))
+                .unwrap_or_default();
+            println!(
+                "{:<26} {:>5} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>13} {:>6}",
+                name,
+                size,
+                p50,
+                p99,
+                p50 - d50,
+                p99 - d99,
+                vs_socat,
+                n
+            );
+        }
+    }
+    println!();
+    println!(
+        "Throughput, {} MiB each way per round, median of rounds (MB/s, and ratio to direct pty):",
+        BULK >> 20
+    );
+    for (name, r) in all {
+        let (up, down) = (median(&r.up), median(&r.down));
+        println!(
+            "{:<26} client->stick {:>7.1} ({:.2}x)   stick->client {:>7.1} ({:.2}x)",
+            name,
+            up,
+            up / median(&direct.up),
+            down,
+            down / median(&direct.down)
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! One device's life: wait for it, open it, serve one TCP client at a time,
+//! and when it vanishes close the client, report not ready and wait again.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::time::Duration;
+
+use hass_runtime::readiness::ReadinessCheck;
+use hass_runtime::shutdown::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_serial::SerialStream;
+use tracing::{debug, info, warn};
+
+use crate::client_socket;
+use crate::config::{DeviceSource, DeviceSpec, KeepaliveConfig, SecondClient};
+use crate::device_watcher::DeviceWatcher;
+use crate::metrics::{DeviceMetrics, RefusalReason};
+use crate::serial_port::{self, OpenError};
+use crate::sysfs::{self, SysRoots};
+
+/// Sized for a burst from a fast client; serial reads are far smaller.
+const BUFFER: usize = 16 * 1024;
+
+/// Everything one device's task needs.
+#[derive(Debug)]
+pub struct DeviceBridge {
+    pub spec: DeviceSpec,
+    pub keepalive: KeepaliveConfig,
+    pub roots: SysRoots,
+    pub metrics: DeviceMetrics,
+    pub ready: ReadinessCheck,
+    pub shutdown: Shutdown,
+}
+
+/// Why serving an open device stopped.
+enum DeviceEnd {
+    Shutdown,
+    Gone(String),
+}
+
+/// Why one client's session stopped.
+enum SessionEnd {
+    ClientGone(String),
+    DeviceGone(String),
+}
+
+impl DeviceBridge {
+    /// Serves the device on `listener` until shutdown.
+    pub async fn run(self, listener: TcpListener) {
+        let mut opened_before = false;
+        loop {
+            let port = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                port = self.wait_for_device(&listener) => port,
+            };
+            if opened_before {
+                self.metrics.reopens.inc();
+            }
+            opened_before = true;
+            self.metrics.device_up.set(1);
+            self.ready.set_ready();
+            info!(device = %self.spec.name, "device open, serving on {}", self.spec.listen);
+            let end = self.serve_device(port, &listener).await;
+            self.metrics.device_up.set(0);
+            match end {
+                DeviceEnd::Shutdown => return,
+                DeviceEnd::Gone(reason) => {
+                    warn!(device = %self.spec.name, "device lost: {reason}; waiting for it to return");
+                    self.ready.set_not_ready(format!("device lost: {reason}"));
+                }
+            }
+        }
+    }
+
+    /// Tries to open the device whenever it may have appeared, refusing
+    /// clients meanwhile. Returns once it is open.
+    async fn wait_for_device(&self, listener: &TcpListener) -> SerialStream {
+        let mut watcher = DeviceWatcher::new(&self.watch_dirs());
+        let mut last_error: Option<OpenError> = None;
+        loop {
+            match self.open_device().await {
+                Ok(port) => return port,
+                Err(e) => {
+                    // Log each new reason once, not on every poll.
+                    if last_error.as_ref() != Some(&e) {
+                        warn!(device = %self.spec.name, "device not available: {e}");
+                        self.ready.set_not_ready(e.to_string());
+                        last_error = Some(e);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = watcher.changed() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.refuse(stream, peer, RefusalReason::DeviceAbsent),
+                    Err(e) => self.accept_failed(e).await,
+                },
+            }
+        }
+    }
+
+    async fn open_device(&self) -> Result<SerialStream, OpenError> {
+        let path = match &self.spec.source {
+            DeviceSource::Path(path) => path.clone(),
+            DeviceSource::Usb(usb) => {
+                let ports = sysfs::scan(&self.roots);
+                match usb.find(&ports) {
+                    Ok(port) => port.dev_path.clone(),
+                    Err(reason) => {
+                        return Err(OpenError::Absent {
+                            path: format!("USB {usb} ({reason})"),
+                        });
+                    }
+                }
+            }
+        };
+        serial_port::open(&path, &self.spec.serial).await
+    }
+
+    /// Folders where the device appears when plugged in.
+    fn watch_dirs(&self) -> Vec<PathBuf> {
+        match &self.spec.source {
+            DeviceSource::Path(path) => path.parent().map(PathBuf::from).into_iter().collect(),
+            DeviceSource::Usb(_) => vec![self.roots.dev.clone()],
+        }
+    }
+
+    /// Serves clients on the open device until it goes away or shutdown.
+    async fn serve_device(&self, port: SerialStream, listener: &TcpListener) -> DeviceEnd {
+        let (mut serial_rx, mut serial_tx) = tokio::io::split(port);
+        let mut next_client: Option<(TcpStream, SocketAddr)> = None;
+        let mut buf = vec![0u8; BUFFER];
+        loop {
+            let (stream, peer) = match next_client.take() {
+                Some(client) => client,
+                None => {
+                    // No client: keep reading so an unplug is noticed at once;
+                    // what the stick says to nobody is dropped.
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return DeviceEnd::Shutdown,
+                        read = serial_rx.read(&mut buf) => match read {
+                            Ok(0) => return DeviceEnd::Gone("end of file".to_owned()),
+                            Ok(n) => {
+                                self.metrics.read_bytes.inc_by(n as u64);
+                                self.metrics.dropped_bytes.inc_by(n as u64);
+                                self.metrics.touch();
+                                continue;
+                            }
+                            Err(e) => return DeviceEnd::Gone(e.to_string()),
+                        },
+                        accepted = listener.accept() => match accepted {
+                            Ok(client) => client,
+                            Err(e) => {
+                                self.accept_failed(e).await;
+                                continue;
+                            }
+                        },
+                    }
+                }
+            };
+            if let Err(e) = client_socket::configure(&stream, &self.keepalive) {
+                warn!(device = %self.spec.name, %peer, "cannot set socket options: {e}; closing");
+                continue;
+            }
+            self.metrics.connects.inc();
+            self.metrics.client_connected.set(1);
+            info!(device = %self.spec.name, %peer, "client connected");
+
+            let end = {
+                let (client_rx, client_tx) = stream.into_split();
+                let mut session = pin!(forward_both(
+                    &mut serial_rx,
+                    &mut serial_tx,
+                    client_rx,
+                    client_tx,
+                    &self.metrics
+                ));
+                loop {
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => break None,
+                        end = &mut session => break Some(end),
+                        accepted = listener.accept() => match accepted {
+                            Ok((newcomer, new_peer)) => match self.spec.second_client {
+                                SecondClient::Reject => {
+                                    self.refuse(newcomer, new_peer, RefusalReason::Busy);
+                                }
+                                SecondClient::Replace => {
+                                    next_client = Some((newcomer, new_peer));
+                                    break Some(SessionEnd::ClientGone(format!(
+                                        "replaced by {new_peer}"
+                                    )));
+                                }
+                            },
+                            Err(e) => self.accept_failed(e).await,
+                        },
+                    }
+                }
+                // The session, and with it the old client's socket, is
+                // dropped here: before any newcomer gets a byte.
+            };
+            self.metrics.client_connected.set(0);
+            match end {
+                None => return DeviceEnd::Shutdown,
+                Some(SessionEnd::DeviceGone(reason)) => {
+                    info!(device = %self.spec.name, %peer, "closing client: device lost");
+                    return DeviceEnd::Gone(reason);
+                }
+                Some(SessionEnd::ClientGone(reason)) => {
+                    if next_client.is_some() {
+                        self.metrics.replacements.inc();
+                    }
+                    info!(device = %self.spec.name, %peer, "client gone: {reason}");
+                }
+            }
+        }
+    }
+
+    /// Closes a client unserved, with nothing written.
+    fn refuse(&self, stream: TcpStream, peer: SocketAddr, reason: RefusalReason) {
+        self.metrics.refused(reason);
+        info!(device = %self.spec.name, %peer, ?reason, "client refused");
+        drop(stream);
+    }
+
+    /// Accept fails on resource limits (EMFILE); pause so it cannot spin.
+    async fn accept_failed(&self, e: io::Error) {
+        warn!(device = %self.spec.name, "accept failed: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Copies both ways at once until either side ends.
+async fn forward_both(
+    serial_rx: &mut ReadHalf<SerialStream>,
+    serial_tx: &mut WriteHalf<SerialStream>,
+    mut client_rx: OwnedReadHalf,
+    mut client_tx: OwnedWriteHalf,
+    metrics: &DeviceMetrics,
+) -> SessionEnd {
+    let to_client = async {
+        let mut buf = vec![0u8; BUFFER];
+        loop {
+            let n = match serial_rx.read(&mut buf).await {
+                Ok(0) => return SessionEnd::DeviceGone("end of file".to_owned()),
+                Ok(n) => n,
+                Err(e) => return SessionEnd::DeviceGone(e.to_string()),
+            };
+            metrics.read_bytes.inc_by(n as u64);
+            metrics.touch();
+            if let Err(e) = client_tx.write_all(&buf[..n]).await {
+                return SessionEnd::ClientGone(e.to_string());
+            }
+        }
+    };
+    let to_device = async {
+        let mut buf = vec![0u8; BUFFER];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) => return SessionEnd::ClientGone("closed by the client".to_owned()),
+                Ok(n) => n,
+                Err(e) => return SessionEnd::ClientGone(e.to_string()),
+            };
+            if let Err(e) = serial_tx.write_all(&buf[..n]).await {
+                return SessionEnd::DeviceGone(e.to_string());
+            }
+            metrics.written_bytes.inc_by(n as u64);
+            metrics.touch();
+        }
+    };
+    let end = tokio::select! {
+        end = to_client => end,
+        end = to_device => end,
+    };
+    debug!("session ended");
+    end
+}

@@ -1,0 +1,254 @@
+//! Shared helpers for the bridge's integration tests: a replugable stick
+//! (socat pty pair at fixed paths), the bridge binary with a YAML config, and
+//! metric and data helpers. Candidates for hass-test-support.
+
+// Each test binary uses a subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use hass_test_support::{SpawnedBinary, free_addr, http, wait_for};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+pub(crate) mod fake_sysfs;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_hass-serial-bridge");
+
+/// A pty pair standing in for a USB stick that can be unplugged and plugged
+/// back at the same path, as `/dev/serial/by-id/...` links behave.
+#[derive(Debug)]
+pub(crate) struct Stick {
+    dir: TempDir,
+    socat: Option<Child>,
+}
+
+impl Stick {
+    /// A plugged-in stick.
+    pub(crate) fn new() -> Self {
+        let mut stick = Self::unplugged();
+        stick.plug();
+        stick
+    }
+
+    /// A stick whose path does not exist yet.
+    pub(crate) fn unplugged() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hass-stick-")
+            .tempdir()
+            .expect("temp dir");
+        Self { dir, socat: None }
+    }
+
+    /// The path the bridge opens.
+    pub(crate) fn device(&self) -> PathBuf {
+        self.dir.path().join("device")
+    }
+
+    /// The end the test plays the stick's firmware on.
+    pub(crate) fn peer(&self) -> PathBuf {
+        self.dir.path().join("peer")
+    }
+
+    pub(crate) fn plug(&mut self) {
+        assert!(self.socat.is_none(), "already plugged");
+        let end = |name: &str| {
+            format!(
+                "pty,raw,echo=0,link={}",
+                self.dir.path().join(name).display()
+            )
+        };
+        let socat = Command::new("socat")
+            .arg(end("device"))
+            .arg(end("peer"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run socat; install Debian's socat (scripts/test does)");
+        self.socat = Some(socat);
+        let linked = wait_for(Duration::from_secs(5), || {
+            (self.device().exists() && self.peer().exists()).then_some(())
+        });
+        assert!(linked.is_some(), "socat made no pty links within 5 s");
+    }
+
+    /// The stick vanishes: socat ends (open handles see the line drop) and
+    /// the links go, as udev removes by-id links.
+    pub(crate) fn unplug(&mut self) {
+        if let Some(mut socat) = self.socat.take() {
+            let _ = kill(Pid::from_raw(socat.id() as i32), Signal::SIGTERM);
+            let _ = socat.wait();
+        }
+        let _ = std::fs::remove_file(self.device());
+        let _ = std::fs::remove_file(self.peer());
+    }
+
+    /// Opens the stick's side for reading and writing.
+    pub(crate) fn open_peer(&self) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(self.peer())
+            .expect("open the stick's end")
+    }
+}
+
+impl Drop for Stick {
+    fn drop(&mut self) {
+        self.unplug();
+    }
+}
+
+/// The bridge binary running with a config file written for the test.
+#[derive(Debug)]
+pub(crate) struct Bridge {
+    pub(crate) process: SpawnedBinary,
+    pub(crate) admin: SocketAddr,
+    pub(crate) config: PathBuf,
+    _dir: TempDir,
+}
+
+impl Bridge {
+    /// Starts the bridge with `yaml` as `bridge.yaml`; does not wait for ready.
+    pub(crate) fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("bridge.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let admin = free_addr();
+        let mut command = Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .env("RUST_LOG", "info");
+        let process = SpawnedBinary::spawn(command).expect("spawn the bridge");
+        Self {
+            process,
+            admin,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// One device `zigbee` on `stick`, listening on a free port.
+    pub(crate) fn one_device(device: &Path, extra: &str) -> (Self, SocketAddr) {
+        let listen = free_addr();
+        let yaml = format!(
+            "devices:\n  - name: zigbee\n    path: {}\n    listen: {listen}\n{extra}",
+            device.display()
+        );
+        (Self::start(&yaml), listen)
+    }
+
+    pub(crate) fn wait_ready(&mut self) {
+        self.process
+            .wait_ready(self.admin, Duration::from_secs(10))
+            .expect("bridge ready");
+    }
+
+    pub(crate) fn readyz(&self) -> http::Reply {
+        http::get(self.admin, "/readyz").expect("GET /readyz")
+    }
+
+    /// The value of `name` for `device="zigbee"` (plus `extra` label text, e.g.
+    /// `reason="busy"`), read from `/metrics` text; for polling.
+    pub(crate) fn metric(&self, name: &str, extra: &str) -> f64 {
+        let text = http::get(self.admin, "/metrics")
+            .expect("GET /metrics")
+            .body;
+        text.lines()
+            .find(|line| {
+                line.starts_with(&format!("{name}{{"))
+                    && line.contains("device=\"zigbee\"")
+                    && line.contains(extra)
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}{{{extra}}} in /metrics:\n{text}"))
+    }
+
+    /// Waits until `name` reaches `value`.
+    pub(crate) fn wait_metric(&self, name: &str, extra: &str, value: f64) {
+        let reached = wait_for(Duration::from_secs(10), || {
+            (self.metric(name, extra) == value).then_some(())
+        });
+        assert!(
+            reached.is_some(),
+            "{name}{{{extra}}} is {} not {value} after 10 s; stderr:\n{}",
+            self.metric(name, extra),
+            self.process.stderr()
+        );
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different per seed.
+pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Plays the stick: writes `send` and reads `expect` bytes at the same time.
+/// The result arrives on the channel, so a test can bound the wait.
+pub(crate) fn play_stick(peer: File, send: Vec<u8>, expect: usize) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    let mut writer = peer.try_clone().expect("clone pty handle");
+    thread::spawn(move || {
+        // The bridge may close the line mid-test; the reader's result tells.
+        let _ = writer.write_all(&send);
+    });
+    let mut reader = peer;
+    thread::spawn(move || {
+        let mut got = vec![0u8; expect];
+        let mut filled = 0;
+        while filled < expect {
+            match reader.read(&mut got[filled..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => filled += n,
+            }
+        }
+        got.truncate(filled);
+        let _ = tx.send(got);
+    });
+    rx
+}
+
+/// Reads from `stream` until `n` bytes or the stream ends.
+pub(crate) fn read_exactly(stream: &mut impl Read, n: usize) -> Vec<u8> {
+    let mut got = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        match stream.read(&mut got[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => filled += k,
+        }
+    }
+    got.truncate(filled);
+    got
+}
+
+/// A short, readable description of where two byte strings differ.
+pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> String {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => format!("first difference at byte {i} of {}/{}", a.len(), b.len()),
+        None => format!("lengths {} and {}", a.len(), b.len()),
+    }
+}
