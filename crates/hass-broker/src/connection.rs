@@ -753,8 +753,11 @@ impl Connection {
             return Ok(());
         }
         // A client that stopped reading must not pin this task in write_all:
-        // takeover, slow-consumer and shutdown signals still end it.
+        // takeover, slow-consumer and shutdown signals still end it. Biased:
+        // a writable socket takes the bytes first, so the goodbye DISCONNECT
+        // sent after one of those signals still goes out.
         tokio::select! {
+            biased;
             written = stream.write_all(&self.wbuf) => written?,
             _ = self.attached.kick.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),
             _ = self.attached.overflow.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),

@@ -369,3 +369,46 @@ fn by_default_a_slow_consumer_only_loses_messages() {
         "still connected"
     );
 }
+
+#[test]
+fn a_session_taken_over_is_told_so_before_it_is_closed() {
+    let broker = TestBroker::start("");
+    let mut first = TcpStream::connect(broker.mqtt).expect("connect");
+    first
+        .write_all(&connect_packet(b"MQTT", 5, "zigbee2mqtt"))
+        .expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut second = TcpStream::connect(broker.mqtt).expect("connect");
+    second
+        .write_all(&connect_packet(b"MQTT", 5, "zigbee2mqtt"))
+        .expect("connect");
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut all = Vec::new();
+    let _ = first.read_to_end(&mut all);
+    assert!(
+        all.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x8e),
+        "no DISCONNECT 0x8E (session taken over) in {all:02x?}"
+    );
+}
+
+#[test]
+fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
+    let mut broker = TestBroker::start("");
+    let mut client = TcpStream::connect(broker.mqtt).expect("connect");
+    client
+        .write_all(&connect_packet(b"MQTT", 5, "ha"))
+        .expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(broker.stop(), Some(0));
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut all = Vec::new();
+    let _ = client.read_to_end(&mut all);
+    assert!(
+        all.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x8b),
+        "no DISCONNECT 0x8B (server shutting down) in {all:02x?}"
+    );
+}
