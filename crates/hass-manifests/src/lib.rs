@@ -1,0 +1,30 @@
+//! `hass-manifests`: one values file in, every Kubernetes object for Home
+//! Assistant and the hass-sidecars out.
+//!
+//! - [`values`]: the values file (serde + JSON Schema), parsed with
+//!   hass-runtime's `load_yaml` so errors carry file, line, column and key.
+//! - [`render`]: values → typed `k8s-openapi` objects and [`crd`] custom
+//!   resources → YAML documents, plus the `kustomization.yaml`.
+//! - [`yaml`]: the YAML writer and the commented defaults file.
+//! - [`output`]: writing a rendered tree to a folder.
+
+pub mod crd;
+pub mod meta;
+pub mod output;
+pub mod render;
+pub mod values;
+pub mod yaml;
+
+pub use render::{Manifest, render};
+pub use values::Values;
+
+/// The JSON Schema of the values file.
+pub fn schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Values)).unwrap_or_default()
+}
+
+/// `hass-manifests defaults`: the default values with comments.
+pub fn defaults_file() -> Result<String, yaml::YamlError> {
+    let defaults = serde_json::to_value(Values::default()).unwrap_or_default();
+    yaml::commented(&defaults, &schema())
+}

@@ -1,0 +1,353 @@
+//! Properties of what is rendered, checked on the parsed objects.
+
+// Helpers outside #[test] fns panic on setup failures too (clippy.toml only
+// exempts test fns).
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::ConfigMap;
+
+fn render(text: &str) -> Vec<hass_manifests::Manifest> {
+    let values = hass_manifests::values::parse(text).unwrap();
+    hass_manifests::render(&values).unwrap()
+}
+
+fn example(name: &str) -> Vec<hass_manifests::Manifest> {
+    let path = format!(
+        "{}/../../examples/{name}.values.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let values = hass_manifests::values::load(std::path::Path::new(&path)).unwrap();
+    hass_manifests::render(&values).unwrap()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(m: &hass_manifests::Manifest) -> T {
+    serde_saphyr::from_str(&m.yaml).unwrap_or_else(|e| panic!("{}: {e}\n{}", m.name, m.yaml))
+}
+
+fn find<'a>(
+    ms: &'a [hass_manifests::Manifest],
+    kind: &str,
+    name: &str,
+) -> &'a hass_manifests::Manifest {
+    ms.iter()
+        .find(|m| m.kind == kind && m.name == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// PyYAML reads YAML 1.1 like Kubernetes' reader: `on` is a bool there,
+/// `12:30` a sexagesimal int, `0755` octal. Such strings must come back as
+/// the same strings.
+#[test]
+fn yaml_1_1_lookalike_strings_stay_strings_in_pyyaml() {
+    let tricky = [
+        "on",
+        "off",
+        "yes",
+        "no",
+        "y",
+        "n",
+        "true",
+        "False",
+        "NO",
+        "~",
+        "null",
+        "",
+        "12:30",
+        "0755",
+        "1e3",
+        "0x1F",
+        ".inf",
+        "-.5",
+        "2024-01-01",
+        "@at",
+        "a: b",
+        "# hash",
+        "- dash",
+        "'quote",
+        "multi\nline\n",
+        "  padded",
+        "*star",
+        "!tag",
+        "%pct",
+        "{}",
+        "[]",
+    ];
+    let data: std::collections::BTreeMap<String, String> = tricky
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("k{i:02}"), (*s).to_owned()))
+        .collect();
+    let cm = ConfigMap {
+        data: Some(data.clone()),
+        ..Default::default()
+    };
+    let text = hass_manifests::yaml::to_yaml(&cm).unwrap();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())['data']))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("python3 with PyYAML (pip install -r tests/requirements.txt)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    for (key, want) in &data {
+        assert_eq!(
+            back[key],
+            serde_json::Value::String(want.clone()),
+            "{key} in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn every_sidecar_is_locked_down_and_has_requests_and_limits() {
+    for name in ["minimal", "homelab", "everything"] {
+        let ms = example(name);
+        let mut pods = Vec::new();
+        for m in &ms {
+            match m.kind.as_str() {
+                "StatefulSet" => {
+                    pods.push(parse::<StatefulSet>(m).spec.unwrap().template.spec.unwrap())
+                }
+                "DaemonSet" => {
+                    pods.push(parse::<DaemonSet>(m).spec.unwrap().template.spec.unwrap())
+                }
+                _ => {}
+            }
+        }
+        assert!(!pods.is_empty());
+        for pod in pods {
+            assert_eq!(pod.automount_service_account_token, Some(false));
+            for c in &pod.containers {
+                let r = c.resources.as_ref().unwrap();
+                for key in ["cpu", "memory"] {
+                    assert!(
+                        r.requests.as_ref().unwrap().contains_key(key),
+                        "{name}/{}",
+                        c.name
+                    );
+                    assert!(
+                        r.limits.as_ref().unwrap().contains_key(key),
+                        "{name}/{}",
+                        c.name
+                    );
+                }
+                let sc = c.security_context.as_ref().unwrap();
+                assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+                let caps = sc.capabilities.as_ref().unwrap();
+                assert_eq!(
+                    caps.drop.as_deref(),
+                    Some(&["ALL".to_owned()][..]),
+                    "{name}/{}",
+                    c.name
+                );
+                let sidecar = c.image.as_deref().unwrap_or("").contains("/hass-");
+                if sidecar {
+                    assert_eq!(sc.run_as_user, Some(65532), "{name}/{}", c.name);
+                    assert_eq!(sc.run_as_non_root, Some(true));
+                    assert_eq!(sc.read_only_root_filesystem, Some(true));
+                }
+                // Only the bridge may ever be privileged, never Home Assistant's pod.
+                if sc.privileged == Some(true) {
+                    assert_eq!(c.name, "serial-bridge", "{name}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn home_assistant_probes_go_through_the_exporter_once_a_token_is_set() {
+    let ms = example("homelab");
+    let sts: StatefulSet = parse(find(&ms, "StatefulSet", "hass"));
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let ha = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "home-assistant")
+        .unwrap();
+    let startup = ha.startup_probe.as_ref().unwrap();
+    let get = startup.http_get.as_ref().unwrap();
+    assert_eq!(get.path.as_deref(), Some("/probe/ha/startup"));
+    assert_eq!(
+        get.port,
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9184)
+    );
+    // 15 minutes of startup budget by default.
+    assert_eq!(
+        startup.period_seconds.unwrap() * startup.failure_threshold.unwrap(),
+        900
+    );
+    let ready = ha
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(ready.path.as_deref(), Some("/probe/ha/ready"));
+    let live = ha
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(live.path.as_deref(), Some("/probe/ha/live"));
+
+    // Without a token the exporter cannot poll: probes fetch /manifest.json.
+    let ms = render("");
+    let sts: StatefulSet = parse(find(&ms, "StatefulSet", "home-assistant"));
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let ha = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "home-assistant")
+        .unwrap();
+    let get = ha
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(get.path.as_deref(), Some("/manifest.json"));
+}
+
+#[test]
+fn host_network_uses_cluster_first_with_host_net_and_records_why() {
+    let ms = render("home_assistant:\n  host_network: true\n");
+    let m = find(&ms, "StatefulSet", "home-assistant");
+    let sts: StatefulSet = parse(m);
+    let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    let annotations = sts.metadata.annotations.unwrap();
+    assert!(
+        annotations.values().any(|v| v.starts_with("CKV_K8S_19=")),
+        "{annotations:?}"
+    );
+}
+
+#[test]
+fn each_node_gets_its_own_bridge_with_only_its_devices() {
+    let ms = example("everything");
+    for (node, device, other) in [("node-a", "zigbee", "zwave"), ("node-b", "zwave", "zigbee")] {
+        let ds: DaemonSet = parse(find(&ms, "DaemonSet", &format!("ha-serial-bridge-{node}")));
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.unwrap()["kubernetes.io/hostname"], node);
+        let cm: ConfigMap = parse(find(&ms, "ConfigMap", &format!("ha-serial-bridge-{node}")));
+        let config = &cm.data.unwrap()["serial-bridge.yaml"];
+        assert!(config.contains(&format!("name: {device}")), "{config}");
+        assert!(!config.contains(&format!("name: {other}")), "{config}");
+        // A stable name per device.
+        find(&ms, "Service", &format!("ha-{device}"));
+    }
+}
+
+#[test]
+fn package_wires_the_recorder_through_the_password_secret() {
+    let ms = example("homelab");
+    let cm: ConfigMap = parse(find(&ms, "ConfigMap", "hass-package"));
+    let package = &cm.data.unwrap()["hass_sidecars.yaml"];
+    assert!(
+        package.contains("db_url: !env_var HASS_RECORDER_DB_URL"),
+        "{package}"
+    );
+    assert!(
+        package.contains("trusted_proxies:\n    - 10.42.0.0/16"),
+        "{package}"
+    );
+    let sts: StatefulSet = parse(find(&ms, "StatefulSet", "hass"));
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let ha = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "home-assistant")
+        .unwrap();
+    let env = ha.env.as_ref().unwrap();
+    let url = env
+        .iter()
+        .find(|e| e.name == "HASS_RECORDER_DB_URL")
+        .unwrap();
+    assert_eq!(
+        url.value.as_deref(),
+        Some(
+            "postgresql://homeassistant:$(HASS_RECORDER_DB_PASSWORD)@hass-postgres:5432/homeassistant"
+        )
+    );
+    let password = env
+        .iter()
+        .find(|e| e.name == "HASS_RECORDER_DB_PASSWORD")
+        .unwrap();
+    let secret = password
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("postgres", "password")
+    );
+    // The watcher validates `!env_var` as Home Assistant does, so it has it too,
+    // and sees the package folder the ConfigMap updates.
+    let watcher = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "config-watcher")
+        .unwrap();
+    assert!(
+        watcher
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "HASS_RECORDER_DB_URL")
+    );
+    assert!(
+        watcher
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == "/config/packages/hass-sidecars")
+    );
+}
+
+#[test]
+fn no_secret_value_is_ever_rendered() {
+    for name in ["minimal", "homelab", "everything"] {
+        for m in example(name) {
+            assert_ne!(m.kind, "Secret", "{name}: {}", m.name);
+        }
+    }
+}
+
+#[test]
+fn backup_script_keeps_the_newest_dumps_only() {
+    let ms = example("homelab");
+    let cron = find(&ms, "CronJob", "hass-pg-dump");
+    assert!(cron.yaml.contains("tail -n +15"), "{}", cron.yaml);
+    assert!(
+        !cron.yaml.contains("PGPASSWORD\n          value"),
+        "password must not be an env value"
+    );
+}

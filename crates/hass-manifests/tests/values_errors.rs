@@ -1,0 +1,94 @@
+//! Malformed values: every error names the file, line and column, and the key.
+
+// Helpers outside #[test] fns panic on setup failures too (clippy.toml only
+// exempts test fns).
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+
+fn load(text: &str) -> String {
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    let err = hass_manifests::values::load(file.path()).unwrap_err();
+    let text = err.to_string();
+    let name = file.path().display().to_string();
+    assert!(text.starts_with(&name), "{text}");
+    text[name.len()..].to_owned()
+}
+
+#[test]
+fn unknown_key_names_line_column_and_key() {
+    let e = load("name: ha\nhome_assistant:\n  preset: small\n  hostNetwork: true\n");
+    assert!(
+        e.starts_with(":4:3: home_assistant.hostNetwork: unknown field `hostNetwork`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_names_line_and_key() {
+    let e = load("broker:\n  enabled: yes please\n");
+    assert!(e.starts_with(":2:12: broker.enabled:"), "{e}");
+    let e = load(
+        "serial_bridge:\n  devices:\n    - name: z\n      node: n\n      path: /dev/x\n      port: 70000\n",
+    );
+    assert!(
+        e.starts_with(":6:13: serial_bridge.devices[0].port:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_enum_value_lists_the_key() {
+    let e = load("postgres:\n  mode: cnpg\n");
+    assert!(e.starts_with(":2:9: postgres.mode:"), "{e}");
+    assert!(e.contains("cnpg"), "{e}");
+}
+
+#[test]
+fn a_device_without_a_node_is_an_error_at_its_line() {
+    let e = load(
+        "serial_bridge:\n  enabled: true\n  devices:\n    - name: zigbee\n      path: /dev/ttyUSB0\n",
+    );
+    // serde-saphyr reports a missing field where the device's mapping ends.
+    assert!(
+        e.starts_with(":5:7: serial_bridge.devices[0]: missing field `node`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn checks_after_parsing_name_the_key() {
+    let e = load(
+        "serial_bridge:\n  enabled: true\n  devices:\n    - { name: admin, node: n1, path: /dev/ttyUSB0 }\n",
+    );
+    assert!(
+        e.starts_with(": serial_bridge.devices[0].name: \"admin\" would collide"),
+        "{e}"
+    );
+    let e = load(
+        "serial_bridge:\n  enabled: true\n  devices:\n    - { name: a, node: n1, path: /dev/ttyUSB0 }\n    - { name: b, node: n1, path: /dev/ttyUSB1 }\n",
+    );
+    assert!(
+        e.starts_with(": serial_bridge.devices[1].port: 6638 is used by another device on node n1"),
+        "{e}"
+    );
+    let e = load("serial_bridge:\n  enabled: true\n");
+    assert!(
+        e.contains("serial_bridge.devices: the bridge is enabled but lists no device"),
+        "{e}"
+    );
+    let e = load("postgres:\n  mode: external\n");
+    assert!(e.contains("postgres.external.host: is required"), "{e}");
+    let e = load("name: Home_Assistant\n");
+    assert!(
+        e.starts_with(": name: \"Home_Assistant\" must be a DNS label"),
+        "{e}"
+    );
+}
+
+#[test]
+fn secrets_are_references_never_values() {
+    let e = load("home_assistant:\n  token_secret: hunter2\n");
+    assert!(e.starts_with(":2:17: home_assistant.token_secret:"), "{e}");
+}
