@@ -11,7 +11,7 @@ use hass_broker::connection::{self, ConnectionContext};
 use hass_broker::metrics::BrokerMetrics;
 use hass_broker::router::{Limits, Router};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// CONNECT, MQTT 5, client id "f", no credentials.
 const CONNECT_V5: &[u8] = &[0x10, 0x0e, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 0, 0, 0, 1, b'f'];
@@ -48,7 +48,11 @@ fuzz_target!(|data: &[u8]| {
         let connect = if selector & 1 == 0 { CONNECT_V5 } else { CONNECT_V4 };
         let _ = client.write_all(connect).await;
         let _ = client.write_all(rest).await;
-        drop(client);
+        // Half-close: the broker reads EOF after the input but can still
+        // write its answers, which this side drains.
+        let _ = client.shutdown().await;
+        let mut answers = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answers)).await;
         let finished = tokio::time::timeout(Duration::from_secs(5), serving).await;
         assert!(finished.is_ok(), "connection did not end after its peer closed");
     });
