@@ -81,3 +81,16 @@ pub struct Context {
     pub liveness: Liveness,
     pub metrics: Metrics,
 }
+
+impl Context {
+    /// A fresh context for `info`'s component, as the runtime builds one;
+    /// for tests that drive `Component::run` in-process.
+    pub fn new(info: &ComponentInfo) -> Self {
+        Self {
+            shutdown: Shutdown::new(),
+            readiness: Readiness::new(),
+            liveness: Liveness::new(),
+            metrics: Metrics::new(info),
+        }
+    }
+}

@@ -96,6 +96,8 @@ pub async fn serve<C: Component>(
     let admin_state = AdminState::new(&info);
     let addr = common.admin_addr(&info);
     let listener = admin::bind(addr).await?;
+    // With port 0 the kernel picks one; log the port actually bound.
+    let addr = listener.local_addr().unwrap_or(addr);
     let mut router = admin::router(admin_state.clone());
     if let Some(extra) = component.admin_routes() {
         router = router.merge(extra);
