@@ -52,6 +52,16 @@ impl IgnoreList {
         Ok(Self { patterns })
     }
 
+    /// Exactly `patterns`, without the built-in ones.
+    pub(crate) fn only(patterns: &[&str]) -> Result<Self, String> {
+        let patterns = patterns
+            .iter()
+            .copied()
+            .map(Pattern::parse)
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
     /// Whether `relative` (a path inside the config folder) is ignored.
     pub fn is_ignored(&self, relative: &Path) -> bool {
         let parts: Vec<&str> = relative

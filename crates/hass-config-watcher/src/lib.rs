@@ -6,11 +6,13 @@
 //! `run` ([`ConfigWatcher`]) watches the folder and reloads in Home Assistant
 //! exactly the domains whose resolved config changed.
 
+pub mod backup;
 mod changes;
 mod config;
 mod diagnostic;
 mod fswatch;
 mod ha_api;
+pub mod history;
 mod ignore;
 mod loader;
 mod packages;

@@ -1,6 +1,7 @@
 //! `hass-config-watcher check [DIR]`: prints every problem in a Home Assistant config
 //! folder as `file:line:col: severity: message`, or as JSON.
 //! `hass-config-watcher run`: watches the folder and reloads what changed.
+//! `hass-config-watcher backup` / `restore`: backups in Home Assistant's format.
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -31,6 +32,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Write a backup of a config folder in Home Assistant's format, keeping
+    /// the newest `--keep` of this tool's backups in the output folder.
+    Backup {
+        #[arg(long, value_name = "DIR", default_value = "/config")]
+        config_dir: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        /// Backups to keep, oldest deleted first; 0 keeps all.
+        #[arg(long, default_value_t = 7)]
+        keep: usize,
+    },
+    /// Restore a backup's config folder into DIR (files not in the backup
+    /// are left alone).
+    Restore { backup: PathBuf, dir: PathBuf },
     /// Watch a config folder, validate every change and reload in Home
     /// Assistant exactly the domains that changed (`run --help` lists the flags).
     #[command(disable_help_flag = true)]
@@ -60,6 +75,46 @@ fn main() -> ExitCode {
     let (dir, format) = match Cli::parse().command {
         Command::Check { dir, format } => (dir, format),
         Command::Run { args } => return hass_config_watcher::run_command::main(args),
+        Command::Backup {
+            config_dir,
+            output,
+            keep,
+        } => {
+            return match hass_config_watcher::backup::write_backup(&config_dir, &output, keep) {
+                Ok(written) => {
+                    eprintln!(
+                        "hass-config-watcher: wrote {} ({} bytes){}",
+                        written.path.display(),
+                        written.size,
+                        if written.deleted.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", deleted {} older", written.deleted.len())
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hass-config-watcher: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Restore { backup, dir } => {
+            return match hass_config_watcher::backup::restore(&backup, &dir) {
+                Ok(files) => {
+                    eprintln!(
+                        "hass-config-watcher: restored {files} files into {}",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("hass-config-watcher: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     let checked = hass_config_watcher::load(&dir);
     if let Err(err) = print_report(&checked, format) {

@@ -38,6 +38,41 @@ pub struct WatcherConfig {
     /// own churn (`.storage/`, logs, databases…). `name/` matches a folder at
     /// any depth, `/name` only at the top; `*` matches within one path part.
     pub ignore: Vec<String>,
+    /// Commit every valid config to a git repository; absent: no history.
+    pub history: Option<HistoryConfig>,
+    /// How often to write a backup (`24h`); absent: only on demand
+    /// (`hass-config-watcher backup`).
+    #[serde(with = "optional_duration")]
+    pub backup_interval: Option<Duration>,
+    /// Where backups go; default `<config_dir>/backups`, where Home
+    /// Assistant's own UI lists them.
+    pub backup_dir: Option<PathBuf>,
+    /// How many of this tool's backups to keep, oldest deleted first; 0 keeps all.
+    pub backup_keep: usize,
+}
+
+/// `history:` — `{}` commits into `<config_dir>/.git`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// A separate (bare) repository instead of `<config_dir>/.git`, for a
+    /// read-only `/config` or to keep `.git` out of it.
+    pub repo: Option<PathBuf>,
+    /// Commit `secrets.yaml` too. Off: it never enters the repository.
+    pub include_secrets: bool,
+}
+
+/// `Option<Duration>` written as `"24h"`.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        hass_runtime::config::duration::deserialize(de).map(Some)
+    }
 }
 
 impl Default for WatcherConfig {
@@ -50,6 +85,10 @@ impl Default for WatcherConfig {
             auto_restart: false,
             notify_invalid: true,
             ignore: Vec::new(),
+            history: None,
+            backup_interval: None,
+            backup_dir: None,
+            backup_keep: 7,
         }
     }
 }
@@ -110,6 +149,11 @@ pub struct Settings {
     pub auto_restart: bool,
     pub notify_invalid: bool,
     pub ignore: IgnoreList,
+    pub history: Option<HistoryConfig>,
+    pub backup_interval: Option<Duration>,
+    /// Absolute.
+    pub backup_dir: PathBuf,
+    pub backup_keep: usize,
 }
 
 impl Settings {
@@ -160,7 +204,28 @@ impl Settings {
         }
         let ignore =
             IgnoreList::new(&config.ignore).map_err(|e| Fatal::config(format!("ignore: {e}")))?;
+        if config.backup_interval.is_some_and(|i| i.is_zero()) {
+            return Err(Fatal::config("backup_interval: must be more than 0s"));
+        }
+        let backup_dir = match &config.backup_dir {
+            Some(dir) => std::path::absolute(dir)
+                .map_err(|e| Fatal::config(format!("backup_dir: {}: {e}", dir.display())))?,
+            None => config_dir.join("backups"),
+        };
+        let mut history = config.history;
+        if let Some(h) = &mut history
+            && let Some(repo) = &h.repo
+        {
+            h.repo =
+                Some(std::path::absolute(repo).map_err(|e| {
+                    Fatal::config(format!("history.repo: {}: {e}", repo.display()))
+                })?);
+        }
         Ok(Self {
+            history,
+            backup_interval: config.backup_interval,
+            backup_dir,
+            backup_keep: config.backup_keep,
             config_dir,
             ha: config.home_assistant,
             ha_base,

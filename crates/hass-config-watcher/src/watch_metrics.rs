@@ -56,6 +56,51 @@ pub(crate) enum RescanReason {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum BackupResult {
+    Written,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum CommitResult {
+    Committed,
+    /// The allowlisted files equal the last commit's.
+    Unchanged,
+    Failed,
+}
+
+impl EncodeLabelValue for BackupResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Written => "written",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+impl EncodeLabelValue for CommitResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Committed => "committed",
+            Self::Unchanged => "unchanged",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct BackupLabels {
+    pub(crate) result: BackupResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct CommitLabels {
+    pub(crate) result: CommitResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ApiErrorKind {
     Unreachable,
     Unauthorized,
@@ -193,6 +238,10 @@ pub(crate) struct WatchMetrics {
     pub(crate) rescans: Family<RescanLabels, Counter>,
     pub(crate) ha_up: Gauge,
     pub(crate) ha_api_errors: Family<ApiErrorLabels, Counter>,
+    pub(crate) backups: Family<BackupLabels, Counter>,
+    pub(crate) last_backup: Gauge<f64, AtomicU64>,
+    pub(crate) backup_size: Gauge,
+    pub(crate) history_commits: Family<CommitLabels, Counter>,
 }
 
 impl WatchMetrics {
@@ -214,6 +263,10 @@ impl WatchMetrics {
             rescans: Family::default(),
             ha_up: Gauge::default(),
             ha_api_errors: Family::default(),
+            backups: Family::default(),
+            last_backup: Gauge::default(),
+            backup_size: Gauge::default(),
+            history_commits: Family::default(),
         };
         let m = this.clone();
         metrics.register(move |r| {
@@ -286,6 +339,26 @@ impl WatchMetrics {
                 "ha_api_errors",
                 "Failed Home Assistant API calls, by kind",
                 m.ha_api_errors,
+            );
+            r.register(
+                "backups",
+                "Backups written or failed (scheduled ones)",
+                m.backups,
+            );
+            r.register(
+                "last_backup_timestamp_seconds",
+                "Unix time of the last backup written",
+                m.last_backup,
+            );
+            r.register(
+                "last_backup_size_bytes",
+                "Size of the last backup written",
+                m.backup_size,
+            );
+            r.register(
+                "history_commits",
+                "Valid configs recorded in the history repository, by result",
+                m.history_commits,
             );
         });
         this

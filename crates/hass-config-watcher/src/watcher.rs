@@ -10,7 +10,8 @@
 //! Reachability is the `ha_up` gauge and `ha_api_errors_total` instead.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
 use tokio::time::{MissedTickBehavior, interval_at, sleep_until};
@@ -19,11 +20,13 @@ use tracing::{error, info, warn};
 use crate::changes::{changed_domains, graph_fingerprint};
 use crate::fswatch::{self, Pending};
 use crate::ha_api::HaApi;
+use crate::history::{Committed, History};
 use crate::reloads::{Applier, Plan, Work};
 use crate::settings::{RunArgs, Settings, WatcherConfig};
 use crate::value::Mapping;
 use crate::watch_metrics::{
-    RescanLabels, RescanReason, RestartReason, ValidationLabels, ValidationResult, WatchMetrics,
+    BackupLabels, BackupResult, CommitLabels, CommitResult, RescanLabels, RescanReason,
+    RestartReason, ValidationLabels, ValidationResult, WatchMetrics,
 };
 use crate::{Checked, Diagnostic, Severity};
 
@@ -34,6 +37,7 @@ const NOTIFICATION_LINES: usize = 20;
 #[derive(Debug)]
 pub struct ConfigWatcher {
     settings: Settings,
+    history: Option<History>,
 }
 
 impl ConfigWatcher {
@@ -52,9 +56,17 @@ impl Component for ConfigWatcher {
     type Config = WatcherConfig;
 
     fn prepare(args: RunArgs, config: WatcherConfig, _path: Option<&Path>) -> Result<Self, Fatal> {
-        Ok(Self {
-            settings: Settings::new(args, config)?,
-        })
+        let settings = Settings::new(args, config)?;
+        // Opened (and created) now, so a read-only /config without a
+        // separate `history.repo` stops the pod at startup.
+        let history = match &settings.history {
+            Some(h) => Some(
+                History::open(&settings.config_dir, h.repo.as_deref(), h.include_secrets)
+                    .map_err(|e| Fatal::config(format!("history: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Self { settings, history })
     }
 
     async fn run(self, ctx: Context) -> Result<(), Fatal> {
@@ -91,6 +103,7 @@ impl Component for ConfigWatcher {
             graph: (Vec::new(), Vec::new()),
             invalid: false,
             custom_components: false,
+            history: self.history.map(|h| Arc::new(Mutex::new(h))),
         };
         // What Home Assistant runs is taken to be what is on disk now: nothing
         // is reloaded for it.
@@ -107,6 +120,12 @@ impl Component for ConfigWatcher {
         rescan.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut beat = interval_at(start, tick);
         beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Without a schedule the timer still exists, but its branch is off.
+        let every = settings
+            .backup_interval
+            .unwrap_or(Duration::from_secs(86_400));
+        let mut backup = interval_at(start + every, every);
+        backup.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = ctx.shutdown.cancelled() => break,
@@ -142,12 +161,59 @@ impl Component for ConfigWatcher {
                         state.cycle(false).await;
                     }
                 }
+                _ = backup.tick(), if settings.backup_interval.is_some() => {
+                    let (root, dir, keep) = (root.clone(), settings.backup_dir.clone(), settings.backup_keep);
+                    let metrics = metrics.clone();
+                    // Tracked, so SIGTERM waits for a backup being written.
+                    ctx.shutdown.spawn(async move {
+                        let done = tokio::task::spawn_blocking(move || {
+                            crate::backup::write_backup(&root, &dir, keep)
+                        })
+                        .await;
+                        record_backup(&metrics, done);
+                    });
+                }
                 _ = beat.tick() => heartbeat.beat(),
             }
         }
         drop(watcher);
         Ok(())
     }
+}
+
+fn record_backup(
+    metrics: &WatchMetrics,
+    done: Result<
+        Result<crate::backup::Written, crate::backup::BackupError>,
+        tokio::task::JoinError,
+    >,
+) {
+    let result = match done {
+        Ok(Ok(written)) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default();
+            metrics.last_backup.set(now);
+            metrics
+                .backup_size
+                .set(i64::try_from(written.size).unwrap_or(i64::MAX));
+            info!(path = %written.path.display(), size = written.size, deleted = written.deleted.len(), "backup written");
+            BackupResult::Written
+        }
+        Ok(Err(e)) => {
+            error!("{e}");
+            BackupResult::Failed
+        }
+        Err(e) => {
+            error!("backup task failed: {e}");
+            BackupResult::Failed
+        }
+    };
+    metrics
+        .backups
+        .get_or_create(&BackupLabels { result })
+        .inc();
 }
 
 fn merge(into: &mut Pending, new: Pending) {
@@ -173,6 +239,8 @@ struct State {
     invalid: bool,
     /// `custom_components/` changed while the config was invalid.
     custom_components: bool,
+    /// Where valid configs are committed.
+    history: Option<Arc<Mutex<History>>>,
 }
 
 impl State {
@@ -180,7 +248,41 @@ impl State {
         let checked = self.validate().await;
         if let Some(config) = checked.config {
             self.baseline = Some(config);
+            self.record("Valid config at startup".to_owned()).await;
         }
+    }
+
+    /// Commits the config on disk, which was just found valid.
+    async fn record(&self, message: String) {
+        let Some(history) = self.history.clone() else {
+            return;
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .commit(&message)
+        })
+        .await;
+        let result = match done {
+            Ok(Ok(Committed::New(id))) => {
+                info!(commit = %id, "history: committed");
+                CommitResult::Committed
+            }
+            Ok(Ok(Committed::Unchanged)) => CommitResult::Unchanged,
+            Ok(Err(e)) => {
+                error!("history: cannot commit: {e}");
+                CommitResult::Failed
+            }
+            Err(e) => {
+                error!("history: commit task failed: {e}");
+                CommitResult::Failed
+            }
+        };
+        self.metrics
+            .history_commits
+            .get_or_create(&CommitLabels { result })
+            .inc();
     }
 
     /// Validates, and on a valid config hands what changed to the applier.
@@ -201,12 +303,19 @@ impl State {
             plan.restart_reasons.insert(RestartReason::CustomComponents);
         }
         self.baseline = Some(config);
+        let message = if plan.domains.is_empty() {
+            "Valid config; no domain changed".to_owned()
+        } else {
+            let domains: Vec<&str> = plan.domains.iter().map(String::as_str).collect();
+            format!("Valid config; changed: {}", domains.join(", "))
+        };
         if plan.is_empty() {
             info!("valid; nothing Home Assistant sees has changed");
         } else {
             info!(domains = ?plan.domains, restart = ?plan.restart_reasons, "valid; applying the change");
             self.applier.send(Work::Apply(plan));
         }
+        self.record(message).await;
     }
 
     /// Loads the whole tree, records the outcome in logs and metrics, and

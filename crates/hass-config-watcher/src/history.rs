@@ -1,0 +1,318 @@
+//! History: every valid config becomes a git commit, written with gitoxide
+//! (the container has no git binary). The repository is either the config
+//! folder itself (`/config/.git`, with an index so `git status` there is
+//! clean) or a separate bare repository (`history.repo`), which keeps
+//! `/config` free of a `.git` Home Assistant's own backups would then carry.
+//!
+//! What is committed is an allowlist, the same one the `.gitignore` written
+//! beside it spells out for the git command line: YAML anywhere, everything
+//! under `blueprints/` and `custom_templates/`; never Home Assistant's churn
+//! (`.storage/`, databases, logs, `deps/`…), dot-entries (ConfigMap's
+//! `..data` internals among them) or, unless configured, `secrets.yaml`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gix::ObjectId;
+use gix::bstr::BString;
+use gix::objs::tree::{Entry, EntryKind};
+
+use crate::ignore::IgnoreList;
+
+/// Folders committed whole, whatever their files are called.
+const WHOLE_FOLDERS: &[&str] = &["blueprints", "custom_templates"];
+const SECRETS_FILE: &str = "secrets.yaml";
+const GITIGNORE: &str = ".gitignore";
+/// Files bigger than this are not configuration; they are left out.
+const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
+const AUTHOR: &str = "hass-config-watcher";
+const EMAIL: &str = "hass-config-watcher@localhost";
+
+/// Something went wrong reading the config folder or writing the repository.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HistoryError(String);
+
+fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> HistoryError {
+    HistoryError(format!("{what}: {e}"))
+}
+
+/// The history repository of one config folder. It holds paths, not an open
+/// `gix::Repository`: without gix's `parallel` feature (threads and locks this
+/// tool does not need) that one is not `Send`, and opening it again for each
+/// commit costs a few file reads.
+#[derive(Debug)]
+pub struct History {
+    config_dir: PathBuf,
+    /// The git dir of a separate repository; None: `config_dir/.git`.
+    repo_dir: Option<PathBuf>,
+    /// The repository is `config_dir/.git`: keep its index in step.
+    in_place: bool,
+    include_secrets: bool,
+    ignore: IgnoreList,
+}
+
+/// What [`History::commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// A new commit with this id.
+    New(ObjectId),
+    /// The allowlisted files are as the last commit has them.
+    Unchanged,
+}
+
+impl History {
+    /// Opens the repository, creating it on first use: `repo` is a bare
+    /// repository of its own, `None` means `config_dir/.git`. Writes the
+    /// allowlist `.gitignore` into `config_dir` when the repository lives
+    /// there and the folder has none.
+    pub fn open(
+        config_dir: &Path,
+        repo: Option<&Path>,
+        include_secrets: bool,
+    ) -> Result<Self, HistoryError> {
+        let in_place = match repo {
+            Some(dir) => {
+                if dir.join("HEAD").is_file() {
+                    gix::open(dir).map_err(|e| fail(dir.display(), e))?;
+                } else {
+                    fs::create_dir_all(dir).map_err(|e| fail(dir.display(), e))?;
+                    gix::init_bare(dir).map_err(|e| fail(dir.display(), e))?;
+                }
+                false
+            }
+            None => {
+                let git_dir = config_dir.join(".git");
+                if git_dir.exists() {
+                    gix::open(config_dir).map_err(|e| fail(git_dir.display(), e))?;
+                } else {
+                    gix::init(config_dir).map_err(|e| fail(git_dir.display(), e))?;
+                }
+                let gitignore = config_dir.join(GITIGNORE);
+                if !gitignore.exists() {
+                    fs::write(&gitignore, gitignore_text(include_secrets))
+                        .map_err(|e| fail(gitignore.display(), e))?;
+                }
+                true
+            }
+        };
+        let ignore = IgnoreList::new(&[]).map_err(|e| fail("ignore list", e))?;
+        Ok(Self {
+            config_dir: config_dir.to_path_buf(),
+            repo_dir: repo.map(Path::to_path_buf),
+            in_place,
+            include_secrets,
+            ignore,
+        })
+    }
+
+    /// Commits the allowlisted files as they are on disk now, unless they
+    /// equal the last commit's.
+    pub fn commit(&self, message: &str) -> Result<Committed, HistoryError> {
+        let repo = self.repo()?;
+        let mut files = BTreeMap::new();
+        self.collect(&self.config_dir, Path::new(""), false, &mut files)?;
+        if !self.in_place {
+            // A bare repository has no folder to hold the allowlist: it is
+            // committed so a clone explains itself.
+            files.insert(
+                PathBuf::from(GITIGNORE),
+                gitignore_text(self.include_secrets).into_bytes(),
+            );
+        }
+        let tree = write_tree(&repo, &files)?;
+        let parent = match repo.head_id() {
+            Ok(id) => Some(id.detach()),
+            // No commit yet: an unborn HEAD.
+            Err(_) => None,
+        };
+        if let Some(parent) = parent {
+            let parent_tree = repo
+                .find_commit(parent)
+                .and_then(|c| c.tree_id().map(gix::Id::detach))
+                .map_err(|e| fail("reading the last commit", e))?;
+            if parent_tree == tree {
+                return Ok(Committed::Unchanged);
+            }
+        }
+        let time = format!("{} +0000", unix_now());
+        let signature = gix::actor::SignatureRef {
+            name: AUTHOR.into(),
+            email: EMAIL.into(),
+            time: &time,
+        };
+        let id = repo
+            .commit_as(signature, signature, "HEAD", message, tree, parent)
+            .map_err(|e| fail("writing the commit", e))?
+            .detach();
+        if self.in_place {
+            let mut index = repo
+                .index_from_tree(&tree)
+                .map_err(|e| fail("building the index", e))?;
+            index
+                .write(gix::index::write::Options::default())
+                .map_err(|e| fail("writing the index", e))?;
+        }
+        Ok(Committed::New(id))
+    }
+
+    /// Adds the allowlisted files under `dir` (`rel` inside the config folder).
+    fn collect(
+        &self,
+        dir: &Path,
+        rel: &Path,
+        whole: bool,
+        files: &mut BTreeMap<PathBuf, Vec<u8>>,
+    ) -> Result<(), HistoryError> {
+        let entries = fs::read_dir(dir).map_err(|e| fail(dir.display(), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| fail(dir.display(), e))?;
+            let name = entry.file_name();
+            let Some(name_text) = name.to_str() else {
+                continue;
+            };
+            let rel = rel.join(&name);
+            // Dot-entries: .git, .storage, .cloud, ConfigMap's ..data; the
+            // in-place .gitignore is the one exception.
+            let is_gitignore = rel.as_os_str() == GITIGNORE && self.in_place;
+            if (name_text.starts_with('.') && !is_gitignore) || self.ignore.is_ignored(&rel) {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            // Folders are entered only when real, never through a symlink
+            // (Home Assistant's include_dir_* rule too); files are read
+            // through symlinks, which is what a ConfigMap mounts.
+            if kind.is_dir() {
+                let whole = whole
+                    || (rel.parent() == Some(Path::new("")) && WHOLE_FOLDERS.contains(&name_text));
+                self.collect(&path, &rel, whole, files)?;
+                continue;
+            }
+            let wanted = whole || name_text.ends_with(".yaml") || is_gitignore;
+            if !wanted || (name_text == SECRETS_FILE && !self.include_secrets) {
+                continue;
+            }
+            match fs::metadata(&path) {
+                Ok(meta) if meta.is_file() && meta.len() <= MAX_FILE_BYTES => {}
+                _ => continue,
+            }
+            match fs::read(&path) {
+                Ok(bytes) => {
+                    files.insert(rel, bytes);
+                }
+                // Deleted between listing and reading: the next change commits it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(fail(path.display(), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the repository.
+    pub fn repo(&self) -> Result<gix::Repository, HistoryError> {
+        let dir = self.repo_dir.as_deref().unwrap_or(&self.config_dir);
+        gix::open(dir).map_err(|e| fail(dir.display(), e))
+    }
+}
+
+/// Writes blobs and trees for `files` (paths relative to the config folder)
+/// and returns the root tree's id.
+fn write_tree(
+    repo: &gix::Repository,
+    files: &BTreeMap<PathBuf, Vec<u8>>,
+) -> Result<ObjectId, HistoryError> {
+    {
+        #[derive(Default)]
+        struct Folder {
+            files: BTreeMap<BString, ObjectId>,
+            folders: BTreeMap<BString, Folder>,
+        }
+        let mut root = Folder::default();
+        for (path, bytes) in files {
+            let blob = repo
+                .write_blob(bytes)
+                .map_err(|e| fail(path.display(), e))?
+                .detach();
+            let mut parts: Vec<BString> = path
+                .iter()
+                .map(|p| BString::from(p.as_encoded_bytes()))
+                .collect();
+            let Some(name) = parts.pop() else {
+                continue;
+            };
+            let mut folder = &mut root;
+            for part in parts {
+                folder = folder.folders.entry(part).or_default();
+            }
+            folder.files.insert(name, blob);
+        }
+        fn write(repo: &gix::Repository, folder: Folder) -> Result<ObjectId, HistoryError> {
+            let mut entries = Vec::new();
+            for (name, sub) in folder.folders {
+                let oid = write(repo, sub)?;
+                entries.push(Entry {
+                    mode: EntryKind::Tree.into(),
+                    filename: name,
+                    oid,
+                });
+            }
+            for (name, oid) in folder.files {
+                entries.push(Entry {
+                    mode: EntryKind::Blob.into(),
+                    filename: name,
+                    oid,
+                });
+            }
+            // Git's order: folders sort as if their name ended in '/'.
+            entries.sort();
+            let tree = gix::objs::Tree { entries };
+            Ok(repo
+                .write_object(&tree)
+                .map_err(|e| fail("writing a tree", e))?
+                .detach())
+        }
+        write(repo, root)
+    }
+}
+
+/// The `.gitignore` that says, for the git command line, what [`History`]
+/// commits.
+pub fn gitignore_text(include_secrets: bool) -> String {
+    let mut text = String::from(
+        "# Written by hass-config-watcher: an allowlist. Everything is ignored\n\
+         # except YAML, blueprints and custom templates.\n\
+         *\n\
+         !/.gitignore\n\
+         !*/\n\
+         !*.yaml\n\
+         !/blueprints/**\n\
+         !/custom_templates/**\n\
+         # Home Assistant's own state, databases, logs and caches.\n\
+         .*\n\
+         !/.gitignore\n\
+         /deps/\n\
+         /tts/\n\
+         /backups/\n\
+         __pycache__/\n\
+         *.db\n\
+         *.db-*\n\
+         *.log\n\
+         *.log.*\n",
+    );
+    if !include_secrets {
+        text.push_str("secrets.yaml\n");
+    }
+    text
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
