@@ -1,24 +1,47 @@
-//! `hass-suite`: the newcomer's entry point, running the hass-sidecars suite
-//! on one machine with embedded defaults.
+//! `hass-suite`: the newcomer's entry point, running the whole hass-sidecars
+//! suite on one machine with embedded defaults.
 //!
-//! For now it prepares the suite's data directory and serves the shared admin
-//! endpoints on port 9180; the broker, bridge, watcher and exporter join it as
-//! they land.
+//! It starts the other binaries (found beside its own executable) as child
+//! processes, the way one Home Assistant pod runs them: hass-broker with a
+//! generated user, hass-config-watcher on a demo config folder, hass-exporter
+//! probing the others, and hass-serial-bridge on a virtual stick (a socat pty
+//! pair) when no real one is configured. Its own `/readyz` is ready when every
+//! child's is; a child that dies is reported and restarted with backoff;
+//! SIGTERM or Ctrl-C stops every child with SIGTERM and waits for it.
 
+mod banner;
+mod setup;
+mod supervise;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hass_runtime::secret::{SecretSource, SecretString};
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
 use serde::Deserialize;
-use tracing::info;
+use tracing::{info, warn};
+
+pub use supervise::ChildSpec;
 
 /// The suite's YAML config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SuiteConfig {
-    /// Where the suite keeps its state: the demo `/config` tree, broker data.
+    /// Where the suite keeps its state: the demo `/config` tree, broker data,
+    /// the generated MQTT password, the children's configs and logs.
     pub data_dir: PathBuf,
     pub home_assistant: HomeAssistant,
+    /// The address every part listens on. Loopback keeps the suite private to
+    /// this machine; `0.0.0.0` opens it to the network.
+    pub listen_host: IpAddr,
+    pub ports: Ports,
+    /// The MQTT user the suite creates; its password is generated once and
+    /// kept in `<data_dir>/mqtt-password`.
+    pub mqtt_user: String,
+    /// A real Zigbee/Z-Wave stick (`/dev/serial/by-id/...`). Without one the
+    /// bridge serves a virtual stick made with socat.
+    pub serial_device: Option<PathBuf>,
 }
 
 impl Default for SuiteConfig {
@@ -26,6 +49,38 @@ impl Default for SuiteConfig {
         Self {
             data_dir: PathBuf::from("hass-sidecars-data"),
             home_assistant: HomeAssistant::default(),
+            listen_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: Ports::default(),
+            mqtt_user: "hass".to_owned(),
+            serial_device: None,
+        }
+    }
+}
+
+/// Every port the suite's children listen on; the defaults are DESIGN.md's.
+/// The suite's own admin port is `--admin-listen` (9180).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ports {
+    pub mqtt: u16,
+    pub mqtt_ws: u16,
+    pub serial: u16,
+    pub broker_admin: u16,
+    pub bridge_admin: u16,
+    pub watcher_admin: u16,
+    pub exporter_admin: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self {
+            mqtt: 1883,
+            mqtt_ws: 1884,
+            serial: 6638,
+            broker_admin: 9181,
+            bridge_admin: 9182,
+            watcher_admin: 9183,
+            exporter_admin: 9184,
         }
     }
 }
@@ -35,7 +90,8 @@ impl Default for SuiteConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HomeAssistant {
     pub url: String,
-    /// A long-lived access token; without one nothing calls HA's API.
+    /// A long-lived access token; without one nothing calls HA's API (the
+    /// watcher only validates, the exporter does not probe HA).
     pub token: Option<SecretSource>,
 }
 
@@ -52,12 +108,32 @@ impl Default for HomeAssistant {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SuiteArgs {}
 
-/// The prepared suite: config checked, token read.
+/// The prepared suite: config checked, token readable.
 #[derive(Debug)]
 pub struct Suite {
-    data_dir: PathBuf,
-    ha_url: String,
-    ha_token: Option<SecretString>,
+    config: SuiteConfig,
+    /// The token's source with relative file paths made absolute, as the
+    /// children get it.
+    ha_token: Option<SecretSource>,
+    /// The token itself, read once to fail early; never used or printed.
+    _ha_token_value: Option<SecretString>,
+}
+
+impl Suite {
+    fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.config.listen_host, port)
+    }
+
+    /// Where a client on this machine reaches `port`: loopback when the suite
+    /// listens on every interface.
+    fn client_addr(&self, port: u16) -> SocketAddr {
+        let host = if self.config.listen_host.is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            self.config.listen_host
+        };
+        SocketAddr::new(host, port)
+    }
 }
 
 impl Component for Suite {
@@ -70,12 +146,16 @@ impl Component for Suite {
     type Config = SuiteConfig;
 
     fn prepare(_args: SuiteArgs, config: SuiteConfig, _path: Option<&Path>) -> Result<Self, Fatal> {
-        if !config.home_assistant.url.starts_with("http://")
-            && !config.home_assistant.url.starts_with("https://")
-        {
+        if !config.home_assistant.url.starts_with("http://") {
             return Err(Fatal::config(format!(
-                "home_assistant.url: {:?} is not an http:// or https:// URL",
+                "home_assistant.url: {:?} is not an http:// URL (the suite's parts reach Home Assistant without TLS)",
                 config.home_assistant.url
+            )));
+        }
+        if config.mqtt_user.is_empty() || config.mqtt_user.contains([':', ' ']) {
+            return Err(Fatal::config(format!(
+                "mqtt_user: {:?} must be non-empty, without `:` or spaces",
+                config.mqtt_user
             )));
         }
         let ha_token = config
@@ -83,30 +163,108 @@ impl Component for Suite {
             .token
             .as_ref()
             .map(|source| {
-                source
+                let value = source
                     .load()
-                    .map_err(|e| Fatal::config(format!("home_assistant.token: {e}")))
+                    .map_err(|e| Fatal::config(format!("home_assistant.token: {e}")))?;
+                let source = match source {
+                    SecretSource::File(path) => SecretSource::File(
+                        std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+                    ),
+                    SecretSource::Env(name) => SecretSource::Env(name.clone()),
+                };
+                Ok::<_, Fatal>((source, value))
             })
             .transpose()?;
+        let (ha_token, value) = ha_token.unzip();
         Ok(Self {
-            data_dir: config.data_dir,
-            ha_url: config.home_assistant.url,
+            config,
             ha_token,
+            _ha_token_value: value,
         })
     }
 
     async fn run(self, ctx: Context) -> Result<(), Fatal> {
+        // Registered before anything can await: /readyz with no checks yet
+        // would say ready.
         let data_dir_check = ctx.readiness.register("data_dir");
-        let prepared = std::fs::create_dir_all(&self.data_dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.data_dir.display()));
-        data_dir_check.set_from(&prepared);
+        for name in ["broker", "config-watcher", "exporter"] {
+            ctx.readiness.register(format!("child:{name}"));
+        }
+        let layout = setup::prepare_data_dir(&self.config.data_dir, &self.config.mqtt_user)
+            .map_err(Fatal::runtime)?;
+        data_dir_check.set_ready();
+        let bin_dir = supervise::own_dir().map_err(Fatal::runtime)?;
+
+        // The stick: a real device, or a socat pty pair standing in for one.
+        let mut virtual_stick = None;
+        let stick = match &self.config.serial_device {
+            Some(device) => Some(banner::Stick::Real(device.clone())),
+            None => match setup::VirtualStick::start(&layout.root.join("stick")).await {
+                Ok(pair) => {
+                    let stick = banner::Stick::Virtual {
+                        device: pair.device(),
+                        peer: pair.peer(),
+                    };
+                    virtual_stick = Some(pair);
+                    Some(stick)
+                }
+                Err(e) => {
+                    warn!("serial bridge skipped: {e}");
+                    None
+                }
+            },
+        };
+
+        let specs = setup::child_specs(&self, &layout, &bin_dir, stick.as_ref())?;
+        let mut supervisors = Vec::new();
+        for spec in specs.iter().cloned() {
+            let check = ctx.readiness.register(format!("child:{}", spec.name));
+            supervisors.push(tokio::spawn(supervise::supervise(
+                spec,
+                check,
+                ctx.shutdown.clone(),
+            )));
+        }
+
+        // The banner, once everything is ready (or after 30 s, saying what is not).
+        let readiness = ctx.readiness.clone();
+        let text = banner::render(&self, &layout, stick.as_ref(), &specs);
+        let shutdown = ctx.shutdown.clone();
+        let banner_task = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let report = readiness.report();
+                if report.ready || tokio::time::Instant::now() >= deadline {
+                    if !report.ready {
+                        warn!(
+                            "not every part is ready after 30 s; see /readyz and the logs:\n{}",
+                            report.to_text()
+                        );
+                    }
+                    banner::print(&text);
+                    return;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        });
+
         info!(
-            data_dir = %self.data_dir.display(),
-            home_assistant = %self.ha_url,
-            ha_token = if self.ha_token.is_some() { "set" } else { "none" },
+            data_dir = %layout.root.display(),
+            children = specs.len(),
             "suite running; stop with Ctrl-C"
         );
         ctx.shutdown.cancelled().await;
+        banner_task.abort();
+        for supervisor in supervisors {
+            let _ = supervisor.await;
+        }
+        if let Some(pair) = virtual_stick {
+            pair.stop().await;
+        }
+        info!("every child stopped");
         Ok(())
     }
 }

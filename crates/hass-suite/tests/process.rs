@@ -21,6 +21,31 @@ fn suite(dir: &Path, admin: SocketAddr) -> Command {
     cmd
 }
 
+/// Every port the suite opens, moved to free ones so tests never collide, plus
+/// `extra` YAML; written as `suite.yaml` in `dir`.
+fn config_with_free_ports(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let port = || hass_test_support::free_port();
+    let yaml = format!(
+        "ports:\n  mqtt: {}\n  mqtt_ws: {}\n  serial: {}\n  broker_admin: {}\n  bridge_admin: {}\n  watcher_admin: {}\n  exporter_admin: {}\n{extra}",
+        port(),
+        port(),
+        port(),
+        port(),
+        port(),
+        port(),
+        port()
+    );
+    write(dir, "suite.yaml", &yaml)
+}
+
+/// The suite with all its children on free ports.
+fn running_suite(dir: &Path, admin: SocketAddr, extra: &str) -> Command {
+    let config = config_with_free_ports(dir, extra);
+    let mut cmd = suite(dir, admin);
+    cmd.arg("--config").arg(config);
+    cmd
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write test file");
@@ -31,10 +56,10 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 fn serves_admin_endpoints_and_exits_zero_on_sigterm_within_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let admin = free_addr();
-    let mut cmd = suite(dir.path(), admin);
+    let mut cmd = running_suite(dir.path(), admin, "");
     cmd.args(["--drain-timeout", "3s"]);
     let mut bin = SpawnedBinary::spawn(cmd).unwrap();
-    bin.wait_ready(admin, Duration::from_secs(10)).unwrap();
+    bin.wait_ready(admin, Duration::from_secs(30)).unwrap();
 
     assert!(dir.path().join("hass-sidecars-data").is_dir());
     assert_eq!(http::get(admin, "/healthz").unwrap().status, 200);
@@ -61,8 +86,8 @@ fn serves_admin_endpoints_and_exits_zero_on_sigterm_within_the_deadline() {
 fn sigint_stops_it_too() {
     let dir = tempfile::tempdir().unwrap();
     let admin = free_addr();
-    let mut bin = SpawnedBinary::spawn(suite(dir.path(), admin)).unwrap();
-    bin.wait_ready(admin, Duration::from_secs(10)).unwrap();
+    let mut bin = SpawnedBinary::spawn(running_suite(dir.path(), admin, "")).unwrap();
+    bin.wait_ready(admin, Duration::from_secs(30)).unwrap();
     bin.signal(Signal::SIGINT);
     let status = bin.wait_exit(Duration::from_secs(20)).expect("exited");
     assert_eq!(status.code(), Some(0), "stderr:\n{}", bin.stderr());
@@ -188,14 +213,14 @@ fn check_config_validates_without_serving() {
 fn every_flag_reads_its_env_var() {
     let dir = tempfile::tempdir().unwrap();
     let admin = free_addr();
-    let config = write(dir.path(), "suite.yaml", "data_dir: ./from-env\n");
+    let config = config_with_free_ports(dir.path(), "data_dir: ./from-env\n");
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir.path())
         .env("HASS_SUITE_ADMIN_LISTEN", admin.to_string())
         .env("HASS_SUITE_CONFIG", &config)
         .env("HASS_SUITE_LOG_FORMAT", "json");
     let mut bin = SpawnedBinary::spawn(cmd).unwrap();
-    bin.wait_ready(admin, Duration::from_secs(10)).unwrap();
+    bin.wait_ready(admin, Duration::from_secs(30)).unwrap();
     assert!(dir.path().join("from-env").is_dir());
     bin.signal(Signal::SIGTERM);
     assert_eq!(
@@ -217,9 +242,8 @@ fn secrets_never_reach_the_logs() {
     let admin = free_addr();
     let token = "eyJhbGciOiJIUzI1NiJ9.hunter2-long-lived-token";
     write(dir.path(), "ha-token", &format!("{token}\n"));
-    let config = write(
+    let config = config_with_free_ports(
         dir.path(),
-        "suite.yaml",
         "home_assistant:\n  token: { file: ./ha-token }\n",
     );
     for format in ["text", "json"] {
@@ -229,10 +253,16 @@ fn secrets_never_reach_the_logs() {
             .arg("--config")
             .arg(&config);
         let mut bin = SpawnedBinary::spawn(cmd).unwrap();
-        bin.wait_ready(admin, Duration::from_secs(10)).unwrap();
+        bin.wait_ready(admin, Duration::from_secs(30)).unwrap();
         bin.signal(Signal::SIGTERM);
         bin.wait_exit(Duration::from_secs(20)).expect("exited");
         let logs = bin.stderr() + &bin.stdout();
+        // The children got the token as a file reference, never its value.
+        let run_dir = dir.path().join("hass-sidecars-data/run");
+        for entry in std::fs::read_dir(&run_dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+            assert!(!text.contains("hunter2"), "token copied into {text}");
+        }
         // The effective configuration is logged, with the token redacted.
         assert!(logs.contains("effective configuration"), "{logs}");
         assert!(logs.contains("REDACTED"), "{logs}");

@@ -1,0 +1,190 @@
+//! One child process under supervision: started, its `/readyz` mirrored into
+//! the suite's readiness, restarted with backoff when it dies, and stopped
+//! with SIGTERM (then SIGKILL after a deadline) when the suite stops.
+
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hass_runtime::readiness::ReadinessCheck;
+use hass_runtime::shutdown::Shutdown;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tracing::{error, info, warn};
+
+/// How long a child may take to stop after SIGTERM before it is killed; its
+/// own `--drain-timeout` is shorter.
+const STOP_DEADLINE: Duration = Duration::from_secs(15);
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A child to run: one of the suite's binaries with its arguments.
+#[derive(Debug, Clone)]
+pub struct ChildSpec {
+    /// The binary's name without `hass-`, e.g. `broker`.
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Where its `/readyz` answers.
+    pub admin: SocketAddr,
+    /// Its stdout and stderr, appended across restarts.
+    pub log: PathBuf,
+}
+
+/// The folder of the running executable, where the other binaries are built.
+pub(crate) fn own_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own executable: {e}"))?;
+    exe.parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| format!("{} has no folder", exe.display()))
+}
+
+/// Runs `spec` until `shutdown`, restarting it when it exits.
+pub(crate) async fn supervise(spec: ChildSpec, check: ReadinessCheck, shutdown: Shutdown) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        let mut child = match spawn(&spec) {
+            Ok(child) => child,
+            Err(e) => {
+                error!(child = spec.name, "{e}");
+                check.set_not_ready(e);
+                if wait_or_stop(&shutdown, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        info!(child = spec.name, pid = child.id(), log = %spec.log.display(), "started");
+        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break Some(status),
+                () = shutdown.cancelled() => break None,
+                _ = probe.tick() => {
+                    match readyz(spec.admin).await {
+                        Ok(()) => check.set_ready(),
+                        Err(e) => check.set_not_ready(e),
+                    }
+                }
+            }
+        };
+        let Some(status) = status else {
+            terminate(&mut child, spec.name, STOP_DEADLINE).await;
+            return;
+        };
+        let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+        check.set_not_ready(format!("exited ({status}); restarting"));
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        error!(
+            child = spec.name,
+            %status,
+            restart_in = ?backoff,
+            "child exited; the end of its log ({}):\n{}",
+            spec.log.display(),
+            log_tail(&spec.log)
+        );
+        if wait_or_stop(&shutdown, backoff).await {
+            return;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn spawn(spec: &ChildSpec) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(|e| format!("cannot open {}: {e}", spec.log.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", spec.log.display()))?;
+    Command::new(&spec.program)
+        .args(&spec.args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        // A suite that dies without stopping its children must not leave
+        // them holding the ports: dropping the handle kills the child.
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))
+}
+
+/// Sleeps `delay`; true when shutdown came first.
+async fn wait_or_stop(shutdown: &Shutdown, delay: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// SIGTERM, then SIGKILL if `child` has not exited within `deadline`.
+pub(crate) async fn terminate(child: &mut Child, name: &str, deadline: Duration) {
+    let Some(pid) = child.id() else {
+        return; // already reaped
+    };
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    match tokio::time::timeout(deadline, child.wait()).await {
+        // socat, unlike the sidecars, ends on SIGTERM by the signal itself.
+        Ok(Ok(status)) if status.success() || status.signal() == Some(Signal::SIGTERM as i32) => {
+            info!(child = name, "stopped cleanly");
+        }
+        Ok(Ok(status)) => warn!(child = name, %status, "stopped"),
+        Ok(Err(e)) => warn!(child = name, "cannot wait for it: {e}"),
+        Err(_) => {
+            warn!(
+                child = name,
+                ?deadline,
+                "still running after SIGTERM; killing it"
+            );
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// `GET /readyz` as HTTP/1.0; Ok on a 200.
+async fn readyz(addr: SocketAddr) -> Result<(), String> {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("admin {addr}: {e}"))?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .map_err(|e| format!("admin {addr}: {e}"))?;
+        let mut reply = Vec::new();
+        stream
+            .read_to_end(&mut reply)
+            .await
+            .map_err(|e| format!("admin {addr}: {e}"))?;
+        let reply = String::from_utf8_lossy(&reply);
+        let status = reply.split(' ').nth(1).unwrap_or_default();
+        if status == "200" {
+            Ok(())
+        } else {
+            let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+            Err(format!(
+                "/readyz {status}: {}",
+                body.trim().replace('\n', "; ")
+            ))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("admin {addr}: /readyz timed out")))
+}
+
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
