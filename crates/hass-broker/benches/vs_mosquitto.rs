@@ -670,6 +670,6 @@ fn main() {
     let (elapsed, store) = restore_time(dir.path(), retained);
     println!();
     println!(
-        "hass-broker restart with {retained} retained messages ({store}): listening after {elapsed:?} (store restored before the listener opens)"
+        "hass-broker restart with {retained} retained messages ({store}): /readyz 200 after {elapsed:?} (store restored, listener up)"
     );
 }
