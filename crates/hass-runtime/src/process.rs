@@ -15,6 +15,9 @@ use crate::logging;
 use crate::shutdown::{Shutdown, StopSignal, StopSignals};
 use crate::{Component, Context, Fatal};
 
+/// The readiness check that covers the time before the component runs.
+pub const STARTUP_CHECK: &str = "startup";
+
 /// Runs component `C` as the whole process; call it from `main`.
 pub fn run<C: Component>() -> ExitCode {
     run_from::<C, _, _>(std::env::args_os())
@@ -127,7 +130,25 @@ pub async fn serve<C: Component>(
         liveness,
         metrics,
     };
-    let mut main_task = tokio::spawn(component.run(ctx));
+    // Until the component has run up to its first await, the checks it
+    // registers first thing do not exist yet and an empty /readyz would say
+    // ready: a "startup" check covers that window.
+    let startup = readiness.register(STARTUP_CHECK);
+    let run = component.run(ctx);
+    let startup_readiness = readiness.clone();
+    let mut main_task = tokio::spawn(async move {
+        let mut run = std::pin::pin!(run);
+        let first = std::future::poll_fn(|cx| match run.as_mut().poll(cx) {
+            std::task::Poll::Ready(result) => std::task::Poll::Ready(Some(result)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await;
+        startup_readiness.unregister(startup.name());
+        match first {
+            Some(result) => result,
+            None => run.await,
+        }
+    });
 
     let signal = tokio::select! {
         signal = recv_stop(&mut stops) => signal,

@@ -79,6 +79,12 @@ impl Readiness {
         }
     }
 
+    /// Removes a check (and its gauge series).
+    pub fn unregister(&self, name: &str) {
+        self.lock().remove(name);
+        self.inner.gauge.remove(&labels(name));
+    }
+
     /// Marks the component as shutting down: not ready from now on, so the
     /// Service stops sending new traffic while in-flight work drains.
     pub fn set_draining(&self) {
@@ -191,6 +197,16 @@ mod tests {
         let report = readiness.report();
         assert!(!report.ready);
         assert!(report.to_text().contains("FAIL store: disk full"));
+    }
+
+    #[test]
+    fn unregistered_checks_no_longer_count() {
+        let readiness = Readiness::new();
+        let startup = readiness.register("startup");
+        assert!(!readiness.report().ready);
+        readiness.unregister(startup.name());
+        assert!(readiness.report().ready);
+        assert!(!readiness.report().to_text().contains("startup"));
     }
 
     #[test]

@@ -124,6 +124,28 @@ impl Component for WithProbe {
     }
 }
 
+/// Takes a while before its first await, then registers a check it never passes.
+#[derive(Debug)]
+struct SlowStarter;
+
+impl Component for SlowStarter {
+    const INFO: ComponentInfo = INFO;
+    type Args = NoArgs;
+    type Config = ();
+
+    fn prepare(_: NoArgs, _: (), _: Option<&Path>) -> Result<Self, Fatal> {
+        Ok(Self)
+    }
+
+    async fn run(self, ctx: Context) -> Result<(), Fatal> {
+        // Blocking on purpose: the component has not reached an await yet.
+        std::thread::sleep(Duration::from_millis(600));
+        let _never = ctx.readiness.register("device:zigbee");
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+}
+
 async fn readyz_status(addr: std::net::SocketAddr) -> Option<u16> {
     tokio::task::spawn_blocking(move || http::get(addr, "/readyz").ok().map(|r| r.status))
         .await
@@ -238,6 +260,37 @@ async fn components_add_admin_routes_beside_the_shared_ones() {
         readyz_status(admin).await,
         Some(200),
         "shared routes still there"
+    );
+    stop.send(StopSignal::Terminate).await.unwrap();
+    assert_eq!(served.await.unwrap().unwrap(), ExitCode::SUCCESS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_never_200_before_the_components_own_checks_exist() {
+    let args = common(Duration::from_secs(5));
+    let admin = args.admin_listen.unwrap();
+    let (stop, stops) = mpsc::channel(2);
+    let served = tokio::spawn(async move { serve(SlowStarter, &args, stops).await });
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        let reply = tokio::task::spawn_blocking(move || http::get(admin, "/readyz").ok())
+            .await
+            .expect("GET task");
+        if let Some(reply) = reply {
+            assert_ne!(
+                reply.status, 200,
+                "ready with nothing checked: {}",
+                reply.body
+            );
+            seen.push(reply.body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen.iter().any(|b| b.contains("FAIL startup")), "{seen:?}");
+    assert!(
+        seen.last()
+            .is_some_and(|b| b.contains("FAIL device:zigbee") && !b.contains("startup"))
     );
     stop.send(StopSignal::Terminate).await.unwrap();
     assert_eq!(served.await.unwrap().unwrap(), ExitCode::SUCCESS);
