@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, RestartedPostgres, Sidecar, StandInHa, Stick,
-    paho, read_exactly, token_file, write,
+    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, Sidecar, StandInHa, Stick, paho, read_exactly,
+    token_file, write,
 };
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
 
@@ -200,7 +200,9 @@ fn exporter_reports_every_part_and_each_flips_when_it_stops_and_returns() {
         exporter.wait_metric("hass_exporter_postgres_up", &[], 0.0, FLIP),
     ));
     all_up(Some("hass_exporter_postgres_up"));
-    let restarted = RestartedPostgres::start(&postgres.data_dir(), postgres.port());
+    postgres
+        .restart()
+        .unwrap_or_else(|e| panic!("{e}\n{}", postgres.log()));
     flips.push((
         "database back",
         exporter.wait_metric("hass_exporter_postgres_up", &[], 1.0, FLIP),
@@ -221,7 +223,6 @@ fn exporter_reports_every_part_and_each_flips_when_it_stops_and_returns() {
     all_up(None);
     eprintln!("exporter flip times (probe interval 1 s): {flips:?}");
     ha.assert_all_authorized();
-    drop(restarted);
 }
 
 /// The watcher started as `hass-config-watcher run` beside a stand-in HA

@@ -7,9 +7,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{
-    Exporter, RestartedPostgres, percentile, psql, scrape_latencies, signal_postgres, value,
-};
+use common::{Exporter, percentile, psql, scrape_latencies, signal_postgres, value};
 use hass_test_support::TempPostgres;
 use nix::sys::signal::Signal;
 
@@ -205,7 +203,7 @@ fn database_killed_goes_down_within_an_interval_and_recovers_after_restart() {
     );
     assert!(percentile(&latencies, 0.99) < Duration::from_millis(100));
 
-    let restarted = RestartedPostgres::start(&pg.data_dir(), pg.port());
+    pg.restart().unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
     let up = exporter.wait_metric("postgres back", Duration::from_secs(40), |m| {
         value(m, "hass_exporter_postgres_up", &[]) == Some(1.0)
     });
@@ -215,7 +213,6 @@ fn database_killed_goes_down_within_an_interval_and_recovers_after_restart() {
         Some(NEWEST_STATE)
     );
     exporter.wait_status("/readyz", 200, Duration::from_secs(5));
-    drop(restarted);
 }
 
 #[test]

@@ -22,6 +22,8 @@ use crate::{free_port, wait_for};
 pub struct TempPostgres {
     child: Child,
     port: u16,
+    bin: PathBuf,
+    run_as: Option<User>,
     // Dropped after `child` is stopped in `Drop`.
     dir: TempDir,
 }
@@ -59,8 +61,17 @@ impl TempPostgres {
         }
         let mut last_error = String::new();
         for _ in 0..3 {
-            match launch(&bin, run_as.as_ref(), dir.path(), &data) {
-                Ok((child, port)) => return Ok(Self { child, port, dir }),
+            let port = free_port();
+            match launch(&bin, run_as.as_ref(), dir.path(), &data, port) {
+                Ok(child) => {
+                    return Ok(Self {
+                        child,
+                        port,
+                        bin,
+                        run_as,
+                        dir,
+                    });
+                }
                 Err(e) => last_error = e,
             }
         }
@@ -99,6 +110,33 @@ impl TempPostgres {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts the server again on the same data and port, as after an
+    /// outage; a running server is killed first. The server runs with fsync
+    /// off, so data survives a kill only after a `CHECKPOINT`.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let data = self.data_dir();
+        let mut last_error = String::new();
+        // Backends of the killed server may hold shared memory a moment longer.
+        for _ in 0..50 {
+            match launch(
+                &self.bin,
+                self.run_as.as_ref(),
+                self.dir.path(),
+                &data,
+                self.port,
+            ) {
+                Ok(child) => {
+                    self.child = child;
+                    return Ok(());
+                }
+                Err(e) => last_error = e,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("postgres would not restart: {last_error}"))
+    }
 }
 
 impl Drop for TempPostgres {
@@ -123,8 +161,8 @@ fn launch(
     run_as: Option<&User>,
     dir: &Path,
     data: &Path,
-) -> Result<(Child, u16), String> {
-    let port = free_port();
+    port: u16,
+) -> Result<Child, String> {
     let log_path = dir.join("postgres.log");
     let log = fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
@@ -149,15 +187,14 @@ fn launch(
             return Some(Err(format!("postgres exited with {status}")));
         }
         let pid_file = fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
-        pid_file
-            .lines()
-            .nth(7)
-            .is_some_and(|line| line.trim() == "ready")
+        // Ready, and ours: a pid file left by a killed server says "ready" too.
+        let lines: Vec<&str> = pid_file.lines().map(str::trim).collect();
+        (lines.get(7) == Some(&"ready") && lines.first() == Some(&child.id().to_string().as_str()))
             .then_some(Ok(()))
     });
     let log_tail = || fs::read_to_string(&log_path).unwrap_or_default();
     match ready {
-        Some(Ok(())) => Ok((child, port)),
+        Some(Ok(())) => Ok(child),
         Some(Err(e)) => Err(format!("{e}; log:\n{}", log_tail())),
         None => {
             let _ = child.kill();

@@ -63,3 +63,38 @@ async fn two_servers_run_side_by_side() {
         assert_eq!(row.get::<_, i32>(0), 2);
     }
 }
+
+#[tokio::test]
+async fn restart_brings_the_server_back_on_the_same_port_with_checkpointed_data() {
+    let mut pg = TempPostgres::start().unwrap();
+    let port = pg.port();
+    let (client, connection) =
+        tokio_postgres::connect(&pg.connection_string(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
+        .await
+        .unwrap();
+    // Run on its own: inside the implicit transaction above it would
+    // checkpoint before the commit.
+    client.batch_execute("CHECKPOINT").await.unwrap();
+    drop(client);
+    pg.kill();
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+    );
+
+    pg.restart().unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
+    assert_eq!(pg.port(), port);
+    let (client, connection) =
+        tokio_postgres::connect(&pg.connection_string(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let row = client.query_one("SELECT v FROM kept", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+}
