@@ -97,6 +97,11 @@ pub async fn serve<C: Component>(
     let info = C::INFO;
     let shutdown = Shutdown::new();
     let admin_state = AdminState::new(&info);
+    // Until the component has run up to its first await, the checks it
+    // registers first thing do not exist yet and an empty /readyz would say
+    // ready: a "startup" check covers that window. Registered before the
+    // admin server can answer anyone.
+    let startup = admin_state.readiness.register(STARTUP_CHECK);
     let addr = common.admin_addr(&info);
     let listener = admin::bind(addr).await?;
     // With port 0 the kernel picks one; log the port actually bound.
@@ -130,10 +135,6 @@ pub async fn serve<C: Component>(
         liveness,
         metrics,
     };
-    // Until the component has run up to its first await, the checks it
-    // registers first thing do not exist yet and an empty /readyz would say
-    // ready: a "startup" check covers that window.
-    let startup = readiness.register(STARTUP_CHECK);
     let run = component.run(ctx);
     let startup_readiness = readiness.clone();
     let mut main_task = tokio::spawn(async move {
