@@ -105,6 +105,36 @@ impl TempPostgres {
         fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
+    /// Runs `sql` with `psql` as the superuser (for roles and databases a
+    /// test's client needs); the error carries psql's message.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        // Debian puts psql on PATH (postgresql-client), not beside initdb.
+        let beside = self.bin.join("psql");
+        let psql = if beside.is_file() {
+            beside
+        } else {
+            PathBuf::from("psql")
+        };
+        let output = Command::new(psql)
+            .args([
+                "--no-psqlrc",
+                "--quiet",
+                "--tuples-only",
+                "--set=ON_ERROR_STOP=1",
+            ])
+            .arg(self.connection_string())
+            .args(["--command", sql])
+            .output()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "psql {sql:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+
     /// Stops the server the way an outage would: no clean shutdown.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

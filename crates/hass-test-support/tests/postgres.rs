@@ -98,3 +98,18 @@ async fn restart_brings_the_server_back_on_the_same_port_with_checkpointed_data(
     let row = client.query_one("SELECT v FROM kept", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
 }
+
+#[test]
+fn psql_creates_what_a_client_then_uses_and_reports_errors() {
+    let pg = TempPostgres::start().unwrap();
+    pg.psql("CREATE ROLE homeassistant LOGIN PASSWORD 'pw'")
+        .unwrap();
+    pg.psql("CREATE DATABASE homeassistant OWNER homeassistant")
+        .unwrap();
+    let owner = pg
+        .psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'homeassistant'")
+        .unwrap();
+    assert_eq!(owner, "homeassistant");
+    let err = pg.psql("SELECT * FROM no_such_table").unwrap_err();
+    assert!(err.contains("no_such_table"), "{err}");
+}

@@ -15,12 +15,20 @@ const client = mqtt.connect(url, {
   connectTimeout: 10000,
 });
 
+// Once the result is out, the broker may close the socket on our DISCONNECT
+// while acks are still being written (EPIPE): that is not a second result.
+let finished = false;
+
 function done(result) {
+  if (finished) return;
+  finished = true;
   console.log(JSON.stringify(result));
   client.end(false, {}, () => process.exit(0));
 }
 
 client.on('error', (err) => {
+  if (finished) return;
+  finished = true;
   console.log(JSON.stringify({ error: String(err.message || err), code: err.code ?? null }));
   process.exit(0);
 });

@@ -399,8 +399,14 @@ pub struct StandInHa {
 
 impl StandInHa {
     pub fn start() -> Self {
+        Self::start_on(free_addr())
+    }
+
+    /// On a fixed address, e.g. Home Assistant's own 127.0.0.1:8123 for a
+    /// pod on the host's network.
+    pub fn start_on(addr: SocketAddr) -> Self {
         let mut ha = Self {
-            addr: free_addr(),
+            addr,
             calls: Arc::default(),
             runtime: None,
         };
