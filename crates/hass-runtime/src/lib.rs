@@ -14,6 +14,7 @@ pub mod exit;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
+pub mod parent;
 pub mod process;
 pub mod readiness;
 pub mod secret;

@@ -48,6 +48,7 @@ fn start<C: Component>(cli: ComponentCli<C::Args>) -> Result<ExitCode, Fatal> {
         Some(path) => config::load_yaml(path).map_err(Fatal::config)?,
         None => C::Config::default(),
     };
+    crate::parent::follow()?;
     let component = C::prepare(args, config, common.config.as_deref())?;
     // Secrets are typed to print as [REDACTED], so the whole effective
     // configuration can be logged for whoever debugs a pod.

@@ -7,8 +7,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::Suite;
+use crate::recorder_db::{RecorderDb, Skipped};
 use crate::setup::Layout;
-use crate::supervise::ChildSpec;
+use crate::supervise::{ChildSpec, Probe};
 
 /// The stick the bridge serves.
 #[derive(Debug, Clone)]
@@ -33,6 +34,7 @@ pub(crate) fn render(
     suite: &Suite,
     layout: &Layout,
     stick: Option<&Stick>,
+    database: Result<&RecorderDb, &Skipped>,
     specs: &[ChildSpec],
 ) -> String {
     let ports = suite.config.ports;
@@ -89,6 +91,14 @@ pub(crate) fn render(
             " (validates only: set home_assistant.token to reload)".to_owned()
         }
     );
+    match database {
+        Ok(db) => {
+            let _ = writeln!(out, "  Recorder DB      {}", db.url());
+        }
+        Err(skipped) => {
+            let _ = writeln!(out, "  Recorder DB      skipped: {}", skipped.0);
+        }
+    }
     let exporter = suite.client_addr(ports.exporter_admin);
     let _ = writeln!(out, "  Exporter         http://{exporter}/metrics");
     let _ = writeln!(
@@ -108,6 +118,13 @@ pub(crate) fn render(
         "  run it on the demo config with `hass -c {}`.",
         layout.ha_config.display()
     );
+    if let Ok(db) = database {
+        let _ = writeln!(
+            out,
+            "  Its recorder on PostgreSQL (configuration.yaml):\n    recorder:\n      db_url: {}",
+            db.url()
+        );
+    }
     let _ = writeln!(out, "\nZigbee2MQTT (configuration.yaml):");
     let _ = writeln!(
         out,
@@ -121,7 +138,13 @@ pub(crate) fn render(
         out,
         "  scrape_configs:\n    - job_name: hass-sidecars\n      static_configs:"
     );
-    let targets: Vec<String> = specs.iter().map(|s| format!("'{}'", s.admin)).collect();
+    let targets: Vec<String> = specs
+        .iter()
+        .filter_map(|s| match s.probe {
+            Probe::Readyz(admin) => Some(format!("'{admin}'")),
+            Probe::Tcp(_) => None,
+        })
+        .collect();
     let _ = writeln!(out, "        - targets: [{}]", targets.join(", "));
     let _ = writeln!(out, "\nStop with Ctrl-C.");
     out

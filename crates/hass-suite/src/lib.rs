@@ -10,6 +10,7 @@
 //! SIGTERM or Ctrl-C stops every child with SIGTERM and waits for it.
 
 mod banner;
+mod recorder_db;
 mod setup;
 mod supervise;
 
@@ -42,6 +43,19 @@ pub struct SuiteConfig {
     /// A real Zigbee/Z-Wave stick (`/dev/serial/by-id/...`). Without one the
     /// bridge serves a virtual stick made with socat.
     pub serial_device: Option<PathBuf>,
+    /// A PostgreSQL for Home Assistant's recorder, kept in
+    /// `<data_dir>/postgres`: `auto` runs one when PostgreSQL is installed.
+    pub recorder_database: RecorderDatabase,
+}
+
+/// Whether the suite runs a recorder database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecorderDatabase {
+    /// When `initdb` and `postgres` are found (PATH or Debian's folders).
+    #[default]
+    Auto,
+    Off,
 }
 
 impl Default for SuiteConfig {
@@ -53,6 +67,7 @@ impl Default for SuiteConfig {
             ports: Ports::default(),
             mqtt_user: "hass".to_owned(),
             serial_device: None,
+            recorder_database: RecorderDatabase::Auto,
         }
     }
 }
@@ -69,6 +84,7 @@ pub struct Ports {
     pub bridge_admin: u16,
     pub watcher_admin: u16,
     pub exporter_admin: u16,
+    pub postgres: u16,
 }
 
 impl Default for Ports {
@@ -81,6 +97,7 @@ impl Default for Ports {
             bridge_admin: 9182,
             watcher_admin: 9183,
             exporter_admin: 9184,
+            postgres: 5432,
         }
     }
 }
@@ -215,7 +232,31 @@ impl Component for Suite {
             },
         };
 
-        let specs = setup::child_specs(&self, &layout, &bin_dir, stick.as_ref())?;
+        let database = match self.config.recorder_database {
+            RecorderDatabase::Off => Err(recorder_db::Skipped("recorder_database: off".to_owned())),
+            RecorderDatabase::Auto => {
+                let (layout, listen, client) = (
+                    layout.clone(),
+                    self.addr(self.config.ports.postgres),
+                    self.client_addr(self.config.ports.postgres),
+                );
+                // initdb takes a second or two on first use.
+                tokio::task::spawn_blocking(move || recorder_db::prepare(&layout, listen, client))
+                    .await
+                    .unwrap_or_else(|e| Err(recorder_db::Skipped(e.to_string())))
+            }
+        };
+        if let Err(skipped) = &database {
+            warn!("recorder database skipped: {}", skipped.0);
+        }
+
+        let specs = setup::child_specs(
+            &self,
+            &layout,
+            &bin_dir,
+            stick.as_ref(),
+            database.as_ref().ok(),
+        )?;
         let mut supervisors = Vec::new();
         for spec in specs.iter().cloned() {
             let check = ctx.readiness.register(format!("child:{}", spec.name));
@@ -228,7 +269,7 @@ impl Component for Suite {
 
         // The banner, once everything is ready (or after 30 s, saying what is not).
         let readiness = ctx.readiness.clone();
-        let text = banner::render(&self, &layout, stick.as_ref(), &specs);
+        let text = banner::render(&self, &layout, stick.as_ref(), database.as_ref(), &specs);
         let shutdown = ctx.shutdown.clone();
         let banner_task = tokio::spawn(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

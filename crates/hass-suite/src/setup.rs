@@ -16,7 +16,8 @@ use sha2::Sha512;
 
 use crate::Suite;
 use crate::banner::Stick;
-use crate::supervise::ChildSpec;
+use crate::recorder_db::{self, RecorderDb};
+use crate::supervise::{ChildSpec, Probe};
 
 /// Where everything lives, as absolute paths.
 #[derive(Debug, Clone)]
@@ -61,7 +62,7 @@ pub(crate) fn prepare_data_dir(data_dir: &Path, user: &str) -> Result<Layout, St
     Ok(Layout { password, ..layout })
 }
 
-fn read_or_make_password(path: &Path) -> Result<String, String> {
+pub(crate) fn read_or_make_password(path: &Path) -> Result<String, String> {
     if let Ok(text) = std::fs::read_to_string(path) {
         let password = text.trim_end_matches('\n');
         if !password.is_empty() {
@@ -148,6 +149,8 @@ impl VirtualStick {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
+                // Stopped by the suite, not by the terminal's Ctrl-C.
+                .process_group(0)
                 .spawn()
                 .map_err(|e| format!("cannot run socat for a virtual stick ({e}); install socat or set serial_device"))?,
             dir: dir.to_owned(),
@@ -170,7 +173,13 @@ impl VirtualStick {
     }
 
     pub(crate) async fn stop(mut self) {
-        crate::supervise::terminate(&mut self.socat, "socat", Duration::from_secs(5)).await;
+        crate::supervise::terminate(
+            &mut self.socat,
+            "socat",
+            nix::sys::signal::Signal::SIGTERM,
+            Duration::from_secs(5),
+        )
+        .await;
     }
 }
 
@@ -187,10 +196,12 @@ pub(crate) fn child_specs(
     layout: &Layout,
     bin_dir: &Path,
     stick: Option<&Stick>,
+    database: Option<&RecorderDb>,
 ) -> Result<Vec<ChildSpec>, Fatal> {
     let ports = suite.config.ports;
     let quoted = |p: &Path| format!("{:?}", p.display().to_string());
-    let mut specs = Vec::new();
+    // The database first, so it is up when the exporter starts probing it.
+    let mut specs: Vec<ChildSpec> = database.map(|db| db.spec.clone()).into_iter().collect();
     let mut add = |name: &'static str, yaml: String, admin_port: u16, subcommand: Option<&str>| {
         let config = layout.run.join(format!("{name}.yaml"));
         write(&config, &yaml).map_err(Fatal::runtime)?;
@@ -216,8 +227,11 @@ pub(crate) fn child_specs(
             name,
             program,
             args,
-            admin: suite.client_addr(admin_port),
+            probe: Probe::Readyz(suite.client_addr(admin_port)),
             log: layout.logs.join(format!("{binary}.log")),
+            run_as: None,
+            stop_signal: nix::sys::signal::Signal::SIGTERM,
+            follows_suite: true,
         });
         Ok(())
     };
@@ -277,6 +291,17 @@ pub(crate) fn child_specs(
             exporter,
             "home_assistant:\n  url: {}\n  token: {token}\n",
             suite.config.home_assistant.url
+        );
+    }
+    if let Some(db) = database {
+        let _ = write!(
+            exporter,
+            "postgres:\n  host: {:?}\n  port: {}\n  user: {}\n  dbname: {}\n  password: {}\n  interval: 5s\n",
+            db.addr.ip().to_string(),
+            db.addr.port(),
+            recorder_db::NAME,
+            recorder_db::NAME,
+            secret_yaml(&SecretSource::File(db.password_file.clone())),
         );
     }
     add("exporter", exporter, ports.exporter_admin, None)?;

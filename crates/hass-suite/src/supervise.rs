@@ -29,10 +29,41 @@ pub struct ChildSpec {
     pub name: &'static str,
     pub program: PathBuf,
     pub args: Vec<String>,
-    /// Where its `/readyz` answers.
-    pub admin: SocketAddr,
+    /// How to tell it is ready.
+    pub probe: Probe,
     /// Its stdout and stderr, appended across restarts.
     pub log: PathBuf,
+    /// The uid and gid to run as (PostgreSQL under root); None: the suite's.
+    pub run_as: Option<(u32, u32)>,
+    /// What asks it to stop cleanly.
+    pub stop_signal: Signal,
+    /// Whether it ends with the suite: hass-sidecars binaries do, through
+    /// [`hass_runtime::parent`], when the suite dies without stopping them.
+    pub follows_suite: bool,
+}
+
+/// How the suite tells a child is ready.
+#[derive(Debug, Clone, Copy)]
+pub enum Probe {
+    /// A hass-sidecars binary: `GET /readyz` on its admin port is 200.
+    Readyz(SocketAddr),
+    /// Anything else (PostgreSQL): it accepts TCP connections.
+    Tcp(SocketAddr),
+}
+
+impl Probe {
+    async fn check(self) -> Result<(), String> {
+        match self {
+            Self::Readyz(addr) => readyz(addr).await,
+            Self::Tcp(addr) => {
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| format!("{addr}: connect timed out"))?
+                    .map(drop)
+                    .map_err(|e| format!("{addr}: {e}"))
+            }
+        }
+    }
 }
 
 /// The folder of the running executable, where the other binaries are built.
@@ -67,7 +98,7 @@ pub(crate) async fn supervise(spec: ChildSpec, check: ReadinessCheck, shutdown: 
                 status = child.wait() => break Some(status),
                 () = shutdown.cancelled() => break None,
                 _ = probe.tick() => {
-                    match readyz(spec.admin).await {
+                    match spec.probe.check().await {
                         Ok(()) => check.set_ready(),
                         Err(e) => check.set_not_ready(e),
                     }
@@ -75,7 +106,7 @@ pub(crate) async fn supervise(spec: ChildSpec, check: ReadinessCheck, shutdown: 
             }
         };
         let Some(status) = status else {
-            terminate(&mut child, spec.name, STOP_DEADLINE).await;
+            terminate(&mut child, spec.name, spec.stop_signal, STOP_DEADLINE).await;
             return;
         };
         let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
@@ -107,7 +138,17 @@ fn spawn(spec: &ChildSpec) -> Result<Child, String> {
     let log_err = log
         .try_clone()
         .map_err(|e| format!("cannot open {}: {e}", spec.log.display()))?;
-    Command::new(&spec.program)
+    let mut command = Command::new(&spec.program);
+    if let Some((uid, gid)) = spec.run_as {
+        command.uid(uid).gid(gid);
+    }
+    if spec.follows_suite {
+        command.env(
+            hass_runtime::parent::PARENT_PID_ENV,
+            std::process::id().to_string(),
+        );
+    }
+    command
         .args(&spec.args)
         .stdin(Stdio::null())
         .stdout(log)
@@ -115,6 +156,11 @@ fn spawn(spec: &ChildSpec) -> Result<Child, String> {
         // A suite that dies without stopping its children must not leave
         // them holding the ports: dropping the handle kills the child.
         .kill_on_drop(true)
+        // Out of the terminal's process group: Ctrl-C reaches the suite
+        // only, which then stops each child once. A child signalled by the
+        // terminal too would take the suite's SIGTERM as a second signal
+        // and exit at once, without draining.
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))
 }
@@ -127,15 +173,20 @@ async fn wait_or_stop(shutdown: &Shutdown, delay: Duration) -> bool {
     }
 }
 
-/// SIGTERM, then SIGKILL if `child` has not exited within `deadline`.
-pub(crate) async fn terminate(child: &mut Child, name: &str, deadline: Duration) {
+/// `signal`, then SIGKILL if `child` has not exited within `deadline`.
+pub(crate) async fn terminate(child: &mut Child, name: &str, signal: Signal, deadline: Duration) {
     let Some(pid) = child.id() else {
         return; // already reaped
     };
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let _ = kill(Pid::from_raw(pid as i32), signal);
     match tokio::time::timeout(deadline, child.wait()).await {
-        // socat, unlike the sidecars, ends on SIGTERM by the signal itself.
-        Ok(Ok(status)) if status.success() || status.signal() == Some(Signal::SIGTERM as i32) => {
+        // socat, unlike the sidecars, ends on SIGTERM by the signal itself
+        // (or exits 128 + its number).
+        Ok(Ok(status))
+            if status.success()
+                || status.signal() == Some(signal as i32)
+                || status.code() == Some(128 + signal as i32) =>
+        {
             info!(child = name, "stopped cleanly");
         }
         Ok(Ok(status)) => warn!(child = name, %status, "stopped"),

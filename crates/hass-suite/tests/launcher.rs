@@ -4,6 +4,7 @@
 //! (`cargo build --workspace`; `cargo test --workspace` does).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -24,11 +25,21 @@ struct Running {
 }
 
 fn start() -> Running {
+    start_with(|_| {})
+}
+
+/// `start`, with `adjust` applied to the command first.
+fn start_with(adjust: impl FnOnce(&mut Command)) -> Running {
     let dir = tempfile::tempdir().expect("temp dir");
+    // Under root the recorder database runs as `postgres`, which must be
+    // able to enter the data folder.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the temp dir");
     let admin = free_addr();
     let exporter = free_port();
     let yaml = format!(
-        "ports:\n  mqtt: {}\n  mqtt_ws: {}\n  serial: {}\n  broker_admin: {}\n  bridge_admin: {}\n  watcher_admin: {}\n  exporter_admin: {exporter}\n",
+        "ports:\n  mqtt: {}\n  mqtt_ws: {}\n  serial: {}\n  broker_admin: {}\n  bridge_admin: {}\n  watcher_admin: {}\n  exporter_admin: {exporter}\n  postgres: {}\n",
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -42,6 +53,7 @@ fn start() -> Running {
         .env_remove("RUST_LOG")
         .args(["--config", "suite.yaml", "--admin-listen"])
         .arg(admin.to_string());
+    adjust(&mut cmd);
     let mut process = SpawnedBinary::spawn(cmd).expect("spawn hass-suite");
     process
         .wait_ready(admin, Duration::from_secs(30))
@@ -62,6 +74,24 @@ impl Running {
             out.contains("Stop with Ctrl-C").then_some(out)
         })
         .unwrap_or_else(|| panic!("no banner; stderr:\n{}", self.process.stderr()))
+    }
+}
+
+impl Running {
+    /// Each sidecar's own log says it drained and stopped, on one signal (a
+    /// second would have made it exit at once).
+    fn assert_children_drained_once(&self) {
+        let logs = self.dir.path().join("hass-sidecars-data/logs");
+        for log in [
+            "hass-broker",
+            "hass-exporter",
+            "hass-serial-bridge",
+            "hass-config-watcher",
+        ] {
+            let text = std::fs::read_to_string(logs.join(format!("{log}.log"))).expect("child log");
+            assert!(!text.contains("exiting now"), "{log}:\n{text}");
+            assert!(text.contains("stopped cleanly"), "{log}:\n{text}");
+        }
     }
 }
 
@@ -168,11 +198,38 @@ fn prints_working_endpoints_and_sigterm_stops_every_child() {
     let (status, _, _) = run(mqtt("mosquitto_pub", &["-m", "x", "-P", "wrong"])).expect("pub");
     assert!(!status.success());
 
-    // The exporter sees the broker and the bridge up.
+    // Home Assistant's recorder URL works as printed, on its own database.
+    let db_url = field(&banner, "Recorder DB");
+    assert!(
+        db_url.starts_with("postgresql://homeassistant:") && db_url.ends_with("/homeassistant"),
+        "{banner}"
+    );
+    assert!(banner.contains(&format!("db_url: {db_url}")), "{banner}");
+    let mut psql = Command::new("psql");
+    psql.arg(db_url)
+        .args(["--no-psqlrc", "--tuples-only", "--no-align"])
+        .args(["--command", "SELECT current_database(), current_user"]);
+    let (status, stdout, stderr) = run(psql).expect("psql (Debian's postgresql-client)");
+    assert!(status.success(), "psql: {stderr}");
+    assert_eq!(stdout.trim(), "homeassistant|homeassistant");
+    // …and only with the password.
+    let mut wrong = Command::new("psql");
+    wrong
+        .arg(db_url.replacen("homeassistant:", "homeassistant:x", 1))
+        .args(["--no-psqlrc", "--command", "SELECT 1"]);
+    let (status, _, stderr) = run(wrong).expect("psql");
+    assert!(!status.success());
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+
+    // The exporter sees the broker, the bridge and the database up.
     for metric in [
         "hass_exporter_broker_up",
         "hass_exporter_bridge_up",
         "hass_exporter_bridge_device_up",
+        "hass_exporter_postgres_up",
     ] {
         let up = wait_for(Duration::from_secs(15), || {
             (exporter_value(suite.exporter, metric) == Some(1.0)).then_some(())
@@ -192,6 +249,7 @@ fn prints_working_endpoints_and_sigterm_stops_every_child() {
         "hass-exporter",
         "hass-serial-bri",
         "socat",
+        "postgres",
     ] {
         assert!(names.contains(&name), "{name} not among {names:?}");
     }
@@ -215,17 +273,95 @@ fn prints_working_endpoints_and_sigterm_stops_every_child() {
     }
     let stderr = suite.process.stderr();
     assert!(stderr.contains("every child stopped"), "{stderr}");
+    // PostgreSQL shut down cleanly (SIGINT, "fast"), not killed.
+    let data = suite.dir.path().join("hass-sidecars-data/postgres/data");
+    assert!(data.join("PG_VERSION").is_file());
+    assert!(
+        !data.join("postmaster.pid").exists(),
+        "postgres left its pid file"
+    );
+    let log = std::fs::read_to_string(
+        suite
+            .dir
+            .path()
+            .join("hass-sidecars-data/logs/postgres.log"),
+    )
+    .unwrap();
+    assert!(log.contains("database system is shut down"), "{log}");
     // Each child drained on SIGTERM and said so in its own log.
-    let logs = suite.dir.path().join("hass-sidecars-data/logs");
-    for log in [
-        "hass-broker",
-        "hass-exporter",
-        "hass-serial-bridge",
-        "hass-config-watcher",
+    suite.assert_children_drained_once();
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_stops_every_child_cleanly() {
+    // A terminal's Ctrl-C is SIGINT to its whole foreground process group:
+    // here the suite leads a group of its own, as a shell would start it.
+    let mut suite = start_with(|cmd| {
+        std::os::unix::process::CommandExt::process_group(cmd, 0);
+    });
+    suite.banner();
+    let pid = suite.process.pid() as i32;
+    kill(Pid::from_raw(-pid), Signal::SIGINT).expect("SIGINT to the group");
+    let status = suite
+        .process
+        .wait_exit(Duration::from_secs(20))
+        .expect("the suite exits after Ctrl-C");
+    let stderr = suite.process.stderr();
+    assert_eq!(status.code(), Some(0), "stderr:\n{stderr}");
+    // Each child was asked once and drained; none took a second signal.
+    for child in [
+        "broker",
+        "exporter",
+        "serial-bridge",
+        "config-watcher",
+        "postgres",
+        "socat",
     ] {
-        let text = std::fs::read_to_string(logs.join(format!("{log}.log"))).expect("child log");
-        assert!(text.contains("stopped cleanly"), "{log}:\n{text}");
+        assert!(
+            stderr.contains(&format!("stopped cleanly child=\"{child}\"")),
+            "{child}: {stderr}"
+        );
     }
+    suite.assert_children_drained_once();
+}
+
+/// Whether `pid` is still a live process (a zombie waiting for a reaper is not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, tail) = stat.rsplit_once(')')?;
+            tail.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_killed_suite_leaves_no_sidecar_running() {
+    let mut suite = start();
+    let kids = children(suite.process.pid());
+    let (sidecars, others): (Vec<_>, Vec<_>) = kids
+        .into_iter()
+        .partition(|(_, name)| name.starts_with("hass-"));
+    assert_eq!(sidecars.len(), 4, "{sidecars:?}");
+    suite.process.signal(Signal::SIGKILL);
+    suite
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    // The kernel's parent-death SIGTERM: each drains and exits on its own.
+    let gone = wait_for(Duration::from_secs(15), || {
+        sidecars.iter().all(|(pid, _)| !alive(*pid)).then_some(())
+    });
+    let left: Vec<_> = sidecars.iter().filter(|(pid, _)| alive(*pid)).collect();
+    // PostgreSQL and socat cannot follow the suite; tidy them up here.
+    for (pid, _) in others.iter().chain(left.iter().copied()) {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    assert!(
+        gone.is_some(),
+        "still running after the suite's kill -9: {left:?}"
+    );
 }
 
 #[test]

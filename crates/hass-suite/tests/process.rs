@@ -26,7 +26,8 @@ fn suite(dir: &Path, admin: SocketAddr) -> Command {
 fn config_with_free_ports(dir: &Path, extra: &str) -> std::path::PathBuf {
     let port = || hass_test_support::free_port();
     let yaml = format!(
-        "ports:\n  mqtt: {}\n  mqtt_ws: {}\n  serial: {}\n  broker_admin: {}\n  bridge_admin: {}\n  watcher_admin: {}\n  exporter_admin: {}\n{extra}",
+        "ports:\n  mqtt: {}\n  mqtt_ws: {}\n  serial: {}\n  broker_admin: {}\n  bridge_admin: {}\n  watcher_admin: {}\n  exporter_admin: {}\n  postgres: {}\n{extra}",
+        port(),
         port(),
         port(),
         port(),
@@ -271,4 +272,24 @@ fn secrets_never_reach_the_logs() {
             "token leaked in {format} logs:\n{logs}"
         );
     }
+}
+
+#[test]
+fn a_supervisor_gone_before_start_means_no_start() {
+    // HASS_PARENT_PID names the supervisor; if our parent is someone else,
+    // that supervisor died before we could ask to follow it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = suite(dir.path(), free_addr());
+    cmd.env("HASS_PARENT_PID", "1");
+    let (status, _, stderr) = run(cmd).expect("run hass-suite");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the supervisor (pid 1) is gone; not starting"),
+        "{stderr}"
+    );
+    let mut cmd = suite(dir.path(), free_addr());
+    cmd.env("HASS_PARENT_PID", "someone");
+    let (status, _, stderr) = run(cmd).expect("run hass-suite");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("HASS_PARENT_PID"), "{stderr}");
 }
