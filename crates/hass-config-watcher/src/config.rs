@@ -3,8 +3,8 @@
 //! packages merged; blueprints checked on the side.
 
 use std::fs;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::thread;
 
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::loader::{Loaded, Loader, Rules};
@@ -37,20 +37,22 @@ impl Checked {
     }
 }
 
+/// The loader's stack: reserved address space, committed only as deep
+/// includes and aliases use it.
+const LOADER_STACK: usize = 256 * 1024 * 1024;
+
 /// Loads and checks the config folder `root`. Never panics on what it reads.
 pub fn load(root: &Path) -> Checked {
     let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-    // Includes and aliases nest the loader's recursion; a thread of our own gives it
-    // room whatever thread called us (test threads have small stacks).
-    let worker = thread::Builder::new()
-        .name("config-load".to_owned())
-        .stack_size(256 * 1024 * 1024)
-        .spawn({
-            let root = root.clone();
-            move || load_on_this_thread(root)
-        });
-    match worker.map(|handle| handle.join()) {
-        Ok(Ok(checked)) => checked,
+    // Includes and aliases nest the loader's recursion: it runs on a stack of its
+    // own, whatever thread called us (test threads have small stacks). The same
+    // thread, not a new one: a new thread's malloc arena grows a page at a time
+    // (an mprotect each), which cost a fifth of a large check.
+    let loaded = panic::catch_unwind(AssertUnwindSafe(|| {
+        stacker::grow(LOADER_STACK, || load_on_this_thread(root))
+    }));
+    match loaded {
+        Ok(checked) => checked,
         _ => Checked {
             config: None,
             diagnostics: vec![Diagnostic {
