@@ -162,27 +162,31 @@ fn merge_package(
         let Some(id) = component.value.key_id() else {
             continue;
         };
-        let existing = config.get_entry(&id).map(|(_, v)| v.clone());
+        let existing = config.get_entry(&id).map(|(_, v)| v);
         let mode = match known_merge_modes().get(domain) {
             Some(mode) => *mode,
             // Unknown integration: a list in either place can only be a list schema.
             None if matches!(component_conf.value, Value::Seq(_))
-                || existing
-                    .as_ref()
-                    .is_some_and(|e| matches!(e.value, Value::Seq(_))) =>
+                || existing.is_some_and(|e| matches!(e.value, Value::Seq(_))) =>
             {
                 MergeMode::List
             }
             None => MergeMode::Dict,
         };
         if mode == MergeMode::List {
-            let mut items = ensure_list(existing.as_ref());
-            items.extend(ensure_list(Some(component_conf)));
-            items.retain(|item| item.value.is_truthy());
-            let origin = existing.map_or_else(|| component_conf.origin.clone(), |e| e.origin);
-            config.insert(component.clone(), Node::new(Value::Seq(items), origin));
+            // Moved out, not cloned: fifty packages adding to one list would
+            // otherwise copy the growing list fifty times.
+            let existing = config.get_mut(&id).map(take_node);
+            append_list(config, component, existing, component_conf);
             continue;
         }
+        // Only its kind: a clone here copied each domain's growing mapping once
+        // per package.
+        let existing_is = existing.map(|e| match e.value {
+            Value::Null => None,
+            Value::Map(_) => Some(true),
+            _ => Some(false),
+        });
         let package_map = match &component_conf.value {
             Value::Map(map) => map.clone(),
             Value::Null => Mapping::new(),
@@ -195,13 +199,14 @@ fn merge_package(
                 continue;
             }
         };
-        match existing.as_ref().map(|e| &e.value) {
-            None | Some(Value::Null) => {
+        match existing_is {
+            // Absent or null: an empty mapping to merge into.
+            None | Some(None) => {
                 let empty = Node::new(Value::Map(Mapping::new()), component_conf.origin.clone());
                 config.insert(component.clone(), empty);
             }
-            Some(Value::Map(_)) => {}
-            Some(_) => {
+            Some(Some(true)) => {}
+            Some(Some(false)) => {
                 fail(
                     loader,
                     &component.origin,
@@ -264,12 +269,8 @@ fn recursive_merge(target: &mut Mapping, package: &Mapping, conflicts: &mut Vec<
                 }
             }
             Value::Seq(_) => {
-                let existing = target.get_entry(&id).map(|(_, v)| v.clone());
-                let mut items = ensure_list(existing.as_ref());
-                items.extend(ensure_list(Some(value)));
-                items.retain(|item| item.value.is_truthy());
-                let origin = existing.map_or_else(|| value.origin.clone(), |e| e.origin);
-                target.insert(key.clone(), Node::new(Value::Seq(items), origin));
+                let existing = target.get_mut(&id).map(take_node);
+                append_list(target, key, existing, value);
             }
             _ => {
                 if target
@@ -285,19 +286,38 @@ fn recursive_merge(target: &mut Mapping, package: &Mapping, conflicts: &mut Vec<
     }
 }
 
+/// The value of a mapping entry, moved out; a null stays in its place (the
+/// entry keeps its position for the insert that follows).
+fn take_node(slot: &mut Node) -> Node {
+    let null = Node::new(Value::Null, slot.origin.clone());
+    std::mem::replace(slot, null)
+}
+
+/// `target[key] = ensure_list(existing) + ensure_list(added)`, falsy items
+/// dropped, at the existing entry's origin if there was one.
+fn append_list(target: &mut Mapping, key: &Node, existing: Option<Node>, added: &Node) {
+    let origin = existing
+        .as_ref()
+        .map_or_else(|| added.origin.clone(), |e| e.origin.clone());
+    let mut items = ensure_list(existing);
+    items.extend(ensure_list(Some(added.clone())));
+    items.retain(|item| item.value.is_truthy());
+    target.insert(key.clone(), Node::new(Value::Seq(items), origin));
+}
+
 /// `cv.ensure_list`: nothing is an empty list, a list is itself, anything else a
 /// one-item list.
-fn ensure_list(node: Option<&Node>) -> Vec<Node> {
+fn ensure_list(node: Option<Node>) -> Vec<Node> {
     match node {
-        None => Vec::new(),
-        Some(Node {
+        None
+        | Some(Node {
             value: Value::Null, ..
         }) => Vec::new(),
         Some(Node {
             value: Value::Seq(items),
             ..
-        }) => items.clone(),
-        Some(other) => vec![other.clone()],
+        }) => items,
+        Some(other) => vec![other],
     }
 }
 
