@@ -387,7 +387,8 @@ impl Loader {
     fn build_mapping(&mut self, node: &Rc<YamlNode>, file: &mut FileContext) -> Mapping {
         let pairs = self.flatten(node, file);
         let mut mapping = Mapping::new();
-        let mut seen: HashMap<KeyId, u32> = HashMap::new();
+        // The line each key was last written on, by position in `mapping`.
+        let mut last_line: Vec<u32> = Vec::new();
         for (key_node, value_node) in pairs {
             let key = match &key_node.kind {
                 // PyYAML turns a `=` key into the string "=".
@@ -397,14 +398,21 @@ impl Loader {
                 _ => self.build(key_node, file),
             };
             let value = self.build(value_node, file);
-            let Some(id) = key.value.key_id() else {
+            let Some(id) = key.value.key_ref() else {
                 self.error_at(
                     &key.origin,
                     format!("invalid key: {} cannot be a mapping key", key.value.kind()),
                 );
                 continue;
             };
-            if let Some(first) = seen.insert(id, key.origin.line) {
+            let earlier = match mapping.position(id) {
+                Some(i) => Some(std::mem::replace(&mut last_line[i], key.origin.line)),
+                None => {
+                    last_line.push(key.origin.line);
+                    None
+                }
+            };
+            if let Some(first) = earlier {
                 let message = format!(
                     "duplicate key \"{}\" (also at line {first}); the last value is used",
                     key.value.key_text()

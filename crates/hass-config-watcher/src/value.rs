@@ -133,23 +133,28 @@ impl Value {
 
     /// The identity of this value as a dict key, or None when Python cannot hash it.
     pub(crate) fn key_id(&self) -> Option<KeyId> {
+        self.key_ref().map(KeyRef::to_owned)
+    }
+
+    /// `key_id` without copying the text: for comparisons.
+    pub(crate) fn key_ref(&self) -> Option<KeyRef<'_>> {
         Some(match self {
-            Value::Null => KeyId::Null,
-            Value::Bool(b) => KeyId::Int(i64::from(*b)),
-            Value::Int(i) => KeyId::Int(*i),
+            Value::Null => KeyRef::Null,
+            Value::Bool(b) => KeyRef::Int(i64::from(*b)),
+            Value::Int(i) => KeyRef::Int(*i),
             Value::Float(f) => {
                 // Python: hash(1.0) == hash(1) and 1.0 == 1, so they are one key.
                 if f.fract() == 0.0 && *f >= i64::MIN as f64 && *f < i64::MAX as f64 {
-                    KeyId::Int(*f as i64)
+                    KeyRef::Int(*f as i64)
                 } else {
-                    KeyId::Float(f.to_bits())
+                    KeyRef::Float(f.to_bits())
                 }
             }
-            Value::Str(s) => KeyId::Str(s.clone()),
-            Value::Timestamp(s) => KeyId::Timestamp(s.clone()),
-            Value::Binary(s) => KeyId::Binary(s.clone()),
-            Value::Input(name) => KeyId::Input(name.clone()),
-            Value::Secret(secret) => return secret.value.key_id(),
+            Value::Str(s) => KeyRef::Str(s),
+            Value::Timestamp(s) => KeyRef::Timestamp(s),
+            Value::Binary(s) => KeyRef::Binary(s),
+            Value::Input(name) => KeyRef::Input(name),
+            Value::Secret(secret) => return secret.value.key_ref(),
             Value::Seq(_) | Value::Map(_) => return None,
         })
     }
@@ -179,22 +184,68 @@ pub(crate) enum KeyId {
     Input(String),
 }
 
+impl KeyId {
+    pub(crate) fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            KeyId::Null => KeyRef::Null,
+            KeyId::Int(i) => KeyRef::Int(*i),
+            KeyId::Float(bits) => KeyRef::Float(*bits),
+            KeyId::Str(s) => KeyRef::Str(s),
+            KeyId::Timestamp(s) => KeyRef::Timestamp(s),
+            KeyId::Binary(s) => KeyRef::Binary(s),
+            KeyId::Input(s) => KeyRef::Input(s),
+        }
+    }
+}
+
+/// A [`KeyId`] borrowing its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum KeyRef<'a> {
+    Null,
+    Int(i64),
+    Float(u64),
+    Str(&'a str),
+    Timestamp(&'a str),
+    Binary(&'a str),
+    Input(&'a str),
+}
+
+impl KeyRef<'_> {
+    pub(crate) fn to_owned(self) -> KeyId {
+        match self {
+            KeyRef::Null => KeyId::Null,
+            KeyRef::Int(i) => KeyId::Int(i),
+            KeyRef::Float(bits) => KeyId::Float(bits),
+            KeyRef::Str(s) => KeyId::Str(s.to_owned()),
+            KeyRef::Timestamp(s) => KeyId::Timestamp(s.to_owned()),
+            KeyRef::Binary(s) => KeyId::Binary(s.to_owned()),
+            KeyRef::Input(s) => KeyId::Input(s.to_owned()),
+        }
+    }
+}
+
+/// From this many entries on, a mapping keeps a hash index; below it a scan is
+/// cheaper than the index's allocations (most of a config's mappings have a
+/// handful of keys).
+const INDEXED_FROM: usize = 12;
+
 /// An insertion-ordered mapping with Python dict semantics: assigning an existing key
 /// keeps the key's first position and its first key node, and replaces the value.
 #[derive(Clone, Debug, Default)]
 pub struct Mapping {
     entries: Vec<(Node, Node)>,
-    index: HashMap<KeyId, usize>,
+    /// Key to position, once the mapping is large enough.
+    index: Option<HashMap<KeyId, usize>>,
 }
 
 impl PartialEq for Mapping {
     fn eq(&self, other: &Self) -> bool {
         self.entries.len() == other.entries.len()
-            && self.index.iter().all(|(id, &i)| {
-                other
-                    .index
-                    .get(id)
-                    .is_some_and(|&j| self.entries[i].1 == other.entries[j].1)
+            && self.entries.iter().all(|(key, value)| {
+                key.value
+                    .key_ref()
+                    .and_then(|key| other.position(key))
+                    .is_some_and(|j| *value == other.entries[j].1)
             })
     }
 }
@@ -216,45 +267,65 @@ impl Mapping {
         self.entries.iter().map(|(k, v)| (k, v))
     }
 
+    /// Where `key` is, if present.
+    pub(crate) fn position(&self, key: KeyRef<'_>) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&key.to_owned()).copied(),
+            None => self
+                .entries
+                .iter()
+                .position(|(k, _)| k.value.key_ref() == Some(key)),
+        }
+    }
+
     /// The entry for a string key.
     pub fn get(&self, key: &str) -> Option<&Node> {
-        self.get_entry(&KeyId::Str(key.to_owned())).map(|(_, v)| v)
+        self.position(KeyRef::Str(key)).map(|i| &self.entries[i].1)
     }
 
     pub(crate) fn get_entry(&self, id: &KeyId) -> Option<(&Node, &Node)> {
-        self.index
-            .get(id)
-            .map(|&i| (&self.entries[i].0, &self.entries[i].1))
+        self.position(id.as_ref())
+            .map(|i| (&self.entries[i].0, &self.entries[i].1))
     }
 
     pub(crate) fn get_mut(&mut self, id: &KeyId) -> Option<&mut Node> {
-        self.index.get(id).map(|&i| &mut self.entries[i].1)
+        self.position(id.as_ref()).map(|i| &mut self.entries[i].1)
     }
 
     /// Python's `d[key] = value`. Returns the key node already present, if any.
     /// Keys Python cannot hash are not inserted; callers report them first.
     pub(crate) fn insert(&mut self, key: Node, value: Node) -> Option<Node> {
-        let id = key.value.key_id()?;
-        match self.index.get(&id) {
-            Some(&i) => {
-                self.entries[i].1 = value;
-                Some(self.entries[i].0.clone())
-            }
-            None => {
-                self.index.insert(id, self.entries.len());
-                self.entries.push((key, value));
-                None
-            }
+        let id = key.value.key_ref()?;
+        if let Some(i) = self.position(id) {
+            self.entries[i].1 = value;
+            return Some(self.entries[i].0.clone());
         }
+        if let Some(index) = &mut self.index {
+            index.insert(id.to_owned(), self.entries.len());
+        }
+        self.entries.push((key, value));
+        if self.index.is_none() && self.entries.len() >= INDEXED_FROM {
+            self.index = Some(
+                self.entries
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, (k, _))| Some((k.value.key_id()?, i)))
+                    .collect(),
+            );
+        }
+        None
     }
 
     /// Python's `d.pop(key)`.
     pub(crate) fn remove(&mut self, id: &KeyId) -> Option<(Node, Node)> {
-        let i = self.index.remove(id)?;
+        let i = self.position(id.as_ref())?;
         let entry = self.entries.remove(i);
-        for slot in self.index.values_mut() {
-            if *slot > i {
-                *slot -= 1;
+        if let Some(index) = &mut self.index {
+            index.remove(id);
+            for slot in index.values_mut() {
+                if *slot > i {
+                    *slot -= 1;
+                }
             }
         }
         Some(entry)
@@ -308,5 +379,80 @@ impl fmt::Display for Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secret({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(value: Value) -> Node {
+        Node::new(
+            value,
+            Origin {
+                file: Arc::from(Path::new("configuration.yaml")),
+                line: 1,
+                column: 1,
+            },
+        )
+    }
+
+    fn string(s: &str) -> Node {
+        node(Value::Str(s.to_owned()))
+    }
+
+    /// Python dict semantics whether the mapping scans (small) or indexes (large).
+    #[test]
+    fn keys_follow_python_below_and_above_the_index_size() {
+        for size in [3, INDEXED_FROM + 5] {
+            let mut map = Mapping::new();
+            for i in 0..size {
+                assert!(
+                    map.insert(string(&format!("k{i}")), node(Value::Int(i as i64)))
+                        .is_none()
+                );
+            }
+            // 1, 1.0 and true are one key; the first key node stays.
+            assert!(map.insert(node(Value::Int(1)), string("int")).is_none());
+            let first = map.insert(node(Value::Float(1.0)), string("float"));
+            assert_eq!(first.map(|k| k.value), Some(Value::Int(1)));
+            map.insert(node(Value::Bool(true)), string("bool"));
+            assert_eq!(map.len(), size + 1);
+            assert_eq!(
+                map.get_entry(&KeyId::Int(1)).map(|(_, v)| v.value.clone()),
+                Some(Value::Str("bool".to_owned()))
+            );
+            // A key's position survives re-assignment; removal shifts the rest.
+            map.insert(string("k0"), node(Value::Null));
+            assert_eq!(
+                map.iter().next().map(|(k, _)| k.value.clone()),
+                Some(Value::Str("k0".to_owned()))
+            );
+            let removed = map
+                .remove(&KeyId::Str("k1".to_owned()))
+                .map(|(k, _)| k.value);
+            assert_eq!(removed, Some(Value::Str("k1".to_owned())));
+            assert_eq!(map.get("k2").map(|v| v.value.clone()), Some(Value::Int(2)));
+            assert!(map.get("k1").is_none());
+            assert_eq!(map.len(), size);
+        }
+    }
+
+    #[test]
+    fn equality_ignores_order_and_index() {
+        let mut forward = Mapping::new();
+        let mut backward = Mapping::new();
+        let n = INDEXED_FROM + 3;
+        for i in 0..n {
+            forward.insert(string(&format!("k{i}")), node(Value::Int(i as i64)));
+            let j = n - 1 - i;
+            backward.insert(string(&format!("k{j}")), node(Value::Int(j as i64)));
+        }
+        assert_eq!(forward, backward);
+        let mut small = Mapping::new();
+        small.insert(string("k0"), node(Value::Int(0)));
+        assert_ne!(forward, small);
+        backward.insert(string("k0"), node(Value::Int(99)));
+        assert_ne!(forward, backward);
     }
 }
