@@ -186,14 +186,16 @@ impl Loader {
             built: HashMap::new(),
         };
         self.chain.push((canonical, display));
-        let node = self.build(&document, &mut file);
+        let node = self.build(document, &mut file);
         self.chain.pop();
         Loaded::Node(node)
     }
 
-    /// Builds a value from a node, applying its tag.
-    fn build(&mut self, node: &Rc<YamlNode>, file: &mut FileContext) -> Node {
-        let key = Rc::as_ptr(node);
+    /// Builds a value from a node, applying its tag. A node only this tree holds
+    /// is taken apart (its strings move into the values); one an alias also
+    /// points to is copied a level at a time and its result cached.
+    fn build(&mut self, node: Rc<YamlNode>, file: &mut FileContext) -> Node {
+        let key = Rc::as_ptr(&node);
         let origin = self.origin(file, node.pos);
         if let Some((built, count)) = file.built.get(&key) {
             let (built, count) = (built.clone(), *count);
@@ -213,13 +215,15 @@ impl Loader {
         if !self.count_values(1, &file.display, node.pos) {
             return Node::new(Value::Null, origin);
         }
+        // Only a node an alias also points to is met again; caching others would copy
+        // every subtree once per level. (Every node of the file exists until the
+        // file is built, so a cached address is never reused by another node.)
+        let shared = Rc::strong_count(&node) > 1;
         self.nesting += 1;
-        let value = self.build_value(node, file, &origin);
+        let value = self.build_value(Rc::unwrap_or_clone(node), file, &origin);
         self.nesting -= 1;
         let built = Node::new(value, origin);
-        // Only a node an alias also points to is met again; caching others would copy
-        // every subtree once per level.
-        if Rc::strong_count(node) > 1 {
+        if shared {
             let count = self.values.saturating_sub(before);
             file.built.insert(key, (built.clone(), count));
         }
@@ -251,26 +255,22 @@ impl Loader {
         }
     }
 
-    fn build_value(
-        &mut self,
-        node: &Rc<YamlNode>,
-        file: &mut FileContext,
-        origin: &Origin,
-    ) -> Value {
-        let Some(tag) = node.tag.as_deref() else {
-            return self.build_untagged(node, file, origin);
+    fn build_value(&mut self, node: YamlNode, file: &mut FileContext, origin: &Origin) -> Value {
+        let YamlNode { tag, kind, .. } = node;
+        let Some(tag) = tag else {
+            return self.build_untagged(kind, file, origin);
         };
         if let Some(suffix) = tag.strip_prefix(CORE_TAG_PREFIX) {
-            return self.build_core_tagged(suffix, node, file, origin);
+            return self.build_core_tagged(suffix, kind, file, origin);
         }
         if tag == "!" {
             // The non-specific tag: a scalar stays a string, collections as usual.
-            return match &node.kind {
-                YamlKind::Scalar { text, .. } => Value::Str(text.clone()),
-                _ => self.build_untagged(node, file, origin),
+            return match kind {
+                YamlKind::Scalar { text, .. } => Value::Str(text),
+                kind => self.build_untagged(kind, file, origin),
             };
         }
-        let handler = match tag {
+        let handler = match tag.as_str() {
             "!include"
             | "!include_dir_list"
             | "!include_dir_named"
@@ -278,7 +278,7 @@ impl Loader {
             | "!include_dir_merge_named"
             | "!secret"
             | "!env_var"
-            | "!input" => tag,
+            | "!input" => tag.as_str(),
             _ => {
                 self.error_at(
                     origin,
@@ -287,7 +287,8 @@ impl Loader {
                 return Value::Null;
             }
         };
-        let YamlKind::Scalar { text, .. } = &node.kind else {
+        let kind_name = kind.name();
+        let YamlKind::Scalar { text, .. } = kind else {
             let what = if handler.starts_with("!include") {
                 "a path"
             } else {
@@ -295,36 +296,35 @@ impl Loader {
             };
             self.error_at(
                 origin,
-                format!("{handler} expects {what}, not a {}", node.kind_name()),
+                format!("{handler} expects {what}, not a {kind_name}"),
             );
             return Value::Null;
         };
         match handler {
-            "!include" => self.include(text, file, origin),
-            "!secret" => self.secret(text, file, origin),
-            "!env_var" => self.env_var(text, origin),
+            "!include" => self.include(&text, file, origin),
+            "!secret" => self.secret(&text, file, origin),
+            "!env_var" => self.env_var(&text, origin),
             "!input" => {
                 if !file.rules.inputs {
                     self.error_at(origin, "!input is only allowed in blueprints".to_owned());
                 }
-                Value::Input(text.clone())
+                Value::Input(text)
             }
-            dir_tag => self.include_dir(dir_tag, text, file, origin),
+            dir_tag => self.include_dir(dir_tag, &text, file, origin),
         }
     }
 
-    fn build_untagged(
-        &mut self,
-        node: &Rc<YamlNode>,
-        file: &mut FileContext,
-        origin: &Origin,
-    ) -> Value {
-        match &node.kind {
-            YamlKind::Scalar { text, plain: false } => Value::Str(text.clone()),
+    fn build_untagged(&mut self, kind: YamlKind, file: &mut FileContext, origin: &Origin) -> Value {
+        match kind {
+            YamlKind::Scalar { text, plain: false } => Value::Str(text),
             YamlKind::Scalar { text, plain: true } => match scalar::resolve_plain(text) {
                 Ok(Plain::Value(value)) => value,
-                Ok(Plain::Merge | Plain::ValueTag) => {
-                    let tag = if text == "<<" { "merge" } else { "value" };
+                Ok(plain @ (Plain::Merge | Plain::ValueTag)) => {
+                    let tag = if plain == Plain::Merge {
+                        "merge"
+                    } else {
+                        "value"
+                    };
                     self.error_at(
                         origin,
                         format!(
@@ -338,64 +338,68 @@ impl Loader {
                     Value::Null
                 }
             },
-            YamlKind::Seq(items) => {
-                Value::Seq(items.iter().map(|item| self.build(item, file)).collect())
-            }
-            YamlKind::Map(_) => Value::Map(self.build_mapping(node, file)),
+            YamlKind::Seq(items) => Value::Seq(
+                items
+                    .into_iter()
+                    .map(|item| self.build(item, file))
+                    .collect(),
+            ),
+            map @ YamlKind::Map(_) => Value::Map(self.build_mapping(map, file)),
         }
     }
 
     fn build_core_tagged(
         &mut self,
         suffix: &str,
-        node: &Rc<YamlNode>,
+        kind: YamlKind,
         file: &mut FileContext,
         origin: &Origin,
     ) -> Value {
-        match (&node.kind, suffix) {
-            (YamlKind::Seq(_), "seq" | "omap" | "pairs") | (YamlKind::Map(_), "map" | "set") => {
-                self.build_untagged(node, file, origin)
-            }
-            (YamlKind::Scalar { text, .. }, _)
-                if !matches!(suffix, "seq" | "omap" | "pairs" | "map" | "set") =>
-            {
-                scalar::construct_tagged(suffix, text).unwrap_or_else(|message| {
-                    self.error_at(origin, message);
-                    Value::Null
-                })
-            }
-            _ => {
-                let expected = match suffix {
-                    "seq" | "omap" | "pairs" => "sequence",
-                    "map" | "set" => "mapping",
-                    _ => "scalar",
-                };
-                self.error_at(
-                    origin,
-                    format!(
-                        "expected a {expected} node for !!{suffix}, but found a {}",
-                        node.kind_name()
-                    ),
-                );
-                Value::Null
-            }
+        let collection = matches!(
+            (&kind, suffix),
+            (YamlKind::Seq(_), "seq" | "omap" | "pairs") | (YamlKind::Map(_), "map" | "set")
+        );
+        if collection {
+            return self.build_untagged(kind, file, origin);
         }
+        if let YamlKind::Scalar { text, .. } = &kind
+            && !matches!(suffix, "seq" | "omap" | "pairs" | "map" | "set")
+        {
+            return scalar::construct_tagged(suffix, text).unwrap_or_else(|message| {
+                self.error_at(origin, message);
+                Value::Null
+            });
+        }
+        let expected = match suffix {
+            "seq" | "omap" | "pairs" => "sequence",
+            "map" | "set" => "mapping",
+            _ => "scalar",
+        };
+        self.error_at(
+            origin,
+            format!(
+                "expected a {expected} node for !!{suffix}, but found a {}",
+                kind.name()
+            ),
+        );
+        Value::Null
     }
 
     /// A mapping as `_handle_mapping_tag` builds it: merge keys flattened first, then
     /// pairs in order, the last value of a repeated key winning with a warning.
-    fn build_mapping(&mut self, node: &Rc<YamlNode>, file: &mut FileContext) -> Mapping {
-        let pairs = self.flatten(node, file);
+    fn build_mapping(&mut self, kind: YamlKind, file: &mut FileContext) -> Mapping {
+        let pairs = self.flatten(kind, file);
         let mut mapping = Mapping::new();
         // The line each key was last written on, by position in `mapping`.
         let mut last_line: Vec<u32> = Vec::new();
         for (key_node, value_node) in pairs {
-            let key = match &key_node.kind {
-                // PyYAML turns a `=` key into the string "=".
-                YamlKind::Scalar { text, plain: true } if text == "=" && key_node.tag.is_none() => {
-                    Node::new(Value::Str(text.clone()), self.origin(file, key_node.pos))
-                }
-                _ => self.build(key_node, file),
+            // PyYAML turns a `=` key into the string "=".
+            let equals_key = key_node.tag.is_none()
+                && matches!(&key_node.kind, YamlKind::Scalar { text, plain: true } if text == "=");
+            let key = if equals_key {
+                Node::new(Value::Str("=".to_owned()), self.origin(file, key_node.pos))
+            } else {
+                self.build(key_node, file)
             };
             let value = self.build(value_node, file);
             let Some(id) = key.value.key_ref() else {
@@ -430,28 +434,34 @@ impl Loader {
 
     /// PyYAML's `flatten_mapping`: pairs merged in by `<<` come first (a list of
     /// mappings merges the first one last, so it wins), then the mapping's own.
-    fn flatten<'n>(
+    fn flatten(
         &mut self,
-        node: &'n YamlNode,
+        kind: YamlKind,
         file: &mut FileContext,
-    ) -> Vec<(&'n Rc<YamlNode>, &'n Rc<YamlNode>)> {
-        let YamlKind::Map(pairs) = &node.kind else {
+    ) -> Vec<(Rc<YamlNode>, Rc<YamlNode>)> {
+        let YamlKind::Map(pairs) = kind else {
             return Vec::new();
         };
+        if !pairs.iter().any(|(key, _)| is_merge_key(key)) {
+            return pairs;
+        }
         let mut merged = Vec::new();
         let mut own = Vec::new();
         for (key, value) in pairs {
-            if !is_merge_key(key) {
+            if !is_merge_key(&key) {
                 own.push((key, value));
                 continue;
             }
-            match &value.kind {
-                YamlKind::Map(_) => merged.extend(self.flatten(value, file)),
-                YamlKind::Seq(items) => {
+            match value.kind.name() {
+                "mapping" => merged.extend(self.flatten(Rc::unwrap_or_clone(value).kind, file)),
+                "sequence" => {
+                    let YamlKind::Seq(items) = Rc::unwrap_or_clone(value).kind else {
+                        continue;
+                    };
                     let mut groups = Vec::new();
                     for item in items {
                         if matches!(item.kind, YamlKind::Map(_)) {
-                            groups.push(self.flatten(item, file));
+                            groups.push(self.flatten(Rc::unwrap_or_clone(item).kind, file));
                         } else {
                             let origin = self.origin(file, item.pos);
                             self.error_at(
@@ -467,7 +477,7 @@ impl Loader {
                         merged.extend(group);
                     }
                 }
-                YamlKind::Scalar { .. } => {
+                _ => {
                     let origin = self.origin(file, value.pos);
                     let message = match &value.tag {
                         Some(tag) => format!(

@@ -16,28 +16,31 @@ pub(crate) enum Plain {
 
 pub(crate) const CORE_TAG_PREFIX: &str = "tag:yaml.org,2002:";
 
-/// Resolves a plain scalar by PyYAML's implicit resolvers, in their order.
-pub(crate) fn resolve_plain(text: &str) -> Result<Plain, String> {
-    if is_bool(text) {
-        return Ok(Plain::Value(Value::Bool(bool_value(text).unwrap_or(false))));
-    }
-    if is_float(text) {
-        return construct_float(text).map(|f| Plain::Value(Value::Float(f)));
-    }
-    if is_int(text) {
-        return Ok(Plain::Value(construct_int(text)?));
-    }
-    match text {
-        "<<" => return Ok(Plain::Merge),
-        "" | "~" | "null" | "Null" | "NULL" => return Ok(Plain::Value(Value::Null)),
-        "=" => return Ok(Plain::ValueTag),
-        _ => {}
-    }
-    if is_timestamp(text) {
-        check_timestamp(text)?;
-        return Ok(Plain::Value(Value::Timestamp(text.to_owned())));
-    }
-    Ok(Plain::Value(Value::Str(text.to_owned())))
+/// Resolves a plain scalar by PyYAML's implicit resolvers, in their order; a
+/// string keeps the caller's buffer.
+pub(crate) fn resolve_plain(text: String) -> Result<Plain, String> {
+    resolve_non_string(&text).unwrap_or(Ok(Plain::Value(Value::Str(text))))
+}
+
+/// The resolution of a plain scalar, or None when it is a plain string.
+fn resolve_non_string(text: &str) -> Option<Result<Plain, String>> {
+    Some(if is_bool(text) {
+        Ok(Plain::Value(Value::Bool(bool_value(text).unwrap_or(false))))
+    } else if is_float(text) {
+        construct_float(text).map(|f| Plain::Value(Value::Float(f)))
+    } else if is_int(text) {
+        construct_int(text).map(Plain::Value)
+    } else {
+        match text {
+            "<<" => Ok(Plain::Merge),
+            "" | "~" | "null" | "Null" | "NULL" => Ok(Plain::Value(Value::Null)),
+            "=" => Ok(Plain::ValueTag),
+            _ if is_timestamp(text) => {
+                check_timestamp(text).map(|()| Plain::Value(Value::Timestamp(text.to_owned())))
+            }
+            _ => return None,
+        }
+    })
 }
 
 /// Builds a scalar with an explicit core tag (`!!int 12`), or says why it can't.
@@ -400,7 +403,7 @@ mod tests {
     use super::*;
 
     fn plain(text: &str) -> Value {
-        match resolve_plain(text) {
+        match resolve_plain(text.to_owned()) {
             Ok(Plain::Value(v)) => v,
             other => panic!("{text:?} resolved to {other:?}"),
         }
@@ -456,9 +459,9 @@ mod tests {
             Value::Timestamp("2024-1-3 10:00:00.5 +01:00".into())
         );
         assert_eq!(plain("2024-1-3"), Value::Str("2024-1-3".into()));
-        assert!(resolve_plain("2024-02-30").is_err());
-        assert_eq!(resolve_plain("<<"), Ok(Plain::Merge));
-        assert_eq!(resolve_plain("="), Ok(Plain::ValueTag));
+        assert!(resolve_plain("2024-02-30".to_owned()).is_err());
+        assert_eq!(resolve_plain("<<".to_owned()), Ok(Plain::Merge));
+        assert_eq!(resolve_plain("=".to_owned()), Ok(Plain::ValueTag));
         assert_eq!(plain("10:00"), Value::Int(600));
     }
 

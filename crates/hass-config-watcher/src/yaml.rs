@@ -29,7 +29,7 @@ impl Pos {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct YamlNode {
     /// The full tag (`!include`, `tag:yaml.org,2002:str`), if one was written.
     pub(crate) tag: Option<String>,
@@ -38,7 +38,7 @@ pub(crate) struct YamlNode {
     pub(crate) kind: YamlKind,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum YamlKind {
     Scalar { text: String, plain: bool },
     Seq(Vec<Rc<YamlNode>>),
@@ -48,7 +48,14 @@ pub(crate) enum YamlKind {
 impl YamlNode {
     /// The node kind as PyYAML names it in its errors.
     pub(crate) fn kind_name(&self) -> &'static str {
-        match self.kind {
+        self.kind.name()
+    }
+}
+
+impl YamlKind {
+    /// As PyYAML names it in its errors.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
             YamlKind::Scalar { .. } => "scalar",
             YamlKind::Seq(_) => "sequence",
             YamlKind::Map(_) => "mapping",
