@@ -75,7 +75,8 @@ struct Frame {
     pos: Pos,
     anchor: usize,
     is_map: bool,
-    children: Vec<Rc<YamlNode>>,
+    /// Where this collection's children start in the shared `items` stack.
+    start: usize,
 }
 
 /// Parses one YAML stream. `Ok(None)` is an empty stream, which Python loads as None.
@@ -93,6 +94,10 @@ pub(crate) fn parse(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
 
 fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
     let mut stack: Vec<Frame> = Vec::new();
+    // The children of every open collection, innermost last: each collection
+    // takes its own off the end in one exact-size allocation, instead of
+    // growing a vector of its own.
+    let mut items: Vec<Rc<YamlNode>> = Vec::new();
     let mut anchors: HashMap<usize, Rc<YamlNode>> = HashMap::new();
     let mut root: Option<Rc<YamlNode>> = None;
     let mut documents = 0;
@@ -143,7 +148,7 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                     pos,
                     anchor,
                     is_map,
-                    children: Vec::new(),
+                    start: items.len(),
                 });
                 continue;
             }
@@ -151,15 +156,15 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                 let Some(frame) = stack.pop() else {
                     continue;
                 };
+                let mut children = items.drain(frame.start..);
                 let kind = if frame.is_map {
-                    let mut pairs = Vec::with_capacity(frame.children.len() / 2);
-                    let mut children = frame.children.into_iter();
+                    let mut pairs = Vec::with_capacity(children.len() / 2);
                     while let (Some(k), Some(v)) = (children.next(), children.next()) {
                         pairs.push((k, v));
                     }
                     YamlKind::Map(pairs)
                 } else {
-                    YamlKind::Seq(frame.children)
+                    YamlKind::Seq(children.collect())
                 };
                 let node = Rc::new(YamlNode {
                     tag: frame.tag,
@@ -185,9 +190,10 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
             },
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => continue,
         };
-        match stack.last_mut() {
-            Some(parent) => parent.children.push(node),
-            None => root = Some(node),
+        if stack.is_empty() {
+            root = Some(node);
+        } else {
+            items.push(node);
         }
     }
     Ok(root)
@@ -196,6 +202,12 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
 /// PyYAML's reader refuses control characters anywhere in the stream (even in
 /// comments), before parsing starts.
 fn check_printable(text: &str) -> Result<(), SyntaxError> {
+    // Nearly every config is printable ASCII: check its bytes in one pass and
+    // count lines and columns only when something is off.
+    let ascii_ok = |b: &u8| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7E);
+    if text.is_ascii() && text.as_bytes().iter().all(ascii_ok) {
+        return Ok(());
+    }
     let mut line = 1u32;
     let mut column = 1u32;
     for c in text.chars() {
