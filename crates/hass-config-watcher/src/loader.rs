@@ -713,12 +713,7 @@ impl Loader {
             );
             return Value::Null;
         }
-        let root = self.root.clone();
-        let dirs: Vec<PathBuf> = secrets::secret_dirs(&file.path, &root)
-            .into_iter()
-            .map(Path::to_path_buf)
-            .collect();
-        for dir in dirs {
+        for dir in secrets::secret_dirs(&file.path, &self.root) {
             let path = dir.join(SECRETS_FILE);
             if self.secrets.get(&path).is_none() {
                 let loaded = self.load_secrets_file(&path);

@@ -234,8 +234,22 @@ const INDEXED_FROM: usize = 12;
 #[derive(Clone, Debug, Default)]
 pub struct Mapping {
     entries: Vec<(Node, Node)>,
-    /// Key to position, once the mapping is large enough.
-    index: Option<HashMap<KeyId, usize>>,
+    /// Once the mapping is large enough: the hash of each key (of its
+    /// `KeyRef`, so lookups copy nothing) to its position.
+    index: Option<KeyIndex>,
+}
+
+/// Key hashes to positions. Two keys with one hash keep the first in the
+/// table; `collided` then sends lookups that miss to a scan.
+#[derive(Clone, Debug, Default)]
+struct KeyIndex {
+    slots: HashMap<u64, usize>,
+    collided: bool,
+}
+
+fn key_hash(key: KeyRef<'_>) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }
 
 impl PartialEq for Mapping {
@@ -247,6 +261,17 @@ impl PartialEq for Mapping {
                     .and_then(|key| other.position(key))
                     .is_some_and(|j| *value == other.entries[j].1)
             })
+    }
+}
+
+impl KeyIndex {
+    fn add(&mut self, hash: u64, position: usize) {
+        match self.slots.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(_) => self.collided = true,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(position);
+            }
+        }
     }
 }
 
@@ -269,13 +294,30 @@ impl Mapping {
 
     /// Where `key` is, if present.
     pub(crate) fn position(&self, key: KeyRef<'_>) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(&key.to_owned()).copied(),
-            None => self
-                .entries
+        let scan = || {
+            self.entries
                 .iter()
-                .position(|(k, _)| k.value.key_ref() == Some(key)),
+                .position(|(k, _)| k.value.key_ref() == Some(key))
+        };
+        let Some(index) = &self.index else {
+            return scan();
+        };
+        match index.slots.get(&key_hash(key)) {
+            Some(&i) if self.entries[i].0.value.key_ref() == Some(key) => Some(i),
+            _ if index.collided => scan(),
+            _ => None,
         }
+    }
+
+    /// Builds the index from the entries.
+    fn reindex(&mut self) {
+        let mut index = KeyIndex::default();
+        for (i, (key, _)) in self.entries.iter().enumerate() {
+            if let Some(key) = key.value.key_ref() {
+                index.add(key_hash(key), i);
+            }
+        }
+        self.index = Some(index);
     }
 
     /// The entry for a string key.
@@ -300,18 +342,12 @@ impl Mapping {
             self.entries[i].1 = value;
             return Some(self.entries[i].0.clone());
         }
-        if let Some(index) = &mut self.index {
-            index.insert(id.to_owned(), self.entries.len());
-        }
+        let hash = self.index.as_ref().map(|_| key_hash(id));
         self.entries.push((key, value));
-        if self.index.is_none() && self.entries.len() >= INDEXED_FROM {
-            self.index = Some(
-                self.entries
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, (k, _))| Some((k.value.key_id()?, i)))
-                    .collect(),
-            );
+        match (&mut self.index, hash) {
+            (Some(index), Some(hash)) => index.add(hash, self.entries.len() - 1),
+            _ if self.entries.len() >= INDEXED_FROM => self.reindex(),
+            _ => {}
         }
         None
     }
@@ -320,13 +356,9 @@ impl Mapping {
     pub(crate) fn remove(&mut self, id: &KeyId) -> Option<(Node, Node)> {
         let i = self.position(id.as_ref())?;
         let entry = self.entries.remove(i);
-        if let Some(index) = &mut self.index {
-            index.remove(id);
-            for slot in index.values_mut() {
-                if *slot > i {
-                    *slot -= 1;
-                }
-            }
+        // Rare (a handful per load): rebuilding is simpler than fixing slots.
+        if self.index.is_some() {
+            self.reindex();
         }
         Some(entry)
     }
