@@ -389,9 +389,9 @@ impl Loader {
     /// pairs in order, the last value of a repeated key winning with a warning.
     fn build_mapping(&mut self, kind: YamlKind, file: &mut FileContext) -> Mapping {
         let pairs = self.flatten(kind, file);
-        let mut mapping = Mapping::new();
+        let mut mapping = Mapping::with_capacity(pairs.len());
         // The line each key was last written on, by position in `mapping`.
-        let mut last_line: Vec<u32> = Vec::new();
+        let mut last_line: Vec<u32> = Vec::with_capacity(pairs.len());
         for (key_node, value_node) in pairs {
             // PyYAML turns a `=` key into the string "=".
             let equals_key = key_node.tag.is_none()

@@ -280,6 +280,14 @@ impl Mapping {
         Mapping::default()
     }
 
+    /// Room for `n` keys without growing.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Mapping {
+            entries: Vec::with_capacity(n),
+            index: None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
