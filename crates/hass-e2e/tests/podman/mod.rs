@@ -7,8 +7,11 @@
 //! RLIMIT_NOFILE to 1048576 for every container it plays, above what an
 //! unprivileged CI sandbox allows, and has no flag to change that; `podman
 //! create` takes the limits from `containers.conf`. Turning the spec into
-//! flags here also makes every field we honour explicit: anything this
-//! module does not understand is an error, not silently dropped.
+//! flags here also makes every field we honour explicit: a volume kind, env
+//! source, resource, seccomp profile, command override or init container it
+//! cannot map is an error. Left out on purpose: probes (the test calls the
+//! same endpoints), container ports (every pod shares the host's network) and
+//! scheduling (one machine).
 
 // Test helpers: a failure is a test failure.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
@@ -128,6 +131,10 @@ impl PodmanPod {
             .map(|service| format!("--add-host={service}:127.0.0.1"))
             .collect();
 
+        assert!(
+            spec["initContainers"].is_null(),
+            "{name}: init containers are not mapped"
+        );
         let pod_security = &spec["securityContext"];
         let volumes = pod.volumes(tree, workload, cluster, pod_security);
         for container in spec["containers"].as_array().unwrap() {
