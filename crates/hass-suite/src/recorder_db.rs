@@ -50,6 +50,13 @@ pub(crate) fn prepare(
     let bin = find_bin_dir().ok_or_else(|| {
         Skipped("PostgreSQL is not installed (Debian: apt install postgresql)".to_owned())
     })?;
+    // Another PostgreSQL (a system one on 5432, say) would answer our probe
+    // and the printed URL would point at it with a password it does not know.
+    if let Err(e) = std::net::TcpListener::bind(listen) {
+        return Err(Skipped(format!(
+            "{listen} is taken ({e}); another PostgreSQL? set ports.postgres to a free port"
+        )));
+    }
     let run_as = run_as_user(&layout.root)?;
     let dir = layout.root.join("postgres");
     let data = dir.join("data");

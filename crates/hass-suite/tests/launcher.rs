@@ -30,6 +30,11 @@ fn start() -> Running {
 
 /// `start`, with `adjust` applied to the command first.
 fn start_with(adjust: impl FnOnce(&mut Command)) -> Running {
+    start_full(free_port(), adjust)
+}
+
+/// `start_with`, the recorder database on `postgres`.
+fn start_full(postgres: u16, adjust: impl FnOnce(&mut Command)) -> Running {
     let dir = tempfile::tempdir().expect("temp dir");
     // Under root the recorder database runs as `postgres`, which must be
     // able to enter the data folder.
@@ -38,8 +43,7 @@ fn start_with(adjust: impl FnOnce(&mut Command)) -> Running {
     let admin = free_addr();
     let exporter = free_port();
     let yaml = format!(
-        "ports:\n  mqtt: {}\n  mqtt_ws: {}\n  serial: {}\n  broker_admin: {}\n  bridge_admin: {}\n  watcher_admin: {}\n  exporter_admin: {exporter}\n  postgres: {}\n",
-        free_port(),
+        "ports:\n  mqtt: {}\n  mqtt_ws: {}\n  serial: {}\n  broker_admin: {}\n  bridge_admin: {}\n  watcher_admin: {}\n  exporter_admin: {exporter}\n  postgres: {postgres}\n",
         free_port(),
         free_port(),
         free_port(),
@@ -394,6 +398,32 @@ fn a_child_that_dies_is_reported_and_restarted() {
         .into_iter()
         .any(|(pid, name)| name == "hass-serial-bri" && pid != bridge);
     assert!(restarted);
+}
+
+#[test]
+fn a_taken_database_port_skips_the_database_and_says_why() {
+    // Another PostgreSQL already on the port: the suite must not probe it as
+    // its own, nor print a URL that points at it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let suite = start_full(port, |_| {});
+    let banner = suite.banner();
+    assert!(
+        banner.contains(&format!(
+            "Recorder DB      skipped: 127.0.0.1:{port} is taken"
+        )),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("set ports.postgres to a free port"),
+        "{banner}"
+    );
+    assert!(!banner.contains("db_url"), "{banner}");
+    let names: Vec<String> = children(suite.process.pid())
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert!(!names.iter().any(|n| n == "postgres"), "{names:?}");
 }
 
 #[test]
