@@ -22,10 +22,12 @@ mod podman;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, metric_value, paho, read_exactly};
+use common::{
+    HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, Stick, metric_value, paho, read_exactly,
+};
 use hass_test_support::binary::workspace_binary;
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
 use podman::{Cluster, PodmanPod, RenderedTree, volume_mountpoint};
@@ -104,54 +106,6 @@ serial_bridge:
 "#,
         tag = image_tag()
     )
-}
-
-/// A stick as udev would present it: a device node of group dialout (20), mode 0660.
-struct Stick {
-    dir: tempfile::TempDir,
-    socat: Child,
-}
-
-impl Stick {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let end = |name: &str, extra: &str| {
-            format!(
-                "pty,raw,echo=0,link={}{extra}",
-                dir.path().join(name).display()
-            )
-        };
-        let socat = Command::new("socat")
-            .arg(end("device", ",group=20,perm=0660"))
-            .arg(end("peer", ""))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat");
-        let stick = Self { dir, socat };
-        wait_for(Duration::from_secs(5), || {
-            stick.peer().exists().then_some(())
-        })
-        .expect("socat made its pty links");
-        stick
-    }
-
-    /// The node itself: a device plugin hands out nodes, not links.
-    fn device_node(&self) -> std::path::PathBuf {
-        std::fs::canonicalize(self.dir.path().join("device")).unwrap()
-    }
-
-    fn peer(&self) -> std::path::PathBuf {
-        self.dir.path().join("peer")
-    }
-}
-
-impl Drop for Stick {
-    fn drop(&mut self) {
-        let _ = self.socat.kill();
-        let _ = self.socat.wait();
-    }
 }
 
 fn mosquitto_passwd(file: &std::path::Path, user: &str, password: &str) {
@@ -252,7 +206,7 @@ fn the_generated_pods_run_under_podman_and_pass_the_same_health_checks() {
         .psql("CREATE DATABASE homeassistant OWNER homeassistant")
         .unwrap();
     let ha = StandInHa::start_on(local(8123));
-    let stick = Stick::new();
+    let stick = Stick::owned_by_dialout();
 
     // The operator's steps: values file, render.
     let values = dir.path().join("values.yaml");
@@ -392,11 +346,7 @@ fn the_generated_pods_run_under_podman_and_pass_the_same_health_checks() {
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut peer = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(stick.peer())
-        .unwrap();
+    let mut peer = stick.open_peer();
     client.write_all(b"\x1a\xc0\x38\xbc\x7e").unwrap();
     assert_eq!(read_exactly(&mut peer, 5), b"\x1a\xc0\x38\xbc\x7e");
     peer.write_all(b"\x1a\xc1\x02\x0b\x0a\x52\x7e").unwrap();

@@ -247,19 +247,37 @@ pub fn paho(port: u16, args: &[&str]) -> serde_json::Value {
 pub struct Stick {
     dir: TempDir,
     socat: Option<Child>,
+    /// socat options for the device end (owner, mode).
+    device_options: &'static str,
 }
 
 impl Stick {
     pub fn new() -> Self {
+        Self::with_device_options("")
+    }
+
+    /// A device node as udev makes one for a USB stick: group dialout (20),
+    /// mode 0660, for a bridge that runs as a non-root user in that group.
+    pub fn owned_by_dialout() -> Self {
+        Self::with_device_options(",group=20,perm=0660")
+    }
+
+    fn with_device_options(device_options: &'static str) -> Self {
         let mut stick = Self {
             dir: tempfile::Builder::new()
                 .prefix("hass-stick-")
                 .tempdir()
                 .unwrap(),
             socat: None,
+            device_options,
         };
         stick.plug();
         stick
+    }
+
+    /// The device node behind the link: a device plugin hands out nodes.
+    pub fn device_node(&self) -> PathBuf {
+        std::fs::canonicalize(self.device()).unwrap()
     }
 
     pub fn device(&self) -> PathBuf {
@@ -272,16 +290,16 @@ impl Stick {
 
     pub fn plug(&mut self) {
         assert!(self.socat.is_none(), "already plugged");
-        let end = |name: &str| {
+        let end = |name: &str, options: &str| {
             format!(
-                "pty,raw,echo=0,link={}",
+                "pty,raw,echo=0,link={}{options}",
                 self.dir.path().join(name).display()
             )
         };
         self.socat = Some(
             Command::new("socat")
-                .arg(end("device"))
-                .arg(end("peer"))
+                .arg(end("device", self.device_options))
+                .arg(end("peer", ""))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
