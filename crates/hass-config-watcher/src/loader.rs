@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -60,9 +61,9 @@ pub(crate) struct Loader {
     pub(crate) diagnostics: Vec<Diagnostic>,
     pub(crate) files: Vec<PathBuf>,
     pub(crate) dirs: Vec<PathBuf>,
-    /// Files being loaded, outermost first, by canonical path: an include of one of
-    /// these is a cycle.
-    chain: Vec<(PathBuf, Arc<Path>)>,
+    /// Files being loaded, outermost first, by device and inode (whatever links
+    /// led to them): an include of one of these is a cycle.
+    chain: Vec<(FileId, Arc<Path>)>,
     secrets: SecretsCache,
     nesting: usize,
     values: usize,
@@ -134,24 +135,8 @@ impl Loader {
             column: 1,
         };
         let at = referrer.cloned().unwrap_or_else(|| here.clone());
-        let canonical = match fs::canonicalize(path) {
-            Ok(canonical) => canonical,
-            Err(err) => {
-                self.error_at(&at, unreadable(&display, &err));
-                return Loaded::Failed;
-            }
-        };
-        if let Some(start) = self.chain.iter().position(|(c, _)| *c == canonical) {
-            let cycle: Vec<String> = self.chain[start..]
-                .iter()
-                .map(|(_, d)| d.display().to_string())
-                .chain([display.display().to_string()])
-                .collect();
-            self.error_at(&at, format!("include cycle: {}", cycle.join(" -> ")));
-            return Loaded::Failed;
-        }
-        let text = match read_text(path) {
-            Ok(text) => text,
+        let (text, identity) = match read_text(path) {
+            Ok(read) => read,
             Err(ReadError::Io(err)) => {
                 self.error_at(&at, unreadable(&display, &err));
                 return Loaded::Failed;
@@ -170,6 +155,15 @@ impl Loader {
                 return Loaded::Failed;
             }
         };
+        if let Some(start) = self.chain.iter().position(|(c, _)| *c == identity) {
+            let cycle: Vec<String> = self.chain[start..]
+                .iter()
+                .map(|(_, d)| d.display().to_string())
+                .chain([display.display().to_string()])
+                .collect();
+            self.error_at(&at, format!("include cycle: {}", cycle.join(" -> ")));
+            return Loaded::Failed;
+        }
         self.files.push(path.to_path_buf());
         let document = match yaml::parse(&text) {
             Ok(Some(document)) => document,
@@ -185,7 +179,7 @@ impl Loader {
             rules,
             built: HashMap::new(),
         };
-        self.chain.push((canonical, display));
+        self.chain.push((identity, display));
         let node = self.build(document, &mut file);
         self.chain.pop();
         Loaded::Node(node)
@@ -653,21 +647,27 @@ impl Loader {
                     continue;
                 }
             };
+            // The entry's type comes with the listing (no stat per entry); only a
+            // symlink needs one, to see what it points to.
             let mut names: Vec<_> = entries
                 .filter_map(Result::ok)
-                .map(|e| e.file_name())
+                .map(|e| (e.file_name(), e.file_type().ok()))
                 .collect();
-            names.sort();
+            names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let mut subdirs = Vec::new();
-            for name in names {
+            for (name, file_type) in names {
                 let bytes = name.as_encoded_bytes();
                 if bytes.starts_with(b".") {
                     continue;
                 }
                 let path = current.join(&name);
-                let is_link = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                let is_link = file_type.is_some_and(|t| t.is_symlink());
                 // `os.walk` sorts entries by `is_dir()`, which follows symlinks.
-                if fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+                let is_dir = match file_type {
+                    Some(t) if !t.is_symlink() => t.is_dir(),
+                    _ => fs::metadata(&path).is_ok_and(|m| m.is_dir()),
+                };
+                if is_dir {
                     if is_link {
                         let shown = self.display(&path);
                         self.warn_at(
@@ -843,8 +843,18 @@ enum ReadError {
     NotUtf8 { pos: Pos, byte: u8 },
 }
 
-fn read_text(path: &Path) -> Result<String, ReadError> {
-    let meta = fs::metadata(path).map_err(ReadError::Io)?;
+/// A file's identity: device and inode.
+type FileId = (u64, u64);
+
+/// Reads a config file: one open, one fstat, the reads. Opened non-blocking so a
+/// FIFO in the tree is refused instead of waiting for a writer.
+fn read_text(path: &Path) -> Result<(String, FileId), ReadError> {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
     if meta.is_dir() {
         return Err(ReadError::Other("it is a directory".to_owned()));
     }
@@ -858,8 +868,11 @@ fn read_text(path: &Path) -> Result<String, ReadError> {
             MAX_FILE_BYTES / 1024 / 1024
         )));
     }
-    let bytes = fs::read(path).map_err(ReadError::Io)?;
-    String::from_utf8(bytes).map_err(|err| {
+    let identity = (meta.dev(), meta.ino());
+    // Sized from fstat; the bound above keeps the cast in range.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    let text = String::from_utf8(bytes).map_err(|err| {
         let valid = err.utf8_error().valid_up_to();
         let bytes = err.as_bytes();
         let prefix = String::from_utf8_lossy(&bytes[..valid]);
@@ -872,5 +885,6 @@ fn read_text(path: &Path) -> Result<String, ReadError> {
             },
             byte: bytes[valid],
         }
-    })
+    })?;
+    Ok((text, identity))
 }

@@ -12,6 +12,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hass_config_watcher::{Checked, Diagnostic, Severity};
 use serde::Serialize;
 
+/// See Cargo.toml for why.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     version,

@@ -71,14 +71,14 @@ impl Value {
             Value::Timestamp(_) | Value::Input(_) => true,
             Value::Seq(items) => !items.is_empty(),
             Value::Map(map) => !map.is_empty(),
-            Value::Secret(secret) => secret.value.is_truthy(),
+            Value::Secret(secret) => secret.expose().is_truthy(),
         }
     }
 
     /// The value behind a secret, for type checks that Home Assistant would make on it.
     pub fn exposed(&self) -> &Value {
         match self {
-            Value::Secret(secret) => secret.value.exposed(),
+            Value::Secret(secret) => secret.expose().exposed(),
             other => other,
         }
     }
@@ -154,7 +154,7 @@ impl Value {
             Value::Timestamp(s) => KeyRef::Timestamp(s),
             Value::Binary(s) => KeyRef::Binary(s),
             Value::Input(name) => KeyRef::Input(name),
-            Value::Secret(secret) => return secret.value.key_ref(),
+            Value::Secret(secret) => return secret.expose().key_ref(),
             Value::Seq(_) | Value::Map(_) => return None,
         })
     }
@@ -236,7 +236,9 @@ pub struct Mapping {
     entries: Vec<(Node, Node)>,
     /// Once the mapping is large enough: the hash of each key (of its
     /// `KeyRef`, so lookups copy nothing) to its position.
-    index: Option<KeyIndex>,
+    /// Boxed: most mappings have none, and every node is as large as the
+    /// largest value.
+    index: Option<Box<KeyIndex>>,
 }
 
 /// Key hashes to positions. Two keys with one hash keep the first in the
@@ -319,7 +321,7 @@ impl Mapping {
 
     /// Builds the index from the entries.
     fn reindex(&mut self) {
-        let mut index = KeyIndex::default();
+        let mut index = Box::<KeyIndex>::default();
         for (i, (key, _)) in self.entries.iter().enumerate() {
             if let Some(key) = key.value.key_ref() {
                 index.add(key_hash(key), i);
@@ -387,29 +389,28 @@ pub enum SecretSource {
 
 /// A value Home Assistant reads from `secrets.yaml` or the environment. Its Debug and
 /// Display show where it came from, never the value.
+/// One box for both halves keeps `Value` (and so every node) small.
 #[derive(Clone, PartialEq)]
-pub struct Secret {
-    pub source: SecretSource,
-    value: Box<Value>,
-}
+pub struct Secret(Box<(SecretSource, Value)>);
 
 impl Secret {
     pub fn new(source: SecretSource, value: Value) -> Self {
-        Secret {
-            source,
-            value: Box::new(value),
-        }
+        Secret(Box::new((source, value)))
+    }
+
+    pub fn source(&self) -> &SecretSource {
+        &self.0.0
     }
 
     /// The secret value itself; keep it out of logs.
     pub fn expose(&self) -> &Value {
-        &self.value
+        &self.0.1
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
+        match self.source() {
             SecretSource::SecretsFile(name) => write!(f, "!secret {name}"),
             SecretSource::EnvVar(name) => write!(f, "!env_var {name}"),
         }

@@ -122,11 +122,17 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                 continue;
             }
             Event::Scalar(value, style, anchor, tag) => {
+                let mut text = value.into_owned();
+                // The scanner sizes plain scalars for a long line (100+ bytes);
+                // most are a word. The tree keeps them all, so give the rest back.
+                if text.capacity() - text.len() >= 16 {
+                    text.shrink_to_fit();
+                }
                 let node = Rc::new(YamlNode {
                     tag: tag.map(|t| format!("{}{}", t.handle, t.suffix)),
                     pos,
                     kind: YamlKind::Scalar {
-                        text: value.into_owned(),
+                        text,
                         plain: style == ScalarStyle::Plain,
                     },
                 });
