@@ -53,6 +53,9 @@ struct FileContext {
     /// Nodes already built, by identity, so an alias is built (and reported) once,
     /// with the number of values it holds.
     built: HashMap<*const YamlNode, (Node, usize)>,
+    /// The `secrets.yaml` files a `!secret` here looks in, nearest first;
+    /// worked out at the file's first `!secret`.
+    secrets_files: Option<Vec<PathBuf>>,
 }
 
 #[derive(Debug)]
@@ -178,6 +181,7 @@ impl Loader {
             display: display.clone(),
             rules,
             built: HashMap::new(),
+            secrets_files: None,
         };
         self.chain.push((identity, display));
         let node = self.build(document, &mut file);
@@ -704,7 +708,7 @@ impl Loader {
         found
     }
 
-    fn secret(&mut self, name: &str, file: &FileContext, origin: &Origin) -> Value {
+    fn secret(&mut self, name: &str, file: &mut FileContext, origin: &Origin) -> Value {
         if !file.rules.secrets {
             self.error_at(
                 origin,
@@ -713,13 +717,19 @@ impl Loader {
             );
             return Value::Null;
         }
-        for dir in secrets::secret_dirs(&file.path, &self.root) {
-            let path = dir.join(SECRETS_FILE);
-            if self.secrets.get(&path).is_none() {
-                let loaded = self.load_secrets_file(&path);
+        let root = &self.root;
+        let paths = file.secrets_files.get_or_insert_with(|| {
+            secrets::secret_dirs(&file.path, root)
+                .into_iter()
+                .map(|dir| dir.join(SECRETS_FILE))
+                .collect()
+        });
+        for path in paths.iter() {
+            if self.secrets.get(path).is_none() {
+                let loaded = self.load_secrets_file(path);
                 self.secrets.insert(path.clone(), loaded);
             }
-            match self.secrets.get(&path) {
+            match self.secrets.get(path) {
                 Some(SecretsFile::Loaded(mapping)) => {
                     if let Some(value) = mapping.get(name) {
                         let source = SecretSource::SecretsFile(name.to_owned());
@@ -727,7 +737,7 @@ impl Loader {
                     }
                 }
                 Some(SecretsFile::Invalid) => {
-                    let shown = self.display(&path);
+                    let shown = self.display(path);
                     self.error_at(
                         origin,
                         format!("Secret {name} not resolved: {} is invalid", shown.display()),

@@ -427,6 +427,14 @@ impl fmt::Debug for Secret {
 mod tests {
     use super::*;
 
+    #[test]
+    fn nodes_stay_small() {
+        // A large config holds a few hundred thousand of these: a new variant
+        // that grows `Value` costs memory on every node, so box it instead.
+        assert_eq!(size_of::<Value>(), 32);
+        assert_eq!(size_of::<Node>(), 56);
+    }
+
     fn node(value: Value) -> Node {
         Node::new(
             value,

@@ -210,8 +210,14 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
 fn check_printable(text: &str) -> Result<(), SyntaxError> {
     // Nearly every config is printable ASCII: check its bytes in one pass and
     // count lines and columns only when something is off.
-    let ascii_ok = |b: &u8| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7E);
-    if text.is_ascii() && text.as_bytes().iter().all(ascii_ok) {
+    // Whole chunks without early exit, so the compiler can check many bytes
+    // per instruction.
+    let ascii_ok = |b: u8| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7E);
+    let all_ok = text
+        .as_bytes()
+        .chunks(64)
+        .all(|chunk| chunk.iter().fold(true, |ok, &b| ok & ascii_ok(b)));
+    if all_ok {
         return Ok(());
     }
     let mut line = 1u32;
