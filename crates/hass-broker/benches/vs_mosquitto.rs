@@ -5,7 +5,8 @@
 //! to restore 100 000 retained messages at start.
 //!
 //! Run: `cargo bench -p hass-broker --bench vs_mosquitto` (needs `mosquitto`
-//! and `mosquitto_passwd` on PATH). `-- --quick` shortens each scenario.
+//! and `mosquitto_passwd` on PATH). `-- --quick` shortens each scenario;
+//! `-- --idle-only` measures only the idle connections (a few seconds).
 
 // Printing the results table is this binary's job.
 #![allow(clippy::print_stdout)]
@@ -516,6 +517,23 @@ fn restore_time(dir: &Path, retained: usize) -> (Duration, String) {
     )
 }
 
+fn print_idle_connections(rt: &tokio::runtime::Runtime, dir: &Path) {
+    let idle = 1000;
+    for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+        let data = dir.join(format!("idle-{i}"));
+        let broker = start(kind, dir, &data);
+        let per = rt.block_on(idle_connections(broker.addr, broker.child.id(), idle));
+        let (_, _, rss) = usage(broker.child.id());
+        println!(
+            "{} idle connections on {}: {:.0} bytes each, {:.1} MiB RSS in all",
+            idle,
+            kind.name(),
+            per,
+            rss as f64 / (1024.0 * 1024.0)
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs bench
     // binaries too, without it, and must not start a several-minute run.
@@ -523,6 +541,7 @@ fn main() {
         return;
     }
     let quick = std::env::args().any(|a| a == "--quick");
+    let idle_only = std::env::args().any(|a| a == "--idle-only");
     let seconds = if quick { 1.5 } else { 4.0 };
     let dir = tempfile::tempdir().expect("dir");
     let passwd = dir.path().join("passwd");
@@ -599,6 +618,10 @@ fn main() {
         .build()
         .expect("runtime");
 
+    if idle_only {
+        print_idle_connections(&rt, dir.path());
+        return;
+    }
     println!(
         "# hass-broker vs Mosquitto ({} s per scenario, 64-byte payloads)",
         seconds
@@ -650,20 +673,7 @@ fn main() {
     }
 
     println!();
-    let idle = 1000;
-    for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
-        let data = dir.path().join(format!("idle-{i}"));
-        let broker = start(kind, dir.path(), &data);
-        let per = rt.block_on(idle_connections(broker.addr, broker.child.id(), idle));
-        let (_, _, rss) = usage(broker.child.id());
-        println!(
-            "{} idle connections on {}: {:.0} bytes each, {:.1} MiB RSS in all",
-            idle,
-            kind.name(),
-            per,
-            rss as f64 / (1024.0 * 1024.0)
-        );
-    }
+    print_idle_connections(&rt, dir.path());
     drop(rt);
 
     let retained = if quick { 20_000 } else { 100_000 };

@@ -3,7 +3,11 @@
 //! holds acknowledgements back until the store has committed what they cover.
 //!
 //! One task per connection (no separate reader and writer) keeps an idle
-//! connection down to a task, two small buffers and its session.
+//! connection down to a small task and its session: the handshake's state is
+//! boxed and freed once it is done, the read and write buffers are given back
+//! whenever they are empty (reads land in a stack buffer first), and the
+//! router reaches the task through one [`crate::session::LinkSignal`] instead of a waiter per
+//! reason.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,7 +23,6 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::auth::{AccessPolicy, AuthDecision};
@@ -29,7 +32,7 @@ use crate::metrics::BrokerMetrics;
 use crate::router::{
     AckKind, Attached, ConnectRequest, Departure, Outgoing, Router, SubscribeResult,
 };
-use crate::session::SubscriptionOptions;
+use crate::session::{CloseRequest, SubscriptionOptions};
 use crate::topic;
 
 /// Settings every connection shares.
@@ -42,10 +45,9 @@ pub struct ConnectionContext {
     /// Largest packet accepted, in bytes.
     pub max_packet_size: usize,
     pub connect_timeout: Duration,
-    /// Store commits, when a store is configured.
+    /// Store commits, when a store is configured. (Shutdown reaches
+    /// connections through the router: `Router::close_all`.)
     pub committed: Option<watch::Receiver<u64>>,
-    /// Cancelled at shutdown: connections send DISCONNECT and close.
-    pub shutdown: CancellationToken,
 }
 
 /// Why a connection ended, for logs and the will decision.
@@ -62,14 +64,49 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     ctx.metrics.connections_opened.inc();
-    let mut rbuf = BytesMut::with_capacity(512);
+    // The handshake (CONNECT, authentication, CONNACK) needs several times the
+    // state the connection needs afterwards. Boxed, it lives on the heap only
+    // while it runs, and this task's future is sized for `run` alone.
+    let Some(mut conn) = Box::pin(handshake(&mut stream, peer, &ctx)).await else {
+        return;
+    };
+    ctx.metrics.connections_current.inc();
+    let close = conn.run(&mut stream).await;
+    let client_id = conn.client_id.clone();
+    let departure = match &close {
+        Close::Departure(d) => *d,
+        Close::Protocol(reason) => {
+            debug!(%peer, %client_id, "closing: {reason}");
+            Departure::Abnormal
+        }
+        Close::Io(e) => {
+            debug!(%peer, %client_id, "connection lost: {e}");
+            Departure::Abnormal
+        }
+    };
+    ctx.router
+        .disconnect(&client_id, conn.attached.conn_id, departure);
+    ctx.metrics.connections_current.dec();
+}
+
+/// Reads CONNECT, authenticates, attaches the session and sends CONNACK.
+/// `None`: the connection ends here (refused, gone, or CONNACK not sent).
+async fn handshake<S>(
+    stream: &mut S,
+    peer: SocketAddr,
+    ctx: &Arc<ConnectionContext>,
+) -> Option<Connection>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut rbuf = BytesMut::new();
     let handshake = tokio::time::timeout(
         ctx.connect_timeout,
-        read_connect(&mut stream, &mut rbuf, &ctx),
+        read_connect(&mut *stream, &mut rbuf, ctx),
     );
     let (version, connect) = match handshake.await {
         Ok(Ok(Some(c))) => c,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             ctx.metrics.malformed(&e);
             debug!(%peer, "closing before CONNECT: {e}");
@@ -77,17 +114,17 @@ where
                 // MQTT 3.1.1 §3.2.2.3: tell an MQTT 3.1 client why, in a CONNACK it can read.
                 let mut wbuf = BytesMut::with_capacity(4);
                 let refusal = connack(false, ConnectReturnCode::RefusedProtocolVersion, None);
-                let _ = write_now(&mut stream, &mut wbuf, Version::V4, refusal).await;
+                let _ = write_now(&mut *stream, &mut wbuf, Version::V4, refusal).await;
             }
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "no CONNECT within {:?}", ctx.connect_timeout);
-            return;
+            return None;
         }
     };
     let Packet::Connect(connect, props, will, will_props, login) = connect else {
-        return;
+        return None;
     };
 
     let mut wbuf = BytesMut::with_capacity(256);
@@ -130,8 +167,8 @@ where
         } else {
             code
         };
-        let _ = write_now(&mut stream, &mut wbuf, version, connack(false, code, None)).await;
-        return;
+        let _ = write_now(&mut *stream, &mut wbuf, version, connack(false, code, None)).await;
+        return None;
     }
 
     let mut assigned = None;
@@ -139,13 +176,13 @@ where
         if version == Version::V4 && !connect.clean_session {
             // MQTT 3.1.1 §3.1.3.1: an empty id needs a clean session.
             let _ = write_now(
-                &mut stream,
+                &mut *stream,
                 &mut wbuf,
                 version,
                 connack(false, ConnectReturnCode::ClientIdentifierNotValid, None),
             )
             .await;
-            return;
+            return None;
         }
         let id = generated_client_id();
         assigned = Some(id.clone());
@@ -208,7 +245,7 @@ where
         ..empty_connack_properties()
     });
     if write_now(
-        &mut stream,
+        &mut *stream,
         &mut wbuf,
         version,
         connack(
@@ -222,39 +259,26 @@ where
     {
         ctx.router
             .disconnect(&client_id, attached.conn_id, Departure::Abnormal);
-        return;
+        return None;
     }
-    ctx.metrics.connections_current.inc();
     debug!(%peer, %client_id, ?version, session_present = attached.session_present, "connected");
-
-    let mut conn = Connection {
+    if rbuf.is_empty() {
+        // Give back what reading CONNECT allocated.
+        rbuf = BytesMut::new();
+    }
+    Some(Connection {
         ctx: ctx.clone(),
         version,
-        client_id: client_id.clone(),
+        client_id,
         attached,
         keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
         client_max_packet,
         rbuf,
-        wbuf,
+        wbuf: BytesMut::new(),
         pending_acks: VecDeque::new(),
         committed: ctx.committed.clone(),
-        topic_aliases: std::collections::HashMap::new(),
-    };
-    let close = conn.run(&mut stream).await;
-    let departure = match &close {
-        Close::Departure(d) => *d,
-        Close::Protocol(reason) => {
-            debug!(%peer, %client_id, "closing: {reason}");
-            Departure::Abnormal
-        }
-        Close::Io(e) => {
-            debug!(%peer, %client_id, "connection lost: {e}");
-            Departure::Abnormal
-        }
-    };
-    ctx.router
-        .disconnect(&client_id, conn.attached.conn_id, departure);
-    ctx.metrics.connections_current.dec();
+        topic_aliases: None,
+    })
 }
 
 struct Connection {
@@ -271,7 +295,10 @@ struct Connection {
     pending_acks: VecDeque<(u64, Packet)>,
     committed: Option<watch::Receiver<u64>>,
     /// MQTT 5 topic aliases the client has set (client to broker only).
-    topic_aliases: std::collections::HashMap<u16, Arc<str>>,
+    /// Boxed on purpose: an empty map is 48 bytes in every connection's
+    /// task, a `None` is 8, and few clients use aliases.
+    #[allow(clippy::box_collection)]
+    topic_aliases: Option<Box<std::collections::HashMap<u16, Arc<str>>>>,
 }
 
 /// Topic aliases a client may use towards the broker (CONNACK's Topic Alias
@@ -293,8 +320,7 @@ impl Connection {
         }
         // Packets that arrived in the same read as CONNECT.
         if let Some(close) = self.handle_packets() {
-            let _ = self.write_out(stream).await;
-            return close;
+            return self.goodbye(stream, close).await;
         }
         self.release_acks();
         if let Err(e) = self.flush_queue(stream).await {
@@ -302,56 +328,92 @@ impl Connection {
         }
         let mut last_read = Instant::now();
         loop {
+            if let Some(request) = self.attached.signal.close_requested() {
+                return self.close_requested(stream, request).await;
+            }
+            self.release_idle_buffers();
             let keepalive_deadline = (!self.keep_alive.is_zero())
                 .then(|| last_read + self.keep_alive + self.keep_alive / 2);
             let waiting_commit = self.pending_acks.front().is_some_and(|(seq, _)| *seq > 0);
-            tokio::select! {
-                read = stream.read_buf(&mut self.rbuf) => {
-                    match read {
-                        Ok(0) => return Close::Io(std::io::ErrorKind::UnexpectedEof.into()),
-                        Ok(n) => {
-                            self.ctx.metrics.bytes_received.inc_by(n as u64);
-                            last_read = Instant::now();
-                        }
-                        Err(e) => return Close::Io(e),
-                    }
+            let event = tokio::select! {
+                read = read_some(stream, &mut self.rbuf) => Event::Read(read),
+                // A wake (something to send) or a close request, checked above.
+                _ = self.attached.signal.notified() => Event::Signal,
+                _ = wait_commit(self.committed.as_mut()), if waiting_commit => Event::Committed,
+                _ = sleep_until(keepalive_deadline) => Event::KeepaliveExpired,
+            };
+            match event {
+                Event::Read(Ok(0)) => return Close::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                Event::Read(Ok(n)) => {
+                    self.ctx.metrics.bytes_received.inc_by(n as u64);
+                    last_read = Instant::now();
                     if let Some(close) = self.handle_packets() {
-                        let _ = self.write_out(stream).await;
-                        return close;
+                        return self.goodbye(stream, close).await;
                     }
                 }
-                _ = self.attached.wake.notified() => {}
-                _ = wait_commit(self.committed.as_mut()), if waiting_commit => {}
-                _ = self.attached.overflow.cancelled() => {
-                    self.disconnect_packet(DisconnectReasonCode::QuotaExceeded);
-                    let _ = self.write_out(stream).await;
-                    return Close::Protocol("slow consumer: queue full".into());
-                }
-                _ = self.attached.kick.cancelled() => {
-                    self.disconnect_packet(DisconnectReasonCode::SessionTakenOver);
-                    let _ = self.write_out(stream).await;
-                    return Close::Departure(Departure::TakenOver);
-                }
-                _ = self.ctx.shutdown.cancelled() => {
-                    self.disconnect_packet(DisconnectReasonCode::ServerShuttingDown);
-                    let _ = self.write_out(stream).await;
-                    // The session stays; its will is not a server shutdown's business.
-                    return Close::Departure(Departure::Clean { publish_will: false, expiry_override: None });
-                }
-                _ = sleep_until(keepalive_deadline) => {
+                Event::Read(Err(e)) => return Close::Io(e),
+                Event::Signal | Event::Committed => {}
+                Event::KeepaliveExpired => {
                     self.disconnect_packet(DisconnectReasonCode::KeepAliveTimeout);
-                    let _ = self.write_out(stream).await;
-                    return Close::Protocol("keepalive timeout".into());
+                    return self
+                        .goodbye(stream, Close::Protocol("keepalive timeout".into()))
+                        .await;
                 }
             }
             self.release_acks();
             if let Err(e) = self.flush_queue(stream).await {
                 return e;
             }
-            // A large packet grew the buffer; give the memory back once idle.
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
-                self.rbuf = BytesMut::with_capacity(512);
-            }
+        }
+    }
+
+    /// Sends the DISCONNECT the router's close request calls for, then closes.
+    async fn close_requested<S>(&mut self, stream: &mut S, request: CloseRequest) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (reason, close) = match request {
+            CloseRequest::TakenOver => (
+                DisconnectReasonCode::SessionTakenOver,
+                Close::Departure(Departure::TakenOver),
+            ),
+            CloseRequest::SlowConsumer => (
+                DisconnectReasonCode::QuotaExceeded,
+                Close::Protocol("slow consumer: queue full".into()),
+            ),
+            // The session stays; its will is not a server shutdown's business.
+            CloseRequest::ShuttingDown => (
+                DisconnectReasonCode::ServerShuttingDown,
+                Close::Departure(Departure::Clean {
+                    publish_will: false,
+                    expiry_override: None,
+                }),
+            ),
+        };
+        self.disconnect_packet(reason);
+        self.goodbye(stream, close).await
+    }
+
+    /// Writes what is buffered (a final DISCONNECT, acks before it), then
+    /// closes for `close`. Boxed: it runs once, and its state would otherwise
+    /// add to every idle connection's.
+    async fn goodbye<S>(&mut self, stream: &mut S, close: Close) -> Close
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let _ = Box::pin(self.write_out(stream)).await;
+        close
+    }
+
+    /// Drops the read and write buffers while they hold nothing, so an idle
+    /// connection holds no buffer memory; the next read or write allocates
+    /// what it needs.
+    fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = BytesMut::new();
         }
     }
 
@@ -625,7 +687,8 @@ impl Connection {
             let alias = alias.ok_or(DisconnectReasonCode::TopicNameInvalid)?;
             return self
                 .topic_aliases
-                .get(&alias)
+                .as_ref()
+                .and_then(|aliases| aliases.get(&alias))
                 .cloned()
                 .ok_or(DisconnectReasonCode::ProtocolError);
         }
@@ -635,7 +698,9 @@ impl Connection {
             .ok_or(DisconnectReasonCode::TopicNameInvalid)?
             .into();
         if let Some(alias) = alias {
-            self.topic_aliases.insert(alias, topic.clone());
+            self.topic_aliases
+                .get_or_insert_default()
+                .insert(alias, topic.clone());
         }
         Ok(topic)
     }
@@ -753,24 +818,67 @@ impl Connection {
             return Ok(());
         }
         // A client that stopped reading must not pin this task in write_all:
-        // takeover, slow-consumer and shutdown signals still end it. Biased:
-        // a writable socket takes the bytes first, so the goodbye DISCONNECT
-        // sent after one of those signals still goes out.
-        tokio::select! {
+        // a close request (takeover, slow consumer, shutdown) still ends it.
+        // Biased: a writable socket takes the bytes first, so the goodbye
+        // DISCONNECT sent after such a request still goes out.
+        let signal = &self.attached.signal;
+        let mut woken = false;
+        let interrupted = async {
+            while signal.close_requested().is_none() {
+                signal.notified().await;
+                // Not a close: a wake for more to send, passed on below.
+                woken = true;
+            }
+        };
+        let written = tokio::select! {
             biased;
-            written = stream.write_all(&self.wbuf) => written?,
-            _ = self.attached.kick.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),
-            _ = self.attached.overflow.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),
-            _ = self.ctx.shutdown.cancelled() => return Err(std::io::ErrorKind::ConnectionAborted.into()),
+            written = stream.write_all(&self.wbuf) => written,
+            () = interrupted => Err(std::io::ErrorKind::ConnectionAborted.into()),
+        };
+        if woken {
+            signal.wake();
         }
+        written?;
         self.ctx.metrics.bytes_sent.inc_by(self.wbuf.len() as u64);
+        // Keeps its capacity for the rest of a burst; `release_idle_buffers`
+        // gives it back before the connection waits.
         self.wbuf.clear();
-        if self.wbuf.capacity() > 256 * 1024 {
-            self.wbuf = BytesMut::with_capacity(256);
-        }
         Ok(())
     }
 }
+
+/// What woke the connection loop.
+enum Event {
+    Read(std::io::Result<usize>),
+    Signal,
+    Committed,
+    KeepaliveExpired,
+}
+
+/// Reads what the peer has sent into `rbuf`. While `rbuf` is empty it holds
+/// no memory: the bytes land in a buffer on the stack (only while polled)
+/// and `rbuf` gets an allocation of their size, so waiting for the next
+/// packet costs an idle connection nothing. A partial packet is read into
+/// `rbuf` directly.
+async fn read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if !rbuf.is_empty() {
+        return stream.read_buf(rbuf).await;
+    }
+    std::future::poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+        rbuf.extend_from_slice(buf.filled());
+        std::task::Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
+}
+
+/// The most one read into an empty buffer takes from the socket.
+const READ_CHUNK: usize = 8 * 1024;
 
 /// Reads until a whole CONNECT is buffered and parses it. `Ok(None)`: the
 /// peer closed first.
@@ -787,7 +895,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
                 return Ok(Some((version, incoming.packet)));
             }
         }
-        match stream.read_buf(rbuf).await {
+        match read_some(stream, rbuf).await {
             Ok(0) | Err(_) => return Ok(None),
             Ok(_) => {}
         }
@@ -911,5 +1019,46 @@ impl WillPropertiesExt for Option<rumqttd::protocol::LastWillProperties> {
             correlation_data: None,
             user_properties: Vec::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> Arc<ConnectionContext> {
+        Arc::new(ConnectionContext {
+            router: Arc::new(Router::new(crate::router::Limits::default(), None)),
+            policy: std::sync::RwLock::new(Arc::new(AccessPolicy::default())),
+            metrics: BrokerMetrics::default(),
+            max_packet_size: 1 << 20,
+            connect_timeout: Duration::from_secs(5),
+            committed: None,
+        })
+    }
+
+    /// Every connection's task holds this future for its whole life, so its
+    /// size is paid per idle connection. The handshake's state is boxed and
+    /// must not count (it made the future 2.7 KB).
+    #[test]
+    fn the_connection_future_stays_small() {
+        let (stream, _peer_side) = tokio::io::duplex(64);
+        let serving = serve(stream, "127.0.0.1:1".parse().unwrap(), context());
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 1024, "serve future is {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn reads_into_an_empty_buffer_allocate_only_what_arrived() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(&[0xC0, 0x00]).await.unwrap();
+        let mut rbuf = BytesMut::new();
+        let n = read_some(&mut server, &mut rbuf).await.unwrap();
+        assert_eq!((n, &rbuf[..]), (2, &[0xC0, 0x00][..]));
+        assert!(rbuf.capacity() < 64, "capacity {}", rbuf.capacity());
+        // A partial packet is appended to, not replaced.
+        client.write_all(&[0x30]).await.unwrap();
+        read_some(&mut server, &mut rbuf).await.unwrap();
+        assert_eq!(&rbuf[..], &[0xC0, 0x00, 0x30][..]);
     }
 }

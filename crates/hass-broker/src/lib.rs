@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -182,7 +181,6 @@ impl Component for Broker {
             }));
         });
 
-        let connections_stop = CancellationToken::new();
         let conn_ctx = Arc::new(ConnectionContext {
             router: router.clone(),
             policy: std::sync::RwLock::new(Arc::new(self.policy)),
@@ -190,7 +188,6 @@ impl Component for Broker {
             max_packet_size: self.config.limits.max_packet_size,
             connect_timeout: self.config.limits.connect_timeout,
             committed: Some(committed),
-            shutdown: connections_stop.clone(),
         });
         let connections = TaskTracker::new();
         if let Some(addr) = self.config.listeners.mqtt {
@@ -299,7 +296,7 @@ impl Component for Broker {
         ctx.shutdown.cancelled().await;
         // Stop accepting (the accept loop watches the same signal), tell
         // clients we are going, wait for them, then make the store durable.
-        connections_stop.cancel();
+        router.close_all();
         connections.close();
         connections.wait().await;
         tokio::task::spawn_blocking(move || store.close())

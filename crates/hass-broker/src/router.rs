@@ -9,15 +9,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttd::protocol::QoS;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::acl::ClientAcl;
 use crate::codec::{Version, min_qos};
 use crate::message::Message;
 use crate::retained::RetainedStore;
-use crate::session::{Delivery, Inflight, InflightState, Link, Session, SubscriptionOptions};
+use crate::session::{
+    CloseRequest, Delivery, Inflight, InflightState, Link, LinkSignal, Session, SubscriptionOptions,
+};
 use crate::store::{Op, QueuedRecord, Recovered, Store};
 use crate::topic;
 
@@ -85,7 +85,9 @@ pub struct Router {
 
 #[derive(Debug, Default)]
 struct RouterState {
-    sessions: HashMap<Arc<str>, Session>,
+    /// Boxed: the table keeps spare slots, and a slot should cost a pointer,
+    /// not a whole session.
+    sessions: HashMap<Arc<str>, Box<Session>>,
     /// Shared subscriptions by their full `$share/group/filter` string.
     shared: BTreeMap<String, SharedGroup>,
     /// MQTT 5 wills waiting out their Will Delay Interval, by client id.
@@ -93,6 +95,8 @@ struct RouterState {
     retained: RetainedStore,
     queued_bytes: usize,
     next_conn_id: u64,
+    /// Set by `close_all`: connections that attach later are told to close at once.
+    closing: bool,
 }
 
 /// The members of one shared subscription; each message goes to one of
@@ -142,9 +146,7 @@ pub struct ConnectRequest {
 pub struct Attached {
     pub conn_id: u64,
     pub session_present: bool,
-    pub wake: Arc<Notify>,
-    pub kick: CancellationToken,
-    pub overflow: CancellationToken,
+    pub signal: Arc<LinkSignal>,
 }
 
 /// A packet the connection should write for its session.
@@ -250,7 +252,7 @@ impl Router {
         state.delayed_wills.remove(&request.client_id);
         if let Some(existing) = state.sessions.get_mut(&request.client_id) {
             if let Some(old) = existing.link.take() {
-                old.kick.cancel();
+                old.signal.close(CloseRequest::TakenOver);
                 // A delayed will is not due: the session lives on in this connection.
                 old_will = existing.will.take().filter(|_| existing.will_delay == 0);
             }
@@ -266,20 +268,24 @@ impl Router {
         let session = state
             .sessions
             .entry(request.client_id.clone())
-            .or_insert_with(|| Session::new(request.client_id.clone(), request.expiry_interval));
+            .or_insert_with(|| {
+                Box::new(Session::new(
+                    request.client_id.clone(),
+                    request.expiry_interval,
+                ))
+            });
         let was_persistent = session.is_persistent();
         session.expiry_interval = request.expiry_interval;
         session.disconnected_at = None;
-        session.will = request.will;
+        session.will = request.will.map(Box::new);
         session.will_delay = request.will_delay;
-        let wake = Arc::new(Notify::new());
-        let kick = CancellationToken::new();
-        let overflow = CancellationToken::new();
+        let signal = Arc::new(LinkSignal::default());
+        if state.closing {
+            signal.close(CloseRequest::ShuttingDown);
+        }
         session.link = Some(Link {
             conn_id,
-            wake: wake.clone(),
-            kick: kick.clone(),
-            overflow: overflow.clone(),
+            signal: signal.clone(),
             receive_maximum: request
                 .receive_maximum
                 .clamp(1, self.limits.max_inflight.max(1)),
@@ -297,15 +303,13 @@ impl Router {
             self.submit(Op::DeleteSession(request.client_id.clone()));
         }
         if let Some(will) = old_will {
-            self.route(state, Arc::new(will));
+            self.route(state, Arc::from(will));
             self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
         }
         Attached {
             conn_id,
             session_present,
-            wake,
-            kick,
-            overflow,
+            signal,
         }
     }
 
@@ -348,11 +352,11 @@ impl Router {
             // Delayed until the delay passes or the session ends, whichever is first.
             Some(will) if delay > 0 => {
                 let due = SystemTime::now() + Duration::from_secs(u64::from(delay));
-                state.delayed_wills.insert(client_id.into(), (due, will));
+                state.delayed_wills.insert(client_id.into(), (due, *will));
             }
             Some(will) => {
                 self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
-                self.route(state, Arc::new(will));
+                self.route(state, Arc::from(will));
             }
             None => {}
         }
@@ -516,9 +520,9 @@ impl Router {
                         // behind is disconnected if the policy says so.
                         if self.limits.slow_consumer == SlowConsumer::Disconnect
                             && let Some(link) = &session.link
-                            && !link.overflow.is_cancelled()
+                            && link.signal.close_requested().is_none()
                         {
-                            link.overflow.cancel();
+                            link.signal.close(CloseRequest::SlowConsumer);
                             self.stats
                                 .slow_consumer_disconnects
                                 .fetch_add(1, Ordering::Relaxed);
@@ -883,7 +887,17 @@ impl Router {
         }
     }
 
-    fn forget_session(&self, state: &mut RouterState, session: Session) {
+    /// Tells every live connection, and any that attaches from now on, that
+    /// the broker is shutting down.
+    pub fn close_all(&self) {
+        let mut guard = self.lock();
+        guard.closing = true;
+        for link in guard.sessions.values().filter_map(|s| s.link.as_ref()) {
+            link.signal.close(CloseRequest::ShuttingDown);
+        }
+    }
+
+    fn forget_session(&self, state: &mut RouterState, session: Box<Session>) {
         state.queued_bytes -= session.queued_bytes;
         for filter in session.subscriptions.keys() {
             leave_group(&mut state.shared, filter, &session.client_id);
@@ -925,7 +939,7 @@ fn leave_group(shared: &mut BTreeMap<String, SharedGroup>, raw: &str, client_id:
 /// sessions; an offline persistent member gets it only when none is online.
 fn pick_member(
     group: &mut SharedGroup,
-    sessions: &HashMap<Arc<str>, Session>,
+    sessions: &HashMap<Arc<str>, Box<Session>>,
     topic_name: &str,
 ) -> Option<Arc<str>> {
     let count = group.members.len();
@@ -953,6 +967,7 @@ fn attached<'a>(state: &'a RouterState, client_id: &str, conn_id: u64) -> Option
     state
         .sessions
         .get(client_id)
+        .map(|s| &**s)
         .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
 }
 
@@ -985,7 +1000,7 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
                 session.subscriptions.insert(sub.filter, options);
             }
         }
-        state.sessions.insert(client_id, session);
+        state.sessions.insert(client_id, Box::new(session));
     }
     for (client_id, id, queued) in recovered.queued {
         if let Some(session) = state.sessions.get_mut(client_id.as_str()) {
@@ -999,5 +1014,54 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
             state.queued_bytes += delivery.message.weight();
             session.push(delivery);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(client_id: &str) -> ConnectRequest {
+        ConnectRequest {
+            client_id: client_id.into(),
+            clean_start: true,
+            expiry_interval: 0,
+            will: None,
+            will_delay: 0,
+            receive_maximum: u16::MAX,
+            version: Version::V5,
+            username: None,
+            acl: None,
+        }
+    }
+
+    #[test]
+    fn close_all_reaches_live_connections_and_later_ones() {
+        let router = Router::new(Limits::default(), None);
+        let before = router.connect(request("before"));
+        assert_eq!(before.signal.close_requested(), None);
+        router.close_all();
+        assert_eq!(
+            before.signal.close_requested(),
+            Some(CloseRequest::ShuttingDown)
+        );
+        // Attached during the drain (its CONNECT was already read): told at once.
+        let after = router.connect(request("after"));
+        assert_eq!(
+            after.signal.close_requested(),
+            Some(CloseRequest::ShuttingDown)
+        );
+    }
+
+    #[test]
+    fn a_takeover_closes_the_old_connection_with_its_reason() {
+        let router = Router::new(Limits::default(), None);
+        let old = router.connect(request("same"));
+        let new = router.connect(request("same"));
+        assert_eq!(old.signal.close_requested(), Some(CloseRequest::TakenOver));
+        assert_eq!(new.signal.close_requested(), None);
+        // The first reason given wins: a later shutdown does not rewrite it.
+        old.signal.close(CloseRequest::ShuttingDown);
+        assert_eq!(old.signal.close_requested(), Some(CloseRequest::TakenOver));
     }
 }

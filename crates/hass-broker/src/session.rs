@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::SystemTime;
 
 use rumqttd::protocol::QoS;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::acl::ClientAcl;
 use crate::codec::Version;
@@ -71,16 +71,64 @@ pub struct Inflight {
     pub state: InflightState,
 }
 
+/// Why the router wants a live connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseRequest {
+    /// Another connection took the session over.
+    TakenOver = 1,
+    /// A slow consumer whose queue is full of QoS 1/2 (`slow_consumer: disconnect`).
+    SlowConsumer = 2,
+    /// The broker is shutting down.
+    ShuttingDown = 3,
+}
+
+/// What the router tells one live connection: "the session has something to
+/// send" and "close, because ...". One allocation and one waiter per
+/// connection, so an idle connection waits on a single notification instead
+/// of one per reason.
+#[derive(Debug, Default)]
+pub struct LinkSignal {
+    notify: Notify,
+    /// 0, or the first `CloseRequest` made.
+    close: AtomicU8,
+}
+
+impl LinkSignal {
+    /// The session has something to send.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Asks the connection to close; the first reason given wins.
+    pub fn close(&self, reason: CloseRequest) {
+        let _ = self
+            .close
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    pub fn close_requested(&self) -> Option<CloseRequest> {
+        match self.close.load(Ordering::Acquire) {
+            1 => Some(CloseRequest::TakenOver),
+            2 => Some(CloseRequest::SlowConsumer),
+            3 => Some(CloseRequest::ShuttingDown),
+            _ => None,
+        }
+    }
+
+    /// Completes after a `wake` or `close` made since the last completion
+    /// (a signal sent while nobody waits is kept for the next wait).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
 /// The live connection attached to a session.
 #[derive(Debug, Clone)]
 pub struct Link {
     pub conn_id: u64,
-    /// Woken when the session has something to send.
-    pub wake: Arc<Notify>,
-    /// Cancelled to close the connection (session taken over, shutdown).
-    pub kick: CancellationToken,
-    /// Cancelled to disconnect a slow consumer whose queue is full of QoS 1/2.
-    pub overflow: CancellationToken,
+    /// Wakes the connection to send, or tells it to close.
+    pub signal: Arc<LinkSignal>,
     /// How many QoS 1/2 deliveries may be unacknowledged at once.
     pub receive_maximum: u16,
     pub version: Version,
@@ -105,7 +153,8 @@ pub struct Session {
     next_pkid: u16,
     pub link: Option<Link>,
     pub disconnected_at: Option<SystemTime>,
-    pub will: Option<Message>,
+    /// Boxed: most clients set no will, and sessions are many.
+    pub will: Option<Box<Message>>,
     /// MQTT 5 Will Delay Interval of the connected client's will, seconds.
     pub will_delay: u32,
 }
@@ -173,7 +222,7 @@ impl Session {
 
     pub fn wake(&self) {
         if let Some(link) = &self.link {
-            link.wake.notify_one();
+            link.signal.wake();
         }
     }
 

@@ -40,7 +40,6 @@ fuzz_target!(|data: &[u8]| {
             max_packet_size: 64 * 1024,
             connect_timeout: Duration::from_millis(100),
             committed: None,
-            shutdown: tokio_util::sync::CancellationToken::new(),
         });
         let (client, server) = tokio::io::duplex(256 * 1024);
         let serving = tokio::spawn(connection::serve(server, "127.0.0.1:1".parse().expect("addr"), ctx));
