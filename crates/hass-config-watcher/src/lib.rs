@@ -16,6 +16,7 @@ pub mod history;
 mod ignore;
 mod loader;
 mod packages;
+mod parse_ahead;
 mod reloads;
 pub mod run_command;
 mod scalar;

@@ -8,14 +8,14 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::diagnostic::{Diagnostic, Severity};
+use crate::parse_ahead::ParseAhead;
 use crate::scalar::{self, CORE_TAG_PREFIX, Plain};
 use crate::secrets::{self, SECRETS_FILE, SecretsCache, SecretsFile};
 use crate::value::{KeyId, Mapping, Node, Origin, Secret, SecretSource, Value};
-use crate::yaml::{self, Pos, YamlKind, YamlNode};
+use crate::yaml::{self, Pos, SyntaxError, YamlKind, YamlNode};
 
 /// Config files are small; anything bigger is a mistake, not something to parse.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
@@ -131,6 +131,17 @@ impl Loader {
         rules: Rules,
         referrer: Option<&Origin>,
     ) -> Loaded {
+        self.load_parsed(path, read_and_parse(path), rules, referrer)
+    }
+
+    /// Loads a file that was read and parsed already (perhaps on another thread).
+    fn load_parsed(
+        &mut self,
+        path: &Path,
+        parsed: Parsed,
+        rules: Rules,
+        referrer: Option<&Origin>,
+    ) -> Loaded {
         let display = self.display(path);
         let here = Origin {
             file: display.clone(),
@@ -138,8 +149,8 @@ impl Loader {
             column: 1,
         };
         let at = referrer.cloned().unwrap_or_else(|| here.clone());
-        let (text, identity) = match read_text(path) {
-            Ok(read) => read,
+        let (identity, document) = match parsed {
+            Ok(parsed) => parsed,
             Err(ReadError::Io(err)) => {
                 self.error_at(&at, unreadable(&display, &err));
                 return Loaded::Failed;
@@ -168,7 +179,7 @@ impl Loader {
             return Loaded::Failed;
         }
         self.files.push(path.to_path_buf());
-        let document = match yaml::parse(&text) {
+        let document = match document {
             Ok(Some(document)) => document,
             Ok(None) => return Loaded::Empty,
             Err(err) => {
@@ -192,8 +203,8 @@ impl Loader {
     /// Builds a value from a node, applying its tag. A node only this tree holds
     /// is taken apart (its strings move into the values); one an alias also
     /// points to is copied a level at a time and its result cached.
-    fn build(&mut self, node: Rc<YamlNode>, file: &mut FileContext) -> Node {
-        let key = Rc::as_ptr(&node);
+    fn build(&mut self, node: Arc<YamlNode>, file: &mut FileContext) -> Node {
+        let key = Arc::as_ptr(&node);
         let origin = self.origin(file, node.pos);
         if let Some((built, count)) = file.built.get(&key) {
             let (built, count) = (built.clone(), *count);
@@ -216,9 +227,9 @@ impl Loader {
         // Only a node an alias also points to is met again; caching others would copy
         // every subtree once per level. (Every node of the file exists until the
         // file is built, so a cached address is never reused by another node.)
-        let shared = Rc::strong_count(&node) > 1;
+        let shared = Arc::strong_count(&node) > 1;
         self.nesting += 1;
-        let value = self.build_value(Rc::unwrap_or_clone(node), file, &origin);
+        let value = self.build_value(Arc::unwrap_or_clone(node), file, &origin);
         self.nesting -= 1;
         let built = Node::new(value, origin);
         if shared {
@@ -436,7 +447,7 @@ impl Loader {
         &mut self,
         kind: YamlKind,
         file: &mut FileContext,
-    ) -> Vec<(Rc<YamlNode>, Rc<YamlNode>)> {
+    ) -> Vec<(Arc<YamlNode>, Arc<YamlNode>)> {
         let YamlKind::Map(pairs) = kind else {
             return Vec::new();
         };
@@ -451,15 +462,15 @@ impl Loader {
                 continue;
             }
             match value.kind.name() {
-                "mapping" => merged.extend(self.flatten(Rc::unwrap_or_clone(value).kind, file)),
+                "mapping" => merged.extend(self.flatten(Arc::unwrap_or_clone(value).kind, file)),
                 "sequence" => {
-                    let YamlKind::Seq(items) = Rc::unwrap_or_clone(value).kind else {
+                    let YamlKind::Seq(items) = Arc::unwrap_or_clone(value).kind else {
                         continue;
                     };
                     let mut groups = Vec::new();
                     for item in items {
                         if matches!(item.kind, YamlKind::Map(_)) {
-                            groups.push(self.flatten(Rc::unwrap_or_clone(item).kind, file));
+                            groups.push(self.flatten(Arc::unwrap_or_clone(item).kind, file));
                         } else {
                             let origin = self.origin(file, item.pos);
                             self.error_at(
@@ -507,12 +518,27 @@ impl Loader {
     fn include_dir(&mut self, tag: &str, name: &str, file: &FileContext, origin: &Origin) -> Value {
         let dir = sibling(&file.path, name);
         let files = self.find_yaml_files(&dir, tag, origin);
+        ParseAhead::new(&files).run(|ahead| self.include_files(tag, &files, ahead, file, origin))
+    }
+
+    /// The value of a folder include from its files, loaded in order.
+    fn include_files(
+        &mut self,
+        tag: &str,
+        files: &[PathBuf],
+        ahead: &ParseAhead<'_>,
+        file: &FileContext,
+        origin: &Origin,
+    ) -> Value {
+        let load = |loader: &mut Self, index: usize| {
+            loader.load_parsed(&files[index], ahead.take(index), file.rules, Some(origin))
+        };
         match tag {
             "!include_dir_list" => {
                 let mut items = Vec::new();
-                for path in files {
+                for index in 0..files.len() {
                     // Empty files are left out of the list.
-                    if let Loaded::Node(node) = self.load_file(&path, file.rules, Some(origin)) {
+                    if let Loaded::Node(node) = load(self, index) {
                         items.push(node);
                     }
                 }
@@ -520,7 +546,7 @@ impl Loader {
             }
             "!include_dir_named" => {
                 let mut mapping = Mapping::new();
-                for path in files {
+                for (index, path) in files.iter().enumerate() {
                     let key_text = path
                         .file_name()
                         .map(|n| n.to_string_lossy())
@@ -528,11 +554,11 @@ impl Loader {
                         .trim_end_matches(".yaml")
                         .to_owned();
                     let file_origin = Origin {
-                        file: self.display(&path),
+                        file: self.display(path),
                         line: 1,
                         column: 1,
                     };
-                    let value = match self.load_file(&path, file.rules, Some(origin)) {
+                    let value = match load(self, index) {
                         Loaded::Node(node) => node,
                         Loaded::Empty => Node::new(Value::Map(Mapping::new()), file_origin.clone()),
                         Loaded::Failed => Node::new(Value::Null, file_origin.clone()),
@@ -550,8 +576,8 @@ impl Loader {
             }
             "!include_dir_merge_list" => {
                 let mut items = Vec::new();
-                for path in files {
-                    match self.load_file(&path, file.rules, Some(origin)) {
+                for index in 0..files.len() {
+                    match load(self, index) {
                         Loaded::Node(Node { value: Value::Seq(more), .. }) => items.extend(more),
                         Loaded::Node(node) => self.warn_at(
                             &node.origin,
@@ -567,8 +593,8 @@ impl Loader {
             }
             _ => {
                 let mut mapping = Mapping::new();
-                for path in files {
-                    match self.load_file(&path, file.rules, Some(origin)) {
+                for index in 0..files.len() {
+                    match load(self, index) {
                         Loaded::Node(Node { value: Value::Map(more), .. }) => {
                             for (key, value) in more.iter() {
                                 if let Some(earlier) = mapping.insert(key.clone(), value.clone()) {
@@ -847,7 +873,7 @@ fn unreadable(display: &Path, err: &io::Error) -> String {
     format!("Unable to read file {}: {reason}", display.display())
 }
 
-enum ReadError {
+pub(crate) enum ReadError {
     Io(io::Error),
     Other(String),
     NotUtf8 { pos: Pos, byte: u8 },
@@ -855,6 +881,14 @@ enum ReadError {
 
 /// A file's identity: device and inode.
 type FileId = (u64, u64);
+
+/// A file read and parsed: the part of loading that needs no loader state.
+pub(crate) type Parsed = Result<(FileId, Result<Option<Arc<YamlNode>>, SyntaxError>), ReadError>;
+
+pub(crate) fn read_and_parse(path: &Path) -> Parsed {
+    let (text, identity) = read_text(path)?;
+    Ok((identity, yaml::parse(&text)))
+}
 
 /// Reads a config file: one open, one fstat, the reads. Opened non-blocking so a
 /// FIFO in the tree is refused instead of waiting for a writer.

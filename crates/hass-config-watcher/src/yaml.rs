@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use saphyr_parser::{Event, Marker, Parser, ScalarStyle, Span};
 
@@ -41,8 +41,8 @@ pub(crate) struct YamlNode {
 #[derive(Clone, Debug)]
 pub(crate) enum YamlKind {
     Scalar { text: String, plain: bool },
-    Seq(Vec<Rc<YamlNode>>),
-    Map(Vec<(Rc<YamlNode>, Rc<YamlNode>)>),
+    Seq(Vec<Arc<YamlNode>>),
+    Map(Vec<(Arc<YamlNode>, Arc<YamlNode>)>),
 }
 
 impl YamlNode {
@@ -80,7 +80,7 @@ struct Frame {
 }
 
 /// Parses one YAML stream. `Ok(None)` is an empty stream, which Python loads as None.
-pub(crate) fn parse(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
+pub(crate) fn parse(text: &str) -> Result<Option<Arc<YamlNode>>, SyntaxError> {
     check_printable(text)?;
     // The parser is third-party code fed arbitrary bytes: a panic in it must become a
     // diagnostic, not take the process down.
@@ -92,14 +92,14 @@ pub(crate) fn parse(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
     })
 }
 
-fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
+fn build(text: &str) -> Result<Option<Arc<YamlNode>>, SyntaxError> {
     let mut stack: Vec<Frame> = Vec::new();
     // The children of every open collection, innermost last: each collection
     // takes its own off the end in one exact-size allocation, instead of
     // growing a vector of its own.
-    let mut items: Vec<Rc<YamlNode>> = Vec::new();
-    let mut anchors: HashMap<usize, Rc<YamlNode>> = HashMap::new();
-    let mut root: Option<Rc<YamlNode>> = None;
+    let mut items: Vec<Arc<YamlNode>> = Vec::new();
+    let mut anchors: HashMap<usize, Arc<YamlNode>> = HashMap::new();
+    let mut root: Option<Arc<YamlNode>> = None;
     let mut documents = 0;
     for event in Parser::new_from_str(text) {
         let (event, span): (Event<'_>, Span) = event.map_err(|e| SyntaxError {
@@ -128,7 +128,7 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                 if text.capacity() - text.len() >= 16 {
                     text.shrink_to_fit();
                 }
-                let node = Rc::new(YamlNode {
+                let node = Arc::new(YamlNode {
                     tag: tag.map(|t| format!("{}{}", t.handle, t.suffix)),
                     pos,
                     kind: YamlKind::Scalar {
@@ -137,7 +137,7 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                     },
                 });
                 if anchor > 0 {
-                    anchors.insert(anchor, Rc::clone(&node));
+                    anchors.insert(anchor, Arc::clone(&node));
                 }
                 node
             }
@@ -172,18 +172,18 @@ fn build(text: &str) -> Result<Option<Rc<YamlNode>>, SyntaxError> {
                 } else {
                     YamlKind::Seq(children.collect())
                 };
-                let node = Rc::new(YamlNode {
+                let node = Arc::new(YamlNode {
                     tag: frame.tag,
                     pos: frame.pos,
                     kind,
                 });
                 if frame.anchor > 0 {
-                    anchors.insert(frame.anchor, Rc::clone(&node));
+                    anchors.insert(frame.anchor, Arc::clone(&node));
                 }
                 node
             }
             Event::Alias(id) => match anchors.get(&id) {
-                Some(node) => Rc::clone(node),
+                Some(node) => Arc::clone(node),
                 // The parser only rejects unknown anchors; one still being built is
                 // a recursive structure, which we cannot represent.
                 None => {
@@ -275,7 +275,7 @@ mod tests {
         let YamlKind::Map(pairs) = &root.kind else {
             panic!("not a map")
         };
-        assert!(Rc::ptr_eq(&pairs[0].1, &pairs[1].1));
+        assert!(Arc::ptr_eq(&pairs[0].1, &pairs[1].1));
         assert!(parse("a: &x [*x]\n").is_err());
         let deep = "[".repeat(10_000);
         assert!(parse(&deep).is_err());
