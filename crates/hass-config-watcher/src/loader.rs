@@ -14,7 +14,7 @@ use crate::diagnostic::{Diagnostic, Severity};
 use crate::parse_ahead::ParseAhead;
 use crate::scalar::{self, CORE_TAG_PREFIX, Plain};
 use crate::secrets::{self, SECRETS_FILE, SecretsCache, SecretsFile};
-use crate::value::{KeyId, Mapping, Node, Origin, Secret, SecretSource, Value};
+use crate::value::{KeyId, Mapping, Node, Origin, Secret, SecretSource, Set, Value};
 use crate::yaml::{self, Pos, SyntaxError, YamlKind, YamlNode};
 
 /// Config files are small; anything bigger is a mistake, not something to parse.
@@ -411,32 +411,26 @@ impl Loader {
                 self.build(key_node, file)
             };
             let value = self.build(value_node, file);
-            let Some(id) = key.value.key_ref() else {
-                self.error_at(
+            let line = key.origin.line;
+            match mapping.set(key, value) {
+                Set::Added => last_line.push(line),
+                Set::Replaced { position, key } => {
+                    let first = std::mem::replace(&mut last_line[position], line);
+                    let message = format!(
+                        "duplicate key \"{}\" (also at line {first}); the last value is used",
+                        key.value.key_text()
+                    );
+                    let pos = Pos {
+                        line,
+                        column: key.origin.column,
+                    };
+                    self.report(&file.display.clone(), pos, Severity::Warning, message);
+                }
+                Set::Unhashable(key) => self.error_at(
                     &key.origin,
                     format!("invalid key: {} cannot be a mapping key", key.value.kind()),
-                );
-                continue;
-            };
-            let earlier = match mapping.position(id) {
-                Some(i) => Some(std::mem::replace(&mut last_line[i], key.origin.line)),
-                None => {
-                    last_line.push(key.origin.line);
-                    None
-                }
-            };
-            if let Some(first) = earlier {
-                let message = format!(
-                    "duplicate key \"{}\" (also at line {first}); the last value is used",
-                    key.value.key_text()
-                );
-                let pos = Pos {
-                    line: key.origin.line,
-                    column: key.origin.column,
-                };
-                self.report(&file.display.clone(), pos, Severity::Warning, message);
+                ),
             }
-            mapping.insert(key, value);
         }
         mapping
     }

@@ -241,6 +241,19 @@ pub struct Mapping {
     index: Option<Box<KeyIndex>>,
 }
 
+/// What `Mapping::set` did.
+pub(crate) enum Set {
+    Added,
+    /// An equal key was there: its value is replaced, the first key stays (as
+    /// in Python's dict), and the new key comes back.
+    Replaced {
+        position: usize,
+        key: Node,
+    },
+    /// A key Python cannot hash, handed back; nothing was inserted.
+    Unhashable(Node),
+}
+
 /// Key hashes to positions. Two keys with one hash keep the first in the
 /// table; `collided` then sends lookups that miss to a scan.
 #[derive(Clone, Debug, Default)]
@@ -347,10 +360,20 @@ impl Mapping {
     /// Python's `d[key] = value`. Returns the key node already present, if any.
     /// Keys Python cannot hash are not inserted; callers report them first.
     pub(crate) fn insert(&mut self, key: Node, value: Node) -> Option<Node> {
-        let id = key.value.key_ref()?;
-        if let Some(i) = self.position(id) {
-            self.entries[i].1 = value;
-            return Some(self.entries[i].0.clone());
+        match self.set(key, value) {
+            Set::Replaced { position, .. } => Some(self.entries[position].0.clone()),
+            Set::Added | Set::Unhashable(_) => None,
+        }
+    }
+
+    /// `d[key] = value` with one lookup.
+    pub(crate) fn set(&mut self, key: Node, value: Node) -> Set {
+        let Some(id) = key.value.key_ref() else {
+            return Set::Unhashable(key);
+        };
+        if let Some(position) = self.position(id) {
+            self.entries[position].1 = value;
+            return Set::Replaced { position, key };
         }
         let hash = self.index.as_ref().map(|_| key_hash(id));
         self.entries.push((key, value));
@@ -359,7 +382,7 @@ impl Mapping {
             _ if self.entries.len() >= INDEXED_FROM => self.reindex(),
             _ => {}
         }
-        None
+        Set::Added
     }
 
     /// Python's `d.pop(key)`.
