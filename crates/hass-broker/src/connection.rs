@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
@@ -22,7 +22,7 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::Instant;
+
 use tracing::{debug, info};
 
 use crate::auth::{AccessPolicy, AuthDecision};
@@ -229,6 +229,7 @@ where
         will,
         will_delay,
         receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
+        keep_alive: connect.keep_alive,
         version,
         username,
         acl,
@@ -271,7 +272,6 @@ where
         version,
         client_id,
         attached,
-        keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
         client_max_packet,
         rbuf,
         wbuf: BytesMut::new(),
@@ -286,7 +286,6 @@ struct Connection {
     version: Version,
     client_id: Arc<str>,
     attached: Attached,
-    keep_alive: Duration,
     client_max_packet: usize,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -326,39 +325,39 @@ impl Connection {
         if let Err(e) = self.flush_queue(stream).await {
             return e;
         }
-        let mut last_read = Instant::now();
         loop {
             if let Some(request) = self.attached.signal.close_requested() {
                 return self.close_requested(stream, request).await;
             }
             self.release_idle_buffers();
-            let keepalive_deadline = (!self.keep_alive.is_zero())
-                .then(|| last_read + self.keep_alive + self.keep_alive / 2);
-            let waiting_commit = self.pending_acks.front().is_some_and(|(seq, _)| *seq > 0);
+            // Boxed, and only while acknowledgements wait for the store: an
+            // idle connection carries no commit waiter.
+            let commit = self
+                .pending_acks
+                .front()
+                .is_some_and(|(seq, _)| *seq > 0)
+                .then(|| Box::pin(wait_commit(self.committed.as_mut())));
             let event = tokio::select! {
                 read = read_some(stream, &mut self.rbuf) => Event::Read(read),
-                // A wake (something to send) or a close request, checked above.
+                // A wake (something to send) or a close request (checked
+                // above), Keep Alive's included.
                 _ = self.attached.signal.notified() => Event::Signal,
-                _ = wait_commit(self.committed.as_mut()), if waiting_commit => Event::Committed,
-                _ = sleep_until(keepalive_deadline) => Event::KeepaliveExpired,
+                _ = async { match commit {
+                    Some(commit) => commit.await,
+                    None => std::future::pending().await,
+                } } => Event::Committed,
             };
             match event {
                 Event::Read(Ok(0)) => return Close::Io(std::io::ErrorKind::UnexpectedEof.into()),
                 Event::Read(Ok(n)) => {
                     self.ctx.metrics.bytes_received.inc_by(n as u64);
-                    last_read = Instant::now();
+                    self.attached.signal.heard_from(Instant::now());
                     if let Some(close) = self.handle_packets() {
                         return self.goodbye(stream, close).await;
                     }
                 }
                 Event::Read(Err(e)) => return Close::Io(e),
                 Event::Signal | Event::Committed => {}
-                Event::KeepaliveExpired => {
-                    self.disconnect_packet(DisconnectReasonCode::KeepAliveTimeout);
-                    return self
-                        .goodbye(stream, Close::Protocol("keepalive timeout".into()))
-                        .await;
-                }
             }
             self.release_acks();
             if let Err(e) = self.flush_queue(stream).await {
@@ -376,6 +375,10 @@ impl Connection {
             CloseRequest::TakenOver => (
                 DisconnectReasonCode::SessionTakenOver,
                 Close::Departure(Departure::TakenOver),
+            ),
+            CloseRequest::KeepaliveExpired => (
+                DisconnectReasonCode::KeepAliveTimeout,
+                Close::Protocol("keepalive timeout".into()),
             ),
             CloseRequest::SlowConsumer => (
                 DisconnectReasonCode::QuotaExceeded,
@@ -852,7 +855,6 @@ enum Event {
     Read(std::io::Result<usize>),
     Signal,
     Committed,
-    KeepaliveExpired,
 }
 
 /// Reads what the peer has sent into `rbuf`. While `rbuf` is empty it holds
@@ -979,13 +981,6 @@ async fn wait_commit(committed: Option<&mut watch::Receiver<u64>>) {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn empty_connect_properties() -> rumqttd::protocol::ConnectProperties {
     rumqttd::protocol::ConnectProperties {
         session_expiry_interval: None,
@@ -1039,13 +1034,14 @@ mod tests {
 
     /// Every connection's task holds this future for its whole life, so its
     /// size is paid per idle connection. The handshake's state is boxed and
-    /// must not count (it made the future 2.7 KB).
+    /// must not count (it made the future 2.7 KB), nor a Keep Alive timer
+    /// or a store-commit waiter (0.8 KB with them; 0.6 KB without).
     #[test]
     fn the_connection_future_stays_small() {
         let (stream, _peer_side) = tokio::io::duplex(64);
         let serving = serve(stream, "127.0.0.1:1".parse().unwrap(), context());
         let size = std::mem::size_of_val(&serving);
-        assert!(size <= 1024, "serve future is {size} bytes");
+        assert!(size <= 768, "serve future is {size} bytes");
     }
 
     #[tokio::test]

@@ -311,7 +311,10 @@ async fn expiry_loop(router: Arc<Router>, shutdown: hass_runtime::shutdown::Shut
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = tick.tick() => router.expire(SystemTime::now()),
+            _ = tick.tick() => {
+                router.expire(SystemTime::now());
+                router.check_keepalives(std::time::Instant::now());
+            }
             _ = shutdown.cancelled() => return,
         }
     }

@@ -136,6 +136,8 @@ pub struct ConnectRequest {
     /// MQTT 5 Will Delay Interval, seconds.
     pub will_delay: u32,
     pub receive_maximum: u16,
+    /// Keep Alive, seconds; 0: none.
+    pub keep_alive: u16,
     pub version: Version,
     pub username: Option<String>,
     pub acl: Option<Arc<ClientAcl>>,
@@ -279,7 +281,7 @@ impl Router {
         session.disconnected_at = None;
         session.will = request.will.map(Box::new);
         session.will_delay = request.will_delay;
-        let signal = Arc::new(LinkSignal::default());
+        let signal = Arc::new(LinkSignal::new(request.keep_alive));
         if state.closing {
             signal.close(CloseRequest::ShuttingDown);
         }
@@ -887,6 +889,19 @@ impl Router {
         }
     }
 
+    /// Closes connections whose client has been silent for 1.5 times its
+    /// Keep Alive. Called about once a second: a silent client is closed
+    /// between 1.5 Keep Alive periods and a second later. One sweep instead
+    /// of a timer per connection keeps idle connections small.
+    pub fn check_keepalives(&self, now: std::time::Instant) {
+        let guard = self.lock();
+        for link in guard.sessions.values().filter_map(|s| s.link.as_ref()) {
+            if link.signal.keepalive_expired(now) {
+                link.signal.close(CloseRequest::KeepaliveExpired);
+            }
+        }
+    }
+
     /// Tells every live connection, and any that attaches from now on, that
     /// the broker is shutting down.
     pub fn close_all(&self) {
@@ -1029,6 +1044,7 @@ mod tests {
             will: None,
             will_delay: 0,
             receive_maximum: u16::MAX,
+            keep_alive: 0,
             version: Version::V5,
             username: None,
             acl: None,
@@ -1051,6 +1067,34 @@ mod tests {
             after.signal.close_requested(),
             Some(CloseRequest::ShuttingDown)
         );
+    }
+
+    #[test]
+    fn the_keepalive_sweep_closes_only_silent_clients() {
+        let router = Router::new(Limits::default(), None);
+        let silent = router.connect(ConnectRequest {
+            keep_alive: 2,
+            ..request("silent")
+        });
+        let chatty = router.connect(ConnectRequest {
+            keep_alive: 2,
+            ..request("chatty")
+        });
+        let unbounded = router.connect(request("no-keepalive"));
+        let start = std::time::Instant::now();
+        router.check_keepalives(start + Duration::from_millis(2900));
+        assert_eq!(silent.signal.close_requested(), None, "before 1.5 periods");
+        chatty
+            .signal
+            .heard_from(start + Duration::from_millis(2000));
+        router.check_keepalives(start + Duration::from_millis(3100));
+        assert_eq!(
+            silent.signal.close_requested(),
+            Some(CloseRequest::KeepaliveExpired)
+        );
+        assert_eq!(chatty.signal.close_requested(), None);
+        router.check_keepalives(start + Duration::from_secs(86_400));
+        assert_eq!(unbounded.signal.close_requested(), None, "Keep Alive 0");
     }
 
     #[test]

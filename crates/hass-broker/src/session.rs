@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::SystemTime;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
 
 use rumqttd::protocol::QoS;
 use tokio::sync::Notify;
@@ -80,20 +81,57 @@ pub enum CloseRequest {
     SlowConsumer = 2,
     /// The broker is shutting down.
     ShuttingDown = 3,
+    /// Nothing heard from the client for 1.5 times its Keep Alive.
+    KeepaliveExpired = 4,
 }
 
 /// What the router tells one live connection: "the session has something to
 /// send" and "close, because ...". One allocation and one waiter per
 /// connection, so an idle connection waits on a single notification instead
-/// of one per reason.
-#[derive(Debug, Default)]
+/// of one per reason, and on no timer of its own: Keep Alive is enforced by
+/// the router's once-a-second sweep ([`crate::router::Router::check_keepalives`])
+/// reading `last_heard`.
+#[derive(Debug)]
 pub struct LinkSignal {
     notify: Notify,
     /// 0, or the first `CloseRequest` made.
     close: AtomicU8,
+    /// The client's Keep Alive, seconds; 0: none.
+    keep_alive: u16,
+    /// When the client last sent anything, in [`millis`].
+    last_heard: AtomicU64,
+}
+
+/// Milliseconds since the first call in this process: a monotonic clock
+/// that fits an atomic.
+pub fn millis(at: Instant) -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    u64::try_from(at.saturating_duration_since(*START).as_millis()).unwrap_or(u64::MAX)
 }
 
 impl LinkSignal {
+    /// A signal for a client that has just connected with `keep_alive` seconds.
+    pub fn new(keep_alive: u16) -> Self {
+        Self {
+            notify: Notify::new(),
+            close: AtomicU8::new(0),
+            keep_alive,
+            last_heard: AtomicU64::new(millis(Instant::now())),
+        }
+    }
+
+    /// Notes that the client sent something (any bytes count for Keep Alive).
+    pub fn heard_from(&self, at: Instant) {
+        self.last_heard.store(millis(at), Ordering::Relaxed);
+    }
+
+    /// Whether the client has been silent for 1.5 times its Keep Alive at
+    /// `now` (MQTT 3.1.1 §3.1.2.10, MQTT 5 §3.1.2.10).
+    pub fn keepalive_expired(&self, now: Instant) -> bool {
+        let silent = millis(now).saturating_sub(self.last_heard.load(Ordering::Relaxed));
+        self.keep_alive != 0 && silent >= u64::from(self.keep_alive) * 1500
+    }
+
     /// The session has something to send.
     pub fn wake(&self) {
         self.notify.notify_one();
@@ -112,6 +150,7 @@ impl LinkSignal {
             1 => Some(CloseRequest::TakenOver),
             2 => Some(CloseRequest::SlowConsumer),
             3 => Some(CloseRequest::ShuttingDown),
+            4 => Some(CloseRequest::KeepaliveExpired),
             _ => None,
         }
     }

@@ -412,3 +412,68 @@ fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
         "no DISCONNECT 0x8B (server shutting down) in {all:02x?}"
     );
 }
+
+/// CONNECT (MQTT 5) with a Keep Alive of `seconds`, and its CONNACK read.
+fn connected_with_keepalive(broker: &TestBroker, client_id: &str, seconds: u8) -> TcpStream {
+    let mut packet = connect_packet(b"MQTT", 5, client_id);
+    // Fixed header (2), protocol name (6), level, flags, then Keep Alive.
+    packet[10] = 0;
+    packet[11] = seconds;
+    let mut stream = TcpStream::connect(broker.mqtt).expect("connect");
+    stream.write_all(&packet).expect("CONNECT");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut connack = [0u8; 2];
+    stream.read_exact(&mut connack).expect("CONNACK header");
+    let mut rest = vec![0u8; usize::from(connack[1])];
+    stream.read_exact(&mut rest).expect("CONNACK");
+    assert_eq!((connack[0], rest[1]), (0x20, 0), "CONNACK refused");
+    stream
+}
+
+#[test]
+fn keepalive_closes_a_silent_client_after_one_and_a_half_periods_only() {
+    let broker = TestBroker::start("");
+    let mut silent = connected_with_keepalive(&broker, "silent", 1);
+    let mut pinging = connected_with_keepalive(&broker, "pinging", 1);
+    let started = Instant::now();
+    let watcher = std::thread::spawn(move || {
+        silent
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+        let mut all = Vec::new();
+        let _ = silent.read_to_end(&mut all);
+        (started.elapsed(), all)
+    });
+    // A client that sends something within each period stays, however long.
+    while started.elapsed() < Duration::from_secs(4) {
+        pinging.write_all(&[0xc0, 0x00]).expect("PINGREQ");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let (closed_after, all) = watcher.join().expect("watcher");
+    assert!(
+        closed_after >= Duration::from_millis(1400) && closed_after <= Duration::from_millis(3500),
+        "silent client closed after {closed_after:?}, not after 1.5 s (+ up to a sweep)"
+    );
+    assert!(
+        all.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x8d),
+        "no DISCONNECT 0x8D (keep alive timeout) in {all:02x?}"
+    );
+    pinging.write_all(&[0xc0, 0x00]).expect("PINGREQ");
+    let mut answers = Vec::new();
+    pinging
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buf = [0u8; 64];
+    while let Ok(n) = pinging.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answers.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        answers.len() >= 12 && answers.chunks(2).all(|p| p == [0xd0, 0x00]),
+        "the pinging client lost its connection: {answers:02x?}"
+    );
+}
