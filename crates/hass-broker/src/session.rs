@@ -157,8 +157,8 @@ impl LinkSignal {
 
     /// Completes after a `wake` or `close` made since the last completion
     /// (a signal sent while nobody waits is kept for the next wait).
-    pub async fn notified(&self) {
-        self.notify.notified().await;
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 }
 
