@@ -1,6 +1,7 @@
 //! One client connection: the CONNECT handshake, then a single task that
-//! reads packets, writes what the session has queued, enforces keepalive, and
-//! holds acknowledgements back until the store has committed what they cover.
+//! reads packets, writes what the session has queued, notes when the client
+//! was last heard from (the router's sweep enforces Keep Alive), and holds
+//! acknowledgements back until the store has committed what they cover.
 //!
 //! One task per connection (no separate reader and writer) keeps an idle
 //! connection down to a small task and its session: the handshake's state is
