@@ -6,7 +6,11 @@
 //!
 //! Run: `cargo bench -p hass-broker --bench vs_mosquitto` (needs `mosquitto`
 //! and `mosquitto_passwd` on PATH). `-- --quick` shortens each scenario;
-//! `-- --idle-only` measures only the idle connections (a few seconds).
+//! `-- --idle-only` measures only the idle connections (a few seconds);
+//! `-- --only TEXT` runs the scenarios whose name contains TEXT (and skips
+//! the idle and restore parts); `-- --repeat N` runs each scenario N times,
+//! the brokers taking turns, and compares the medians: a p99 from one short
+//! run on a shared machine swings more than the brokers differ.
 
 // Printing the results table is this binary's job.
 #![allow(clippy::print_stdout)]
@@ -382,6 +386,26 @@ struct Result {
     peak_rss_mib: f64,
 }
 
+impl Result {
+    /// Each figure's median over the runs (the middle one, or the upper of
+    /// the two middle ones).
+    fn median(runs: &[Result]) -> Result {
+        let of = |figure: fn(&Result) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        Result {
+            delivered_pct: of(|r| r.delivered_pct),
+            throughput: of(|r| r.throughput),
+            p50_us: of(|r| r.p50_us),
+            p99_us: of(|r| r.p99_us),
+            cpu_s: of(|r| r.cpu_s),
+            peak_rss_mib: of(|r| r.peak_rss_mib),
+        }
+    }
+}
+
 async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> Result {
     let epoch = Instant::now();
     let ready = Arc::new(AtomicU64::new(0));
@@ -543,6 +567,15 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let idle_only = std::env::args().any(|a| a == "--idle-only");
     let seconds = if quick { 1.5 } else { 4.0 };
+    let args: Vec<String> = std::env::args().collect();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let only = value_of("--only");
+    let repeat: usize = value_of("--repeat").map_or(1, |n| n.parse().expect("--repeat N"));
     let dir = tempfile::tempdir().expect("dir");
     let passwd = dir.path().join("passwd");
     std::fs::write(&passwd, "").expect("passwd");
@@ -633,30 +666,40 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for s in scenarios {
-        let mut row = [Result::default(); 2];
-        for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
-            let data = dir.path().join(format!("data-{i}"));
-            let _ = std::fs::remove_dir_all(&data);
-            let broker = start(kind, dir.path(), &data);
-            let r = rt.block_on(run_scenario(broker.addr, broker.child.id(), s, seconds));
-            println!(
-                "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
-                s.name,
-                kind.name(),
-                r.delivered_pct,
-                r.throughput,
-                r.p50_us,
-                r.p99_us,
-                r.cpu_s,
-                r.peak_rss_mib
-            );
-            row[i] = r;
+        if only.as_deref().is_some_and(|text| !s.name.contains(text)) {
+            continue;
         }
-        ratios.push((s.name, row));
+        let mut runs: [Vec<Result>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..repeat {
+            for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+                let data = dir.path().join(format!("data-{i}"));
+                let _ = std::fs::remove_dir_all(&data);
+                let broker = start(kind, dir.path(), &data);
+                let r = rt.block_on(run_scenario(broker.addr, broker.child.id(), s, seconds));
+                println!(
+                    "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
+                    s.name,
+                    kind.name(),
+                    r.delivered_pct,
+                    r.throughput,
+                    r.p50_us,
+                    r.p99_us,
+                    r.cpu_s,
+                    r.peak_rss_mib
+                );
+                runs[i].push(r);
+            }
+        }
+        ratios.push((s.name, runs.map(|r| Result::median(&r))));
     }
     println!();
     println!(
-        "Ratios, hass-broker / Mosquitto (throughput: higher is better; p99, CPU, RSS: lower is better):"
+        "Ratios, hass-broker / Mosquitto{} (throughput: higher is better; p99, CPU, RSS: lower is better):",
+        if repeat > 1 {
+            format!(", medians of {repeat} runs each")
+        } else {
+            String::new()
+        }
     );
     println!();
     println!("| scenario | throughput | p99 | CPU | peak RSS |");
@@ -672,6 +715,9 @@ fn main() {
         );
     }
 
+    if only.is_some() {
+        return;
+    }
     println!();
     print_idle_connections(&rt, dir.path());
     drop(rt);
