@@ -10,6 +10,7 @@
 //! SIGTERM or Ctrl-C stops every child with SIGTERM and waits for it.
 
 mod banner;
+mod leftover;
 mod recorder_db;
 mod setup;
 mod supervise;

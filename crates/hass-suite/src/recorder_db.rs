@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::{Uid, User};
@@ -50,6 +51,15 @@ pub(crate) fn prepare(
     let bin = find_bin_dir().ok_or_else(|| {
         Skipped("PostgreSQL is not installed (Debian: apt install postgresql)".to_owned())
     })?;
+    let dir = layout.root.join("postgres");
+    let data = dir.join("data");
+    // Ours from a suite that was killed outright: it holds the port.
+    crate::leftover::stop_leftover(
+        &data.join("postmaster.pid"),
+        "postgres",
+        Signal::SIGINT,
+        Duration::from_secs(10),
+    );
     // Another PostgreSQL (a system one on 5432, say) would answer our probe
     // and the printed URL would point at it with a password it does not know.
     if let Err(e) = std::net::TcpListener::bind(listen) {
@@ -58,8 +68,6 @@ pub(crate) fn prepare(
         )));
     }
     let run_as = run_as_user(&layout.root)?;
-    let dir = layout.root.join("postgres");
-    let data = dir.join("data");
     let password_file = layout.root.join("postgres-password");
     let password = read_or_make_password(&password_file).map_err(Skipped)?;
     if !data.join("PG_VERSION").is_file() {

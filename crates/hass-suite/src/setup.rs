@@ -129,6 +129,10 @@ fn write_demo_config(dir: &Path) -> Result<(), String> {
     write(&dir.join("scripts.yaml"), "{}\n")
 }
 
+/// Where a running virtual stick's socat writes its PID, for the next start
+/// to stop it if this suite is killed outright.
+const SOCAT_PIDFILE: &str = "socat.pid";
+
 /// A socat pty pair standing in for a USB stick: the bridge opens `device`,
 /// and whoever plays the stick's firmware opens `peer`.
 #[derive(Debug)]
@@ -141,6 +145,14 @@ impl VirtualStick {
     pub(crate) async fn start(dir: &Path) -> Result<Self, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        // The pair of a suite that was killed outright, still holding its ptys.
+        let pidfile = dir.join(SOCAT_PIDFILE);
+        crate::leftover::stop_leftover(
+            &pidfile,
+            "socat",
+            nix::sys::signal::Signal::SIGTERM,
+            Duration::from_secs(5),
+        );
         let pair = Self {
             socat: tokio::process::Command::new("socat")
                 .arg(format!("pty,raw,echo=0,link={}", dir.join("device").display()))
@@ -155,6 +167,10 @@ impl VirtualStick {
                 .map_err(|e| format!("cannot run socat for a virtual stick ({e}); install socat or set serial_device"))?,
             dir: dir.to_owned(),
         };
+        if let Some(pid) = pair.socat.id() {
+            std::fs::write(&pidfile, format!("{pid}\n"))
+                .map_err(|e| format!("cannot write {}: {e}", pidfile.display()))?;
+        }
         for _ in 0..250 {
             if pair.device().exists() && pair.peer().exists() {
                 return Ok(pair);
@@ -173,6 +189,7 @@ impl VirtualStick {
     }
 
     pub(crate) async fn stop(mut self) {
+        let _ = std::fs::remove_file(self.dir.join(SOCAT_PIDFILE));
         crate::supervise::terminate(
             &mut self.socat,
             "socat",

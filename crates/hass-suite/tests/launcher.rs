@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::rc::Rc;
 use std::time::Duration;
 
 use hass_test_support::binary::run;
@@ -18,7 +19,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_hass-suite");
 
 /// A running suite with every port moved to a free one.
 struct Running {
-    dir: tempfile::TempDir,
+    /// Shared by a second suite started in the same folder.
+    dir: Rc<tempfile::TempDir>,
     admin: SocketAddr,
     exporter: SocketAddr,
     process: SpawnedBinary,
@@ -52,6 +54,21 @@ fn start_full(postgres: u16, adjust: impl FnOnce(&mut Command)) -> Running {
         free_port(),
     );
     std::fs::write(dir.path().join("suite.yaml"), yaml).expect("suite.yaml");
+    launch(
+        Rc::new(dir),
+        admin,
+        SocketAddr::from(([127, 0, 0, 1], exporter)),
+        adjust,
+    )
+}
+
+/// Starts the suite in `dir`, whose suite.yaml is there already.
+fn launch(
+    dir: Rc<tempfile::TempDir>,
+    admin: SocketAddr,
+    exporter: SocketAddr,
+    adjust: impl FnOnce(&mut Command),
+) -> Running {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir.path())
         .env_remove("RUST_LOG")
@@ -65,7 +82,7 @@ fn start_full(postgres: u16, adjust: impl FnOnce(&mut Command)) -> Running {
     Running {
         dir,
         admin,
-        exporter: SocketAddr::from(([127, 0, 0, 1], exporter)),
+        exporter,
         process,
     }
 }
@@ -366,6 +383,56 @@ fn a_killed_suite_leaves_no_sidecar_running() {
         gone.is_some(),
         "still running after the suite's kill -9: {left:?}"
     );
+}
+
+/// PostgreSQL and socat cannot follow a suite killed with SIGKILL; the next
+/// start in the same folder stops them instead of finding the database port
+/// taken.
+#[test]
+fn the_next_start_stops_what_a_killed_suite_left_running() {
+    let mut first = start();
+    let banner = first.banner();
+    let kids = children(first.process.pid());
+    let leftovers: Vec<(i32, String)> = kids
+        .iter()
+        .filter(|(_, name)| name == "postgres" || name == "socat")
+        .cloned()
+        .collect();
+    // The README's test command installs both.
+    assert_eq!(leftovers.len(), 2, "{kids:?}\n{banner}");
+    first.process.signal(Signal::SIGKILL);
+    first
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed");
+    // The sidecars follow it (and free their ports); these two do not.
+    let sidecars_gone = wait_for(Duration::from_secs(15), || {
+        kids.iter()
+            .filter(|(_, name)| name.starts_with("hass-"))
+            .all(|(pid, _)| !alive(*pid))
+            .then_some(())
+    });
+    assert!(sidecars_gone.is_some(), "{kids:?}");
+    assert!(
+        leftovers.iter().all(|(pid, _)| alive(*pid)),
+        "{leftovers:?}"
+    );
+
+    let second = launch(Rc::clone(&first.dir), first.admin, first.exporter, |_| {});
+    let banner = second.banner();
+    let left: Vec<_> = leftovers.iter().filter(|(pid, _)| alive(*pid)).collect();
+    for (pid, _) in &left {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    assert!(left.is_empty(), "still running: {left:?}");
+    assert!(banner.contains("db_url"), "{banner}");
+    assert!(!banner.contains("skipped"), "{banner}");
+    let names: Vec<String> = children(second.process.pid())
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    assert!(names.iter().any(|n| n == "postgres"), "{names:?}");
+    assert!(names.iter().any(|n| n == "socat"), "{names:?}");
 }
 
 #[test]
