@@ -246,6 +246,10 @@ fn drain_packets(
 
 struct Subscriber {
     received: Arc<AtomicU64>,
+    /// Deliveries that came after a later message from the same publisher
+    /// (MQTT 3.1.1 §4.6 and 5.0 §4.6 require a topic's messages from one
+    /// publisher in the order they were published).
+    out_of_order: Arc<AtomicU64>,
     latencies: Arc<Mutex<Vec<u64>>>,
 }
 
@@ -262,6 +266,9 @@ async fn run_subscriber(
     ready.fetch_add(1, Ordering::SeqCst);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut local = Vec::new();
+    // Per publisher, the highest sequence number seen so far.
+    let mut last_seen: Vec<Option<u64>> = Vec::new();
+    let mut out_of_order = 0u64;
     loop {
         match tokio::time::timeout(Duration::from_secs(3), read.read_buf(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -273,8 +280,17 @@ async fn run_subscriber(
             &mut buf,
             |qos, pkid, payload| {
                 let mut p = payload;
-                if p.len() >= 8 {
+                if p.len() >= 20 {
                     local.push(now.saturating_sub(p.get_u64()));
+                    let publisher = p.get_u32() as usize;
+                    let seq = p.get_u64();
+                    if last_seen.len() <= publisher {
+                        last_seen.resize(publisher + 1, None);
+                    }
+                    match last_seen[publisher] {
+                        Some(last) if seq < last => out_of_order += 1,
+                        _ => last_seen[publisher] = Some(seq),
+                    }
                 }
                 if qos == 1 {
                     let ack = Packet::PubAck(
@@ -295,6 +311,7 @@ async fn run_subscriber(
         sub.received.store(local.len() as u64, Ordering::Relaxed);
     }
     sub.received.store(local.len() as u64, Ordering::Relaxed);
+    sub.out_of_order.store(out_of_order, Ordering::Relaxed);
     sub.latencies.lock().await.extend(local);
 }
 
@@ -302,14 +319,14 @@ async fn run_subscriber(
 /// keeping at most `window` QoS 1 messages unacknowledged.
 async fn run_publisher(
     addr: SocketAddr,
-    id: String,
+    index: u32,
     qos: QoS,
     rate: u32,
     until: Instant,
     epoch: Instant,
     sent: Arc<AtomicU64>,
 ) {
-    let (mut read, mut write) = connect(addr, &id).await;
+    let (mut read, mut write) = connect(addr, &format!("pub-{index}")).await;
     let acked = Arc::new(AtomicU64::new(0));
     let acked_reader = acked.clone();
     let reader = tokio::spawn(async move {
@@ -348,6 +365,8 @@ async fn run_publisher(
         let mut payload = vec![0u8; PAYLOAD];
         let stamp = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(0);
         payload[..8].copy_from_slice(&stamp.to_be_bytes());
+        payload[8..12].copy_from_slice(&index.to_be_bytes());
+        payload[12..20].copy_from_slice(&count.to_be_bytes());
         pkid = pkid.wrapping_add(1).max(1);
         let publish = codec::outgoing_publish(b"bench/data", &payload, qos, pkid, false, false);
         out.clear();
@@ -380,6 +399,7 @@ struct Scenario {
 struct Result {
     delivered_pct: f64,
     throughput: f64,
+    out_of_order_pct: f64,
     p50_us: f64,
     p99_us: f64,
     cpu_s: f64,
@@ -398,6 +418,7 @@ impl Result {
         Result {
             delivered_pct: of(|r| r.delivered_pct),
             throughput: of(|r| r.throughput),
+            out_of_order_pct: of(|r| r.out_of_order_pct),
             p50_us: of(|r| r.p50_us),
             p99_us: of(|r| r.p99_us),
             cpu_s: of(|r| r.cpu_s),
@@ -414,6 +435,7 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
     for i in 0..s.subscribers {
         let sub = Arc::new(Subscriber {
             received: Arc::new(AtomicU64::new(0)),
+            out_of_order: Arc::new(AtomicU64::new(0)),
             latencies: Arc::new(Mutex::new(Vec::new())),
         });
         subs.push(sub.clone());
@@ -437,7 +459,7 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
     for i in 0..s.publishers {
         pubs.push(tokio::spawn(run_publisher(
             addr,
-            format!("pub-{i}"),
+            i as u32,
             s.qos,
             s.rate,
             until,
@@ -456,8 +478,10 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
     let expected = sent.load(Ordering::Relaxed) * s.subscribers as u64;
     let mut all = Vec::new();
     let mut received = 0;
+    let mut out_of_order = 0;
     for sub in &subs {
         received += sub.received.load(Ordering::Relaxed);
+        out_of_order += sub.out_of_order.load(Ordering::Relaxed);
         all.extend(sub.latencies.lock().await.iter().copied());
     }
     all.sort_unstable();
@@ -474,6 +498,11 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
             100.0 * received as f64 / expected as f64
         },
         throughput: received as f64 / elapsed.max(seconds),
+        out_of_order_pct: if received == 0 {
+            0.0
+        } else {
+            100.0 * out_of_order as f64 / received as f64
+        },
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         cpu_s: cpu_after - cpu_before,
@@ -661,9 +690,9 @@ fn main() {
     );
     println!();
     println!(
-        "| scenario | broker | delivered % | msgs/s | p50 µs | p99 µs | CPU s | peak RSS MiB |"
+        "| scenario | broker | delivered % | msgs/s | out of order % | p50 µs | p99 µs | CPU s | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for s in scenarios {
         if only.as_deref().is_some_and(|text| !s.name.contains(text)) {
@@ -677,11 +706,12 @@ fn main() {
                 let broker = start(kind, dir.path(), &data);
                 let r = rt.block_on(run_scenario(broker.addr, broker.child.id(), s, seconds));
                 println!(
-                    "| {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} |",
+                    "| {} | {} | {:.1} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} | {:.1} |",
                     s.name,
                     kind.name(),
                     r.delivered_pct,
                     r.throughput,
+                    r.out_of_order_pct,
                     r.p50_us,
                     r.p99_us,
                     r.cpu_s,
