@@ -110,15 +110,17 @@ pub struct LimitsConfig {
     /// Largest packet accepted, in bytes. Zigbee2MQTT's `bridge/devices`
     /// runs to megabytes on big networks.
     pub max_packet_size: usize,
-    /// Messages queued per session before new ones are dropped (QoS 0 first).
-    /// Retained messages sent on subscribe do not count.
+    /// Messages queued per session before one is dropped (QoS 0 first, then
+    /// as `slow_consumer` says). Retained messages sent on subscribe do not
+    /// count.
     pub max_queued_messages: usize,
     /// Bytes queued across all sessions before new deliveries are dropped.
     pub memory_budget: usize,
     /// QoS 1/2 messages in flight per client.
     pub max_inflight: u16,
-    /// `drop` (default) or `disconnect`: what happens to a connected client
-    /// whose queue is full of QoS 1/2 messages.
+    /// Which message a full queue loses: `drop_oldest` (default),
+    /// `drop_newest` (Mosquitto's way) or
+    /// `disconnect` (drop the new one and disconnect the client).
     pub slow_consumer: crate::router::SlowConsumer,
     /// How long a new connection may take to send CONNECT.
     #[serde(with = "hass_runtime::config::duration")]
@@ -132,7 +134,7 @@ impl Default for LimitsConfig {
             max_queued_messages: 100_000,
             memory_budget: 256 * 1024 * 1024,
             max_inflight: 32,
-            slow_consumer: crate::router::SlowConsumer::Drop,
+            slow_consumer: crate::router::SlowConsumer::DropOldest,
             connect_timeout: Duration::from_secs(10),
         }
     }

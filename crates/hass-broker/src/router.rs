@@ -32,20 +32,27 @@ pub struct Limits {
     /// QoS 1/2 deliveries in flight per MQTT 3.1.1 client (MQTT 5 clients say
     /// their own Receive Maximum; the lower of the two applies).
     pub max_inflight: u16,
-    /// What happens to a connected client whose queue is full of QoS 1/2.
+    /// Which message a full queue loses.
     pub slow_consumer: SlowConsumer,
 }
 
-/// The policy for a client that cannot keep up, once its queue is full and
-/// holds no QoS 0 message left to drop.
+/// Which message a full queue loses, once it holds no live QoS 0 message
+/// left to shed (a new QoS 1/2 message always displaces the oldest QoS 0 one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlowConsumer {
-    /// Drop new messages for it (counted), as Mosquitto does.
+    /// Drop the oldest queued message for the new one: what reaches a client
+    /// that fell behind (or was away) is the newest state, still in order,
+    /// and its wait is bounded by how fast the queue turns over, not by how
+    /// slowly the client drains it.
     #[default]
-    Drop,
-    /// Disconnect it (MQTT 5: reason 0x97 Quota exceeded); its persistent
-    /// session keeps what was queued.
+    DropOldest,
+    /// Drop the new message, as Mosquitto does: the client gets the oldest
+    /// messages, each having waited behind the whole queue.
+    DropNewest,
+    /// Drop the new message and disconnect a connected client (MQTT 5:
+    /// reason 0x97 Quota exceeded); its persistent session keeps what was
+    /// queued.
     Disconnect,
 }
 
@@ -55,7 +62,7 @@ impl Default for Limits {
             max_queued_messages: 100_000,
             memory_budget: 256 * 1024 * 1024,
             max_inflight: 32,
-            slow_consumer: SlowConsumer::Drop,
+            slow_consumer: SlowConsumer::DropOldest,
         }
     }
 }
@@ -459,8 +466,9 @@ impl Router {
                     retain,
                     subscription_ids: ids,
                     queued_id: 0,
+                    replay: false,
                 };
-                if let Some(seq) = self.enqueue(session, queued_bytes, delivery, false) {
+                if let Some(seq) = self.enqueue(session, queued_bytes, delivery) {
                     last_seq = Some(seq);
                 }
             }
@@ -487,8 +495,9 @@ impl Router {
                     .into_iter()
                     .collect(),
                 queued_id: 0,
+                replay: false,
             };
-            if let Some(seq) = self.enqueue(session, queued_bytes, delivery, false) {
+            if let Some(seq) = self.enqueue(session, queued_bytes, delivery) {
                 last_seq = Some(seq);
             }
         }
@@ -502,25 +511,37 @@ impl Router {
         session: &mut Session,
         queued_bytes: &mut usize,
         mut delivery: Delivery,
-        retained_replay: bool,
     ) -> Option<u64> {
-        if !retained_replay {
-            if session.queue.len() >= self.limits.max_queued_messages {
-                // Shed QoS 0 first: a newer QoS 1 message displaces an old QoS 0 one.
-                let evicted = if delivery.qos == QoS::AtMostOnce {
-                    None
-                } else {
-                    session.evict_oldest_qos0()
-                };
+        if !delivery.replay {
+            if session.live_queued() >= self.limits.max_queued_messages {
                 self.stats
                     .dropped_queue_full
                     .fetch_add(1, Ordering::Relaxed);
+                let policy = self.limits.slow_consumer;
+                // Shed QoS 0 first: a new QoS 1/2 message displaces an old
+                // QoS 0 one, never the other way round.
+                let evicted = match (delivery.qos, policy) {
+                    (QoS::AtMostOnce, SlowConsumer::DropOldest) => session.evict_oldest(true),
+                    (QoS::AtMostOnce, _) => None,
+                    (_, SlowConsumer::DropOldest) => session
+                        .evict_oldest(true)
+                        .or_else(|| session.evict_oldest(false)),
+                    _ => session.evict_oldest(true),
+                };
                 match evicted {
-                    Some(old) => *queued_bytes -= old.message.weight(),
+                    Some(old) => {
+                        *queued_bytes -= old.message.weight();
+                        if old.queued_id > 0 {
+                            self.submit(Op::DeleteQueued {
+                                client_id: session.client_id.clone(),
+                                id: old.queued_id,
+                            });
+                        }
+                    }
                     None => {
                         // Nothing left to shed: a connected consumer this far
                         // behind is disconnected if the policy says so.
-                        if self.limits.slow_consumer == SlowConsumer::Disconnect
+                        if policy == SlowConsumer::Disconnect
                             && let Some(link) = &session.link
                             && link.signal.close_requested().is_none()
                         {
@@ -622,8 +643,9 @@ impl Router {
                             .into_iter()
                             .collect(),
                         queued_id: 0,
+                        replay: true,
                     };
-                    self.enqueue(session, queued_bytes, delivery, true);
+                    self.enqueue(session, queued_bytes, delivery);
                 }
             }
         }
@@ -1025,6 +1047,7 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
                 retain: queued.retain,
                 subscription_ids: queued.subscription_ids,
                 queued_id: id,
+                replay: false,
             };
             state.queued_bytes += delivery.message.weight();
             session.push(delivery);
@@ -1107,5 +1130,121 @@ mod tests {
         // The first reason given wins: a later shutdown does not rewrite it.
         old.signal.close(CloseRequest::ShuttingDown);
         assert_eq!(old.signal.close_requested(), Some(CloseRequest::TakenOver));
+    }
+
+    fn message(topic: &str, payload: &str, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        }
+    }
+
+    /// A client (window 2, queue limit 3) that reads nothing until `setup`
+    /// has subscribed it and published, then drains its queue: the payloads
+    /// it gets, and how many the limit dropped.
+    fn received_after(policy: SlowConsumer, setup: impl FnOnce(&Router)) -> (Vec<String>, u64) {
+        let router = Router::new(
+            Limits {
+                max_queued_messages: 3,
+                max_inflight: 2,
+                slow_consumer: policy,
+                ..Limits::default()
+            },
+            None,
+        );
+        let sub = router.connect(ConnectRequest {
+            receive_maximum: 2,
+            ..request("sub")
+        });
+        setup(&router);
+        let mut got = Vec::new();
+        loop {
+            let (out, _) = router.take_outgoing("sub", sub.conn_id, 100);
+            if out.is_empty() {
+                break;
+            }
+            for packet in out {
+                if let Outgoing::Publish { delivery, pkid, .. } = packet {
+                    got.push(String::from_utf8_lossy(&delivery.message.payload).into_owned());
+                    if pkid > 0 {
+                        router
+                            .acknowledge("sub", pkid, AckKind::PubAck)
+                            .expect("in flight");
+                    }
+                }
+            }
+        }
+        let dropped = router.stats.dropped_queue_full.load(Ordering::Relaxed);
+        (got, dropped)
+    }
+
+    fn subscribe(router: &Router) {
+        let options = SubscriptionOptions::from_byte(1, 0).expect("QoS 1");
+        router.subscribe("sub", vec![("t/#".into(), options)]);
+    }
+
+    fn publish_numbered(router: &Router, range: std::ops::Range<u32>) {
+        for i in range {
+            router.publish(message("t/x", &i.to_string(), QoS::AtLeastOnce, false));
+        }
+    }
+
+    #[test]
+    fn a_full_queue_keeps_the_newest_messages_in_order_by_default() {
+        let (got, dropped) = received_after(SlowConsumer::DropOldest, |router| {
+            subscribe(router);
+            publish_numbered(router, 0..10);
+        });
+        assert_eq!(got, ["7", "8", "9"]);
+        assert_eq!(dropped, 7);
+    }
+
+    #[test]
+    fn drop_newest_keeps_the_oldest_as_mosquitto_does() {
+        let (got, dropped) = received_after(SlowConsumer::DropNewest, |router| {
+            subscribe(router);
+            publish_numbered(router, 0..10);
+        });
+        assert_eq!(got, ["0", "1", "2"]);
+        assert_eq!(dropped, 7);
+    }
+
+    #[test]
+    fn qos0_is_shed_before_qos1_and_never_displaces_it() {
+        let (got, _) = received_after(SlowConsumer::DropOldest, |router| {
+            subscribe(router);
+            router.publish(message("t/x", "q1-a", QoS::AtLeastOnce, false));
+            router.publish(message("t/x", "q0-a", QoS::AtMostOnce, false));
+            router.publish(message("t/x", "q1-b", QoS::AtLeastOnce, false));
+            // Full: a QoS 1 message displaces the QoS 0 one, not the older QoS 1.
+            router.publish(message("t/x", "q1-c", QoS::AtLeastOnce, false));
+            // Full of QoS 1: a QoS 0 message is the one dropped.
+            router.publish(message("t/x", "q0-b", QoS::AtMostOnce, false));
+        });
+        assert_eq!(got, ["q1-a", "q1-b", "q1-c"]);
+    }
+
+    #[test]
+    fn retained_replays_neither_count_against_the_limit_nor_are_shed() {
+        let (got, _) = received_after(SlowConsumer::DropOldest, |router| {
+            for i in 0..5 {
+                router.publish(message(
+                    &format!("t/config{i}"),
+                    "cfg",
+                    QoS::AtLeastOnce,
+                    true,
+                ));
+            }
+            // The subscription replays five retained messages, over the limit of 3...
+            subscribe(router);
+            // ...and live messages still get a queue of 3 of their own.
+            publish_numbered(router, 0..6);
+        });
+        assert_eq!(got, ["cfg", "cfg", "cfg", "cfg", "cfg", "3", "4", "5"]);
     }
 }

@@ -56,6 +56,10 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Id in the store's queue table; 0 when not persisted.
     pub queued_id: u64,
+    /// A retained message sent because of a SUBSCRIBE: it neither counts
+    /// against nor is shed by the queue limit (Home Assistant's discovery
+    /// lives in these).
+    pub replay: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +190,11 @@ pub struct Session {
     pub subscriptions: HashMap<String, SubscriptionOptions>,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
+    /// Retained replays in `queue`, kept so the limit sees only the rest.
+    queued_replays: usize,
+    /// Live QoS 0 deliveries in `queue`: the first to shed, and counted so
+    /// a full queue of QoS 1 is not searched for one on every message.
+    queued_live_qos0: usize,
     pub inflight: BTreeMap<u16, Inflight>,
     /// QoS 2 packet ids received (PUBREC sent) and not yet released.
     pub incoming_qos2: HashSet<u16>,
@@ -206,6 +215,8 @@ impl Session {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            queued_replays: 0,
+            queued_live_qos0: 0,
             inflight: BTreeMap::new(),
             incoming_qos2: HashSet::new(),
             next_pkid: 0,
@@ -232,22 +243,51 @@ impl Session {
     }
 
     pub fn push(&mut self, delivery: Delivery) {
-        self.queued_bytes += delivery.message.weight();
+        self.tally(&delivery, true);
         self.queue.push_back(delivery);
     }
 
     pub fn pop(&mut self) -> Option<Delivery> {
         let delivery = self.queue.pop_front()?;
-        self.queued_bytes -= delivery.message.weight();
+        self.tally(&delivery, false);
         Some(delivery)
     }
 
-    /// Removes the oldest queued QoS 0 delivery, to make room under a limit.
-    pub fn evict_oldest_qos0(&mut self) -> Option<Delivery> {
-        let at = self.queue.iter().position(|d| d.qos == QoS::AtMostOnce)?;
+    /// Queued deliveries the queue limit applies to: all but retained replays.
+    pub fn live_queued(&self) -> usize {
+        self.queue.len() - self.queued_replays
+    }
+
+    /// Removes the oldest live (not replayed) delivery, or with `qos0_only`
+    /// the oldest live QoS 0 one, to make room under the queue limit.
+    pub fn evict_oldest(&mut self, qos0_only: bool) -> Option<Delivery> {
+        if qos0_only && self.queued_live_qos0 == 0 {
+            return None;
+        }
+        let at = self
+            .queue
+            .iter()
+            .position(|d| !d.replay && (!qos0_only || d.qos == QoS::AtMostOnce))?;
         let delivery = self.queue.remove(at)?;
-        self.queued_bytes -= delivery.message.weight();
+        self.tally(&delivery, false);
         Some(delivery)
+    }
+
+    /// Keeps the queue's tallies in step as `delivery` enters or leaves it.
+    fn tally(&mut self, delivery: &Delivery, entering: bool) {
+        let step = |n: &mut usize, by: usize| {
+            if entering {
+                *n += by;
+            } else {
+                *n -= by;
+            }
+        };
+        step(&mut self.queued_bytes, delivery.message.weight());
+        if delivery.replay {
+            step(&mut self.queued_replays, 1);
+        } else if delivery.qos == QoS::AtMostOnce {
+            step(&mut self.queued_live_qos0, 1);
+        }
     }
 
     /// Whether the connected client may receive `topic`. Sessions without a

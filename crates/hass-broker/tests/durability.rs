@@ -6,8 +6,9 @@ mod common;
 
 use common::TestBroker;
 
-fn publish_retained_and_queue(broker: &TestBroker) {
-    // Home Assistant's session: persistent, subscribed, then gone.
+/// Home Assistant's session: persistent, subscribed to `zigbee2mqtt/#`
+/// (QoS 1), then gone.
+fn ha_subscribes_and_leaves(broker: &TestBroker) {
     let ha = broker.paho(
         4,
         true,
@@ -25,6 +26,45 @@ fn publish_retained_and_queue(broker: &TestBroker) {
         ],
     );
     assert_eq!(ha["granted"], serde_json::json!([1]), "{ha}");
+}
+
+/// Home Assistant back on its session, without subscribing again: what it
+/// receives until `expect` messages arrived (or `timeout` seconds passed),
+/// and half a second more; with `messages` listed.
+fn ha_returns(broker: &TestBroker, expect: usize, timeout: &str) -> serde_json::Value {
+    broker.paho(
+        4,
+        true,
+        &[
+            "--client-id",
+            "homeassistant-core",
+            "subscribe",
+            "--filter",
+            "unused",
+            "--persistent",
+            "--no-subscribe",
+            "--expect",
+            &expect.to_string(),
+            "--timeout",
+            timeout,
+            "--linger",
+            "0.5",
+            "--show",
+        ],
+    )
+}
+
+fn payloads(summary: &serde_json::Value) -> Vec<String> {
+    summary["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["payload"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn publish_retained_and_queue(broker: &TestBroker) {
+    ha_subscribes_and_leaves(broker);
     let sent = broker.paho(
         4,
         true,
@@ -87,24 +127,7 @@ fn assert_state_restored(broker: &TestBroker) {
     assert_eq!(retained["retained"], 50);
 
     // The session resumes without subscribing again, and gets what was queued.
-    let ha = broker.paho(
-        4,
-        true,
-        &[
-            "--client-id",
-            "homeassistant-core",
-            "subscribe",
-            "--filter",
-            "unused",
-            "--persistent",
-            "--no-subscribe",
-            "--expect",
-            "5",
-            "--timeout",
-            "10",
-            "--show",
-        ],
-    );
+    let ha = ha_returns(broker, 5, "10");
     assert_eq!(ha["session_present"], true, "{ha}");
     assert_eq!(
         ha["count"],
@@ -112,14 +135,8 @@ fn assert_state_restored(broker: &TestBroker) {
         "queued QoS 1 after restart: {ha}\n{}",
         broker.stderr()
     );
-    let payloads: Vec<&str> = ha["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| m["payload"].as_str().unwrap_or_default())
-        .collect();
     assert_eq!(
-        payloads,
+        payloads(&ha),
         ["open0", "open1", "open2", "open3", "open4"],
         "in order"
     );
@@ -153,44 +170,12 @@ fn delivered_messages_are_not_replayed_after_restart() {
     let mut broker = TestBroker::start("");
     publish_retained_and_queue(&broker);
     // Home Assistant comes back and receives (and acknowledges) the queue...
-    let ha = broker.paho(
-        4,
-        true,
-        &[
-            "--client-id",
-            "homeassistant-core",
-            "subscribe",
-            "--filter",
-            "unused",
-            "--persistent",
-            "--no-subscribe",
-            "--expect",
-            "5",
-            "--timeout",
-            "10",
-            "--linger",
-            "0.5",
-        ],
-    );
+    let ha = ha_returns(&broker, 5, "10");
     assert_eq!(ha["count"], 5);
     broker.kill9();
     broker.restart();
     // ...so after a crash there is nothing left to deliver twice.
-    let ha = broker.paho(
-        4,
-        true,
-        &[
-            "--client-id",
-            "homeassistant-core",
-            "subscribe",
-            "--filter",
-            "unused",
-            "--persistent",
-            "--no-subscribe",
-            "--timeout",
-            "1.5",
-        ],
-    );
+    let ha = ha_returns(&broker, 0, "1.5");
     assert_eq!(ha["session_present"], true);
     assert_eq!(ha["count"], 0, "acknowledged messages came back: {ha}");
 }
@@ -268,4 +253,51 @@ fn metrics_parse_and_show_the_store_at_work() {
         broker.metric("hass_broker_messages_received", Some(("qos", "1"))),
         20.0
     );
+}
+
+/// Home Assistant away while a device reports 200 times into a queue of 50,
+/// then the broker is killed: what comes back is the newest 50, in order
+/// (`slow_consumer: drop_oldest`, the default), or the oldest 50 with
+/// `drop_newest`; the shed messages stay gone from the store.
+fn queued_after_overflow_and_sigkill(extra: &str) -> Vec<String> {
+    let mut broker = TestBroker::start(extra);
+    ha_subscribes_and_leaves(&broker);
+    let sent = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "zigbee2mqtt/sensor",
+            "--payload",
+            "{i}",
+            "--count",
+            "200",
+            "--qos",
+            "1",
+        ],
+    );
+    assert_eq!(sent["acked"], 200);
+    assert_eq!(broker.metric("hass_broker_dropped_queue_full", None), 150.0);
+    broker.kill9();
+    broker.restart();
+    let ha = ha_returns(&broker, 50, "10");
+    assert_eq!(ha["count"], 50, "{ha}\n{}", broker.stderr());
+    payloads(&ha)
+}
+
+#[test]
+fn a_full_queue_keeps_the_newest_messages_across_sigkill() {
+    let got = queued_after_overflow_and_sigkill("limits:\n  max_queued_messages: 50\n");
+    let newest: Vec<String> = (150..200).map(|i| i.to_string()).collect();
+    assert_eq!(got, newest);
+}
+
+#[test]
+fn drop_newest_keeps_the_oldest_messages_across_sigkill() {
+    let got = queued_after_overflow_and_sigkill(
+        "limits:\n  max_queued_messages: 50\n  slow_consumer: drop_newest\n",
+    );
+    let oldest: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(got, oldest);
 }
