@@ -54,6 +54,8 @@ impl Kind {
 struct Broker {
     child: Child,
     addr: SocketAddr,
+    /// MQTT over WebSockets, path `/mqtt`.
+    ws: SocketAddr,
     admin: Option<SocketAddr>,
 }
 
@@ -71,6 +73,7 @@ fn free_addr() -> SocketAddr {
 
 fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
     let addr = free_addr();
+    let ws = free_addr();
     let passwd = dir.join("passwd");
     let child = match kind {
         Kind::Hass => {
@@ -79,7 +82,7 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
             std::fs::write(
                 &config,
                 format!(
-                    "data_dir: {}\npassword_file: {}\nsys_interval: null\nlisteners:\n  mqtt: {addr}\n  ws: null\nlimits:\n  max_inflight: 20\n  max_queued_messages: 1000\n",
+                    "data_dir: {}\npassword_file: {}\nsys_interval: null\nlisteners:\n  mqtt: {addr}\n  ws: {ws}\nlimits:\n  max_inflight: 20\n  max_queued_messages: 1000\n",
                     data.display(),
                     passwd.display()
                 ),
@@ -97,9 +100,11 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
             let broker = Broker {
                 child,
                 addr,
+                ws,
                 admin: Some(admin),
             };
             wait_listening(addr);
+            wait_listening(ws);
             return broker;
         }
         Kind::Mosquitto => {
@@ -107,8 +112,9 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
             std::fs::write(
                 &config,
                 format!(
-                    "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\nmax_inflight_messages 20\nmax_queued_messages 1000\nset_tcp_nodelay true\nlog_dest none\n",
+                    "listener {} 127.0.0.1\nlistener {} 127.0.0.1\nprotocol websockets\nallow_anonymous false\npassword_file {}\npersistence false\nmax_inflight_messages 20\nmax_queued_messages 1000\nset_tcp_nodelay true\nlog_dest none\n",
                     addr.port(),
+                    ws.port(),
                     passwd.display()
                 ),
             )
@@ -123,9 +129,11 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
         }
     };
     wait_listening(addr);
+    wait_listening(ws);
     Broker {
         child,
         addr,
+        ws,
         admin: None,
     }
 }
@@ -168,10 +176,7 @@ fn usage(pid: u32) -> (f64, u64, u64) {
 
 // A minimal MQTT 3.1.1 client on hass-broker's codec module.
 
-async fn connect(addr: SocketAddr, client_id: &str) -> (OwnedReadHalf, OwnedWriteHalf) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let (mut read, mut write) = stream.into_split();
+fn connect_packet(client_id: &str) -> BytesMut {
     let mut out = BytesMut::new();
     let connect = Packet::Connect(
         Connect {
@@ -188,11 +193,53 @@ async fn connect(addr: SocketAddr, client_id: &str) -> (OwnedReadHalf, OwnedWrit
         }),
     );
     codec::write(Version::V4, connect, &mut out).expect("encode");
-    write.write_all(&out).await.expect("send CONNECT");
+    out
+}
+
+const CONNACK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
+
+async fn connect(addr: SocketAddr, client_id: &str) -> (OwnedReadHalf, OwnedWriteHalf) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let (mut read, mut write) = stream.into_split();
+    write
+        .write_all(&connect_packet(client_id))
+        .await
+        .expect("send CONNECT");
     let mut ack = [0u8; 4];
     read.read_exact(&mut ack).await.expect("CONNACK");
-    assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK refused");
+    assert_eq!(ack, CONNACK, "CONNACK refused");
     (read, write)
+}
+
+/// An MQTT connection over WebSockets (path `/mqtt`, subprotocol `mqtt`),
+/// written by hand: the handshake, then CONNECT in one masked binary frame.
+async fn connect_ws(addr: SocketAddr, client_id: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = "GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("upgrade");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("101 response"));
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let packet = connect_packet(client_id);
+    let len = u8::try_from(packet.len()).expect("short CONNECT");
+    // Binary frame, FIN; masked with a zero key, so the payload is as is.
+    let mut frame = vec![0x82, 0x80 | len, 0, 0, 0, 0];
+    frame.extend_from_slice(&packet);
+    stream.write_all(&frame).await.expect("send CONNECT");
+    let mut ack = [0u8; 6];
+    stream.read_exact(&mut ack).await.expect("CONNACK");
+    assert_eq!(ack[..2], [0x82, 4], "one binary frame");
+    assert_eq!(ack[2..], CONNACK, "CONNACK refused");
+    stream
 }
 
 async fn subscribe(read: &mut OwnedReadHalf, write: &mut OwnedWriteHalf, filter: &str, qos: QoS) {
@@ -510,15 +557,20 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
     }
 }
 
-async fn idle_connections(addr: SocketAddr, pid: u32, count: usize) -> f64 {
+async fn idle_connections(addr: SocketAddr, pid: u32, count: usize, websocket: bool) -> f64 {
     let (_, _, before) = usage(pid);
-    let mut held = Vec::with_capacity(count);
+    let mut tcp = Vec::with_capacity(count);
+    let mut ws = Vec::with_capacity(count);
     for i in 0..count {
-        held.push(connect(addr, &format!("idle-{i}")).await);
+        let id = format!("idle-{i}");
+        if websocket {
+            ws.push(connect_ws(addr, &id).await);
+        } else {
+            tcp.push(connect(addr, &id).await);
+        }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, _, after) = usage(pid);
-    drop(held);
     (after.saturating_sub(before)) as f64 / count as f64
 }
 
@@ -572,18 +624,23 @@ fn restore_time(dir: &Path, retained: usize) -> (Duration, String) {
 
 fn print_idle_connections(rt: &tokio::runtime::Runtime, dir: &Path) {
     let idle = 1000;
-    for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
-        let data = dir.join(format!("idle-{i}"));
-        let broker = start(kind, dir, &data);
-        let per = rt.block_on(idle_connections(broker.addr, broker.child.id(), idle));
-        let (_, _, rss) = usage(broker.child.id());
-        println!(
-            "{} idle connections on {}: {:.0} bytes each, {:.1} MiB RSS in all",
-            idle,
-            kind.name(),
-            per,
-            rss as f64 / (1024.0 * 1024.0)
-        );
+    for websocket in [false, true] {
+        for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+            let data = dir.join(format!("idle-{i}"));
+            let broker = start(kind, dir, &data);
+            let addr = if websocket { broker.ws } else { broker.addr };
+            let pid = broker.child.id();
+            let per = rt.block_on(idle_connections(addr, pid, idle, websocket));
+            let (_, _, rss) = usage(pid);
+            println!(
+                "{} idle {} connections on {}: {:.0} bytes each, {:.1} MiB RSS in all",
+                idle,
+                if websocket { "WebSocket" } else { "TCP" },
+                kind.name(),
+                per,
+                rss as f64 / (1024.0 * 1024.0)
+            );
+        }
     }
 }
 
