@@ -328,6 +328,65 @@ fn websockets_carry_both_versions_on_mqtt_and_root_paths() {
     });
 }
 
+/// The Python client's `counted_payload`: hex counters, `size` bytes.
+fn counted_payload(size: usize) -> String {
+    let mut text: String = (0..=size / 8).map(|k| format!("{k:08x}")).collect();
+    text.truncate(size);
+    text
+}
+
+#[test]
+fn a_megabyte_retained_message_crosses_websockets_intact() {
+    // Zigbee2MQTT's `bridge/devices` on a big network, published from and
+    // read by WebSocket clients, whose frames the broker reads in 4 KiB
+    // pieces and writes back in its own.
+    let broker = TestBroker::start("");
+    let size = 1024 * 1024 + 3;
+    let sent = broker.paho_on(
+        broker.ws.port(),
+        5,
+        true,
+        &[
+            "--transport",
+            "websockets",
+            "publish-many",
+            "--topic",
+            "zigbee2mqtt/bridge/devices",
+            "--payload-size",
+            &size.to_string(),
+            "--retain",
+        ],
+    );
+    assert_eq!(sent["acked"], 1, "{sent}");
+    let expected = counted_payload(size);
+    for (port, transport) in [
+        (broker.ws.port(), "websockets"),
+        (broker.mqtt.port(), "tcp"),
+    ] {
+        let got = broker.paho_on(
+            port,
+            4,
+            true,
+            &[
+                "--transport",
+                transport,
+                "subscribe",
+                "--filter",
+                "zigbee2mqtt/bridge/#",
+                "--expect",
+                "1",
+                "--timeout",
+                "20",
+                "--show",
+            ],
+        );
+        assert_eq!(got["count"], 1, "over {transport}: {}", broker.stderr());
+        let payload = got["messages"][0]["payload"].as_str().unwrap_or_default();
+        assert_eq!(payload.len(), size, "over {transport}");
+        assert!(payload == expected, "over {transport}: payload differs");
+    }
+}
+
 #[test]
 fn sys_topics_report_the_broker_like_mosquitto() {
     let broker = TestBroker::start("sys_interval: 200ms\n");

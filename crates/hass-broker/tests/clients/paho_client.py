@@ -87,6 +87,8 @@ def cmd_publish_many(args):
     for i in range(args.count):
         topic = args.topic.replace("{i}", str(i))
         payload = args.payload.replace("{i}", str(i))
+        if args.payload_size:
+            payload = counted_payload(args.payload_size)
         infos.append(client.publish(topic, payload, qos=args.qos, retain=args.retain))
     for info in infos:
         info.wait_for_publish(timeout=30)
@@ -94,6 +96,12 @@ def cmd_publish_many(args):
     client.disconnect()
     client.loop_stop()
     print(json.dumps({"rc": rc, "acked": acked}))
+
+
+def counted_payload(size):
+    """`size` bytes of 8-digit hex counters: no two chunks of it look alike,
+    so a lost, doubled or reordered piece shows."""
+    return "".join(f"{k:08x}" for k in range(size // 8 + 1))[:size]
 
 
 def cmd_subscribe(args):
@@ -173,6 +181,8 @@ def main():
     p = sub.add_parser("publish-many")
     p.add_argument("--topic", required=True)
     p.add_argument("--payload", default="{i}")
+    p.add_argument("--payload-size", type=int, default=0,
+                   help="send this many bytes of counted_payload instead")
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--qos", type=int, default=1)
     p.add_argument("--retain", action="store_true")
