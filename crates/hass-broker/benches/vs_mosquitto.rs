@@ -56,6 +56,8 @@ struct Broker {
     addr: SocketAddr,
     /// MQTT over WebSockets, path `/mqtt`.
     ws: SocketAddr,
+    /// MQTT over TLS, with the certificate `make_cert` wrote.
+    tls: SocketAddr,
     admin: Option<SocketAddr>,
 }
 
@@ -74,7 +76,9 @@ fn free_addr() -> SocketAddr {
 fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
     let addr = free_addr();
     let ws = free_addr();
+    let tls = free_addr();
     let passwd = dir.join("passwd");
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     let child = match kind {
         Kind::Hass => {
             let admin = free_addr();
@@ -82,9 +86,11 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
             std::fs::write(
                 &config,
                 format!(
-                    "data_dir: {}\npassword_file: {}\nsys_interval: null\nlisteners:\n  mqtt: {addr}\n  ws: {ws}\nlimits:\n  max_inflight: 20\n  max_queued_messages: 1000\n",
+                    "data_dir: {}\npassword_file: {}\nsys_interval: null\ntls:\n  cert_file: {}\n  key_file: {}\nlisteners:\n  mqtt: {addr}\n  ws: {ws}\n  mqtts: {tls}\nlimits:\n  max_inflight: 20\n  max_queued_messages: 1000\n",
                     data.display(),
-                    passwd.display()
+                    passwd.display(),
+                    cert.display(),
+                    key.display(),
                 ),
             )
             .expect("config");
@@ -101,20 +107,28 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
                 child,
                 addr,
                 ws,
+                tls,
                 admin: Some(admin),
             };
             wait_listening(addr);
             wait_listening(ws);
+            wait_listening(tls);
             return broker;
         }
         Kind::Mosquitto => {
+            // `user root`: started as root (as on the bench machine), Mosquitto
+            // would switch to its own user before reading the key in this
+            // private temp dir. Not root, the line does nothing.
             let config = dir.join("mosquitto.conf");
             std::fs::write(
                 &config,
                 format!(
-                    "listener {} 127.0.0.1\nlistener {} 127.0.0.1\nprotocol websockets\nallow_anonymous false\npassword_file {}\npersistence false\nmax_inflight_messages 20\nmax_queued_messages 1000\nset_tcp_nodelay true\nlog_dest none\n",
+                    "listener {} 127.0.0.1\nlistener {} 127.0.0.1\nprotocol websockets\nlistener {} 127.0.0.1\ncertfile {}\nkeyfile {}\nuser root\nallow_anonymous false\npassword_file {}\npersistence false\nmax_inflight_messages 20\nmax_queued_messages 1000\nset_tcp_nodelay true\nlog_dest none\n",
                     addr.port(),
                     ws.port(),
+                    tls.port(),
+                    cert.display(),
+                    key.display(),
                     passwd.display()
                 ),
             )
@@ -130,10 +144,12 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
     };
     wait_listening(addr);
     wait_listening(ws);
+    wait_listening(tls);
     Broker {
         child,
         addr,
         ws,
+        tls,
         admin: None,
     }
 }
@@ -557,16 +573,91 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
     }
 }
 
-async fn idle_connections(addr: SocketAddr, pid: u32, count: usize, websocket: bool) -> f64 {
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Tcp,
+    WebSocket,
+    Tls,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "TCP",
+            Transport::WebSocket => "WebSocket",
+            Transport::Tls => "TLS",
+        }
+    }
+}
+
+/// A self-signed P-256 certificate for 127.0.0.1 in `dir` (tls.crt,
+/// tls.key), made by the openssl CLI, as cert-manager would issue one.
+fn make_cert(dir: &Path) {
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=bench", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(dir.join("tls.key"))
+        .arg("-out")
+        .arg(dir.join("tls.crt"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+}
+
+fn tls_connector(cert: &Path) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(cert).expect("tls.crt"))
+        .expect("trust tls.crt");
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn connect_tls(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+    client_id: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    stream
+        .write_all(&connect_packet(client_id))
+        .await
+        .expect("send CONNECT");
+    let mut ack = [0u8; 4];
+    stream.read_exact(&mut ack).await.expect("CONNACK");
+    assert_eq!(ack, CONNACK, "CONNACK refused");
+    stream
+}
+
+/// RSS growth per connection for `count` connections that connect and
+/// then stay silent (Keep Alive 0).
+async fn idle_connections(broker: &Broker, dir: &Path, count: usize, transport: Transport) -> f64 {
+    let pid = broker.child.id();
+    let connector = tls_connector(&dir.join("tls.crt"));
     let (_, _, before) = usage(pid);
     let mut tcp = Vec::with_capacity(count);
-    let mut ws = Vec::with_capacity(count);
+    let mut held = Vec::with_capacity(count);
+    let mut tls = Vec::with_capacity(count);
     for i in 0..count {
         let id = format!("idle-{i}");
-        if websocket {
-            ws.push(connect_ws(addr, &id).await);
-        } else {
-            tcp.push(connect(addr, &id).await);
+        match transport {
+            Transport::Tcp => tcp.push(connect(broker.addr, &id).await),
+            Transport::WebSocket => held.push(connect_ws(broker.ws, &id).await),
+            Transport::Tls => tls.push(connect_tls(broker.tls, &connector, &id).await),
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -624,18 +715,16 @@ fn restore_time(dir: &Path, retained: usize) -> (Duration, String) {
 
 fn print_idle_connections(rt: &tokio::runtime::Runtime, dir: &Path) {
     let idle = 1000;
-    for websocket in [false, true] {
+    for transport in [Transport::Tcp, Transport::WebSocket, Transport::Tls] {
         for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
             let data = dir.join(format!("idle-{i}"));
             let broker = start(kind, dir, &data);
-            let addr = if websocket { broker.ws } else { broker.addr };
-            let pid = broker.child.id();
-            let per = rt.block_on(idle_connections(addr, pid, idle, websocket));
-            let (_, _, rss) = usage(pid);
+            let per = rt.block_on(idle_connections(&broker, dir, idle, transport));
+            let (_, _, rss) = usage(broker.child.id());
             println!(
                 "{} idle {} connections on {}: {:.0} bytes each, {:.1} MiB RSS in all",
                 idle,
-                if websocket { "WebSocket" } else { "TCP" },
+                transport.name(),
                 kind.name(),
                 per,
                 rss as f64 / (1024.0 * 1024.0)
@@ -672,6 +761,7 @@ fn main() {
         .status()
         .expect("mosquitto_passwd");
     assert!(status.success());
+    make_cert(dir.path());
 
     let scenarios = [
         Scenario {
