@@ -114,7 +114,8 @@ pub struct LimitsConfig {
     /// as `slow_consumer` says). Retained messages sent on subscribe do not
     /// count.
     pub max_queued_messages: usize,
-    /// Bytes queued across all sessions before new deliveries are dropped.
+    /// Bytes queued across all sessions; over it, the largest queue sheds
+    /// its oldest messages (retained replays excepted).
     pub memory_budget: usize,
     /// QoS 1/2 messages in flight per client.
     pub max_inflight: u16,

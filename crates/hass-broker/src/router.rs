@@ -27,7 +27,8 @@ pub struct Limits {
     /// Queued messages per session beyond which new ones are dropped
     /// (retained replays on subscribe are exempt: they are already in memory).
     pub max_queued_messages: usize,
-    /// Bytes queued across all sessions beyond which new deliveries are dropped.
+    /// Bytes queued across all sessions; over it, the largest queue sheds
+    /// its oldest messages.
     pub memory_budget: usize,
     /// QoS 1/2 deliveries in flight per MQTT 3.1.1 client (MQTT 5 clients say
     /// their own Receive Maximum; the lower of the two applies).
@@ -501,6 +502,7 @@ impl Router {
                 last_seq = Some(seq);
             }
         }
+        self.trim_to_budget(sessions, queued_bytes);
         last_seq
     }
 
@@ -512,51 +514,38 @@ impl Router {
         queued_bytes: &mut usize,
         mut delivery: Delivery,
     ) -> Option<u64> {
-        if !delivery.replay {
-            if session.live_queued() >= self.limits.max_queued_messages {
-                self.stats
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                let policy = self.limits.slow_consumer;
-                // Shed QoS 0 first: a new QoS 1/2 message displaces an old
-                // QoS 0 one, never the other way round.
-                let evicted = match (delivery.qos, policy) {
-                    (QoS::AtMostOnce, SlowConsumer::DropOldest) => session.evict_oldest(true),
-                    (QoS::AtMostOnce, _) => None,
-                    (_, SlowConsumer::DropOldest) => session
-                        .evict_oldest(true)
-                        .or_else(|| session.evict_oldest(false)),
-                    _ => session.evict_oldest(true),
-                };
-                match evicted {
-                    Some(old) => {
-                        *queued_bytes -= old.message.weight();
-                        if old.queued_id > 0 {
-                            self.submit(Op::DeleteQueued {
-                                client_id: session.client_id.clone(),
-                                id: old.queued_id,
-                            });
-                        }
+        // Retained replays neither count against the limit nor are shed.
+        if !delivery.replay && session.live_queued() >= self.limits.max_queued_messages {
+            self.stats
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            let policy = self.limits.slow_consumer;
+            // Shed QoS 0 first: a new QoS 1/2 message displaces an old
+            // QoS 0 one, never the other way round.
+            let evicted = match (delivery.qos, policy) {
+                (QoS::AtMostOnce, SlowConsumer::DropOldest) => session.evict_oldest(true),
+                (QoS::AtMostOnce, _) => None,
+                (_, SlowConsumer::DropOldest) => session
+                    .evict_oldest(true)
+                    .or_else(|| session.evict_oldest(false)),
+                _ => session.evict_oldest(true),
+            };
+            match evicted {
+                Some(old) => self.forget(session, queued_bytes, &old),
+                None => {
+                    // Nothing left to shed: a connected consumer this far
+                    // behind is disconnected if the policy says so.
+                    if policy == SlowConsumer::Disconnect
+                        && let Some(link) = &session.link
+                        && link.signal.close_requested().is_none()
+                    {
+                        link.signal.close(CloseRequest::SlowConsumer);
+                        self.stats
+                            .slow_consumer_disconnects
+                            .fetch_add(1, Ordering::Relaxed);
                     }
-                    None => {
-                        // Nothing left to shed: a connected consumer this far
-                        // behind is disconnected if the policy says so.
-                        if policy == SlowConsumer::Disconnect
-                            && let Some(link) = &session.link
-                            && link.signal.close_requested().is_none()
-                        {
-                            link.signal.close(CloseRequest::SlowConsumer);
-                            self.stats
-                                .slow_consumer_disconnects
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        return None;
-                    }
+                    return None;
                 }
-            }
-            if *queued_bytes + delivery.message.weight() > self.limits.memory_budget {
-                self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
-                return None;
             }
         }
         let mut seq = None;
@@ -581,6 +570,42 @@ impl Router {
         session.wake();
         self.stats.deliveries_queued.fetch_add(1, Ordering::Relaxed);
         seq
+    }
+
+    /// Lets go of a delivery shed under a limit: its bytes, and its copy in
+    /// the store.
+    fn forget(&self, session: &Session, queued_bytes: &mut usize, shed: &Delivery) {
+        *queued_bytes -= shed.message.weight();
+        if shed.queued_id > 0 {
+            self.submit(Op::DeleteQueued {
+                client_id: session.client_id.clone(),
+                id: shed.queued_id,
+            });
+        }
+    }
+
+    /// Over the memory budget, sheds the oldest live messages of the largest
+    /// queue until under it again: a client that stopped reading pays for
+    /// its own backlog, and everyone else's messages keep flowing.
+    fn trim_to_budget(
+        &self,
+        sessions: &mut HashMap<Arc<str>, Box<Session>>,
+        queued_bytes: &mut usize,
+    ) {
+        while *queued_bytes > self.limits.memory_budget {
+            let Some(largest) = sessions.values_mut().max_by_key(|s| s.queued_bytes) else {
+                break;
+            };
+            // Nothing live to shed: what is left is retained replays, exempt.
+            let Some(shed) = largest
+                .evict_oldest(true)
+                .or_else(|| largest.evict_oldest(false))
+            else {
+                break;
+            };
+            self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+            self.forget(largest, queued_bytes, &shed);
+        }
     }
 
     /// Adds subscriptions and queues the retained messages they match.
@@ -1246,5 +1271,47 @@ mod tests {
             publish_numbered(router, 0..6);
         });
         assert_eq!(got, ["cfg", "cfg", "cfg", "cfg", "cfg", "3", "4", "5"]);
+    }
+
+    #[test]
+    fn over_the_memory_budget_the_largest_queue_pays_not_the_others() {
+        let budget = 40 * 1024;
+        let router = Router::new(
+            Limits {
+                memory_budget: budget,
+                ..Limits::default()
+            },
+            None,
+        );
+        let _stuck = router.connect(request("stuck"));
+        let healthy = router.connect(request("healthy"));
+        let options = SubscriptionOptions::from_byte(1, 0).expect("QoS 1");
+        for client in ["stuck", "healthy"] {
+            router.subscribe(client, vec![("t/#".into(), options)]);
+        }
+        // "stuck" never reads; "healthy" takes and acknowledges what has
+        // arrived after every 10 messages, as a client behind a socket reads
+        // in bursts.
+        let payload = "x".repeat(1000);
+        let mut got = 0;
+        for i in 1..=200 {
+            router.publish(message("t/x", &payload, QoS::AtLeastOnce, false));
+            if i % 10 != 0 {
+                continue;
+            }
+            let (out, _) = router.take_outgoing("healthy", healthy.conn_id, 100);
+            for packet in out {
+                if let Outgoing::Publish { pkid, .. } = packet {
+                    got += 1;
+                    router
+                        .acknowledge("healthy", pkid, AckKind::PubAck)
+                        .expect("in flight");
+                }
+            }
+        }
+        assert_eq!(got, 200, "the healthy client lost messages to the budget");
+        let snapshot = router.snapshot();
+        assert!(snapshot.queued_bytes <= budget, "{snapshot:?}");
+        assert!(router.stats.dropped_budget.load(Ordering::Relaxed) > 150);
     }
 }

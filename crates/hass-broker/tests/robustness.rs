@@ -291,6 +291,67 @@ fn a_flood_towards_a_stalled_subscriber_stays_within_the_memory_budget() {
 }
 
 #[test]
+fn a_stalled_client_over_the_memory_budget_does_not_starve_the_others() {
+    // A client that subscribed and then stopped reading holds a growing
+    // backlog until the global budget (1 MiB here) is full; Home Assistant,
+    // reading normally, must still get every message.
+    let broker = TestBroker::start("limits:\n  memory_budget: 1048576\n");
+    let mut stalled = TcpStream::connect(broker.mqtt).expect("connect");
+    stalled
+        .write_all(&connect_packet(b"MQTT", 4, "stalled"))
+        .expect("connect");
+    stalled
+        .write_all(&common::subscribe_packet("load/#", 1))
+        .expect("subscribe");
+    let count = 3000;
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| {
+            broker.paho(
+                4,
+                true,
+                &[
+                    "--client-id",
+                    "homeassistant",
+                    "subscribe",
+                    "--filter",
+                    "load/#",
+                    "--qos",
+                    "1",
+                    "--expect",
+                    &count.to_string(),
+                    "--timeout",
+                    "60",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_millis(700));
+        let sent = broker.paho(
+            4,
+            true,
+            &[
+                "publish-many",
+                "--topic",
+                "load/sensor",
+                "--count",
+                &count.to_string(),
+                "--qos",
+                "1",
+                "--payload-size",
+                "1000",
+            ],
+        );
+        assert_eq!(sent["acked"], count);
+        let ha = ha.join().expect("subscriber");
+        assert_eq!(ha["count"], count, "{ha}\n{}", broker.stderr());
+    });
+    // The stalled client's backlog paid for it.
+    assert!(broker.metric("hass_broker_dropped_memory_budget", None) > 1000.0);
+    assert!(broker.metric("hass_broker_queued_bytes", None) <= 1048576.0);
+    still_serving(&broker);
+    drop(stalled);
+}
+
+#[test]
 fn a_slow_consumer_is_disconnected_when_its_queue_fills_with_qos1() {
     let broker =
         TestBroker::start("limits:\n  max_queued_messages: 50\n  slow_consumer: disconnect\n");
