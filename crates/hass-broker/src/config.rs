@@ -120,8 +120,8 @@ pub struct LimitsConfig {
     /// QoS 1/2 messages in flight per client.
     pub max_inflight: u16,
     /// Which message a full queue loses: `drop_oldest` (default),
-    /// `drop_newest` (Mosquitto's way) or
-    /// `disconnect` (drop the new one and disconnect the client).
+    /// `drop_newest` (Mosquitto's way) or `disconnect` (drop the new one and
+    /// disconnect the client).
     pub slow_consumer: crate::router::SlowConsumer,
     /// How long a new connection may take to send CONNECT.
     #[serde(with = "hass_runtime::config::duration")]

@@ -24,8 +24,9 @@ use crate::topic;
 /// Limits that keep memory bounded.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Queued messages per session beyond which new ones are dropped
-    /// (retained replays on subscribe are exempt: they are already in memory).
+    /// Queued messages per session beyond which one is shed, as
+    /// `slow_consumer` says (retained replays on subscribe are exempt: they
+    /// are already in memory).
     pub max_queued_messages: usize,
     /// Bytes queued across all sessions; over it, the largest queue sheds
     /// its oldest messages.
@@ -523,12 +524,10 @@ impl Router {
             // Shed QoS 0 first: a new QoS 1/2 message displaces an old
             // QoS 0 one, never the other way round.
             let evicted = match (delivery.qos, policy) {
-                (QoS::AtMostOnce, SlowConsumer::DropOldest) => session.evict_oldest(true),
+                (QoS::AtMostOnce, SlowConsumer::DropOldest) => session.evict_oldest_qos0(),
                 (QoS::AtMostOnce, _) => None,
-                (_, SlowConsumer::DropOldest) => session
-                    .evict_oldest(true)
-                    .or_else(|| session.evict_oldest(false)),
-                _ => session.evict_oldest(true),
+                (_, SlowConsumer::DropOldest) => session.evict_oldest(),
+                _ => session.evict_oldest_qos0(),
             };
             match evicted {
                 Some(old) => self.forget(session, queued_bytes, &old),
@@ -597,10 +596,7 @@ impl Router {
                 break;
             };
             // Nothing live to shed: what is left is retained replays, exempt.
-            let Some(shed) = largest
-                .evict_oldest(true)
-                .or_else(|| largest.evict_oldest(false))
-            else {
+            let Some(shed) = largest.evict_oldest() else {
                 break;
             };
             self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);

@@ -258,16 +258,24 @@ impl Session {
         self.queue.len() - self.queued_replays
     }
 
-    /// Removes the oldest live (not replayed) delivery, or with `qos0_only`
-    /// the oldest live QoS 0 one, to make room under the queue limit.
-    pub fn evict_oldest(&mut self, qos0_only: bool) -> Option<Delivery> {
-        if qos0_only && self.queued_live_qos0 == 0 {
+    /// Removes the oldest live (not replayed) QoS 0 delivery, to make room
+    /// under a limit.
+    pub fn evict_oldest_qos0(&mut self) -> Option<Delivery> {
+        if self.queued_live_qos0 == 0 {
             return None;
         }
-        let at = self
-            .queue
-            .iter()
-            .position(|d| !d.replay && (!qos0_only || d.qos == QoS::AtMostOnce))?;
+        self.evict_first(|d| d.qos == QoS::AtMostOnce)
+    }
+
+    /// Removes the oldest live QoS 0 delivery or, when there is none, the
+    /// oldest live one.
+    pub fn evict_oldest(&mut self) -> Option<Delivery> {
+        self.evict_oldest_qos0()
+            .or_else(|| self.evict_first(|_| true))
+    }
+
+    fn evict_first(&mut self, pick: impl Fn(&Delivery) -> bool) -> Option<Delivery> {
+        let at = self.queue.iter().position(|d| !d.replay && pick(d))?;
         let delivery = self.queue.remove(at)?;
         self.tally(&delivery, false);
         Some(delivery)
