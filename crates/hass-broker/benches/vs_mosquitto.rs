@@ -27,7 +27,7 @@ use hass_broker::codec::{self, Version};
 use rumqttd::protocol::{
     Connect, Filter, Login, Packet, PubAck, PubAckReason, QoS, RetainForwardRule, Subscribe,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
@@ -214,18 +214,22 @@ fn connect_packet(client_id: &str) -> BytesMut {
 
 const CONNACK: [u8; 4] = [0x20, 0x02, 0x00, 0x00];
 
-async fn connect(addr: SocketAddr, client_id: &str) -> (OwnedReadHalf, OwnedWriteHalf) {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).expect("nodelay");
-    let (mut read, mut write) = stream.into_split();
-    write
+/// Sends CONNECT on an open stream and checks the CONNACK accepts it.
+async fn mqtt_handshake<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, client_id: &str) {
+    stream
         .write_all(&connect_packet(client_id))
         .await
         .expect("send CONNECT");
     let mut ack = [0u8; 4];
-    read.read_exact(&mut ack).await.expect("CONNACK");
+    stream.read_exact(&mut ack).await.expect("CONNACK");
     assert_eq!(ack, CONNACK, "CONNACK refused");
-    (read, write)
+}
+
+async fn connect(addr: SocketAddr, client_id: &str) -> (OwnedReadHalf, OwnedWriteHalf) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    mqtt_handshake(&mut stream, client_id).await;
+    stream.into_split()
 }
 
 /// An MQTT connection over WebSockets (path `/mqtt`, subprotocol `mqtt`),
@@ -634,13 +638,7 @@ async fn connect_tls(
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
     let mut stream = connector.connect(name, tcp).await.expect("TLS handshake");
-    stream
-        .write_all(&connect_packet(client_id))
-        .await
-        .expect("send CONNECT");
-    let mut ack = [0u8; 4];
-    stream.read_exact(&mut ack).await.expect("CONNACK");
-    assert_eq!(ack, CONNACK, "CONNACK refused");
+    mqtt_handshake(&mut stream, client_id).await;
     stream
 }
 
