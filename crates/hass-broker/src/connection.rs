@@ -906,7 +906,7 @@ enum Event {
 /// a buffer on the stack (only while polled) and are copied into `rbuf`,
 /// which grows by what arrived: while `rbuf` is empty it holds no memory, so
 /// waiting for the next packet costs an idle connection nothing.
-pub(crate) async fn read_some<S: AsyncRead + Unpin>(
+async fn read_some<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
 ) -> std::io::Result<usize> {

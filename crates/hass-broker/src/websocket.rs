@@ -17,7 +17,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWriteExt, DuplexStream};
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ConnectionContext};
@@ -77,7 +77,7 @@ async fn upgrade(
         // tungstenite zero-fills its whole read buffer (128 KiB by default)
         // on the first read and keeps it: that was 145 KB of every idle
         // WebSocket connection. Larger frames still grow it as they need.
-        .read_buffer_size(WS_READ_BUFFER)
+        .read_buffer_size(READ_CHUNK)
         // Each frame goes out when sent, not once 128 KiB have gathered.
         .write_buffer_size(0)
         .max_message_size(max.saturating_add(8))
@@ -92,13 +92,12 @@ async fn upgrade(
         })
 }
 
-/// The most one read takes from the client's socket.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// The most one read takes from the socket or the pipe.
+const READ_CHUNK: usize = 4 * 1024;
 
 /// Moves bytes between the WebSocket and the pipe until either side closes.
 async fn pump(socket: WebSocket, mut pipe: DuplexStream) {
     let (mut ws_tx, mut ws_rx) = socket.split();
-    let mut out = bytes::BytesMut::new();
     loop {
         tokio::select! {
             incoming = ws_rx.next() => match incoming {
@@ -111,11 +110,9 @@ async fn pump(socket: WebSocket, mut pipe: DuplexStream) {
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Text(_) | Message::Close(_))) | Some(Err(_)) | None => break,
             },
-            // Read as the connection reads its socket: onto the stack, so a
-            // pump waiting for the broker holds no buffer.
-            outgoing = connection::read_some(&mut pipe, &mut out) => match outgoing {
-                Ok(n) if n > 0 => {
-                    if ws_tx.send(Message::Binary(out.split().freeze())).await.is_err() {
+            outgoing = read_chunk(&mut pipe) => match outgoing {
+                Ok(data) if !data.is_empty() => {
+                    if ws_tx.send(Message::Binary(data)).await.is_err() {
                         break;
                     }
                 }
@@ -124,4 +121,17 @@ async fn pump(socket: WebSocket, mut pipe: DuplexStream) {
         }
     }
     let _ = ws_tx.close().await;
+}
+
+/// What the broker side has written, up to `READ_CHUNK` bytes (empty at
+/// the end). The bytes land on the stack only while polled, so a pump
+/// waiting for the broker holds no buffer.
+async fn read_chunk(pipe: &mut DuplexStream) -> std::io::Result<bytes::Bytes> {
+    std::future::poll_fn(|cx| {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut stack);
+        std::task::ready!(std::pin::Pin::new(&mut *pipe).poll_read(cx, &mut buf))?;
+        std::task::Poll::Ready(Ok(bytes::Bytes::copy_from_slice(buf.filled())))
+    })
+    .await
 }
