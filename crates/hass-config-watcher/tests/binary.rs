@@ -6,39 +6,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Fixture, StandInHa, WAIT, automation, sample_config, write};
-use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics};
+use common::{Fixture, StandInHa, WAIT, automation, binary, sample_config, spawn_ready, write};
+use hass_test_support::{http, openmetrics};
 use nix::sys::signal::Signal;
-
-fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hass-config-watcher"))
-}
-
-/// Spawns the binary on a free admin port until it is ready there. The
-/// "free" port can be taken by another process before the binary binds it;
-/// then someone else's /readyz may answer, so readiness must name our check.
-fn spawn_ready(command: impl Fn(SocketAddr) -> Command) -> (SpawnedBinary, SocketAddr) {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let admin = free_addr();
-        let mut watcher = SpawnedBinary::spawn(command(admin)).unwrap();
-        match watcher.wait_ready(admin, Duration::from_secs(20)) {
-            Ok(()) => {
-                let readyz = http::get(admin, "/readyz").unwrap();
-                if readyz.body.contains("ok watch") && watcher.wait_exit(Duration::ZERO).is_none() {
-                    return (watcher, admin);
-                }
-                last = format!("someone else answered on {admin}: {}", readyz.body);
-            }
-            Err(e) => last = e,
-        }
-    }
-    panic!("the watcher never became ready: {last}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_reloads_serves_metrics_and_stops_on_sigterm() {

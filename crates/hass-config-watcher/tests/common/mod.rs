@@ -24,6 +24,7 @@ use hass_runtime::metrics::Metrics;
 use hass_runtime::readiness::Readiness;
 use hass_runtime::shutdown::Shutdown;
 use hass_runtime::{Component, Context, Fatal};
+use hass_test_support::{SpawnedBinary, free_addr, http};
 use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "test-token-abc123";
@@ -409,3 +410,32 @@ pub async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -
 }
 
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The built `hass-config-watcher` binary, for tests that run it as kubelet does.
+pub fn binary() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hass-config-watcher"))
+}
+
+/// Spawns the binary on a free admin port until it is ready there. The
+/// "free" port can be taken by another process before the binary binds it;
+/// then someone else's /readyz may answer, so readiness must name our check.
+pub fn spawn_ready(
+    command: impl Fn(SocketAddr) -> std::process::Command,
+) -> (SpawnedBinary, SocketAddr) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let admin = free_addr();
+        let mut watcher = SpawnedBinary::spawn(command(admin)).unwrap();
+        match watcher.wait_ready(admin, Duration::from_secs(20)) {
+            Ok(()) => {
+                let readyz = http::get(admin, "/readyz").unwrap();
+                if readyz.body.contains("ok watch") && watcher.wait_exit(Duration::ZERO).is_none() {
+                    return (watcher, admin);
+                }
+                last = format!("someone else answered on {admin}: {}", readyz.body);
+            }
+            Err(e) => last = e,
+        }
+    }
+    panic!("the watcher never became ready: {last}");
+}
