@@ -5,11 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hass_runtime::config::AdminConfig;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
+    /// The admin server (`/healthz`, `/readyz`, `/metrics`); `--admin-listen`
+    /// wins over it.
+    pub admin: AdminConfig,
     pub listeners: Listeners,
     /// Where retained messages and persistent sessions are kept (a PVC).
     pub data_dir: PathBuf,
@@ -58,6 +62,7 @@ fn default_tls_reload() -> Duration {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
+            admin: AdminConfig::default(),
             listeners: Listeners::default(),
             data_dir: PathBuf::from("hass-broker-data"),
             fsync: FsyncPolicy::Always,

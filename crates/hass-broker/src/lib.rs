@@ -65,6 +65,10 @@ impl Component for Broker {
     type Args = BrokerArgs;
     type Config = BrokerConfig;
 
+    fn admin_config(config: &BrokerConfig) -> Option<hass_runtime::config::AdminConfig> {
+        Some(config.admin)
+    }
+
     fn prepare(
         _args: BrokerArgs,
         config: BrokerConfig,

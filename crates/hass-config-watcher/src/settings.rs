@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hass_runtime::Fatal;
+use hass_runtime::config::AdminConfig;
 use hass_runtime::secret::SecretSource;
 use serde::Deserialize;
 
@@ -14,6 +15,9 @@ use crate::ignore::IgnoreList;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WatcherConfig {
+    /// The admin server (`/healthz`, `/readyz`, `/metrics`); `--admin-listen`
+    /// wins over it.
+    pub admin: AdminConfig,
     /// Home Assistant's config folder, the one holding `configuration.yaml`.
     pub config_dir: PathBuf,
     pub home_assistant: HomeAssistantConfig,
@@ -78,6 +82,7 @@ mod optional_duration {
 impl Default for WatcherConfig {
     fn default() -> Self {
         Self {
+            admin: AdminConfig::default(),
             config_dir: PathBuf::from("/config"),
             home_assistant: HomeAssistantConfig::default(),
             debounce: Duration::from_secs(1),

@@ -55,6 +55,10 @@ impl Component for ConfigWatcher {
     type Args = RunArgs;
     type Config = WatcherConfig;
 
+    fn admin_config(config: &WatcherConfig) -> Option<hass_runtime::config::AdminConfig> {
+        Some(config.admin)
+    }
+
     fn prepare(args: RunArgs, config: WatcherConfig, _path: Option<&Path>) -> Result<Self, Fatal> {
         let settings = Settings::new(args, config)?;
         // Opened (and created) now, so a read-only /config without a

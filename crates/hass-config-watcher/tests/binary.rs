@@ -150,3 +150,57 @@ fn run_help_and_usage_errors() {
     let out = binary().args(["run", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The config file's `admin.listen` places the admin server, and the
+/// `--admin-listen` flag, when given, wins over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_section_places_the_admin_server_and_the_flag_wins() {
+    let fx = Fixture::new();
+    sample_config(&fx.root);
+    let ha = StandInHa::start().await;
+    let config = fx.dir.path().join("watcher.yaml");
+    let from_file = hass_test_support::free_addr();
+    std::fs::write(
+        &config,
+        format!(
+            "{}admin:\n  listen: {from_file}\n",
+            common::watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")
+        ),
+    )
+    .unwrap();
+
+    let mut command = binary();
+    command.args(["run", "--config"]).arg(&config);
+    let mut watcher = hass_test_support::SpawnedBinary::spawn(command).unwrap();
+    tokio::task::block_in_place(|| watcher.wait_ready(from_file, Duration::from_secs(20))).unwrap();
+    assert!(
+        watcher.stderr().contains(&format!("admin={from_file}")),
+        "{}",
+        watcher.stderr()
+    );
+    watcher.signal(Signal::SIGTERM);
+    let status = tokio::task::block_in_place(|| watcher.wait_exit(Duration::from_secs(10)));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        watcher.stderr()
+    );
+
+    let (watcher, from_flag) = tokio::task::block_in_place(|| {
+        spawn_ready(|admin| {
+            let mut command = binary();
+            command
+                .args(["run", "--config"])
+                .arg(&config)
+                .args(["--admin-listen", &admin.to_string()]);
+            command
+        })
+    });
+    assert_ne!(from_flag, from_file);
+    assert!(
+        tokio::task::block_in_place(|| http::get(from_file, "/readyz")).is_err(),
+        "the file's address is served although the flag named another"
+    );
+    drop(watcher);
+}

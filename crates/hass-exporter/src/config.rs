@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use hass_runtime::config::duration;
+use hass_runtime::config::{AdminConfig, duration};
 use hass_runtime::secret::SecretSource;
 use serde::Deserialize;
 
@@ -12,6 +12,10 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterConfig {
+    /// The admin server (`/healthz`, `/readyz`, `/metrics`); `--admin-listen`
+    /// wins over it.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Home Assistant's REST API. The issue spells the key `homeassistant`;
     /// both spellings are accepted.
     #[serde(default, alias = "homeassistant")]

@@ -70,6 +70,10 @@ impl Component for Exporter {
     type Args = ExporterArgs;
     type Config = ExporterConfig;
 
+    fn admin_config(config: &ExporterConfig) -> Option<hass_runtime::config::AdminConfig> {
+        Some(config.admin)
+    }
+
     fn prepare(
         _args: ExporterArgs,
         config: ExporterConfig,

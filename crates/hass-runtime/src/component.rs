@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use crate::Fatal;
+use crate::config::AdminConfig;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -61,6 +62,13 @@ pub trait Component: Sized + Send + std::fmt::Debug + 'static {
         config: Self::Config,
         config_path: Option<&Path>,
     ) -> Result<Self, Fatal>;
+
+    /// The config file's `admin:` section, for configs that have one
+    /// ([`crate::config::AdminConfig`]); `--admin-listen` overrides it.
+    fn admin_config(config: &Self::Config) -> Option<AdminConfig> {
+        let _ = config;
+        None
+    }
 
     /// Extra routes for the admin server (e.g. the exporter's `/probe/*`),
     /// merged beside `/healthz`, `/readyz` and `/metrics`. Called once, after

@@ -4,8 +4,10 @@
 //! can fix a ConfigMap without guessing: `broker.yaml:4:9: listeners[0].port: invalid u16`.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// Why a config file could not be used.
@@ -75,6 +77,17 @@ pub fn parse_yaml<T: DeserializeOwned + Default>(text: &str) -> Result<T, Config
             message: strip_position(&bare.to_string()),
         }
     })
+}
+
+/// The `admin:` section every binary's config file accepts. The
+/// `--admin-listen` flag, or its env var, wins over it: kubelet's probes and
+/// the manifests name the port, and a flag is the easiest thing to override.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin server; the component's own port on all
+    /// interfaces when absent.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Serde helpers for durations written as `"10s"`, `"500ms"`, `"1h 30m"`:

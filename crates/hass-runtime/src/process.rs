@@ -43,11 +43,14 @@ where
 }
 
 fn start<C: Component>(cli: ComponentCli<C::Args>) -> Result<ExitCode, Fatal> {
-    let ComponentCli { common, args } = cli;
+    let ComponentCli { mut common, args } = cli;
     let config: C::Config = match &common.config {
         Some(path) => config::load_yaml(path).map_err(Fatal::config)?,
         None => C::Config::default(),
     };
+    if common.admin_listen.is_none() {
+        common.admin_listen = C::admin_config(&config).and_then(|admin| admin.listen);
+    }
     crate::parent::follow()?;
     let component = C::prepare(args, config, common.config.as_deref())?;
     // Secrets are typed to print as [REDACTED], so the whole effective

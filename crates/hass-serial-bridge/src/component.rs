@@ -53,6 +53,10 @@ impl Component for SerialBridge {
     type Args = BridgeArgs;
     type Config = BridgeConfig;
 
+    fn admin_config(config: &BridgeConfig) -> Option<hass_runtime::config::AdminConfig> {
+        Some(config.admin)
+    }
+
     fn prepare(
         args: BridgeArgs,
         config: BridgeConfig,

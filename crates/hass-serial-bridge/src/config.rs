@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hass_runtime::config::AdminConfig;
 use serde::{Deserialize, Deserializer};
 
 use crate::usb::UsbMatch;
@@ -14,6 +15,9 @@ use crate::usb::UsbMatch;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BridgeConfig {
+    /// The admin server (`/healthz`, `/readyz`, `/metrics`); `--admin-listen`
+    /// wins over it.
+    pub admin: AdminConfig,
     pub devices: Vec<DeviceConfig>,
     pub keepalive: KeepaliveConfig,
 }
