@@ -19,7 +19,7 @@ use crate::client_socket;
 use crate::config::{DeviceSource, DeviceSpec, KeepaliveConfig, SecondClient};
 use crate::device_watcher::DeviceWatcher;
 use crate::metrics::{DeviceMetrics, RefusalReason};
-use crate::serial_port::{self, OpenError};
+use crate::serial_port::{self, OpenError, OpenedPort, PinOutcome};
 use crate::sysfs::{self, SysRoots};
 
 /// Sized for a burst from a fast client; serial reads are far smaller.
@@ -83,7 +83,17 @@ impl DeviceBridge {
         let mut last_error: Option<OpenError> = None;
         loop {
             match self.open_device().await {
-                Ok(port) => return port,
+                Ok(opened) => {
+                    if opened.pins == PinOutcome::NoModemLines {
+                        self.metrics.pins_skipped.inc();
+                        warn!(
+                            device = %self.spec.name,
+                            "the device has no modem-control lines (a pty or network tty?): \
+                             dtr, rts and pin_sequence not applied; serving it anyway"
+                        );
+                    }
+                    return opened.stream;
+                }
                 Err(e) => {
                     // Log each new reason once, not on every poll.
                     if last_error.as_ref() != Some(&e) {
@@ -103,7 +113,7 @@ impl DeviceBridge {
         }
     }
 
-    async fn open_device(&self) -> Result<SerialStream, OpenError> {
+    async fn open_device(&self) -> Result<OpenedPort, OpenError> {
         let path = match &self.spec.source {
             DeviceSource::Path(path) => path.clone(),
             DeviceSource::Usb(usb) => {

@@ -7,6 +7,11 @@
 //! directions; an unplugged stick is reopened as soon as it returns. `list`
 //! shows the serial devices sysfs knows, with a guess at each coordinator.
 //!
+//! `dtr`, `rts` and `pin_sequence` are set on every open; a failure fails the
+//! open (a stick left in its bootloader never answers). A device with no
+//! modem-control lines at all (a pty, a network-backed tty) is served without
+//! them, with a warning per open and `hass_serial_bridge_pins_skipped_total`.
+//!
 //! ```yaml
 //! devices:
 //!   - name: zigbee

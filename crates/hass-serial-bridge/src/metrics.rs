@@ -54,6 +54,7 @@ pub struct BridgeMetrics {
     client_connected: Family<DeviceLabels, Gauge>,
     device_up: Family<DeviceLabels, Gauge>,
     reopens: Family<DeviceLabels, Counter>,
+    pins_skipped: Family<DeviceLabels, Counter>,
     last_byte: Arc<LastByteAges>,
 }
 
@@ -119,6 +120,11 @@ impl BridgeMetrics {
             "Times the device was opened again after being lost",
             metrics.reopens.clone(),
         );
+        registry.register(
+            "pins_skipped",
+            "Opens where dtr, rts and pin_sequence were not applied because the device has no modem-control lines (a pty or network tty)",
+            metrics.pins_skipped.clone(),
+        );
         registry.register_collector(Box::new(metrics.last_byte.clone()));
         metrics
     }
@@ -154,6 +160,7 @@ impl BridgeMetrics {
             client_connected: self.client_connected.get_or_create(&labels).clone(),
             device_up: self.device_up.get_or_create(&labels).clone(),
             reopens: self.reopens.get_or_create(&labels).clone(),
+            pins_skipped: self.pins_skipped.get_or_create(&labels).clone(),
             epoch: self.last_byte.epoch,
             last_byte_ms,
         }
@@ -171,6 +178,7 @@ pub struct DeviceMetrics {
     pub client_connected: Gauge,
     pub device_up: Gauge,
     pub reopens: Counter,
+    pub pins_skipped: Counter,
     refused_busy: Counter,
     refused_absent: Counter,
     epoch: Instant,

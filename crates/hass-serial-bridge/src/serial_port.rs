@@ -2,6 +2,7 @@
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::time::Duration;
 
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 
@@ -37,9 +38,16 @@ pub fn not_a_tty_kind(path: &Path) -> Option<&'static str> {
     }
 }
 
+/// An open device, and whether the configured pin levels reached it.
+#[derive(Debug)]
+pub struct OpenedPort {
+    pub stream: SerialStream,
+    pub pins: PinOutcome,
+}
+
 /// Opens `path` exclusively (TIOCEXCL + flock), applies the line settings,
 /// then the DTR/RTS levels and pin sequence.
-pub async fn open(path: &Path, settings: &SerialSettings) -> Result<SerialStream, OpenError> {
+pub async fn open(path: &Path, settings: &SerialSettings) -> Result<OpenedPort, OpenError> {
     let shown = path.display().to_string();
     if !path.exists() {
         return Err(OpenError::Absent { path: shown });
@@ -51,7 +59,7 @@ pub async fn open(path: &Path, settings: &SerialSettings) -> Result<SerialStream
         path: shown.clone(),
         reason,
     };
-    let mut port = tokio_serial::new(path.to_string_lossy(), settings.baud)
+    let mut stream = tokio_serial::new(path.to_string_lossy(), settings.baud)
         .data_bits(data_bits(settings.data_bits))
         .parity(match settings.parity {
             Parity::None => tokio_serial::Parity::None,
@@ -70,27 +78,122 @@ pub async fn open(path: &Path, settings: &SerialSettings) -> Result<SerialStream
         })
         .open_native_async()
         .map_err(|e| failed(e.to_string()))?;
+    let pins = apply_pins(&mut SerialPortLines(&mut stream), settings)
+        .await
+        .map_err(failed)?;
+    Ok(OpenedPort { stream, pins })
+}
+
+/// A modem-control output line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    Dtr,
+    Rts,
+}
+
+impl Pin {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dtr => "DTR",
+            Self::Rts => "RTS",
+        }
+    }
+}
+
+/// Why a pin could not be set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinError {
+    /// The device has no modem-control lines: a pty or a network-backed tty.
+    NoModemLines,
+    /// The device has the lines, but setting one failed.
+    Failed(String),
+}
+
+/// The lines a pin sequence drives, and the clock it waits on.
+pub trait ModemLines {
+    fn set(&mut self, pin: Pin, level: bool) -> Result<(), PinError>;
+    fn wait(&mut self, time: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// How the configured DTR/RTS levels and pin sequence went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinOutcome {
+    /// Every configured level was set and every wait waited (or none were configured).
+    Applied,
+    /// The device has no modem-control lines, so nothing was set: serving
+    /// it anyway beats refusing a pty or network tty forever.
+    NoModemLines,
+}
+
+/// Sets `dtr` and `rts`, then runs `pin_sequence` in order; within a step
+/// DTR is set before RTS, then the step's wait runs.
+pub async fn apply_pins(
+    lines: &mut impl ModemLines,
+    settings: &SerialSettings,
+) -> Result<PinOutcome, String> {
     let first = PinStep {
         dtr: settings.dtr,
         rts: settings.rts,
-        wait: std::time::Duration::ZERO,
+        wait: Duration::ZERO,
     };
-    for step in std::iter::once(&first).chain(&settings.pin_sequence) {
-        // Strict on purpose: a stick left in its bootloader looks alive but
-        // never answers, which is worse than a clear "not ready".
-        if let Some(level) = step.dtr {
-            port.write_data_terminal_ready(level)
-                .map_err(|e| failed(format!("cannot set DTR {}: {e}", on_off(level))))?;
-        }
-        if let Some(level) = step.rts {
-            port.write_request_to_send(level)
-                .map_err(|e| failed(format!("cannot set RTS {}: {e}", on_off(level))))?;
+    for (i, step) in std::iter::once(&first)
+        .chain(&settings.pin_sequence)
+        .enumerate()
+    {
+        let key = match i {
+            0 => "dtr/rts".to_owned(),
+            n => format!("pin_sequence[{}]", n - 1),
+        };
+        let levels = [(Pin::Dtr, step.dtr), (Pin::Rts, step.rts)];
+        for (pin, level) in levels {
+            let Some(level) = level else { continue };
+            match lines.set(pin, level) {
+                Ok(()) => {}
+                Err(PinError::NoModemLines) => return Ok(PinOutcome::NoModemLines),
+                // Strict on purpose: a stick left in its bootloader looks
+                // alive but never answers, which is worse than "not ready".
+                Err(PinError::Failed(reason)) => {
+                    return Err(format!(
+                        "cannot set {} {} ({key}): {reason}",
+                        pin.name(),
+                        on_off(level)
+                    ));
+                }
+            }
         }
         if !step.wait.is_zero() {
-            tokio::time::sleep(step.wait).await;
+            lines.wait(step.wait).await;
         }
     }
-    Ok(port)
+    Ok(PinOutcome::Applied)
+}
+
+/// The real lines of an open port, through serialport's ioctls.
+struct SerialPortLines<'a>(&'a mut SerialStream);
+
+impl ModemLines for SerialPortLines<'_> {
+    fn set(&mut self, pin: Pin, level: bool) -> Result<(), PinError> {
+        let set = match pin {
+            Pin::Dtr => self.0.write_data_terminal_ready(level),
+            Pin::Rts => self.0.write_request_to_send(level),
+        };
+        set.map_err(|e| {
+            // The tty layer answers ENOTTY when the driver has no
+            // modem-control ioctls; serialport passes errno on only as
+            // nix's description of it.
+            if e.kind == tokio_serial::ErrorKind::Unknown
+                && e.description == nix::errno::Errno::ENOTTY.desc()
+            {
+                PinError::NoModemLines
+            } else {
+                PinError::Failed(e.to_string())
+            }
+        })
+    }
+
+    fn wait(&mut self, time: Duration) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(time)
+    }
 }
 
 fn data_bits(bits: u8) -> tokio_serial::DataBits {
@@ -105,4 +208,145 @@ fn data_bits(bits: u8) -> tokio_serial::DataBits {
 
 fn on_off(level: bool) -> &'static str {
     if level { "on" } else { "off" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        Set(Pin, bool),
+        Wait(Duration),
+    }
+
+    /// Records what the sequence does; fails the `fail_at`-th set (from 0).
+    #[derive(Debug, Default)]
+    struct RecordedLines {
+        events: Vec<Event>,
+        fail_at: Option<(usize, PinError)>,
+    }
+
+    impl ModemLines for RecordedLines {
+        fn set(&mut self, pin: Pin, level: bool) -> Result<(), PinError> {
+            let sets = self
+                .events
+                .iter()
+                .filter(|e| matches!(e, Event::Set(..)))
+                .count();
+            if let Some((at, error)) = &self.fail_at
+                && *at == sets
+            {
+                return Err(error.clone());
+            }
+            self.events.push(Event::Set(pin, level));
+            Ok(())
+        }
+
+        fn wait(&mut self, time: Duration) -> impl Future<Output = ()> + Send {
+            self.events.push(Event::Wait(time));
+            std::future::ready(())
+        }
+    }
+
+    fn settings(dtr: Option<bool>, rts: Option<bool>, steps: Vec<PinStep>) -> SerialSettings {
+        SerialSettings {
+            dtr,
+            rts,
+            pin_sequence: steps,
+            ..SerialSettings::default()
+        }
+    }
+
+    fn step(dtr: Option<bool>, rts: Option<bool>, wait_ms: u64) -> PinStep {
+        PinStep {
+            dtr,
+            rts,
+            wait: Duration::from_millis(wait_ms),
+        }
+    }
+
+    fn run(lines: &mut RecordedLines, settings: &SerialSettings) -> Result<PinOutcome, String> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(apply_pins(lines, settings))
+    }
+
+    #[test]
+    fn levels_then_steps_in_order_dtr_before_rts_then_the_wait() {
+        let mut lines = RecordedLines::default();
+        let settings = settings(
+            Some(false),
+            Some(true),
+            vec![
+                step(Some(true), Some(false), 100),
+                step(None, Some(true), 0),
+                step(None, None, 50),
+                step(Some(false), None, 0),
+            ],
+        );
+        assert_eq!(run(&mut lines, &settings), Ok(PinOutcome::Applied));
+        use Event::{Set, Wait};
+        assert_eq!(
+            lines.events,
+            vec![
+                Set(Pin::Dtr, false),
+                Set(Pin::Rts, true),
+                Set(Pin::Dtr, true),
+                Set(Pin::Rts, false),
+                Wait(Duration::from_millis(100)),
+                Set(Pin::Rts, true),
+                Wait(Duration::from_millis(50)),
+                Set(Pin::Dtr, false),
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_configured_touches_no_line() {
+        let mut lines = RecordedLines::default();
+        assert_eq!(
+            run(&mut lines, &SerialSettings::default()),
+            Ok(PinOutcome::Applied)
+        );
+        assert_eq!(lines.events, vec![]);
+    }
+
+    #[test]
+    fn a_device_without_modem_lines_skips_the_rest_and_its_waits() {
+        let mut lines = RecordedLines {
+            fail_at: Some((0, PinError::NoModemLines)),
+            ..RecordedLines::default()
+        };
+        let settings = settings(Some(true), None, vec![step(None, Some(false), 500)]);
+        assert_eq!(run(&mut lines, &settings), Ok(PinOutcome::NoModemLines));
+        assert_eq!(lines.events, vec![], "no wait for lines that do not exist");
+    }
+
+    #[test]
+    fn a_failing_pin_stops_the_sequence_naming_step_pin_and_level() {
+        let mut lines = RecordedLines {
+            fail_at: Some((2, PinError::Failed("Input/output error".to_owned()))),
+            ..RecordedLines::default()
+        };
+        let settings = settings(
+            Some(true),
+            None,
+            vec![step(None, Some(true), 20), step(Some(false), None, 30)],
+        );
+        assert_eq!(
+            run(&mut lines, &settings),
+            Err("cannot set DTR off (pin_sequence[1]): Input/output error".to_owned())
+        );
+        assert_eq!(
+            lines.events,
+            vec![
+                Event::Set(Pin::Dtr, true),
+                Event::Set(Pin::Rts, true),
+                Event::Wait(Duration::from_millis(20)),
+            ],
+            "nothing after the failed pin runs"
+        );
+    }
 }

@@ -165,18 +165,24 @@ impl Bridge {
     /// The value of `name` for `device="zigbee"` (plus `extra` label text, e.g.
     /// `reason="busy"`), read from `/metrics` text; for polling.
     pub(crate) fn metric(&self, name: &str, extra: &str) -> f64 {
+        self.device_metric("zigbee", name, extra)
+    }
+
+    /// The value of `name` for `device` (plus `extra` label text).
+    pub(crate) fn device_metric(&self, device: &str, name: &str, extra: &str) -> f64 {
         let text = http::get(self.admin, "/metrics")
             .expect("GET /metrics")
             .body;
+        let label = format!("device=\"{device}\"");
         text.lines()
             .find(|line| {
                 line.starts_with(&format!("{name}{{"))
-                    && line.contains("device=\"zigbee\"")
+                    && line.contains(&label)
                     && line.contains(extra)
             })
             .and_then(|line| line.rsplit(' ').next())
             .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no {name}{{{extra}}} in /metrics:\n{text}"))
+            .unwrap_or_else(|| panic!("no {name}{{{label},{extra}}} in /metrics:\n{text}"))
     }
 
     /// Waits until `name` reaches `value`.
