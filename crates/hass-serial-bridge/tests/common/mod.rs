@@ -185,15 +185,20 @@ impl Bridge {
             .unwrap_or_else(|| panic!("no {name}{{{label},{extra}}} in /metrics:\n{text}"))
     }
 
-    /// Waits until `name` reaches `value`.
+    /// Waits until `name` for `device="zigbee"` reaches `value`.
     pub(crate) fn wait_metric(&self, name: &str, extra: &str, value: f64) {
+        self.wait_metric_of("zigbee", name, extra, value);
+    }
+
+    /// Waits until `name` for `device` reaches `value`.
+    pub(crate) fn wait_metric_of(&self, device: &str, name: &str, extra: &str, value: f64) {
         let reached = wait_for(Duration::from_secs(10), || {
-            (self.metric(name, extra) == value).then_some(())
+            (self.device_metric(device, name, extra) == value).then_some(())
         });
         assert!(
             reached.is_some(),
-            "{name}{{{extra}}} is {} not {value} after 10 s; stderr:\n{}",
-            self.metric(name, extra),
+            "{name}{{device=\"{device}\",{extra}}} is {} not {value} after 10 s; stderr:\n{}",
+            self.device_metric(device, name, extra),
             self.process.stderr()
         );
     }
