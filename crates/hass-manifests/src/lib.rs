@@ -2,7 +2,8 @@
 //! Assistant and the hass-sidecars out.
 //!
 //! - [`values`]: the values file (serde + JSON Schema), parsed with
-//!   hass-runtime's `load_yaml` so errors carry file, line, column and key.
+//!   hass-runtime's `parse_yaml` so errors carry file, line, column and key;
+//!   checks after parsing point at the offending key too ([`positions`]).
 //! - [`render`]: values → typed `k8s-openapi` objects and [`crd`] custom
 //!   resources → YAML documents, plus the `kustomization.yaml`.
 //! - [`yaml`]: the YAML writer and the commented defaults file.
@@ -11,6 +12,7 @@
 pub mod crd;
 pub mod meta;
 pub mod output;
+mod positions;
 pub mod render;
 pub mod values;
 pub mod yaml;

@@ -3,7 +3,7 @@
 //!
 //! Keys are snake_case like every other hass-sidecars YAML file. Unknown keys
 //! are errors (`deny_unknown_fields`), reported with file, line and key path by
-//! `hass_runtime::config::load_yaml`. The doc comments here are the schema's
+//! `hass_runtime::config::parse_yaml`. The doc comments here are the schema's
 //! descriptions and the comments of `hass-manifests defaults`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -424,12 +424,15 @@ impl Default for Broker {
 }
 
 /// hass-config-watcher: validates `/config` on every change and reloads what changed.
+/// It mounts `/config` read-only: its history and backups go to volumes of their own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigWatcher {
     pub enabled: bool,
     /// Restart Home Assistant when a change needs it (after its own check).
     pub auto_restart: bool,
+    pub history: ConfigHistory,
+    pub backups: ConfigBackups,
     pub resources: Resources,
 }
 
@@ -438,7 +441,59 @@ impl Default for ConfigWatcher {
         Self {
             enabled: true,
             auto_restart: false,
+            history: ConfigHistory::default(),
+            backups: ConfigBackups::default(),
             resources: Resources::new("10m", "32Mi", "500m", "256Mi"),
+        }
+    }
+}
+
+/// Every valid config committed to a bare git repository on a volume of its
+/// own (`/var/lib/hass-config-watcher/history.git`), not to `/config/.git`:
+/// `/config` stays read-only in the watcher, and Home Assistant's own
+/// backups do not carry the repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigHistory {
+    pub enabled: bool,
+    /// Commit `secrets.yaml` too. Off: it never enters the repository.
+    pub include_secrets: bool,
+    /// The repository's volume, a claim of the StatefulSet. Kubernetes does
+    /// not change an existing StatefulSet's claims: to add or drop this one
+    /// later, `kubectl delete statefulset NAME --cascade=orphan`, then apply.
+    pub storage: Storage,
+}
+
+impl Default for ConfigHistory {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            include_secrets: false,
+            storage: Storage::new("1Gi"),
+        }
+    }
+}
+
+/// Config backups in Home Assistant's own format, written to the backup
+/// volume (`home_assistant.backup`), where Home Assistant's UI lists and
+/// restores them. Nothing is written while that volume is off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigBackups {
+    pub enabled: bool,
+    /// How often: `24h`, `12h`, `30m`.
+    pub interval: String,
+    /// Backups of the watcher kept, oldest deleted first; 0 keeps all. Home
+    /// Assistant's own backups on the same volume are never deleted.
+    pub keep: u32,
+}
+
+impl Default for ConfigBackups {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: "24h".to_owned(),
+            keep: 7,
         }
     }
 }
@@ -764,9 +819,12 @@ impl Default for PodDisruptionBudgetValues {
 pub enum ValuesError {
     #[error(transparent)]
     Parse(#[from] hass_runtime::config::ConfigError),
-    #[error("{file}: {key}: {message}")]
+    /// A check after parsing failed; `position` is the offending key's (or,
+    /// when it was left out, its parent's) line and column.
+    #[error("{file}{}: {key}: {message}", position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     Invalid {
         file: String,
+        position: Option<(u64, u64)>,
         key: String,
         message: String,
     },
@@ -774,24 +832,35 @@ pub enum ValuesError {
 
 /// Reads and checks a values file.
 pub fn load(path: &Path) -> Result<Values, ValuesError> {
-    let values: Values = hass_runtime::config::load_yaml(path)?;
-    values
-        .check()
-        .map_err(|(key, message)| ValuesError::Invalid {
-            file: path.display().to_string(),
-            key,
-            message,
-        })?;
-    Ok(values)
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ValuesError::Parse(hass_runtime::config::ConfigError {
+            path: path.to_owned(),
+            position: None,
+            key: None,
+            message: format!("cannot read values file: {e}"),
+        })
+    })?;
+    checked(&text, &path.display().to_string()).map_err(|e| match e {
+        ValuesError::Parse(mut e) => {
+            e.path = path.to_owned();
+            ValuesError::Parse(e)
+        }
+        invalid => invalid,
+    })
 }
 
 /// Parses values from text (tests, `--stdin`-like uses).
 pub fn parse(text: &str) -> Result<Values, ValuesError> {
+    checked(text, "<values>")
+}
+
+fn checked(text: &str, file: &str) -> Result<Values, ValuesError> {
     let values: Values = hass_runtime::config::parse_yaml(text)?;
     values
         .check()
         .map_err(|(key, message)| ValuesError::Invalid {
-            file: "<values>".to_owned(),
+            file: file.to_owned(),
+            position: crate::positions::KeyPositions::of(text).find(&key),
             key,
             message,
         })?;
@@ -866,6 +935,20 @@ impl Values {
                 "postgres.backup.keep",
                 "must keep at least one dump".to_owned(),
             );
+        }
+        let backups = &self.config_watcher.backups;
+        // The watcher's own duration parser, so what passes here starts there.
+        match hass_runtime::config::duration::deserialize(serde_json::Value::String(
+            backups.interval.clone(),
+        )) {
+            Ok(interval) if interval.is_zero() => {
+                return err(
+                    "config_watcher.backups.interval",
+                    "must be more than 0s".to_owned(),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return err("config_watcher.backups.interval", e.to_string()),
         }
         if self.ingress.enabled && self.ingress.host.is_empty() {
             return err("ingress.host", "is required with an Ingress".to_owned());

@@ -58,31 +58,54 @@ fn a_device_without_a_node_is_an_error_at_its_line() {
 }
 
 #[test]
-fn checks_after_parsing_name_the_key() {
+fn checks_after_parsing_point_at_the_offending_key() {
     let e = load(
         "serial_bridge:\n  enabled: true\n  devices:\n    - { name: admin, node: n1, path: /dev/ttyUSB0 }\n",
     );
     assert!(
-        e.starts_with(": serial_bridge.devices[0].name: \"admin\" would collide"),
+        e.starts_with(":4:9: serial_bridge.devices[0].name: \"admin\" would collide"),
         "{e}"
     );
+    let e = load(
+        "serial_bridge:\n  enabled: true\n  devices:\n    - name: zigbee\n      node: \"\"\n      path: /dev/ttyUSB0\n",
+    );
+    assert!(
+        e.starts_with(":5:7: serial_bridge.devices[0].node: must name a node"),
+        "{e}"
+    );
+    let e = load(
+        "serial_bridge:\n  enabled: true\n  devices:\n    - { name: a, node: n1, path: /dev/ttyUSB0 }\n    - name: b\n      node: n1\n      path: /dev/ttyUSB1\n      port: 6638\n",
+    );
+    assert!(
+        e.starts_with(
+            ":8:7: serial_bridge.devices[1].port: 6638 is used by another device on node n1"
+        ),
+        "{e}"
+    );
+    // A port left to its default: the device that clashes.
     let e = load(
         "serial_bridge:\n  enabled: true\n  devices:\n    - { name: a, node: n1, path: /dev/ttyUSB0 }\n    - { name: b, node: n1, path: /dev/ttyUSB1 }\n",
     );
     assert!(
-        e.starts_with(": serial_bridge.devices[1].port: 6638 is used by another device on node n1"),
+        e.starts_with(
+            ":5:9: serial_bridge.devices[1].port: 6638 is used by another device on node n1"
+        ),
         "{e}"
     );
-    let e = load("serial_bridge:\n  enabled: true\n");
+    // A key left out is reported where its parent is.
+    let e = load("name: ha\nserial_bridge:\n  enabled: true\n");
     assert!(
-        e.contains("serial_bridge.devices: the bridge is enabled but lists no device"),
+        e.starts_with(":2:1: serial_bridge.devices: the bridge is enabled but lists no device"),
         "{e}"
     );
     let e = load("postgres:\n  mode: external\n");
-    assert!(e.contains("postgres.external.host: is required"), "{e}");
-    let e = load("name: Home_Assistant\n");
     assert!(
-        e.starts_with(": name: \"Home_Assistant\" must be a DNS label"),
+        e.starts_with(":1:1: postgres.external.host: is required"),
+        "{e}"
+    );
+    let e = load("namespace: home\nname: Home_Assistant\n");
+    assert!(
+        e.starts_with(":2:1: name: \"Home_Assistant\" must be a DNS label"),
         "{e}"
     );
 }

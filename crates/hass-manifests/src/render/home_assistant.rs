@@ -51,6 +51,18 @@ const PACKAGE_FILE: &str = "hass_sidecars.yaml";
 const TOKEN_FILE: &str = "/run/secrets/ha-token/token";
 const PG_PASSWORD_FILE: &str = "/run/secrets/postgres/password";
 const MQTT_PASSWORD_FILE: &str = "/run/secrets/mqtt-exporter/password";
+/// The watcher's own volume: the history repository lives here, outside the
+/// read-only `/config`.
+pub(crate) const WATCHER_STATE_DIR: &str = "/var/lib/hass-config-watcher";
+const HISTORY_REPO: &str = "/var/lib/hass-config-watcher/history.git";
+/// Where the watcher sees the backup volume (Home Assistant sees it at
+/// `/config/backups`).
+pub(crate) const WATCHER_BACKUP_DIR: &str = "/backups";
+
+/// Whether the watcher writes config backups: only onto the backup volume.
+fn watcher_backups(values: &Values) -> bool {
+    values.config_watcher.backups.enabled && values.home_assistant.backup.enabled
+}
 
 /// The admin ports of the pod's sidecars, as (port name, port), in pod order.
 pub(crate) fn admin_ports(values: &Values) -> Vec<(&'static str, i32)> {
@@ -237,11 +249,23 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
         if values.home_assistant.token_secret.is_some() {
             ha["token"] = json!({ "file": TOKEN_FILE });
         }
-        let config = json!({
+        let watcher = &values.config_watcher;
+        let mut config = json!({
             "config_dir": "/config",
             "home_assistant": ha,
-            "auto_restart": values.config_watcher.auto_restart,
+            "auto_restart": watcher.auto_restart,
         });
+        if watcher.history.enabled {
+            config["history"] = json!({
+                "repo": HISTORY_REPO,
+                "include_secrets": watcher.history.include_secrets,
+            });
+        }
+        if watcher_backups(values) {
+            config["backup_interval"] = json!(watcher.backups.interval);
+            config["backup_dir"] = json!(WATCHER_BACKUP_DIR);
+            config["backup_keep"] = json!(watcher.backups.keep);
+        }
         maps.push(config_map(
             values,
             &format!("{name}-config-watcher"),
@@ -614,6 +638,8 @@ fn stateful_set(values: &Values) -> StatefulSet {
         if let Some(env) = c.env.as_mut() {
             env.extend(recorder_env(values));
         }
+        // /config is read-only here: the watcher only reads it, and writes
+        // history and backups to volumes of their own.
         let mut mounts = vec![
             mount("config-watcher-config", "/etc/hass-config-watcher", true),
             mount("config", "/config", true),
@@ -621,8 +647,15 @@ fn stateful_set(values: &Values) -> StatefulSet {
         if package_wanted(values) {
             mounts.push(mount("package", PACKAGE_DIR, true));
         }
-        if ha.backup.enabled {
-            mounts.push(mount("backup", "/backups", false));
+        if watcher_backups(values) {
+            mounts.push(mount("backup", WATCHER_BACKUP_DIR, false));
+        }
+        if values.config_watcher.history.enabled {
+            mounts.push(mount("config-history", WATCHER_STATE_DIR, false));
+            templates.push(claim_template(
+                "config-history",
+                &values.config_watcher.history.storage,
+            ));
         }
         if ha.token_secret.is_some() {
             mounts.push(mount("ha-token", "/run/secrets/ha-token", true));
