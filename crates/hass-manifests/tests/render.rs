@@ -341,13 +341,39 @@ fn no_secret_value_is_ever_rendered() {
     }
 }
 
+/// Retention is run for real in tests/pg_dump.rs; here: the password never
+/// becomes an env value of the job.
 #[test]
-fn backup_script_keeps_the_newest_dumps_only() {
+fn backup_job_reads_the_password_from_the_secret_file_only() {
     let ms = example("homelab");
-    let cron = find(&ms, "CronJob", "hass-pg-dump");
-    assert!(cron.yaml.contains("tail -n +15"), "{}", cron.yaml);
-    assert!(
-        !cron.yaml.contains("PGPASSWORD\n          value"),
-        "password must not be an env value"
-    );
+    let cron: k8s_openapi::api::batch::v1::CronJob = parse(find(&ms, "CronJob", "hass-pg-dump"));
+    let pod = cron
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let container = &pod.containers[0];
+    for e in container.env.iter().flatten() {
+        assert!(!e.name.starts_with("PGPASS"), "{} is in the env", e.name);
+        assert!(e.value_from.is_none(), "{} comes from a Secret", e.name);
+    }
+    let password_file = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "PASSWORD_FILE")
+        .and_then(|e| e.value.clone())
+        .unwrap();
+    let secret_mount = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| password_file.starts_with(&m.mount_path))
+        .unwrap();
+    assert_eq!(secret_mount.name, "postgres-password");
+    assert_eq!(secret_mount.read_only, Some(true));
 }

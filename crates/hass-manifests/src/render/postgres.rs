@@ -224,26 +224,40 @@ fn backup_claim(values: &Values) -> PersistentVolumeClaim {
 }
 
 /// The dump script: a custom-format dump written under a temporary name and
-/// renamed when complete, then all but the newest `keep` dumps deleted. The
-/// password is read from the mounted Secret, never put in the manifest's env.
+/// renamed when complete, then all but the newest `keep` dumps deleted (by
+/// name, which starts with the UTC time). Where to connect and write comes
+/// from the container's env ([`backup_env`]: libpq's `PG*` variables), the
+/// password from the mounted Secret, never from the manifest.
 pub(crate) fn backup_script(values: &Values) -> String {
-    let pg = &values.postgres;
-    let (host, port) = address(values);
+    let keep = values.postgres.backup.keep;
     format!(
         "set -eu\n\
          stamp=$(date -u +%Y%m%dT%H%M%SZ)\n\
-         out=/backup/{db}-$stamp.dump\n\
-         PGPASSWORD=$(cat /run/secrets/postgres/password)\n\
+         out=\"$BACKUP_DIR/$PGDATABASE-$stamp.dump\"\n\
+         trap 'rm -f \"$out.partial\"' EXIT\n\
+         PGPASSWORD=$(cat \"$PASSWORD_FILE\")\n\
          export PGPASSWORD\n\
-         pg_dump --format=custom --host={host} --port={port} --username={user} --dbname={db} --file=\"$out.partial\"\n\
+         pg_dump --format=custom --file=\"$out.partial\"\n\
          mv \"$out.partial\" \"$out\"\n\
-         ls -1t /backup/{db}-*.dump | tail -n +{next} | xargs -r rm -f --\n\
+         ls -1 \"$BACKUP_DIR/$PGDATABASE\"-*.dump | sort -r | tail -n +{next} | xargs -r rm -f --\n\
          echo \"wrote $out; kept the newest {keep}\"\n",
-        db = pg.database,
-        user = pg.user,
-        keep = pg.backup.keep,
-        next = pg.backup.keep + 1,
+        next = keep + 1,
     )
+}
+
+/// The backup job's env: the server for `pg_dump`, and where the dumps and
+/// the password are.
+fn backup_env(values: &Values) -> Vec<EnvVar> {
+    let pg = &values.postgres;
+    let (host, port) = address(values);
+    vec![
+        env("PGHOST", &host),
+        env("PGPORT", &port.to_string()),
+        env("PGUSER", &pg.user),
+        env("PGDATABASE", &pg.database),
+        env("BACKUP_DIR", "/backup"),
+        env("PASSWORD_FILE", "/run/secrets/postgres/password"),
+    ]
 }
 
 fn backup_cron_job(values: &Values) -> CronJob {
@@ -258,6 +272,7 @@ fn backup_cron_job(values: &Values) -> CronJob {
             "-c".to_owned(),
             backup_script(values),
         ]),
+        env: Some(backup_env(values)),
         resources: Some(meta::resources(&crate::values::Resources::new(
             "50m", "64Mi", "500m", "256Mi",
         ))),
