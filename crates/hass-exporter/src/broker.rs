@@ -16,13 +16,15 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Packet, QoS,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, Username};
 
 /// `$SYS` topics read, each the `topic` label's value (a fixed set).
 const SYS_TOPICS: [&str; 3] = [
@@ -36,12 +38,19 @@ struct SysLabels {
     topic: &'static str,
 }
 
+/// Why the MQTT connection failed or ended; a fixed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone)]
 struct BrokerMetrics {
     up: Gauge,
     round_trip: Histogram,
     failures: Counter,
     connects: Counter,
+    connection_errors: Family<ReasonLabels, Counter>,
     sys: Family<SysLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -50,7 +59,7 @@ struct BrokerMetrics {
 pub struct BrokerProbe {
     host: String,
     port: u16,
-    username: Option<String>,
+    username: Option<Username>,
     password: Option<SecretSource>,
     client_id: String,
     topic: String,
@@ -68,6 +77,9 @@ impl BrokerProbe {
             .ok_or_else(|| format!("broker.address: {:?} is not host:port", cfg.address))?;
         if cfg.password.is_some() && cfg.username.is_none() {
             return Err("broker.password is set but broker.username is not".to_owned());
+        }
+        if let Some(source) = &cfg.username {
+            source.load().map_err(|e| format!("broker.username: {e}"))?;
         }
         if let Some(source) = &cfg.password {
             source.load().map_err(|e| format!("broker.password: {e}"))?;
@@ -97,6 +109,7 @@ impl BrokerProbe {
                 round_trip: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
                 failures: Counter::default(),
                 connects: Counter::default(),
+                connection_errors: Family::default(),
                 sys: Family::default(),
             },
         })
@@ -129,6 +142,11 @@ impl BrokerProbe {
             self.metrics.connects.clone(),
         );
         r.register(
+            "broker_connection_errors",
+            "MQTT connections that failed or ended, by reason (not_authorized: the broker refused the credentials)",
+            self.metrics.connection_errors.clone(),
+        );
+        r.register(
             "broker_sys",
             "Values the broker publishes under $SYS, by topic (where it publishes them)",
             self.metrics.sys.clone(),
@@ -139,25 +157,8 @@ impl BrokerProbe {
         let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_session(true);
-        self.set_credentials(&mut options);
+        self.credentials().apply(&mut options);
         options
-    }
-
-    fn set_credentials(&self, options: &mut MqttOptions) {
-        if let Some(user) = &self.username {
-            // Re-read on each connect, so a rotated Secret is picked up.
-            let password = match &self.password {
-                Some(source) => match source.load() {
-                    Ok(p) => p.expose_secret().to_owned(),
-                    Err(e) => {
-                        warn!("broker.password: {e}");
-                        String::new()
-                    }
-                },
-                None => String::new(),
-            };
-            options.set_credentials(user, password);
-        }
     }
 
     pub async fn run(
@@ -175,6 +176,7 @@ impl BrokerProbe {
             events,
             shutdown.clone(),
             self.credentials(),
+            self.metrics.connection_errors.clone(),
         ));
 
         let mut subscribed = false;
@@ -309,8 +311,51 @@ impl BrokerProbe {
 /// What the event loop needs to log in again after a reconnect.
 #[derive(Debug)]
 struct Credentials {
-    username: Option<String>,
+    username: Option<Username>,
     password: Option<SecretSource>,
+}
+
+impl Credentials {
+    /// Sets the current username and password; both are re-read each time,
+    /// so a rotated Secret is picked up on the next connect. An unreadable
+    /// file is logged and the connect goes ahead (and is refused, counted).
+    fn apply(&self, options: &mut MqttOptions) {
+        let Some(username) = &self.username else {
+            return;
+        };
+        let user = match username.load() {
+            Ok(user) => user,
+            Err(e) => {
+                warn!("broker.username: {e}");
+                return;
+            }
+        };
+        let password = match &self.password {
+            Some(source) => match source.load() {
+                Ok(p) => p.expose_secret().to_owned(),
+                Err(e) => {
+                    warn!("broker.password: {e}");
+                    String::new()
+                }
+            },
+            None => String::new(),
+        };
+        options.set_credentials(user, password);
+    }
+}
+
+/// A bounded `reason` label for a failed or ended connection.
+fn error_reason(e: &ConnectionError) -> &'static str {
+    match e {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => "not_authorized",
+        ConnectionError::ConnectionRefused(_) => "refused",
+        ConnectionError::Io(_) => "io",
+        ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => "timeout",
+        ConnectionError::MqttState(_) | ConnectionError::NotConnAck(_) => "protocol",
+        _ => "other",
+    }
 }
 
 /// Polls the MQTT event loop, forwarding incoming packets and errors; after
@@ -320,8 +365,11 @@ async fn drive(
     events: mpsc::Sender<Result<Packet, String>>,
     shutdown: Shutdown,
     credentials: Credentials,
+    connection_errors: Family<ReasonLabels, Counter>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    // Logged when it changes, so a refused login is loud once, not every retry.
+    let mut last_reason = None;
     loop {
         let polled = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -331,24 +379,36 @@ async fn drive(
             Ok(Event::Incoming(packet)) => {
                 if matches!(packet, Packet::ConnAck(_)) {
                     backoff.reset();
+                    last_reason = None;
                 }
                 Ok(packet)
             }
             Ok(Event::Outgoing(_)) => continue,
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                let reason = error_reason(&e);
+                connection_errors
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+                if last_reason != Some(reason) {
+                    if reason == "not_authorized" {
+                        error!(
+                            "the broker refused the exporter's login ({e}); check broker.username \
+                             and broker.password"
+                        );
+                    } else {
+                        warn!("broker connection: {e}");
+                    }
+                    last_reason = Some(reason);
+                }
+                Err(e.to_string())
+            }
         };
         let failed = forward.is_err();
         if events.send(forward).await.is_err() {
             return;
         }
         if failed {
-            if let (Some(user), Some(source)) = (&credentials.username, &credentials.password)
-                && let Ok(password) = source.load()
-            {
-                eventloop
-                    .mqtt_options
-                    .set_credentials(user, password.expose_secret());
-            }
+            credentials.apply(&mut eventloop.mqtt_options);
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(backoff.next_delay()) => {}

@@ -2,10 +2,11 @@
 //! their secrets live. Every section is optional; a target without a section
 //! is simply not probed.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hass_runtime::config::{AdminConfig, duration};
-use hass_runtime::secret::SecretSource;
+use hass_runtime::secret::{ExposeSecret, SecretSource};
 use serde::Deserialize;
 
 /// `exporter.yaml`.
@@ -79,9 +80,15 @@ pub struct PostgresConfig {
     pub dbname: Option<String>,
     #[serde(default)]
     pub password: Option<SecretSource>,
-    /// Only `disable` for now; TLS to the database is not implemented yet.
+    /// libpq's `sslmode`: `disable`, `prefer`, `require`, `verify_ca`,
+    /// `verify_full` (`verify-ca`/`verify-full` are accepted too).
     #[serde(default)]
     pub tls: TlsMode,
+    /// PEM file with the CA that signed the server's certificate; needed by
+    /// `verify_ca`/`verify_full`, and makes `prefer`/`require` check the
+    /// chain as libpq does with a root certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "secs::<30>", with = "duration")]
     pub interval: Duration,
     /// Each query's limit; a scrape never waits on the database at all.
@@ -98,8 +105,29 @@ pub struct PostgresConfig {
 pub enum TlsMode {
     #[default]
     Disable,
+    /// TLS when the server offers it, plain text otherwise.
     Prefer,
+    /// TLS or no connection; the certificate is not checked without a CA.
     Require,
+    /// TLS with a certificate signed by `ca_file`.
+    #[serde(alias = "verify-ca")]
+    VerifyCa,
+    /// TLS with a certificate signed by `ca_file` that names the host.
+    #[serde(alias = "verify-full")]
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// The config spelling, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify_ca",
+            Self::VerifyFull => "verify_full",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,8 +135,10 @@ pub enum TlsMode {
 pub struct BrokerConfig {
     /// `host:port` of the MQTT listener.
     pub address: String,
+    /// Inline (`username: exporter`) or, like the password, from a file or
+    /// env var (`username: { file: /run/secrets/mqtt/username }`).
     #[serde(default)]
-    pub username: Option<String>,
+    pub username: Option<Username>,
     #[serde(default)]
     pub password: Option<SecretSource>,
     /// Defaults to `hass-exporter-<pid>`.
@@ -123,6 +153,56 @@ pub struct BrokerConfig {
     pub timeout: Duration,
     #[serde(default)]
     pub required: bool,
+}
+
+/// The broker username. A username is not secret to Mosquitto, so inline
+/// text is accepted; a Kubernetes Secret usually holds both, so a file or
+/// env var reference is too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Username {
+    Inline(String),
+    Reference(SecretSource),
+}
+
+impl Username {
+    /// The username now (a file is re-read on each call, so a rotated
+    /// Secret is picked up on the next connect).
+    pub fn load(&self) -> Result<String, String> {
+        match self {
+            Self::Inline(name) => Ok(name.clone()),
+            Self::Reference(source) => source
+                .load()
+                .map(|s| s.expose_secret().to_owned())
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Username {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UsernameVisitor;
+        impl<'de> serde::de::Visitor<'de> for UsernameVisitor {
+            type Value = Username;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a username, or { file: PATH } / { env: NAME }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Username, E> {
+                Ok(Username::Inline(v.to_owned()))
+            }
+            // `username: 1000` is a name too.
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Username, E> {
+                Ok(Username::Inline(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Username, E> {
+                Ok(Username::Inline(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Username, A::Error> {
+                SecretSource::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Username::Reference)
+            }
+        }
+        deserializer.deserialize_any(UsernameVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +266,43 @@ mod tests {
         assert!(e.message.contains("missing field `token`"), "{e}");
         let e = parse_yaml::<ExporterConfig>("home_assistant:\n  token: abc\n").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("home_assistant.token"), "{e}");
+    }
+
+    #[test]
+    fn broker_username_inline_or_from_a_file() {
+        let c: ExporterConfig =
+            parse_yaml("broker:\n  address: a:1\n  username: exporter\n").unwrap();
+        assert_eq!(
+            c.broker.unwrap().username,
+            Some(Username::Inline("exporter".to_owned()))
+        );
+        let c: ExporterConfig = parse_yaml(
+            "broker:\n  address: a:1\n  username: { file: /run/secrets/mqtt/username }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.broker.unwrap().username,
+            Some(Username::Reference(SecretSource::File(
+                "/run/secrets/mqtt/username".into()
+            )))
+        );
+        let e = parse_yaml::<ExporterConfig>("broker:\n  address: a:1\n  username: { fil: /u }\n")
+            .unwrap_err();
+        assert!(e.message.contains("fil"), "{e}");
+    }
+
+    #[test]
+    fn tls_modes_take_libpq_spellings_too() {
+        let c: ExporterConfig = parse_yaml(
+            "postgres:\n  host: db\n  user: u\n  tls: verify-full\n  ca_file: /ca.pem\n",
+        )
+        .unwrap();
+        let pg = c.postgres.unwrap();
+        assert_eq!(pg.tls, TlsMode::VerifyFull);
+        assert_eq!(pg.ca_file.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        let c: ExporterConfig =
+            parse_yaml("postgres:\n  host: db\n  user: u\n  tls: verify_ca\n").unwrap();
+        assert_eq!(c.postgres.unwrap().tls, TlsMode::VerifyCa);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! `/api/` calls for a doubling pause: HA counts every rejected request
 //! towards banning the caller's IP, and the caller is the whole pod. While
 //! paused, `GET /manifest.json` (served without auth, outside `/api/`) keeps
-//! telling the liveness probe whether HA still answers.
+//! telling the liveness and startup probes whether HA still answers.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,6 +53,9 @@ pub struct HaView {
     started: Instant,
     /// The last time HA's HTTP server answered anything (even 401).
     pub last_answer: Option<Instant>,
+    /// HA's HTTP server answered the last request (any status, even 401);
+    /// false after a refused connection or a timeout.
+    pub answering: bool,
     /// The core state of the last successful poll; `None` when it failed.
     pub state: Option<String>,
     /// Last known recorder migration state (kept while HA is unreachable).
@@ -76,6 +79,7 @@ impl HaView {
         Self {
             started,
             last_answer: None,
+            answering: false,
             state: None,
             migration_in_progress: false,
             migration_is_live: false,
@@ -113,14 +117,32 @@ impl HaView {
         Verdict::pass("Home Assistant is RUNNING")
     }
 
-    /// Started: HA has finished bootstrapping (RUNNING). A startupProbe with
-    /// a generous failureThreshold covers slow starts and blocking
-    /// migrations; once it passes kubelet switches to the liveness rule.
+    /// Started: HA's HTTP server answers, whatever it says (a 401/403 too:
+    /// only a running server can reject a token), or a recorder migration is
+    /// known to be in progress. Not "RUNNING": kubelet restarts a container
+    /// whose startupProbe keeps failing, so waiting for RUNNING would restart
+    /// HA mid-migration, or forever when the exporter's token is wrong, which
+    /// is the restart loop this exporter exists to prevent. Once it passes,
+    /// the liveness rule (silence for `live_timeout`, never during a
+    /// migration) takes over; readiness still waits for RUNNING.
     pub fn startup(&self) -> Verdict {
-        if self.state.as_deref() == Some("RUNNING") {
-            Verdict::pass("Home Assistant is RUNNING")
-        } else {
-            Verdict::fail(self.not_running_reason())
+        if self.migration_in_progress {
+            return Verdict::pass("a recorder migration is in progress");
+        }
+        if !self.answering {
+            return Verdict::fail(match &self.last_error {
+                Some(e) => format!("Home Assistant's HTTP server does not answer: {e}"),
+                None => "Home Assistant has not been polled yet".to_owned(),
+            });
+        }
+        match (&self.state, self.auth_rejected) {
+            (_, true) => Verdict::pass(
+                "Home Assistant's HTTP server answers (it rejected the token; see ready)",
+            ),
+            (Some(state), false) => {
+                Verdict::pass(format!("Home Assistant's HTTP server answers ({state})"))
+            }
+            (None, false) => Verdict::pass("Home Assistant's HTTP server answers"),
         }
     }
 
@@ -408,6 +430,8 @@ impl HaProbe {
                     // Never call /api/ without a token: that is a 401.
                     warn!("home_assistant.token: {e}; not polling Home Assistant");
                     self.record_failure(format!("token unreadable: {e}"));
+                    // Still tell startup and liveness whether HA is up.
+                    self.ping_unauthenticated(&client).await;
                     None
                 }
             };
@@ -488,6 +512,7 @@ impl HaProbe {
             }
             Err(e) => {
                 error(e.kind());
+                self.shared.lock().answering = false;
                 Call::Failed(format!("GET {uri}: {e}"))
             }
         }
@@ -567,7 +592,10 @@ impl HaProbe {
             .await
         {
             Ok(_) => self.answered(),
-            Err(e) => debug!("GET {}: {e}", self.manifest_uri),
+            Err(e) => {
+                debug!("GET {}: {e}", self.manifest_uri);
+                self.shared.lock().answering = false;
+            }
         }
     }
 
@@ -594,7 +622,11 @@ impl HaProbe {
     }
 
     fn answered(&self) {
-        self.shared.lock().last_answer = Some(Instant::now());
+        {
+            let mut view = self.shared.lock();
+            view.last_answer = Some(Instant::now());
+            view.answering = true;
+        }
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
@@ -722,6 +754,20 @@ mod tests {
         assert!(!v.ready().ok, "a blocking migration is not ready");
         v.migration_is_live = true;
         assert!(v.ready().ok, "a live migration keeps HA serving");
+    }
+
+    #[test]
+    fn startup_passes_on_any_answer_or_a_migration() {
+        let mut v = view(None);
+        assert!(!v.startup().ok, "never answered");
+        v.answering = true;
+        assert!(v.startup().ok, "answered, not RUNNING yet");
+        v.auth_rejected = true;
+        assert!(v.startup().ok, "a 401 proves the server is up");
+        v.answering = false;
+        assert!(!v.startup().ok, "stopped answering");
+        v.migration_in_progress = true;
+        assert!(v.startup().ok, "a migration never counts against startup");
     }
 
     #[test]

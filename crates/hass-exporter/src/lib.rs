@@ -14,6 +14,7 @@ pub mod broker;
 pub mod config;
 pub mod home_assistant;
 pub mod http;
+pub mod postgres_tls;
 pub mod probes;
 pub mod recorder;
 

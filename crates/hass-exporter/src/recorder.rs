@@ -24,11 +24,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, NoTls, Socket};
 use tracing::{info, warn};
 
 use crate::backoff::{Backoff, pause};
 use crate::config::{PostgresConfig, TlsMode};
+use crate::postgres_tls::{RustlsConnect, TlsHandshakeError};
 
 /// HA's recorder tables (schema 42, HA 2024.3), each a `table` label value.
 pub const RECORDER_TABLES: [&str; 11] = [
@@ -193,11 +196,19 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// Why a connect failed; a fixed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ConnectLabels {
+    reason: &'static str,
+}
+
 #[derive(Debug, Clone)]
 struct RecorderMetrics {
     up: Gauge,
+    tls: Gauge,
     probe_duration: Histogram,
     errors: Family<QueryLabels, Counter>,
+    connect_failures: Family<ConnectLabels, Counter>,
     snapshot: SnapshotCollector,
 }
 
@@ -205,6 +216,8 @@ struct RecorderMetrics {
 #[derive(Debug)]
 pub struct RecorderProbe {
     pg: tokio_postgres::Config,
+    /// `None` for `tls: disable`.
+    tls: Option<RustlsConnect>,
     password: Option<SecretSource>,
     interval: Duration,
     query_timeout: Duration,
@@ -263,15 +276,19 @@ impl RecorderProbe {
                 "postgres: no user; set postgres.user or user= in postgres.connection".to_owned(),
             );
         }
-        match cfg.tls {
-            // Without a TLS connector, `prefer` connects in plain text.
-            TlsMode::Disable | TlsMode::Prefer => {}
-            TlsMode::Require => {
-                return Err(
-                    "postgres.tls: `require` is not supported yet; use `disable`".to_owned(),
-                );
-            }
+        if cfg.tls == TlsMode::Disable && cfg.ca_file.is_some() {
+            return Err(
+                "postgres.ca_file is set but postgres.tls is `disable`; set tls to \
+                 `verify_full` (or remove ca_file)"
+                    .to_owned(),
+            );
         }
+        let tls = RustlsConnect::new(cfg.tls, cfg.ca_file.as_deref())?;
+        pg.ssl_mode(match cfg.tls {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Prefer => SslMode::Prefer,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+        });
         pg.application_name("hass-exporter");
         pg.connect_timeout(cfg.connect_timeout);
         if let Some(source) = &cfg.password {
@@ -281,14 +298,17 @@ impl RecorderProbe {
         }
         Ok(Self {
             pg,
+            tls,
             password: cfg.password.clone(),
             interval: cfg.interval,
             query_timeout: cfg.query_timeout,
             connect_timeout: cfg.connect_timeout,
             metrics: RecorderMetrics {
                 up: Gauge::default(),
+                tls: Gauge::default(),
                 probe_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
                 errors: Family::default(),
+                connect_failures: Family::default(),
                 snapshot: SnapshotCollector::default(),
             },
         })
@@ -305,6 +325,16 @@ impl RecorderProbe {
             "postgres_up",
             "Whether the recorder database answered the last probe",
             self.metrics.up.clone(),
+        );
+        r.register(
+            "postgres_tls",
+            "Whether the connection to the recorder database is encrypted (TLS)",
+            self.metrics.tls.clone(),
+        );
+        r.register(
+            "postgres_connect_failures",
+            "Connects to the recorder database that failed, by reason (timeout, io, tls, auth, other)",
+            self.metrics.connect_failures.clone(),
         );
         r.register(
             "postgres_probe_duration_seconds",
@@ -348,12 +378,26 @@ impl RecorderProbe {
                         // Free the server from the hung query, best effort.
                         let cancel = client.cancel_token();
                         let limit = self.connect_timeout;
+                        let tls = self.tls.as_ref().map(RustlsConnect::for_cancel);
                         tokio::spawn(async move {
-                            let _ = tokio::time::timeout(limit, cancel.cancel_query(NoTls)).await;
+                            let _ = match tls {
+                                Some(tls) => {
+                                    tokio::time::timeout(limit, cancel.cancel_query(tls)).await
+                                }
+                                None => {
+                                    tokio::time::timeout(limit, cancel.cancel_query(NoTls)).await
+                                }
+                            };
                         });
                     }
                 }
-                Err(e) => self.mark_down(&e, check.as_ref(), &mut was_up),
+                Err((reason, e)) => {
+                    self.metrics
+                        .connect_failures
+                        .get_or_create(&ConnectLabels { reason })
+                        .inc();
+                    self.mark_down(&e, check.as_ref(), &mut was_up);
+                }
             }
             if !pause(backoff.next_delay(), &shutdown, &heartbeat).await {
                 return;
@@ -365,8 +409,11 @@ impl RecorderProbe {
         if *was_up {
             warn!("recorder database down: {why}");
             *was_up = false;
+        } else {
+            tracing::debug!("recorder database still down: {why}");
         }
         self.metrics.up.set(0);
+        self.metrics.tls.set(0);
         *self
             .metrics
             .snapshot
@@ -378,24 +425,29 @@ impl RecorderProbe {
         }
     }
 
-    async fn connect(&self) -> Result<(Client, tokio::task::JoinHandle<()>), String> {
+    /// A new connection and the task driving it; the error is a `reason`
+    /// label and the text to log.
+    async fn connect(
+        &self,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), (&'static str, String)> {
         let mut pg = self.pg.clone();
         if let Some(source) = &self.password {
             // Read on each connect, so a rotated Secret is picked up.
             let password = source
                 .load()
-                .map_err(|e| format!("postgres.password: {e}"))?;
+                .map_err(|e| ("password_file", format!("postgres.password: {e}")))?;
             pg.password(password.expose_secret());
         }
-        let connecting = pg.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, connecting)
-            .await
-            .map_err(|_| format!("no connection within {:?}", self.connect_timeout))?
-            .map_err(|e| format!("cannot connect: {}", error_text(&e)))?;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok((client, task))
+        let connected = match &self.tls {
+            None => connect_with(&pg, NoTls, self.connect_timeout).await,
+            Some(tls) => {
+                tls.take_encrypted();
+                connect_with(&pg, tls.clone(), self.connect_timeout).await
+            }
+        }?;
+        let encrypted = self.tls.as_ref().is_some_and(RustlsConnect::take_encrypted);
+        self.metrics.tls.set(i64::from(encrypted));
+        Ok(connected)
     }
 
     /// Probes every interval until the connection faults (`Some`) or
@@ -551,6 +603,62 @@ impl RecorderProbe {
             }
         }
     }
+}
+
+/// Connects with `tls` under `timeout` and spawns the connection's task.
+async fn connect_with<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    timeout: Duration,
+) -> Result<(Client, tokio::task::JoinHandle<()>), (&'static str, String)>
+where
+    T: MakeTlsConnect<Socket> + Send,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, connection) = tokio::time::timeout(timeout, pg.connect(tls))
+        .await
+        .map_err(|_| ("timeout", format!("no connection within {timeout:?}")))?
+        .map_err(|e| {
+            (
+                connect_failure_reason(&e),
+                format!("cannot connect: {}", error_text(&e)),
+            )
+        })?;
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok((client, task))
+}
+
+/// A bounded `reason` label for a failed connect.
+fn connect_failure_reason(e: &tokio_postgres::Error) -> &'static str {
+    if let Some(db) = e.as_db_error() {
+        // Class 28: invalid authorization (a wrong password, or no pg_hba.conf
+        // line for this client, e.g. plain text to a hostssl-only server).
+        return if db.code().code().starts_with("28") {
+            "auth"
+        } else {
+            "other"
+        };
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<TlsHandshakeError>() {
+            return "tls";
+        }
+        if s.is::<std::io::Error>() {
+            return "io";
+        }
+        source = s.source();
+    }
+    // tokio-postgres's own TLS errors ("server does not support TLS" under
+    // `require`) carry no type to match, only this text.
+    if e.to_string().contains("TLS") {
+        return "tls";
+    }
+    "other"
 }
 
 /// tokio-postgres hides the server's message in the source chain.

@@ -146,16 +146,73 @@ fn broker_round_trip_against_mosquitto_with_outage_and_recovery() {
 }
 
 #[test]
+fn broker_username_and_password_from_files() {
+    let mosquitto = Mosquitto::start();
+    let exporter = Exporter::start(
+        &format!(
+            "broker:\n  address: {}\n  username: {{ file: {{dir}}/mqtt-username }}\n  \
+             password: {{ file: {{dir}}/mqtt-password }}\n  interval: 200ms\n  timeout: 1s\n",
+            mosquitto.addr
+        ),
+        &[
+            ("mqtt-username", &format!("{USER}\n")),
+            ("mqtt-password", &format!("{PASSWORD}\n")),
+        ],
+    );
+    exporter.wait_metric("round trip", Duration::from_secs(10), |m| {
+        value(m, "hass_exporter_broker_round_trip_seconds_count", &[]).is_some_and(|n| n >= 1.0)
+    });
+    assert_eq!(exporter.value("hass_exporter_broker_up", &[]), Some(1.0));
+}
+
+#[test]
 fn wrong_broker_password_is_down_not_a_crash() {
     let mosquitto = Mosquitto::start();
     let exporter = Exporter::start(
         &broker_config(mosquitto.addr),
-        &[("mqtt-password", "wrong")],
+        &[("mqtt-password", "wrong-Pa55")],
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(exporter.value("hass_exporter_broker_up", &[]), Some(0.0));
-    assert!(exporter.value("hass_exporter_broker_round_trip_seconds_count", &[]) == Some(0.0));
+    // Evidence it tried and Mosquitto refused the login, not just silence.
+    exporter.wait_metric("login refused", Duration::from_secs(10), |m| {
+        value(
+            m,
+            "hass_exporter_broker_connection_errors_total",
+            &[("reason", "not_authorized")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    // Keeps retrying (with backoff), stays down, never connects.
+    exporter.wait_metric("login refused again", Duration::from_secs(10), |m| {
+        value(
+            m,
+            "hass_exporter_broker_connection_errors_total",
+            &[("reason", "not_authorized")],
+        )
+        .is_some_and(|n| n >= 2.0)
+    });
+    let m = exporter.metrics();
+    assert_eq!(value(&m, "hass_exporter_broker_up", &[]), Some(0.0));
+    assert_eq!(
+        value(&m, "hass_exporter_broker_round_trip_seconds_count", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&m, "hass_exporter_broker_connects_total", &[]),
+        Some(0.0)
+    );
     assert_eq!(exporter.status("/healthz"), 200);
+    assert_eq!(exporter.status("/readyz"), 503, "the broker is required");
+    let log = exporter.process.stderr();
+    assert!(log.contains("refused the exporter's login"), "{log}");
+    assert_eq!(
+        log.matches("refused the exporter's login").count(),
+        1,
+        "said once, not on every retry: {log}"
+    );
+    assert!(
+        !log.contains("wrong-Pa55"),
+        "the password leaked into the log"
+    );
 }
 
 #[test]

@@ -51,7 +51,8 @@ fn probes_and_metrics_follow_the_core_state() {
         ) == Some(1.0)
     });
     assert_eq!(exporter.status("/probe/ha/ready"), 503);
-    assert_eq!(exporter.status("/probe/ha/startup"), 503);
+    // HA's HTTP server answers: started, though not RUNNING yet.
+    assert_eq!(exporter.status("/probe/ha/startup"), 200);
     assert_eq!(exporter.status("/probe/ha/live"), 200);
 
     ha.set(|b| b.state = "STARTING".into());
@@ -59,7 +60,7 @@ fn probes_and_metrics_follow_the_core_state() {
         value(m, "hass_exporter_ha_core_state", &[("state", "STARTING")]) == Some(1.0)
     });
     assert_eq!(exporter.status("/probe/ha/ready"), 503);
-    assert_eq!(exporter.status("/probe/ha/startup"), 503);
+    assert_eq!(exporter.status("/probe/ha/startup"), 200);
 
     ha.set(|b| b.state = "RUNNING".into());
     let flip = exporter.wait_status("/probe/ha/ready", 200, Duration::from_secs(5));
@@ -215,7 +216,8 @@ fn recorder_migration_blocks_ready_and_keeps_live() {
     ha.set(|b| b.recorder_state = Some((true, true)));
     exporter.wait_status("/probe/ha/ready", 200, Duration::from_secs(5));
 
-    // HA busy migrating stops answering: live holds past live_timeout.
+    // HA busy migrating stops answering: live holds past live_timeout, and
+    // a migration never counts against startup either.
     ha.set_down(true);
     exporter.wait_status("/probe/ha/ready", 503, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(2500));
@@ -224,6 +226,7 @@ fn recorder_migration_blocks_ready_and_keeps_live() {
         200,
         "migration in progress keeps HA alive"
     );
+    assert_eq!(exporter.status("/probe/ha/startup"), 200);
 
     // Migration done, then silence: now live fails.
     ha.set_down(false);
@@ -289,6 +292,54 @@ fn rejected_token_pauses_api_calls_loudly_and_a_new_token_resumes_at_once() {
         exporter.value("hass_exporter_ha_auth_backoff_seconds", &[]),
         Some(0.0)
     );
+}
+
+/// The shipped startupProbe (180 × 10 s) restarts HA if startup fails for
+/// 30 minutes; a wrong exporter token must not be able to cause that.
+#[test]
+fn startup_follows_whether_ha_answers_at_all_even_with_a_rejected_token() {
+    let mut ha = StandInHa::start("RUNNING");
+    ha.set_down(true);
+    let exporter = Exporter::start(
+        &config(
+            &ha,
+            "  auth_backoff: 60s
+",
+        ),
+        &[("ha-token", "a-wrong-token")],
+    );
+    exporter.wait_metric("connect errors", Duration::from_secs(5), |m| {
+        value(
+            m,
+            "hass_exporter_ha_api_request_errors_total",
+            &[("endpoint", "core_state"), ("kind", "connect")],
+        )
+        .is_some_and(|n| n >= 1.0)
+    });
+    let body = hass_test_support::http::get(exporter.admin, "/probe/ha/startup").unwrap();
+    assert_eq!(body.status, 503, "nothing answers yet");
+    assert!(body.body.contains("does not answer"), "{}", body.body);
+
+    ha.set_down(false);
+    exporter.wait_metric("auth rejected", Duration::from_secs(5), |m| {
+        value(m, "hass_exporter_ha_auth_rejected", &[]) == Some(1.0)
+    });
+    let body = hass_test_support::http::get(exporter.admin, "/probe/ha/startup").unwrap();
+    assert_eq!(body.status, 200, "a 401 proves HA's server is up");
+    assert!(body.body.contains("rejected the token"), "{}", body.body);
+    assert_eq!(exporter.status("/probe/ha/ready"), 503);
+
+    // The unauthenticated ping during the auth pause notices HA going away.
+    ha.set_down(true);
+    exporter.wait_status("/probe/ha/startup", 503, Duration::from_secs(5));
+    ha.set_down(false);
+    exporter.wait_status("/probe/ha/startup", 200, Duration::from_secs(5));
+    let api_calls = ha
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/api"))
+        .count();
+    assert_eq!(api_calls, 1, "the auth pause holds");
 }
 
 #[test]

@@ -143,6 +143,33 @@ fn recorder_metrics_from_the_real_schema() {
             &[],
         ) == Some(1_700_007_200.75)
     });
+
+    // A row written now: the age alert's input reads (near) zero after the
+    // next probe, and keeps growing between probes.
+    let written = now();
+    psql(
+        pg.port(),
+        "INSERT INTO states (state, last_updated_ts) VALUES ('22.5', extract(epoch FROM clock_timestamp()))",
+    );
+    exporter.wait_metric("fresh state row", Duration::from_secs(5), |m| {
+        value(
+            m,
+            "hass_exporter_recorder_last_state_timestamp_seconds",
+            &[],
+        )
+        .is_some_and(|t| t >= written - 1.0)
+    });
+    let age = exporter
+        .value("hass_exporter_recorder_last_state_age_seconds", &[])
+        .expect("age");
+    assert!(
+        (0.0..5.0).contains(&age),
+        "seconds since the last write: {age}"
+    );
+    let last = exporter
+        .value("hass_exporter_recorder_last_state_timestamp_seconds", &[])
+        .expect("timestamp");
+    assert!((last - written).abs() < 5.0, "{last} vs {written}");
 }
 
 #[test]
@@ -213,6 +240,41 @@ fn database_killed_goes_down_within_an_interval_and_recovers_after_restart() {
         Some(NEWEST_STATE)
     );
     exporter.wait_status("/readyz", 200, Duration::from_secs(5));
+}
+
+/// Between probes the exporter sits on an idle connection; a server that
+/// goes away closes it, and that alone marks the database down, without
+/// waiting for the next probe (30 s by default).
+#[test]
+fn database_killed_is_down_at_once_with_the_default_interval() {
+    let mut pg = recorder_database();
+    let exporter = Exporter::start(
+        &format!(
+            "postgres:\n  host: 127.0.0.1\n  port: {}\n  user: postgres\n  dbname: postgres\n",
+            pg.port()
+        ),
+        &[],
+    );
+    exporter.wait_metric("postgres up", Duration::from_secs(10), |m| {
+        value(m, "hass_exporter_postgres_up", &[]) == Some(1.0)
+    });
+    // Let the first probe's queries finish, so the kill lands between probes.
+    std::thread::sleep(Duration::from_millis(500));
+    pg.kill();
+    let down = exporter.wait_metric("postgres down", Duration::from_secs(10), |m| {
+        value(m, "hass_exporter_postgres_up", &[]) == Some(0.0)
+    });
+    eprintln!("postgres_up 0 {down:?} after the server was killed (interval 30s)");
+    assert!(down < Duration::from_secs(2), "{down:?}");
+    let log = exporter.process.stderr();
+    assert!(log.contains("recorder database down"), "{log}");
+
+    // And it reconnects on its own backoff, not at the next 30 s probe.
+    pg.restart().unwrap_or_else(|e| panic!("{e}\n{}", pg.log()));
+    let up = exporter.wait_metric("postgres back", Duration::from_secs(20), |m| {
+        value(m, "hass_exporter_postgres_up", &[]) == Some(1.0)
+    });
+    eprintln!("postgres_up 1 {up:?} after the restart");
 }
 
 #[test]

@@ -17,6 +17,17 @@ use tempfile::TempDir;
 
 use crate::{free_port, wait_for};
 
+/// Server settings beyond the defaults, for [`TempPostgres::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct PostgresOptions {
+    /// A PEM certificate and its PEM private key: the server runs with
+    /// `ssl = on` and serves them.
+    pub tls: Option<(String, String)>,
+    /// Replaces pg_hba.conf, e.g. `hostssl all all 127.0.0.1/32 trust` to
+    /// refuse clients that do not use TLS.
+    pub hba: Option<String>,
+}
+
 /// A running server; drop it to stop it and delete its data.
 #[derive(Debug)]
 pub struct TempPostgres {
@@ -31,6 +42,12 @@ pub struct TempPostgres {
 impl TempPostgres {
     /// Initializes and starts a server, retrying on a port taken in between.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(&PostgresOptions::default())
+    }
+
+    /// [`TempPostgres::start`] with TLS or pg_hba.conf rules; they are
+    /// written into the data directory, so [`TempPostgres::restart`] keeps them.
+    pub fn start_with(options: &PostgresOptions) -> Result<Self, String> {
         let bin = find_bin_dir()?;
         let run_as = run_as_user()?;
         let dir = tempfile::Builder::new()
@@ -59,6 +76,7 @@ impl TempPostgres {
                 String::from_utf8_lossy(&initdb.stderr)
             ));
         }
+        configure(&data, run_as.as_ref(), options)?;
         let mut last_error = String::new();
         for _ in 0..3 {
             let port = free_port();
@@ -184,6 +202,35 @@ impl Drop for TempPostgres {
             }
         }
     }
+}
+
+/// Writes `options` into a fresh data directory.
+fn configure(data: &Path, run_as: Option<&User>, options: &PostgresOptions) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let write = |name: &str, text: &str, mode: u32| -> Result<(), String> {
+        let path = data.join(name);
+        fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        // PostgreSQL refuses a key that others can read, or that another user owns.
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        if let Some(user) = run_as {
+            std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .map_err(|e| format!("chown {}: {e}", path.display()))?;
+        }
+        Ok(())
+    };
+    if let Some((cert, key)) = &options.tls {
+        write("server.crt", cert, 0o644)?;
+        write("server.key", key, 0o600)?;
+        let conf = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf).map_err(|e| format!("{}: {e}", conf.display()))?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        fs::write(&conf, text).map_err(|e| format!("{}: {e}", conf.display()))?;
+    }
+    if let Some(hba) = &options.hba {
+        write("pg_hba.conf", hba, 0o600)?;
+    }
+    Ok(())
 }
 
 fn launch(

@@ -441,3 +441,103 @@ pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Certificates for a TLS-enabled PostgreSQL
+
+/// A test CA and a server certificate it signed, made with the openssl CLI.
+pub struct TestCerts {
+    pub dir: TempDir,
+    /// PEM of the CA that signed the server certificate.
+    pub ca: PathBuf,
+    /// PEM of an unrelated CA.
+    pub other_ca: PathBuf,
+    pub server_cert: String,
+    pub server_key: String,
+}
+
+/// The server certificate names only `IP:127.0.0.1`, so connecting to
+/// `localhost` is a name mismatch for `verify_full`.
+pub fn make_certs() -> TestCerts {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl CLI (Debian's openssl package)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for name in ["ca", "other-ca"] {
+        std::fs::write(
+            dir.path().join(format!("{name}.cnf")),
+            format!(
+                "[req]\ndistinguished_name=dn\nx509_extensions=v3_ca\nprompt=no\n[dn]\nCN=hass-test-{name}\n\
+                 [v3_ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n\
+                 subjectKeyIdentifier=hash\n"
+            ),
+        )
+        .expect("ca.cnf");
+        let (cnf, key, crt) = (
+            format!("{name}.cnf"),
+            format!("{name}.key"),
+            format!("{name}.crt"),
+        );
+        let mut args = vec!["req", "-x509", "-config", &cnf];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &crt, "-days", "2"]);
+        run(&args);
+    }
+    let mut args = vec!["req", "-new"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&args);
+    std::fs::write(
+        dir.path().join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).expect("cert file");
+    TestCerts {
+        ca: dir.path().join("ca.crt"),
+        other_ca: dir.path().join("other-ca.crt"),
+        server_cert: read("server.crt"),
+        server_key: read("server.key"),
+        dir,
+    }
+}
