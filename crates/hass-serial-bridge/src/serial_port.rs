@@ -118,10 +118,11 @@ pub trait ModemLines {
 /// How the configured DTR/RTS levels and pin sequence went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PinOutcome {
-    /// Every configured level was set and every wait waited (or none were configured).
+    /// Every configured level was set and every wait waited (or none were
+    /// configured).
     Applied,
-    /// The device has no modem-control lines, so nothing was set: serving
-    /// it anyway beats refusing a pty or network tty forever.
+    /// The device has no modem-control lines, so the levels were not set:
+    /// serving it anyway beats refusing a pty or network tty forever.
     NoModemLines,
 }
 
@@ -180,7 +181,7 @@ impl ModemLines for SerialPortLines<'_> {
         set.map_err(|e| {
             // The tty layer answers ENOTTY when the driver has no
             // modem-control ioctls; serialport passes errno on only as
-            // nix's description of it.
+            // nix's description of it (tests/pins.rs fails if they differ).
             if e.kind == tokio_serial::ErrorKind::Unknown
                 && e.description == nix::errno::Errno::ENOTTY.desc()
             {
