@@ -657,6 +657,11 @@ pub struct ExternalPostgres {
     pub port: u16,
     /// CIDRs the server is in, for the egress NetworkPolicy of the backup job.
     pub cidrs: Vec<String>,
+    /// Size of the server's data volume (a quantity, e.g. `50Gi`): with it
+    /// the PrometheusRule warns when the database passes 90% of it (kubelet
+    /// cannot see an external server's volume). Absent: no such alert.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_size: Option<String>,
 }
 
 impl Default for ExternalPostgres {
@@ -665,8 +670,30 @@ impl Default for ExternalPostgres {
             host: String::new(),
             port: 5432,
             cidrs: Vec::new(),
+            volume_size: None,
         }
     }
+}
+
+/// Bytes of a Kubernetes quantity without a fraction: `50Gi`, `500M`, `1024`.
+pub fn quantity_bytes(text: &str) -> Option<u64> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let number: u64 = text[..digits].parse().ok()?;
+    let unit: u64 = match &text[digits..] {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(unit)
 }
 
 /// A `pg_dump` CronJob writing custom-format dumps to its own volume.
@@ -922,6 +949,14 @@ impl Values {
             return err(
                 "postgres.external.host",
                 "is required with `mode: external`".to_owned(),
+            );
+        }
+        if let Some(size) = &self.postgres.external.volume_size
+            && quantity_bytes(size).is_none_or(|b| b == 0)
+        {
+            return err(
+                "postgres.external.volume_size",
+                format!("{size:?} is not a size like 50Gi"),
             );
         }
         if self.postgres.backup.enabled && self.postgres.mode == PostgresMode::Disabled {

@@ -11,7 +11,7 @@ use crate::crd::{
     SafeAuthorization, SecretKeySelector, ServiceMonitor, ServiceMonitorSpec,
 };
 use crate::meta::{SERVICE_ROLE, labels, object_meta, selector, selector_labels};
-use crate::values::{PostgresMode, ScrapeVia, Values};
+use crate::values::{PostgresMode, ScrapeVia, Values, quantity_bytes};
 
 pub(crate) fn render(values: &Values, objects: &mut Objects) {
     let m = &values.monitoring;
@@ -150,10 +150,11 @@ fn rules(values: &Values) -> Vec<Rule> {
         });
     }
     if values.postgres.mode != PostgresMode::Disabled {
+        // The age already counts the silence: a `for:` would add to it.
         specs.push(AlertSpec {
             alert: "HomeAssistantRecorderNotWriting",
-            expr: "hass_exporter_recorder_last_state_age_seconds > 300".to_owned(),
-            for_: Some("1m"),
+            expr: "hass_exporter_recorder_last_state_age_seconds >= 300".to_owned(),
+            for_: None,
             severity: "warning",
             summary: "Home Assistant's recorder has written no state for 5 minutes",
         });
@@ -162,7 +163,7 @@ fn rules(values: &Values) -> Vec<Rule> {
             expr: "hass_exporter_postgres_up == 0".to_owned(),
             for_: Some("5m"),
             severity: "critical",
-            summary: "The recorder database does not answer the exporter",
+            summary: "The recorder database has not answered the exporter for 5 minutes",
         });
         specs.push(AlertSpec {
             alert: "RecorderDatabaseConnectionsNearLimit",
@@ -171,7 +172,7 @@ fn rules(values: &Values) -> Vec<Rule> {
                     .to_owned(),
             for_: Some("10m"),
             severity: "warning",
-            summary: "PostgreSQL is above 90% of max_connections",
+            summary: "PostgreSQL has been above 90% of max_connections for 10 minutes",
         });
     }
     if values.postgres.mode == PostgresMode::Internal {
@@ -184,7 +185,29 @@ fn rules(values: &Values) -> Vec<Rule> {
             ),
             for_: Some("15m"),
             severity: "warning",
-            summary: "The recorder database volume has less than 10% free",
+            summary: "The recorder database volume has had less than 10% free for 15 minutes",
+        });
+    }
+    // kubelet cannot see an external server's volume: compare the
+    // database's size with the volume size the user states.
+    if let (PostgresMode::External, Some(bytes)) = (
+        values.postgres.mode,
+        values
+            .postgres
+            .external
+            .volume_size
+            .as_deref()
+            .and_then(quantity_bytes),
+    ) {
+        specs.push(AlertSpec {
+            alert: "RecorderDatabaseNearFull",
+            expr: format!(
+                "hass_exporter_postgres_database_size_bytes > {}",
+                bytes / 10 * 9
+            ),
+            for_: Some("15m"),
+            severity: "warning",
+            summary: "The recorder database has filled over 90% of postgres.external.volume_size for 15 minutes",
         });
     }
     if values.broker.enabled && values.broker.exporter_password.is_some() {
@@ -193,7 +216,7 @@ fn rules(values: &Values) -> Vec<Rule> {
             expr: "hass_exporter_broker_up == 0".to_owned(),
             for_: Some("2m"),
             severity: "critical",
-            summary: "An MQTT publish through hass-broker does not come back",
+            summary: "No MQTT publish through hass-broker has come back for 2 minutes",
         });
     }
     if !serial_bridge::node_groups(values).is_empty() {
@@ -202,14 +225,14 @@ fn rules(values: &Values) -> Vec<Rule> {
             expr: "hass_exporter_bridge_device_up == 0".to_owned(),
             for_: Some("1m"),
             severity: "critical",
-            summary: "A Zigbee/Z-Wave stick is missing on its bridge",
+            summary: "A Zigbee/Z-Wave stick has been missing on its bridge for 1 minute",
         });
         specs.push(AlertSpec {
             alert: "SerialBridgeUnreachable",
             expr: "hass_exporter_bridge_up == 0".to_owned(),
             for_: Some("5m"),
             severity: "critical",
-            summary: "A serial bridge's admin port does not answer the exporter",
+            summary: "A serial bridge's admin port has not answered the exporter for 5 minutes",
         });
     }
     specs
