@@ -25,8 +25,21 @@ pub fn schema() -> serde_json::Value {
     serde_json::to_value(schemars::schema_for!(Values)).unwrap_or_default()
 }
 
-/// `hass-manifests defaults`: the default values with comments.
+/// The block a user adds once to `configuration.yaml` so Home Assistant
+/// loads the generated package (mounted under `/config/packages/`).
+pub const PACKAGE_INCLUDE: &str = "homeassistant:\n  packages: !include_dir_named packages\n";
+
+/// `hass-manifests defaults`: the default values with comments, headed by
+/// the one addition to `configuration.yaml` the install needs.
 pub fn defaults_file() -> Result<String, yaml::YamlError> {
     let defaults = serde_json::to_value(Values::default()).unwrap_or_default();
-    yaml::commented(&defaults, &schema())
+    let mut preamble = String::from(
+        "# Home Assistant loads the package these manifests generate once\n\
+         # configuration.yaml has (add it once, beside any `homeassistant:` keys\n\
+         # you already have):\n",
+    );
+    for line in PACKAGE_INCLUDE.lines() {
+        preamble.push_str(&format!("#   {line}\n"));
+    }
+    yaml::commented(&defaults, &schema(), &preamble)
 }

@@ -22,11 +22,13 @@ pub fn to_yaml<T: Serialize>(value: &T) -> Result<String, YamlError> {
 /// The defaults as YAML with each key's description (from the JSON Schema,
 /// i.e. the doc comments) above it. Keys without a default are listed
 /// commented out.
-pub fn commented(defaults: &Value, schema: &Value) -> Result<String, YamlError> {
+/// `preamble` (comment lines) follows the header.
+pub fn commented(defaults: &Value, schema: &Value, preamble: &str) -> Result<String, YamlError> {
     let mut out = String::from(
         "# Default values of hass-manifests; every key is optional.\n\
          # `hass-manifests schema` prints the JSON Schema for editor completion.\n",
     );
+    out.push_str(preamble);
     write_object(&mut out, defaults, schema, schema, 0)?;
     Ok(out)
 }

@@ -88,3 +88,39 @@ fn bad_values_exit_2_with_the_position() {
         "{err}"
     );
 }
+
+/// The one block a user adds to configuration.yaml is in the defaults file,
+/// and the folder it includes is where the pod mounts the package.
+#[test]
+fn defaults_file_shows_the_package_include_for_configuration_yaml() {
+    let out = bin().arg("defaults").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("#   homeassistant:\n#     packages: !include_dir_named packages\n"),
+        "{text}"
+    );
+
+    // The defaults need no package (SQLite, no Ingress); with PostgreSQL one is mounted.
+    let mut values = hass_manifests::values::parse(&text).unwrap();
+    values.postgres.mode = hass_manifests::values::PostgresMode::Internal;
+    let ms = hass_manifests::render(&values).unwrap();
+    let sts = ms.iter().find(|m| m.kind == "StatefulSet").unwrap();
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_saphyr::from_str(&sts.yaml).unwrap();
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let ha = pod
+        .containers
+        .iter()
+        .find(|c| c.name == "home-assistant")
+        .unwrap();
+    let package = ha
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "package")
+        .unwrap();
+    // `!include_dir_named packages` is relative to /config and reads one
+    // folder level below it.
+    let folder = std::path::Path::new(&package.mount_path).parent().unwrap();
+    assert_eq!(folder, std::path::Path::new("/config/packages"));
+}
