@@ -141,10 +141,6 @@ pub async fn apply_pins(
         .chain(&settings.pin_sequence)
         .enumerate()
     {
-        let key = match i {
-            0 => "dtr/rts".to_owned(),
-            n => format!("pin_sequence[{}]", n - 1),
-        };
         let levels = [(Pin::Dtr, step.dtr), (Pin::Rts, step.rts)];
         for (pin, level) in levels {
             let Some(level) = level else { continue };
@@ -154,6 +150,11 @@ pub async fn apply_pins(
                 // Strict on purpose: a stick left in its bootloader looks
                 // alive but never answers, which is worse than "not ready".
                 Err(PinError::Failed(reason)) => {
+                    // The config key that asked for this level.
+                    let key = match i {
+                        0 => pin.name().to_ascii_lowercase(),
+                        n => format!("pin_sequence[{}]", n - 1),
+                    };
                     return Err(format!(
                         "cannot set {} {} ({key}): {reason}",
                         pin.name(),
@@ -323,6 +324,20 @@ mod tests {
         let settings = settings(Some(true), None, vec![step(None, Some(false), 500)]);
         assert_eq!(run(&mut lines, &settings), Ok(PinOutcome::NoModemLines));
         assert_eq!(lines.events, vec![], "no wait for lines that do not exist");
+    }
+
+    #[test]
+    fn a_failing_level_names_its_key() {
+        let mut lines = RecordedLines {
+            fail_at: Some((1, PinError::Failed("Input/output error".to_owned()))),
+            ..RecordedLines::default()
+        };
+        let settings = settings(Some(true), Some(false), vec![step(None, None, 20)]);
+        assert_eq!(
+            run(&mut lines, &settings),
+            Err("cannot set RTS off (rts): Input/output error".to_owned())
+        );
+        assert_eq!(lines.events, vec![Event::Set(Pin::Dtr, true)]);
     }
 
     #[test]
