@@ -298,6 +298,11 @@ fn backup_cron_job(values: &Values) -> CronJob {
             successful_jobs_history_limit: Some(3),
             failed_jobs_history_limit: Some(3),
             job_template: JobTemplateSpec {
+                // The Jobs carry the labels too, so `kubectl get jobs -l` finds them.
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    ..Default::default()
+                }),
                 spec: Some(JobSpec {
                     backoff_limit: Some(2),
                     active_deadline_seconds: Some(3600),
@@ -337,7 +342,6 @@ fn backup_cron_job(values: &Values) -> CronJob {
                     },
                     ..Default::default()
                 }),
-                ..Default::default()
             },
             ..Default::default()
         }),
