@@ -229,15 +229,16 @@ impl Resources {
     }
 }
 
-/// Home Assistant's size class.
+/// Home Assistant's size class: the table is on `home_assistant.preset`
+/// (tests/resources.rs checks the render against it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
-    /// Up to ~200 entities, a Raspberry Pi class node: 100m/384Mi, limits 1 CPU/1Gi.
+    /// Up to ~200 entities, a Raspberry Pi class node.
     Small,
-    /// Up to ~1000 entities with a few cameras: 250m/768Mi, limits 2 CPU/2Gi.
+    /// Up to ~1000 entities with a few cameras.
     Medium,
-    /// Thousands of entities, heavy automations: 500m/1536Mi, limits 4 CPU/4Gi.
+    /// Thousands of entities, heavy automations.
     Large,
 }
 
@@ -270,8 +271,17 @@ pub struct HomeAssistant {
     /// The official image, pinned by tag.
     pub image: Image,
     pub run_as: RunAs,
-    /// Requests and limits by home size; `resources` overrides it.
+    /// Requests and limits of the Home Assistant container by home size
+    /// (CPU, memory); `resources` overrides the preset as a whole.
+    ///
+    /// | preset | home                                     | requests     | limits |
+    /// |--------|------------------------------------------|--------------|--------|
+    /// | small  | up to ~200 entities, Raspberry Pi class  | 100m, 384Mi  | 1, 1Gi |
+    /// | medium | up to ~1000 entities, a few cameras      | 250m, 768Mi  | 2, 2Gi |
+    /// | large  | thousands of entities, heavy automations | 500m, 1536Mi | 4, 4Gi |
     pub preset: Preset,
+    /// Requests and limits of the Home Assistant container; set, they
+    /// replace the preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// Share the node's network (mDNS/SSDP discovery, HomeKit). Sets

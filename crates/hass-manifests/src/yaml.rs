@@ -61,8 +61,10 @@ fn description(root: &Value, node: &Value) -> Option<String> {
 fn write_comment(out: &mut String, text: &str, indent: usize) {
     for line in text.lines() {
         out.push_str(&" ".repeat(indent));
-        out.push_str("# ");
-        out.push_str(line.trim_end());
+        let line = line.trim_end();
+        // No trailing space on a comment's blank line.
+        out.push_str(if line.is_empty() { "#" } else { "# " });
+        out.push_str(line);
         out.push('\n');
     }
 }
