@@ -20,12 +20,128 @@ fn defaults_file_parses_back_to_the_defaults() {
     assert_eq!(values, hass_manifests::Values::default());
 }
 
+/// Free-form maps of the values: the only objects open to any key, each
+/// with string values (labels, annotations, digests by image name).
+const OPEN_MAPS: &[&str] = &[
+    "#/$defs/Ingress/properties/annotations",
+    "#/$defs/Monitoring/properties/labels",
+    "#/$defs/NetworkPolicyValues/properties/mqtt_client_labels",
+    "#/$defs/SerialBridge/properties/client_labels",
+    "#/$defs/ServiceValues/properties/annotations",
+    "#/$defs/SidecarImages/properties/digests",
+];
+
+/// Walks one schema and what it contains: struct schemas (with
+/// `properties`) go to `closed` or `open`, maps to `maps`.
+fn walk_schema(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    path: &str,
+    seen: &mut Vec<String>,
+    open: &mut Vec<String>,
+    maps: &mut Vec<String>,
+) {
+    let Some(map) = schema.as_object() else {
+        return;
+    };
+    seen.push(path.to_owned());
+    if let Some(target) = map.get("$ref").and_then(|r| r.as_str()) {
+        let pointer = target.strip_prefix('#').unwrap();
+        assert!(
+            root.pointer(pointer).is_some(),
+            "{path}: $ref {target} resolves to nothing"
+        );
+    }
+    let is_object = map.get("type").is_some_and(|t| {
+        t == "object"
+            || t.as_array()
+                .is_some_and(|list| list.iter().any(|t| t == "object"))
+    });
+    let additional = map.get("additionalProperties");
+    if let Some(properties) = map.get("properties").and_then(|p| p.as_object()) {
+        if additional != Some(&serde_json::Value::Bool(false)) {
+            open.push(format!("{path} ({additional:?})"));
+        }
+        for (name, property) in properties {
+            walk_schema(
+                root,
+                property,
+                &format!("{path}/properties/{name}"),
+                seen,
+                open,
+                maps,
+            );
+        }
+    } else if is_object {
+        // A map: any key, but its values must have a type.
+        let values = additional.unwrap_or(&serde_json::Value::Null);
+        assert!(
+            values.get("type").is_some() || values.get("$ref").is_some(),
+            "{path}: a map whose values are untyped: {schema}"
+        );
+        maps.push(path.to_owned());
+    }
+    if let Some(values) = additional.filter(|a| a.is_object()) {
+        walk_schema(
+            root,
+            values,
+            &format!("{path}/additionalProperties"),
+            seen,
+            open,
+            maps,
+        );
+    }
+    if let Some(items) = map.get("items") {
+        walk_schema(root, items, &format!("{path}/items"), seen, open, maps);
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        for (i, sub) in map
+            .get(key)
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            walk_schema(root, sub, &format!("{path}/{key}/{i}"), seen, open, maps);
+        }
+    }
+    if let Some(defs) = map.get("$defs").and_then(|d| d.as_object()) {
+        for (name, def) in defs {
+            walk_schema(root, def, &format!("{path}/$defs/{name}"), seen, open, maps);
+        }
+    }
+}
+
+/// Unknown keys are errors (`deny_unknown_fields`), so every struct schema
+/// says `additionalProperties: false` and an editor flags a typo as the
+/// renderer would. The maps above stay open by design: their keys are the
+/// user's (label names, annotation names, image names).
 #[test]
-fn schema_is_json_schema_and_closes_every_object() {
+fn schema_closes_every_struct_and_types_every_map() {
     let out = bin().arg("schema").output().unwrap();
     assert!(out.status.success());
     let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(schema["additionalProperties"], false);
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    let (mut seen, mut open, mut maps) = (Vec::new(), Vec::new(), Vec::new());
+    walk_schema(&schema, &schema, "#", &mut seen, &mut open, &mut maps);
+    assert!(
+        open.is_empty(),
+        "struct schemas that accept unknown keys: {open:#?}"
+    );
+    maps.sort();
+    assert_eq!(maps, OPEN_MAPS);
+    // The walk reached every definition, not only the root.
+    let defs = schema["$defs"].as_object().unwrap();
+    assert!(defs.len() > 25, "{}", defs.len());
+    for name in defs.keys() {
+        assert!(
+            seen.contains(&format!("#/$defs/{name}")),
+            "{name} not walked"
+        );
+    }
     assert!(
         schema["properties"]["home_assistant"].is_object(),
         "{schema}"
