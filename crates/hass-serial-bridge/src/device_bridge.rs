@@ -12,7 +12,6 @@ use hass_runtime::shutdown::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_serial::SerialStream;
 use tracing::{debug, info, warn};
 
 use crate::client_socket;
@@ -20,6 +19,7 @@ use crate::config::{DeviceSource, DeviceSpec, KeepaliveConfig, SecondClient};
 use crate::device_watcher::DeviceWatcher;
 use crate::metrics::{DeviceMetrics, RefusalReason};
 use crate::serial_port::{self, OpenError, OpenedPort, PinOutcome};
+use crate::serial_stream::SerialStream;
 use crate::sysfs::{self, SysRoots};
 
 /// Sized for a burst from a fast client; serial reads are far smaller.

@@ -37,6 +37,7 @@ pub mod device_watcher;
 pub mod list;
 pub mod metrics;
 pub mod serial_port;
+pub mod serial_stream;
 pub mod sysfs;
 pub mod usb;
 

@@ -4,9 +4,10 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use mio_serial::SerialPort;
 
 use crate::config::{FlowControl, Parity, PinStep, SerialSettings};
+use crate::serial_stream::SerialStream;
 
 /// Why a device could not be opened; the text goes to logs and `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,25 +60,24 @@ pub async fn open(path: &Path, settings: &SerialSettings) -> Result<OpenedPort, 
         path: shown.clone(),
         reason,
     };
-    let mut stream = tokio_serial::new(path.to_string_lossy(), settings.baud)
+    let builder = mio_serial::new(path.to_string_lossy(), settings.baud)
         .data_bits(data_bits(settings.data_bits))
         .parity(match settings.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Odd => tokio_serial::Parity::Odd,
-            Parity::Even => tokio_serial::Parity::Even,
+            Parity::None => mio_serial::Parity::None,
+            Parity::Odd => mio_serial::Parity::Odd,
+            Parity::Even => mio_serial::Parity::Even,
         })
         .stop_bits(if settings.stop_bits == 2 {
-            tokio_serial::StopBits::Two
+            mio_serial::StopBits::Two
         } else {
-            tokio_serial::StopBits::One
+            mio_serial::StopBits::One
         })
         .flow_control(match settings.flow_control {
-            FlowControl::None => tokio_serial::FlowControl::None,
-            FlowControl::RtsCts => tokio_serial::FlowControl::Hardware,
-            FlowControl::XonXoff => tokio_serial::FlowControl::Software,
-        })
-        .open_native_async()
-        .map_err(|e| failed(e.to_string()))?;
+            FlowControl::None => mio_serial::FlowControl::None,
+            FlowControl::RtsCts => mio_serial::FlowControl::Hardware,
+            FlowControl::XonXoff => mio_serial::FlowControl::Software,
+        });
+    let mut stream = SerialStream::open(builder).map_err(failed)?;
     let pins = apply_pins(&mut SerialPortLines(&mut stream), settings)
         .await
         .map_err(failed)?;
@@ -176,14 +176,14 @@ struct SerialPortLines<'a>(&'a mut SerialStream);
 impl ModemLines for SerialPortLines<'_> {
     fn set(&mut self, pin: Pin, level: bool) -> Result<(), PinError> {
         let set = match pin {
-            Pin::Dtr => self.0.write_data_terminal_ready(level),
-            Pin::Rts => self.0.write_request_to_send(level),
+            Pin::Dtr => self.0.port_mut().write_data_terminal_ready(level),
+            Pin::Rts => self.0.port_mut().write_request_to_send(level),
         };
         set.map_err(|e| {
             // The tty layer answers ENOTTY when the driver has no
             // modem-control ioctls; serialport passes errno on only as
             // nix's description of it (tests/pins.rs fails if they differ).
-            if e.kind == tokio_serial::ErrorKind::Unknown
+            if e.kind == mio_serial::ErrorKind::Unknown
                 && e.description == nix::errno::Errno::ENOTTY.desc()
             {
                 PinError::NoModemLines
@@ -198,13 +198,13 @@ impl ModemLines for SerialPortLines<'_> {
     }
 }
 
-fn data_bits(bits: u8) -> tokio_serial::DataBits {
+fn data_bits(bits: u8) -> mio_serial::DataBits {
     match bits {
-        5 => tokio_serial::DataBits::Five,
-        6 => tokio_serial::DataBits::Six,
-        7 => tokio_serial::DataBits::Seven,
+        5 => mio_serial::DataBits::Five,
+        6 => mio_serial::DataBits::Six,
+        7 => mio_serial::DataBits::Seven,
         // Validation allows only 5..=8.
-        _ => tokio_serial::DataBits::Eight,
+        _ => mio_serial::DataBits::Eight,
     }
 }
 
