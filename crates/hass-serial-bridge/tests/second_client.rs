@@ -231,18 +231,37 @@ impl StickPlayer {
     }
 }
 
+/// How a client's stream ended.
+#[derive(Debug, PartialEq, Eq)]
+enum StreamEnd {
+    /// EOF or reset: the bridge closed it.
+    Closed,
+    /// Any other error, e.g. the read timeout: it was left open.
+    Failed(std::io::ErrorKind),
+}
+
 /// Reads until the stream ends, counting bytes as they come.
-fn read_all_counting(mut stream: TcpStream) -> (Arc<AtomicUsize>, thread::JoinHandle<Vec<u8>>) {
+fn read_all_counting(
+    mut stream: TcpStream,
+) -> (Arc<AtomicUsize>, thread::JoinHandle<(Vec<u8>, StreamEnd)>) {
     let count = Arc::new(AtomicUsize::new(0));
     let counter = count.clone();
     let reader = thread::spawn(move || {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = stream.read(&mut buf) {
-            got.extend_from_slice(&buf[..n]);
-            counter.fetch_add(n, Ordering::SeqCst);
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return (got, StreamEnd::Closed),
+                Ok(n) => {
+                    got.extend_from_slice(&buf[..n]);
+                    counter.fetch_add(n, Ordering::SeqCst);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return (got, StreamEnd::Closed);
+                }
+                Err(e) => return (got, StreamEnd::Failed(e.kind())),
+            }
         }
-        got
     });
     (count, reader)
 }
@@ -308,7 +327,7 @@ fn a_client_writing_nonstop_is_cut_off_cleanly_when_replaced() {
         .expect("the stick answered all of the second client's requests");
     stop_first.store(true, Ordering::SeqCst);
     let first_written = first_writes.join().unwrap();
-    let first_got = first_reader.join().unwrap();
+    let (first_got, first_end) = first_reader.join().unwrap();
 
     // The stick: once the second client's bytes start, not one byte of the
     // first's follows, and the second's arrive whole and in order.
@@ -342,6 +361,11 @@ fn a_client_writing_nonstop_is_cut_off_cleanly_when_replaced() {
     assert!(from_first.len() >= answered_first * 8);
 
     // Each client got replies to its own requests only, all of them.
+    assert_eq!(
+        first_end,
+        StreamEnd::Closed,
+        "the replaced client was left open"
+    );
     assert_eq!(first_got, frames(true, b'r', answered_first as u32));
     assert_eq!(second_got, frames(false, b'r', SECOND_REQUESTS));
 
