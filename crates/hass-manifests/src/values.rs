@@ -995,6 +995,21 @@ impl Values {
             Ok(_) => {}
             Err(e) => return err("config_watcher.backups.interval", e.to_string()),
         }
+        // They are added to the monitors' and rule's own labels; ours name the
+        // objects and select pods, so a user label must not replace one.
+        if let Some(key) = self
+            .monitoring
+            .labels
+            .keys()
+            .find(|key| key.starts_with("app.kubernetes.io/"))
+        {
+            return err(
+                "monitoring.labels",
+                format!(
+                    "{key:?} is set by hass-manifests; pick a label your Prometheus selects by, e.g. `release`"
+                ),
+            );
+        }
         if self.ingress.enabled && self.ingress.host.is_empty() {
             return err("ingress.host", "is required with an Ingress".to_owned());
         }

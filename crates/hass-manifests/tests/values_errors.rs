@@ -103,6 +103,15 @@ fn checks_after_parsing_point_at_the_offending_key() {
         e.starts_with(":1:1: postgres.external.host: is required"),
         "{e}"
     );
+    // Monitor labels are merged into the objects' own: ours must stay ours.
+    let e =
+        load("monitoring:\n  labels:\n    release: kps\n    app.kubernetes.io/instance: other\n");
+    assert!(
+        e.starts_with(
+            ":2:3: monitoring.labels: \"app.kubernetes.io/instance\" is set by hass-manifests"
+        ),
+        "{e}"
+    );
     let e = load("namespace: home\nname: Home_Assistant\n");
     assert!(
         e.starts_with(":2:1: name: \"Home_Assistant\" must be a DNS label"),
