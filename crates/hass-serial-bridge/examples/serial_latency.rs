@@ -8,8 +8,12 @@
 //!
 //! ```sh
 //! cargo build --release -p hass-serial-bridge --bins --examples
-//! target/release/examples/serial_latency
+//! target/release/examples/serial_latency [--rounds N] [--without-ser2net]
 //! ```
+//!
+//! Bridge and socat differ by a few µs on a ~150 µs round trip, so telling
+//! them apart needs more rounds than the default; ser2net, measured once, can
+//! be left out of such runs to keep them short.
 #![allow(clippy::print_stdout)] // Printing the results is the job.
 
 use std::fs::{File, OpenOptions};
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 const FRAME_SIZES: [usize; 4] = [8, 64, 100, 1024];
 /// Candidates take turns, round after round, so that load from anything else
 /// on the machine spreads over all of them alike.
-const ROUNDS: usize = 5;
+const DEFAULT_ROUNDS: usize = 5;
 /// Round trips per frame size and round, unless the time cap comes first.
 const ROUND_TRIPS: usize = 400;
 const TIME_CAP: Duration = Duration::from_secs(2);
@@ -35,7 +39,7 @@ const BULK: usize = 4 * 1024 * 1024;
 
 /// The stick: echoes what it reads, or only counts it.
 struct EchoStick {
-    _socat: Child,
+    socat: Child,
     device: PathBuf,
     peer: File,
     echo: Arc<AtomicBool>,
@@ -49,6 +53,7 @@ impl EchoStick {
             .arg(end("device"))
             .arg(end("peer"))
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("socat: {e}"))?;
@@ -79,12 +84,20 @@ impl EchoStick {
             }
         });
         Ok(Self {
-            _socat: socat,
+            socat,
             device,
             peer,
             echo,
             received,
         })
+    }
+}
+
+/// The ptys outlive the run otherwise, and so does whatever reads our stdout.
+impl Drop for EchoStick {
+    fn drop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
     }
 }
 
@@ -289,6 +302,8 @@ fn throughput(link: &mut dyn Link, stick: &EchoStick) -> Result<(f64, f64), Stri
 struct Results {
     /// Round-trip samples per frame size.
     samples: Vec<Vec<Duration>>,
+    /// Each round's p50 per frame size, µs: rounds compare like with like.
+    round_p50: Vec<Vec<f64>>,
     /// MB/s per round, each way.
     up: Vec<f64>,
     down: Vec<f64>,
@@ -297,9 +312,13 @@ struct Results {
 fn measure_round(link: &mut dyn Link, stick: &EchoStick, into: &mut Results) -> Result<(), String> {
     if into.samples.is_empty() {
         into.samples = vec![Vec::new(); FRAME_SIZES.len()];
+        into.round_p50 = vec![Vec::new(); FRAME_SIZES.len()];
     }
     for (i, size) in FRAME_SIZES.into_iter().enumerate() {
-        into.samples[i].extend(round_trips(link, size)?);
+        let mut round = round_trips(link, size)?;
+        round.sort();
+        into.round_p50[i].push(micros(percentile(&round, 0.5)));
+        into.samples[i].extend(round);
     }
     let (up, down) = throughput(link, stick)?;
     into.up.push(up);
@@ -326,7 +345,41 @@ fn median(values: &[f64]) -> f64 {
     sorted[sorted.len() / 2]
 }
 
+struct Options {
+    rounds: usize,
+    ser2net: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options {
+        rounds: DEFAULT_ROUNDS,
+        ser2net: true,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--rounds" => {
+                options.rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or("--rounds needs a count above 0")?;
+            }
+            "--without-ser2net" => options.ser2net = false,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(options)
+}
+
 fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("{e}; usage: serial_latency [--rounds N] [--without-ser2net]");
+            return ExitCode::FAILURE;
+        }
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let stick = match EchoStick::start(dir.path()) {
         Ok(stick) => stick,
@@ -361,19 +414,21 @@ fn main() -> ExitCode {
         "socat nodelay".into(),
         Candidate::Bridge(Box::new(start_socat)),
     ));
-    candidates.push((
-        "ser2net defaults".into(),
-        Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, false))),
-    ));
-    candidates.push((
-        "ser2net tuned".into(),
-        Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, true))),
-    ));
+    if options.ser2net {
+        candidates.push((
+            "ser2net defaults".into(),
+            Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, false))),
+        ));
+        candidates.push((
+            "ser2net tuned".into(),
+            Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, true))),
+        ));
+    }
 
     let mut results: Vec<Results> = candidates.iter().map(|_| Results::default()).collect();
     let mut failed = vec![false; candidates.len()];
-    for round in 1..=ROUNDS {
-        eprintln!("round {round}/{ROUNDS}");
+    for round in 1..=options.rounds {
+        eprintln!("round {round}/{}", options.rounds);
         for (i, (name, candidate)) in candidates.iter().enumerate() {
             if failed[i] {
                 continue;
@@ -410,11 +465,11 @@ fn main() -> ExitCode {
         .filter(|(_, failed)| !**failed)
         .map(|(((name, _), r), _)| (name.as_str(), r))
         .collect();
-    report(&named);
+    report(&named, options.rounds);
     ExitCode::SUCCESS
 }
 
-fn report(all: &[(&str, &Results)]) {
+fn report(all: &[(&str, &Results)], rounds: usize) {
     let stats = |r: &Results, i: usize| {
         let mut sorted = r.samples[i].clone();
         sorted.sort();
@@ -427,7 +482,7 @@ fn report(all: &[(&str, &Results)]) {
     let direct = all[0].1;
     let socat = all.iter().find(|(name, _)| *name == "socat nodelay");
     println!(
-        "Round trip through an echoing pty, {ROUNDS} interleaved rounds; added = candidate minus direct pty (µs)."
+        "Round trip through an echoing pty, {rounds} interleaved rounds; added = candidate minus direct pty (µs)."
     );
     println!(
         "{:<26} {:>5} {:>9} {:>9} {:>10} {:>10} {:>13} {:>6}",
@@ -451,6 +506,31 @@ fn report(all: &[(&str, &Results)]) {
                 vs_socat,
                 n
             );
+        }
+    }
+    if let Some((_, socat)) = socat {
+        println!();
+        println!(
+            "Added p50 vs socat's, round by round (median ratio over rounds; rounds at or below socat):"
+        );
+        for (name, r) in all.iter().filter(|(name, _)| name.starts_with("hass")) {
+            for (i, size) in FRAME_SIZES.iter().enumerate() {
+                let ratios: Vec<f64> = (0..r.round_p50[i].len().min(socat.round_p50[i].len()))
+                    .map(|k| {
+                        let direct = direct.round_p50[i][k];
+                        (r.round_p50[i][k] - direct) / (socat.round_p50[i][k] - direct)
+                    })
+                    .collect();
+                let at_or_below = ratios.iter().filter(|ratio| **ratio <= 1.0).count();
+                println!(
+                    "{:<26} {:>5} {:>6.2}x   {}/{}",
+                    name,
+                    size,
+                    median(&ratios),
+                    at_or_below,
+                    ratios.len()
+                );
+            }
         }
     }
     println!();
