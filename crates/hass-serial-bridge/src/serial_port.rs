@@ -1,6 +1,6 @@
 //! Opening a serial device with the configured line settings and pin levels.
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ pub fn not_a_tty_kind(path: &Path) -> Option<&'static str> {
     let meta = std::fs::metadata(path).ok()?;
     let kind = meta.file_type();
     if kind.is_char_device() {
-        None
+        char_device_not_a_tty(meta.rdev())
     } else if kind.is_dir() {
         Some("a directory")
     } else if kind.is_file() {
@@ -37,6 +37,18 @@ pub fn not_a_tty_kind(path: &Path) -> Option<&'static str> {
     } else {
         Some("a block device")
     }
+}
+
+/// A character device sysfs files under another class than `tty` (such as
+/// `/dev/null` under `mem`). Asked of sysfs, not by opening the device:
+/// opening and closing a real stick toggles DTR, which resets some of them.
+/// Devices sysfs does not list (ptys among them) pass.
+fn char_device_not_a_tty(rdev: u64) -> Option<&'static str> {
+    // glibc's gnu_dev_major and gnu_dev_minor.
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    let class = std::fs::read_link(format!("/sys/dev/char/{major}:{minor}/subsystem")).ok()?;
+    (class.file_name()? != "tty").then_some("a character device that is not a tty")
 }
 
 /// An open device, and whether the configured pin levels reached it.

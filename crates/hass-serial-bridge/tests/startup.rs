@@ -102,6 +102,19 @@ fn a_path_that_is_not_a_tty_exits_2() {
         )),
         "{stderr}"
     );
+
+    // A character device, but not a tty: sysfs says so without opening it.
+    let (code, stderr) = exits_with(&format!(
+        "devices:\n  - name: zigbee\n    path: /dev/null\n    listen: {}\n",
+        free_addr()
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "devices[0].path: /dev/null is a character device that is not a tty, not a serial device"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
