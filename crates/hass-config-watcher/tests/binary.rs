@@ -8,7 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, StandInHa, WAIT, automation, binary, sample_config, spawn_ready, write};
+use common::{
+    Fixture, StandInHa, WAIT, automation, binary, run_command, sample_config, spawn_ready, write,
+};
 use hass_test_support::{http, openmetrics};
 use nix::sys::signal::Signal;
 
@@ -30,11 +32,8 @@ async fn run_reloads_serves_metrics_and_stops_on_sigterm() {
     .unwrap();
     let (mut watcher, admin) = tokio::task::block_in_place(|| {
         spawn_ready(|admin| {
-            let mut command = binary();
+            let mut command = run_command(&config, admin);
             command
-                .args(["run", "--config"])
-                .arg(&config)
-                .args(["--admin-listen", &admin.to_string()])
                 .env("HASS_CONFIG_WATCHER_CONFIG_DIR", &fx.root)
                 .env("RUST_LOG", "debug");
             command
@@ -187,16 +186,8 @@ async fn the_admin_section_places_the_admin_server_and_the_flag_wins() {
         watcher.stderr()
     );
 
-    let (watcher, from_flag) = tokio::task::block_in_place(|| {
-        spawn_ready(|admin| {
-            let mut command = binary();
-            command
-                .args(["run", "--config"])
-                .arg(&config)
-                .args(["--admin-listen", &admin.to_string()]);
-            command
-        })
-    });
+    let (watcher, from_flag) =
+        tokio::task::block_in_place(|| spawn_ready(|admin| run_command(&config, admin)));
     assert_ne!(from_flag, from_file);
     assert!(
         tokio::task::block_in_place(|| http::get(from_file, "/readyz")).is_err(),

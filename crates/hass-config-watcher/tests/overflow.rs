@@ -20,7 +20,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    Fixture, StandInHa, WAIT, automation, binary, metric_value, sample_config, spawn_ready, write,
+    Fixture, StandInHa, WAIT, automation, metric_value, run_command, sample_config, spawn_ready,
+    write,
 };
 use hass_test_support::{http, wait_for};
 use nix::sys::signal::Signal;
@@ -73,16 +74,8 @@ async fn a_queue_overflow_makes_the_watcher_rescan() {
             return;
         }
     };
-    let (mut watcher, admin) = tokio::task::block_in_place(|| {
-        spawn_ready(|admin| {
-            let mut command = binary();
-            command
-                .args(["run", "--config"])
-                .arg(&config)
-                .args(["--admin-listen", &admin.to_string()]);
-            command
-        })
-    });
+    let (mut watcher, admin) =
+        tokio::task::block_in_place(|| spawn_ready(|admin| run_command(&config, admin)));
     drop(queue);
 
     // Far more events than 16 while nothing reads them.

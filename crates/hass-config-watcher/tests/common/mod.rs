@@ -416,6 +416,16 @@ pub fn binary() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_hass-config-watcher"))
 }
 
+/// `hass-config-watcher run` on `config`, serving its admin port on `admin`.
+pub fn run_command(config: &Path, admin: SocketAddr) -> std::process::Command {
+    let mut command = binary();
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--admin-listen", &admin.to_string()]);
+    command
+}
+
 /// Spawns the binary on a free admin port until it is ready there. The
 /// "free" port can be taken by another process before the binary binds it;
 /// then someone else's /readyz may answer, so readiness must name our check.
