@@ -5,10 +5,9 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Bridge, Stick, read_exactly};
+use common::{Bridge, Stick, connect, read_exactly};
 use hass_test_support::wait_for;
 
 const PINS: &str = "    dtr: true
@@ -30,10 +29,7 @@ fn pin_settings_on_a_pty_warn_once_per_open_and_serve() {
         1.0
     );
 
-    let mut client = TcpStream::connect(listen).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut client = connect(listen, Duration::from_secs(10));
     let mut peer = stick.open_peer();
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     client.write_all(b"to-stick").unwrap();

@@ -5,13 +5,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Bridge, Stick, read_exactly};
+use common::{Bridge, Stick, connect, read_exactly};
 use hass_test_support::wait_for;
 
 /// The replug budget from the issue: serving again ≤ 1 s after the stick returns.
@@ -25,10 +24,7 @@ fn unplug_and_replug_under_traffic_three_times() {
     let mut reopen_times = Vec::new();
 
     for cycle in 1..=3u8 {
-        let mut client = TcpStream::connect(listen).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut client = connect(listen, Duration::from_secs(10));
         let mut peer = stick.open_peer();
         bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
         // Data flows both ways before the unplug.
@@ -95,10 +91,7 @@ fn unplug_and_replug_under_traffic_three_times() {
             "hass_serial_bridge_client_refusals_total",
             "reason=\"device_absent\"",
         );
-        let mut early = TcpStream::connect(listen).unwrap();
-        early
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut early = connect(listen, Duration::from_secs(10));
         let mut buf = [0u8; 16];
         assert!(
             matches!(early.read(&mut buf), Ok(0) | Err(_)),
@@ -125,10 +118,7 @@ fn unplug_and_replug_under_traffic_three_times() {
     }
 
     // A client reconnecting after the last replug is served both ways.
-    let mut client = TcpStream::connect(listen).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut client = connect(listen, Duration::from_secs(10));
     let mut peer = stick.open_peer();
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     client.write_all(b"after").unwrap();

@@ -11,16 +11,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use common::{Bridge, Stick, read_exactly};
+use common::{Bridge, Stick, connect, read_exactly};
 use hass_test_support::wait_for;
-
-fn connect(addr: std::net::SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect to the bridge");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("set a read timeout");
-    stream
-}
 
 /// What the peer reads before the stream ends (EOF or reset).
 fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
@@ -43,11 +35,11 @@ fn reject_closes_the_second_client_unserved_and_keeps_the_first() {
     bridge.wait_ready();
     let mut peer = stick.open_peer();
 
-    let mut first = connect(listen);
+    let mut first = connect(listen, Duration::from_secs(10));
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
 
     // The second client talks too: none of it may reach the stick.
-    let mut second = connect(listen);
+    let mut second = connect(listen, Duration::from_secs(10));
     let _ = second.write_all(b"SECOND-WRITES");
     bridge.wait_metric(
         "hass_serial_bridge_client_refusals_total",
@@ -81,7 +73,7 @@ fn reject_closes_the_second_client_unserved_and_keeps_the_first() {
     // Once the first leaves, a new client is served.
     drop(first);
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 0.0);
-    let mut third = connect(listen);
+    let mut third = connect(listen, Duration::from_secs(10));
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     third.write_all(b"third").unwrap();
     assert_eq!(read_exactly(&mut peer, 5), b"third");
@@ -94,14 +86,14 @@ fn replace_closes_the_first_client_before_serving_the_second() {
     bridge.wait_ready();
     let mut peer = stick.open_peer();
 
-    let mut first = connect(listen);
+    let mut first = connect(listen, Duration::from_secs(10));
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     first.write_all(b"first-1").unwrap();
     assert_eq!(read_exactly(&mut peer, 7), b"first-1");
     peer.write_all(b"to-first").unwrap();
     assert_eq!(read_exactly(&mut first, 8), b"to-first");
 
-    let mut second = connect(listen);
+    let mut second = connect(listen, Duration::from_secs(10));
     bridge.wait_metric("hass_serial_bridge_client_replacements_total", "", 1.0);
     // The first sees its stream end, with nothing meant for the second.
     peer.write_all(b"to-second").unwrap();
@@ -275,7 +267,7 @@ fn a_client_writing_nonstop_is_cut_off_cleanly_when_replaced() {
     let player = StickPlayer::start(stick.open_peer(), SECOND_REQUESTS as usize);
 
     // The first client writes requests without pause until its socket fails.
-    let first = connect(listen);
+    let first = connect(listen, Duration::from_secs(10));
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     let (first_got_bytes, first_reader) = read_all_counting(first.try_clone().unwrap());
     let stop_first = Arc::new(AtomicBool::new(false));
@@ -309,7 +301,7 @@ fn a_client_writing_nonstop_is_cut_off_cleanly_when_replaced() {
     });
     let answered_first = drained.expect("the first client's replies never all arrived");
 
-    let mut second = connect(listen);
+    let mut second = connect(listen, Duration::from_secs(10));
     let mut second_writer = second.try_clone().unwrap();
     let second_writes = thread::spawn(move || {
         for seq in 0..SECOND_REQUESTS {

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Bridge, Stick, read_exactly};
+use common::{BIN, Bridge, Stick, connect, read_exactly};
 use hass_test_support::{free_addr, wait_for};
 use nix::sys::signal::Signal;
 
@@ -31,10 +31,7 @@ fn a_missing_device_is_waited_for_not_ready_and_refusing() {
     );
 
     // It keeps running and closes clients without serving them.
-    let mut client = TcpStream::connect(listen).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut client = connect(listen, Duration::from_secs(10));
     let mut buf = [0u8; 8];
     assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
     bridge.wait_metric(
@@ -236,10 +233,7 @@ fn sigterm_with_a_client_connected_exits_0() {
     let stick = Stick::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
-    let mut client = TcpStream::connect(listen).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut client = connect(listen, Duration::from_secs(10));
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     bridge.process.signal(Signal::SIGTERM);
     let status = bridge

@@ -5,11 +5,10 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Bridge, Stick, first_difference, play_stick, random_bytes, read_exactly};
+use common::{Bridge, Stick, connect, first_difference, play_stick, random_bytes, read_exactly};
 use hass_test_support::{openmetrics, wait_for};
 
 const MIB: usize = 1024 * 1024;
@@ -188,10 +187,7 @@ fn last_byte_age_restarts_with_each_byte_either_way_and_grows_while_idle() {
     let stick = Stick::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
-    let mut client = TcpStream::connect(listen).unwrap();
-    client
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut client = connect(listen, Duration::from_secs(10));
     let mut peer = stick.open_peer();
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     // Idle since start, so that a byte that is not noted shows as an old age.

@@ -5,12 +5,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{Bridge, Stick, first_difference, play_stick, random_bytes, read_exactly};
+use common::{Bridge, Stick, connect, first_difference, play_stick, random_bytes, read_exactly};
 use hass_test_support::{free_addr, wait_for};
 
 /// Plays a TCP client: writes `send` and reads `expect` bytes at the same time.
@@ -26,14 +26,6 @@ fn play_client(stream: TcpStream, send: Vec<u8>, expect: usize) -> mpsc::Receive
         let _ = tx.send(read_exactly(&mut reader, expect));
     });
     rx
-}
-
-fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect to the bridge");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("set a read timeout");
-    stream
 }
 
 /// Bytes one device's stick and client send each other; sizes differ per
@@ -74,7 +66,7 @@ fn two_devices_in_one_process_serve_at_once_with_their_own_readiness_and_metrics
     assert!(body.contains(&absent), "{body}");
 
     // The absent device refuses its clients; the other is unaffected.
-    let mut early = connect(zwave_listen);
+    let mut early = connect(zwave_listen, Duration::from_secs(30));
     let mut buf = [0u8; 8];
     assert!(matches!(early.read(&mut buf), Ok(0) | Err(_)));
     bridge.wait_metric_of(
@@ -105,8 +97,8 @@ fn two_devices_in_one_process_serve_at_once_with_their_own_readiness_and_metrics
     );
 
     // Both clients connect, then all four streams run at the same time.
-    let zigbee_client = connect(zigbee_listen);
-    let zwave_client = connect(zwave_listen);
+    let zigbee_client = connect(zigbee_listen, Duration::from_secs(30));
+    let zwave_client = connect(zwave_listen, Duration::from_secs(30));
     bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
     bridge.wait_metric_of("zwave", "hass_serial_bridge_client_connected", "", 1.0);
     let zigbee = Exchange {

@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -262,4 +262,14 @@ pub(crate) fn first_difference(a: &[u8], b: &[u8]) -> String {
         Some(i) => format!("first difference at byte {i} of {}/{}", a.len(), b.len()),
         None => format!("lengths {} and {}", a.len(), b.len()),
     }
+}
+
+/// A client of the bridge whose reads give up after `read_timeout`, so a
+/// bridge that stops forwarding fails the test instead of hanging it.
+pub(crate) fn connect(addr: SocketAddr, read_timeout: Duration) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect to the bridge");
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .expect("set a read timeout");
+    stream
 }
