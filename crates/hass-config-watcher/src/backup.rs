@@ -48,6 +48,9 @@ const EXCLUDED: &[&str] = &[
     "/tts/",
     "/.cache/",
     "/.git/",
+    // Kubernetes' ConfigMap internals (`..data`, `..2026_12_06_…`): the
+    // files they hold are backed up under the names the config uses.
+    "/..*",
 ];
 
 /// A backup failed; nothing of it is left on disk.
@@ -155,23 +158,31 @@ fn write_archive(
         let mut tar = tar::Builder::new(gz);
         tar.follow_symlinks(false);
         let excluded = IgnoreList::only(EXCLUDED).map_err(|e| fail("exclusions", e))?;
-        let skip = fs::canonicalize(output).ok();
+        let walk = Walk {
+            excluded,
+            skip: fs::canonicalize(output).ok(),
+            root: fs::canonicalize(config_dir).map_err(|e| fail(config_dir.display(), e))?,
+        };
         tar.append_dir(DATA, config_dir)
             .map_err(|e| fail(config_dir.display(), e))?;
-        add_folder(
-            &mut tar,
-            config_dir,
-            Path::new(""),
-            &excluded,
-            skip.as_deref(),
-        )?;
+        add_folder(&mut tar, config_dir, Path::new(""), &walk)?;
         let gz = tar.into_inner().map_err(out)?;
         gz.finish().map_err(out)?.flush().map_err(out)?;
     }
     let inner_size = inner.stream_position().map_err(out)?;
     inner.rewind().map_err(out)?;
 
-    let file = File::create(partial).map_err(out)?;
+    // Backups hold secrets.yaml and .storage/auth: readable by the owner only.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(partial)
+            .map_err(out)?
+    };
     let mut tar = tar::Builder::new(BufWriter::new(file));
     let json = serde_json::to_vec(metadata).map_err(|e| fail("backup.json", e))?;
     let mtime = SystemTime::now()
@@ -208,13 +219,24 @@ fn outer_header(name: &str, size: u64, mtime: u64) -> tar::Header {
     header
 }
 
-/// Adds `dir`'s entries, sorted, as `data/<rel>/…`.
+/// What a backup walks over and what it leaves out.
+struct Walk {
+    excluded: IgnoreList,
+    /// The backup folder, when it sits inside the config folder.
+    skip: Option<PathBuf>,
+    /// The config folder, resolved: links are followed only to files in it.
+    root: PathBuf,
+}
+
+/// Adds `dir`'s entries, sorted, as `data/<rel>/…`: folders and regular files;
+/// a link as the file it points to when that is a regular file inside the
+/// config folder (a ConfigMap's files are links into its `..data`), any other
+/// link, FIFO or socket not at all, so a restore never meets one.
 fn add_folder<W: Write>(
     tar: &mut tar::Builder<W>,
     dir: &Path,
     rel: &Path,
-    excluded: &IgnoreList,
-    skip: Option<&Path>,
+    walk: &Walk,
 ) -> Result<(), BackupError> {
     let mut entries: Vec<_> = fs::read_dir(dir)
         .map_err(|e| fail(dir.display(), e))?
@@ -223,7 +245,7 @@ fn add_folder<W: Write>(
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let rel = rel.join(entry.file_name());
-        if excluded.is_ignored(&rel) {
+        if walk.excluded.is_ignored(&rel) {
             continue;
         }
         let path = entry.path();
@@ -234,14 +256,39 @@ fn add_folder<W: Write>(
         if kind.is_dir() {
             // The backup folder itself, when it sits inside the config folder
             // under another name.
-            if skip.is_some_and(|s| fs::canonicalize(&path).is_ok_and(|p| p == s)) {
+            if walk
+                .skip
+                .as_ref()
+                .is_some_and(|s| fs::canonicalize(&path).is_ok_and(|p| &p == s))
+            {
                 continue;
             }
             tar.append_dir(&name, &path)
                 .map_err(|e| fail(path.display(), e))?;
-            add_folder(tar, &path, &rel, excluded, skip)?;
+            add_folder(tar, &path, &rel, walk)?;
         } else {
-            match tar.append_path_with_name(&path, &name) {
+            let source = if kind.is_file() {
+                path.clone()
+            } else if kind.is_symlink()
+                && let Ok(target) = fs::canonicalize(&path)
+                && target.starts_with(&walk.root)
+                && target.is_file()
+            {
+                target
+            } else {
+                continue;
+            };
+            let added = {
+                use std::os::unix::fs::OpenOptionsExt;
+                // Swapped for a link or a FIFO since the look: not followed,
+                // not waited on.
+                fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                    .open(&source)
+                    .and_then(|mut f| tar.append_file(&name, &mut f))
+            };
+            match added {
                 Ok(()) => {}
                 // Home Assistant replaces its files by renames all day; one
                 // gone since the listing is simply not in this backup.
@@ -308,55 +355,219 @@ fn is_named<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> bool {
         .is_ok_and(|p| p == Path::new(name) || p == Path::new(name.trim_start_matches("./")))
 }
 
+/// What a restore may write: a compressed archive of a few hundred KiB can
+/// expand to gigabytes, and a restore runs against the volume Home Assistant
+/// lives on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreLimits {
+    /// Bytes of file content in all; `None`: [`RestoreLimits::for_backup`]'s.
+    pub max_bytes: Option<u64>,
+}
+
+impl RestoreLimits {
+    /// Without a set limit: 64 times the backup's own size, at least 64 MiB.
+    /// A real config compresses 2-20 times (YAML, JSON, images not at all);
+    /// a gzip bomb, a thousand times.
+    pub fn for_backup(self, backup_size: u64) -> u64 {
+        self.max_bytes
+            .unwrap_or_else(|| backup_size.saturating_mul(64).max(64 << 20))
+    }
+}
+
+/// An entry of `homeassistant.tar.gz` that a restore writes.
+enum Planned {
+    Dir(PathBuf),
+    File { rel: PathBuf, mode: u32 },
+}
+
 /// Restores the config folder of `backup` into `dir` (created if missing):
 /// every file of the backup is written, files not in it are left alone.
 /// Returns the number of files written.
-pub fn restore(backup: &Path, dir: &Path) -> Result<usize, BackupError> {
+///
+/// The whole archive is checked before anything is written: only regular
+/// files and folders (Home Assistant's config has no use for links, and a
+/// link entry is how an archive writes outside its folder), only plain
+/// relative paths, no path through a link already in `dir`, and no more
+/// than the limit's bytes. Each file is written beside its target and
+/// renamed over it, so a link at the target is replaced, never followed.
+pub fn restore(backup: &Path, dir: &Path, limits: RestoreLimits) -> Result<usize, BackupError> {
+    let size = fs::metadata(backup)
+        .map_err(|e| fail(backup.display(), e))?
+        .len();
+    let max_bytes = limits.for_backup(size);
+    let what = || format!("{}: homeassistant.tar.gz", backup.display());
+    let plan = with_core_archive(backup, |inner| plan_restore(inner, max_bytes))?
+        .map_err(|e| BackupError(format!("{}: {e}", what())))?;
+    fs::create_dir_all(dir).map_err(|e| fail(dir.display(), e))?;
+    for entry in &plan {
+        let rel = match entry {
+            Planned::Dir(rel) | Planned::File { rel, .. } => rel,
+        };
+        refuse_links_on_the_way(dir, rel)?;
+    }
+    with_core_archive(backup, |inner| write_planned(inner, dir, &plan))?
+}
+
+/// Runs `f` on the inner archive of `backup`.
+fn with_core_archive<T>(
+    backup: &Path,
+    f: impl FnOnce(&mut tar::Archive<GzDecoder<tar::Entry<'_, BufReader<File>>>>) -> T,
+) -> Result<T, BackupError> {
     let file = File::open(backup).map_err(|e| fail(backup.display(), e))?;
     let mut archive = tar::Archive::new(BufReader::new(file));
-    fs::create_dir_all(dir).map_err(|e| fail(dir.display(), e))?;
     for entry in archive.entries().map_err(|e| fail(backup.display(), e))? {
         let entry = entry.map_err(|e| fail(backup.display(), e))?;
-        if !is_named(&entry, CORE_ARCHIVE) {
-            continue;
+        if is_named(&entry, CORE_ARCHIVE) {
+            return Ok(f(&mut tar::Archive::new(GzDecoder::new(entry))));
         }
-        let mut inner = tar::Archive::new(GzDecoder::new(entry));
-        let mut files = 0;
-        let what = || format!("{}: homeassistant.tar.gz", backup.display());
-        for entry in inner.entries().map_err(|e| fail(what(), e))? {
-            let mut entry = entry.map_err(|e| fail(what(), e))?;
-            let path = entry.path().map_err(|e| fail(what(), e))?.into_owned();
-            let Ok(rel) = path.strip_prefix(DATA) else {
-                continue;
-            };
-            // Nothing may land outside `dir`.
-            if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
-                return Err(BackupError(format!(
-                    "{}: refusing the unsafe path {}",
-                    what(),
-                    path.display()
-                )));
-            }
-            if rel.as_os_str().is_empty() {
-                continue;
-            }
-            let target = dir.join(rel);
-            if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent).map_err(|e| fail(parent.display(), e))?;
-            }
-            if entry.header().entry_type().is_file() {
-                files += 1;
-            }
-            entry
-                .unpack(&target)
-                .map_err(|e| fail(target.display(), e))?;
-        }
-        return Ok(files);
     }
     Err(BackupError(format!(
         "{}: no homeassistant.tar.gz: not a Home Assistant core backup",
         backup.display()
     )))
+}
+
+/// The first pass: every entry checked, nothing written.
+fn plan_restore<R: Read>(
+    inner: &mut tar::Archive<R>,
+    max_bytes: u64,
+) -> Result<Vec<Planned>, String> {
+    let mut plan = Vec::new();
+    let mut bytes = 0u64;
+    for entry in inner.entries().map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let Ok(rel) = path.strip_prefix(DATA) else {
+            continue;
+        };
+        // Nothing may land outside `dir`.
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(format!("refusing the unsafe path {}", path.display()));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            if !rel.as_os_str().is_empty() {
+                plan.push(Planned::Dir(rel.to_path_buf()));
+            }
+        } else if kind.is_file() {
+            bytes = bytes.saturating_add(entry.size());
+            if bytes > max_bytes {
+                return Err(format!(
+                    "refusing to write more than {max_bytes} bytes (at {})",
+                    path.display()
+                ));
+            }
+            // No setuid, setgid or sticky bits, and nothing writable by others.
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
+            plan.push(Planned::File {
+                rel: rel.to_path_buf(),
+                mode,
+            });
+        } else {
+            return Err(format!(
+                "refusing {} ({}): a backup of a config folder holds only files and folders",
+                path.display(),
+                entry_kind(kind)
+            ));
+        }
+    }
+    Ok(plan)
+}
+
+fn entry_kind(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Symlink => "a symbolic link",
+        tar::EntryType::Link => "a hard link",
+        tar::EntryType::Char | tar::EntryType::Block => "a device",
+        tar::EntryType::Fifo => "a FIFO",
+        _ => "an entry of another type",
+    }
+}
+
+/// Refuses `rel` when a folder on its way inside `dir` is a link: writing
+/// through it would land outside `dir`.
+fn refuse_links_on_the_way(dir: &Path, rel: &Path) -> Result<(), BackupError> {
+    let mut at = dir.to_path_buf();
+    let parents = rel.parent().map(Path::components).into_iter().flatten();
+    for part in parents {
+        at.push(part);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(BackupError(format!(
+                    "refusing to restore {}: {} is a link",
+                    rel.display(),
+                    at.display()
+                )));
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(BackupError(format!(
+                    "refusing to restore {}: {} is not a folder",
+                    rel.display(),
+                    at.display()
+                )));
+            }
+            Ok(_) => {}
+            // Missing: created as a plain folder below.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// The second pass: the same archive, entry by entry against the plan.
+fn write_planned<R: Read>(
+    inner: &mut tar::Archive<R>,
+    dir: &Path,
+    plan: &[Planned],
+) -> Result<usize, BackupError> {
+    let changed = || BackupError("the backup changed while it was restored".to_owned());
+    let mut planned = plan.iter();
+    let mut files = 0;
+    for entry in inner
+        .entries()
+        .map_err(|e| fail("homeassistant.tar.gz", e))?
+    {
+        let mut entry = entry.map_err(|e| fail("homeassistant.tar.gz", e))?;
+        let kind = entry.header().entry_type();
+        let in_data = entry.path().is_ok_and(|p| {
+            p.strip_prefix(DATA)
+                .is_ok_and(|r| !r.as_os_str().is_empty())
+        });
+        if !in_data || !(kind.is_dir() || kind.is_file()) {
+            continue;
+        }
+        match planned.next().ok_or_else(changed)? {
+            Planned::Dir(rel) => {
+                let target = dir.join(rel);
+                fs::create_dir_all(&target).map_err(|e| fail(target.display(), e))?;
+            }
+            Planned::File { rel, mode } => {
+                let target = dir.join(rel);
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent).map_err(|e| fail(parent.display(), e))?;
+                }
+                write_replacing(&mut entry, &target, *mode)
+                    .map_err(|e| fail(target.display(), e))?;
+                files += 1;
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Writes `content` to a new file beside `target`, then renames it over
+/// `target`: whatever `target` was (a link included) is replaced.
+fn write_replacing(content: &mut impl Read, target: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = target.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".restore-")
+        .tempfile_in(parent)?;
+    io::copy(content, temp.as_file_mut())?;
+    temp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
+    temp.persist(target).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Home Assistant's `isoformat()` of an aware UTC time, microseconds included.

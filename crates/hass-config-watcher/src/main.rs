@@ -48,8 +48,16 @@ enum Command {
         keep: usize,
     },
     /// Restore a backup's config folder into DIR (files not in the backup
-    /// are left alone).
-    Restore { backup: PathBuf, dir: PathBuf },
+    /// are left alone). The whole backup is checked first: links, devices and
+    /// paths outside DIR are refused, and nothing is written.
+    Restore {
+        backup: PathBuf,
+        dir: PathBuf,
+        /// Most bytes of file content the restore may write; default 64
+        /// times the backup's size, at least 64 MiB.
+        #[arg(long, value_name = "BYTES")]
+        max_bytes: Option<u64>,
+    },
     /// Watch a config folder, validate every change and reload in Home
     /// Assistant exactly the domains that changed (`run --help` lists the flags).
     #[command(disable_help_flag = true)]
@@ -104,8 +112,13 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Restore { backup, dir } => {
-            return match hass_config_watcher::backup::restore(&backup, &dir) {
+        Command::Restore {
+            backup,
+            dir,
+            max_bytes,
+        } => {
+            let limits = hass_config_watcher::backup::RestoreLimits { max_bytes };
+            return match hass_config_watcher::backup::restore(&backup, &dir, limits) {
                 Ok(files) => {
                     eprintln!(
                         "hass-config-watcher: restored {files} files into {}",

@@ -7,12 +7,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Fixture, Running, StandInHa, WAIT, eventually, watcher_yaml, write};
-use hass_config_watcher::backup::{self, NAME_PREFIX};
+use common::{Fixture, Running, StandInHa, WAIT, binary, eventually, watcher_yaml, write};
+use hass_config_watcher::backup::{self, NAME_PREFIX, RestoreLimits};
 
 /// Every regular file under `dir`, relative path → bytes.
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -111,7 +111,7 @@ fn backup_restore_round_trip() {
     );
 
     let restored = fx.dir.path().join("restored");
-    let count = backup::restore(&written.path, &restored).unwrap();
+    let count = backup::restore(&written.path, &restored, RestoreLimits::default()).unwrap();
     let mut expected = files(&fx.root);
     for path in EXCLUDED {
         assert!(expected.remove(Path::new(path)).is_some(), "{path}");
@@ -136,7 +136,7 @@ fn backup_inside_the_config_folder_skips_itself() {
     backup::write_backup(&fx.root, &out, 0).unwrap();
     let second = backup::write_backup(&fx.root, &out, 0).unwrap();
     let restored = fx.dir.path().join("restored");
-    backup::restore(&second.path, &restored).unwrap();
+    backup::restore(&second.path, &restored, RestoreLimits::default()).unwrap();
     assert_eq!(files(&restored).len(), 1, "{:?}", files(&restored).keys());
 }
 
@@ -321,4 +321,244 @@ async fn scheduled_backups_and_their_metrics() {
     .await;
     assert_eq!(written(&watcher), 0.0);
     watcher.stop().await;
+}
+
+/// An entry of a hand-made `homeassistant.tar.gz`.
+enum Hostile {
+    File(&'static str, Vec<u8>),
+    Symlink(&'static str, String),
+    HardLink(&'static str, String),
+    Fifo(&'static str),
+}
+
+/// A backup in Home Assistant's layout whose inner archive holds `entries`,
+/// as an attacker would write it.
+fn hostile_backup(path: &Path, entries: &[Hostile]) {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    {
+        let mut inner = tar::Builder::new(&mut gz);
+        for entry in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            match entry {
+                Hostile::File(name, bytes) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(bytes.len() as u64);
+                    inner
+                        .append_data(&mut header, name, bytes.as_slice())
+                        .unwrap();
+                }
+                Hostile::Symlink(name, target) | Hostile::HardLink(name, target) => {
+                    header.set_entry_type(if matches!(entry, Hostile::Symlink(..)) {
+                        tar::EntryType::Symlink
+                    } else {
+                        tar::EntryType::Link
+                    });
+                    header.set_size(0);
+                    inner.append_link(&mut header, name, target).unwrap();
+                }
+                Hostile::Fifo(name) => {
+                    header.set_entry_type(tar::EntryType::Fifo);
+                    header.set_size(0);
+                    inner.append_data(&mut header, name, io::empty()).unwrap();
+                }
+            }
+        }
+        inner.finish().unwrap();
+    }
+    let inner = gz.finish().unwrap();
+    let json = br#"{"slug":"0badf00d","name":"x","date":"2026-12-06T00:00:00+00:00","type":"partial","folders":["homeassistant"],"compressed":true}"#;
+    let mut outer = tar::Builder::new(fs::File::create(path).unwrap());
+    for (name, bytes) in [
+        ("backup.json", json.as_slice()),
+        ("homeassistant.tar.gz", inner.as_slice()),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        outer.append_data(&mut header, name, bytes).unwrap();
+    }
+    outer.finish().unwrap();
+}
+
+/// Each way an archive writes outside its folder, refused before a byte is
+/// written: the target holds exactly what it held, and so does the outside.
+#[test]
+fn a_restore_refuses_links_devices_and_paths_through_links() {
+    let fx = Fixture::new();
+    let outside = fx.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    write(&outside, "passwd", "root:x:0:0\n");
+    let cases: Vec<(&str, Vec<Hostile>, &str)> = vec![
+        (
+            "absolute symlink, then a file through it",
+            vec![
+                Hostile::File("data/configuration.yaml", b"{}\n".to_vec()),
+                Hostile::Symlink("data/link", outside.display().to_string()),
+                Hostile::File("data/link/x.yaml", b"planted\n".to_vec()),
+            ],
+            "a symbolic link",
+        ),
+        (
+            "relative symlink climbing out",
+            vec![
+                Hostile::Symlink("data/up", "../../outside".to_owned()),
+                Hostile::File("data/up/x.yaml", b"planted\n".to_vec()),
+            ],
+            "a symbolic link",
+        ),
+        (
+            "hard link to an absolute path",
+            vec![Hostile::HardLink(
+                "data/secrets.yaml",
+                outside.join("passwd").display().to_string(),
+            )],
+            "a hard link",
+        ),
+        ("a FIFO", vec![Hostile::Fifo("data/pipe")], "a FIFO"),
+    ];
+    for (case, entries, says) in cases {
+        let path = fx.dir.path().join("hostile.tar");
+        hostile_backup(&path, &entries);
+        let target = fx.dir.path().join("restored");
+        let _ = fs::remove_dir_all(&target);
+        fs::create_dir_all(&target).unwrap();
+        write(&target, "configuration.yaml", "homeassistant:\n");
+        let err = backup::restore(&path, &target, RestoreLimits::default())
+            .expect_err(case)
+            .to_string();
+        assert!(err.contains(says), "{case}: {err}");
+        assert_eq!(
+            files(&target).keys().collect::<Vec<_>>(),
+            [Path::new("configuration.yaml")],
+            "{case}: the target changed"
+        );
+        assert_eq!(
+            fs::read_to_string(target.join("configuration.yaml")).unwrap(),
+            "homeassistant:\n",
+            "{case}"
+        );
+        assert_eq!(
+            files(&outside).keys().collect::<Vec<_>>(),
+            [Path::new("passwd")],
+            "{case}: written outside"
+        );
+    }
+
+    // A link already in the target folder is not a way out either.
+    let path = fx.dir.path().join("through.tar");
+    hostile_backup(
+        &path,
+        &[Hostile::File("data/packages/x.yaml", b"planted\n".to_vec())],
+    );
+    let target = fx.dir.path().join("with-link");
+    fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("packages")).unwrap();
+    let err = backup::restore(&path, &target, RestoreLimits::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a link"), "{err}");
+    assert!(!outside.join("x.yaml").exists());
+
+    // A file that is a link in the target is replaced, never written through.
+    let path = fx.dir.path().join("over.tar");
+    hostile_backup(
+        &path,
+        &[Hostile::File("data/secrets.yaml", b"pw: new\n".to_vec())],
+    );
+    let target = fx.dir.path().join("file-link");
+    fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(outside.join("passwd"), target.join("secrets.yaml")).unwrap();
+    backup::restore(&path, &target, RestoreLimits::default()).unwrap();
+    assert_eq!(
+        fs::read_to_string(outside.join("passwd")).unwrap(),
+        "root:x:0:0\n"
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("secrets.yaml")).unwrap(),
+        "pw: new\n"
+    );
+    assert!(!target.join("secrets.yaml").is_symlink());
+}
+
+/// A gzip bomb: 200 MiB of zeros in a backup of a few hundred KiB is refused
+/// by the default limit and writes nothing; the operator's flag lets a real
+/// large config through.
+#[test]
+fn a_restore_that_would_write_too_much_is_refused_and_the_limit_is_a_flag() {
+    let fx = Fixture::new();
+    let path = fx.dir.path().join("bomb.tar");
+    hostile_backup(
+        &path,
+        &[
+            Hostile::File("data/configuration.yaml", b"{}\n".to_vec()),
+            Hostile::File("data/www/big.bin", vec![0; 200 << 20]),
+        ],
+    );
+    let size = fs::metadata(&path).unwrap().len();
+    assert!(size < 1 << 20, "the bomb is {size} bytes");
+    let target = fx.dir.path().join("restored");
+    let out = binary()
+        .args(["restore".as_ref(), path.as_os_str(), target.as_os_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to write more than"), "{stderr}");
+    assert!(!target.join("configuration.yaml").exists());
+
+    let out = binary()
+        .args(["restore".as_ref(), path.as_os_str(), target.as_os_str()])
+        .args(["--max-bytes", &(300u64 << 20).to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::metadata(target.join("www/big.bin")).unwrap().len(),
+        200 << 20
+    );
+}
+
+/// Backups hold secrets.yaml and .storage/auth; a ConfigMap-style config
+/// (files that are links into `..data`) is backed up as its files, and a link
+/// to a file outside the config folder is not backed up at all.
+#[test]
+fn backups_are_private_and_hold_no_links() {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    let fx = Fixture::new();
+    let outside = fx.dir.path().join("outside");
+    write(&outside, "id_rsa", "PRIVATE KEY\n");
+    // What the kubelet's atomic writer makes of a ConfigMap volume.
+    write(
+        &fx.root,
+        "..2026_12_06_00_00_00.1/configuration.yaml",
+        "{}\n",
+    );
+    symlink("..2026_12_06_00_00_00.1", fx.root.join("..data")).unwrap();
+    symlink(
+        "..data/configuration.yaml",
+        fx.root.join("configuration.yaml"),
+    )
+    .unwrap();
+    symlink(outside.join("id_rsa"), fx.root.join("stolen.yaml")).unwrap();
+    write(&fx.root, "secrets.yaml", "pw: hunter2\n");
+
+    let out = fx.dir.path().join("out");
+    let written = backup::write_backup(&fx.root, &out, 0).unwrap();
+    let mode = fs::metadata(&written.path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    let restored = fx.dir.path().join("restored");
+    backup::restore(&written.path, &restored, RestoreLimits::default()).unwrap();
+    assert_eq!(
+        files(&restored),
+        BTreeMap::from([
+            (PathBuf::from("configuration.yaml"), b"{}\n".to_vec()),
+            (PathBuf::from("secrets.yaml"), b"pw: hunter2\n".to_vec()),
+        ])
+    );
 }
