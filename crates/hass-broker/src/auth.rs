@@ -14,6 +14,9 @@ use sha2::{Digest, Sha512};
 #[derive(Clone, Default)]
 pub struct PasswordFile {
     users: HashMap<String, PasswordHash>,
+    /// Hashed for unknown users: the file's median-cost entry, so an unknown
+    /// name takes as long as a typical known one and timing tells nothing.
+    decoy: Option<PasswordHash>,
 }
 
 impl std::fmt::Debug for PasswordFile {
@@ -26,7 +29,7 @@ impl std::fmt::Debug for PasswordFile {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 enum PasswordHash {
     Sha512 {
         salt: Vec<u8>,
@@ -81,7 +84,10 @@ impl PasswordFile {
             let hash = parse_hash(hash).map_err(|m| error(format!("user {user:?}: {m}")))?;
             users.insert(user.to_owned(), hash);
         }
-        Ok(Self { users })
+        let mut by_cost: Vec<&PasswordHash> = users.values().collect();
+        by_cost.sort_by_key(|h| h.cost());
+        let decoy = by_cost.get(by_cost.len() / 2).map(|&h| h.clone());
+        Ok(Self { users, decoy })
     }
 
     pub fn len(&self) -> usize {
@@ -92,13 +98,21 @@ impl PasswordFile {
         self.users.is_empty()
     }
 
+    /// Whether `user` has the same hash here as in `before`: a password
+    /// that was right then is right now.
+    fn same_entry(&self, before: &Self, user: &str) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|hash| before.users.get(user) == Some(hash))
+    }
+
     /// Whether `password` is `user`'s. Unknown users cost the same as wrong
     /// passwords would, so timing does not reveal which names exist.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         match self.users.get(user) {
             Some(hash) => hash.verify(password),
             None => {
-                DECOY.verify(password);
+                self.decoy.as_ref().unwrap_or(&DECOY).verify(password);
                 false
             }
         }
@@ -112,6 +126,14 @@ static DECOY: PasswordHash = PasswordHash::Sha512 {
 };
 
 impl PasswordHash {
+    /// PBKDF2 iterations; a salted SHA-512 is one.
+    fn cost(&self) -> u32 {
+        match self {
+            Self::Sha512 { .. } => 1,
+            Self::Pbkdf2Sha512 { iterations, .. } => *iterations,
+        }
+    }
+
     fn verify(&self, password: &[u8]) -> bool {
         let (computed, expected) = match self {
             Self::Sha512 { salt, hash } => {
@@ -192,6 +214,18 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Whether a client that `before` admitted as `user` would still be
+    /// admitted: its password file entry is unchanged, or it needs none.
+    /// Mosquitto disconnects such clients on reload too.
+    pub fn still_admits(&self, before: &Self, user: Option<&str>) -> bool {
+        match (user, &self.passwords, &before.passwords) {
+            (Some(user), Some(now), Some(then)) => now.same_entry(then, user),
+            // It came in without a password check; now one is asked for.
+            (Some(_), Some(_), None) => false,
+            (Some(_), None, _) | (None, _, _) => self.allow_anonymous,
+        }
+    }
+
     pub fn decide(&self, username: Option<&str>, password: Option<&[u8]>) -> AuthDecision {
         match (username, &self.passwords) {
             (Some(user), Some(file)) => {

@@ -28,6 +28,10 @@ pub struct BrokerConfig {
     pub acl_file: Option<PathBuf>,
     /// Admit clients without a username. Off unless asked for.
     pub allow_anonymous: bool,
+    /// Who may connect with a client id whose session another user made:
+    /// `same_user` (default: anyone else gets CONNACK 0x85 / rc 2 and the
+    /// session is untouched) or `any_user` (Mosquitto's way: a takeover).
+    pub client_id_takeover: crate::router::ClientIdTakeover,
     /// How often the password and ACL files are checked for changes.
     #[serde(with = "hass_runtime::config::duration")]
     pub policy_reload_interval: Duration,
@@ -70,6 +74,7 @@ impl Default for BrokerConfig {
             password_file: None,
             acl_file: None,
             allow_anonymous: false,
+            client_id_takeover: crate::router::ClientIdTakeover::SameUser,
             policy_reload_interval: Duration::from_secs(2),
             limits: LimitsConfig::default(),
             tls: None,
@@ -131,6 +136,32 @@ pub struct LimitsConfig {
     /// How long a new connection may take to send CONNECT.
     #[serde(with = "hass_runtime::config::duration")]
     pub connect_timeout: Duration,
+    /// Largest CONNECT accepted, in bytes. It is read before the client has
+    /// logged in, and a real one (client id, will, credentials) needs a few
+    /// hundred bytes.
+    pub max_connect_size: usize,
+    /// Connections open at once, from accept to close.
+    pub max_connections: usize,
+    /// Connections open at once from one source address (a NAT or a
+    /// Kubernetes Service without `externalTrafficPolicy: Local` makes many
+    /// devices one address).
+    pub max_connections_per_address: usize,
+    /// Connections that have not yet sent a complete CONNECT, in all: with
+    /// `max_connect_size`, what unauthenticated peers can make the broker hold.
+    pub max_handshakes: usize,
+    /// The same, from one source address.
+    pub max_handshakes_per_address: usize,
+}
+
+impl LimitsConfig {
+    pub fn admission(&self) -> crate::admission::AdmissionLimits {
+        crate::admission::AdmissionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            max_handshakes: self.max_handshakes,
+            max_handshakes_per_address: self.max_handshakes_per_address,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -142,6 +173,11 @@ impl Default for LimitsConfig {
             max_inflight: 32,
             slow_consumer: crate::router::SlowConsumer::DropOldest,
             connect_timeout: Duration::from_secs(10),
+            max_connect_size: 64 * 1024,
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            max_handshakes: 1_024,
+            max_handshakes_per_address: 32,
         }
     }
 }

@@ -25,13 +25,16 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
+use hass_runtime::logging::Untrusted;
 use tracing::{debug, info};
 
 use crate::auth::{AccessPolicy, AuthDecision};
 use crate::codec::{self, CodecError, Detected, Version};
 use crate::message::Message;
 use crate::metrics::BrokerMetrics;
-use crate::router::{AckKind, ConnectRequest, Departure, Outgoing, Router, SubscribeResult};
+use crate::router::{
+    AckKind, ConnectRequest, Departure, Outgoing, Router, SessionOwnedByAnother, SubscribeResult,
+};
 use crate::session::{CloseRequest, LinkSignal, SubscriptionOptions};
 use crate::topic;
 
@@ -44,7 +47,14 @@ pub struct ConnectionContext {
     pub metrics: BrokerMetrics,
     /// Largest packet accepted, in bytes.
     pub max_packet_size: usize,
+    /// Largest CONNECT accepted, in bytes: read before authentication, so
+    /// far smaller than `max_packet_size`.
+    pub max_connect_size: usize,
     pub connect_timeout: Duration,
+    /// Caps on connections and handshakes, in all and per address.
+    pub admission: Arc<crate::admission::Admission>,
+    /// Password checks off the runtime, slowed for guessers.
+    pub auth_gate: crate::auth_gate::AuthGate,
     /// Store commits, when a store is configured. (Shutdown reaches
     /// connections through the router: `Router::close_all`.)
     pub committed: Option<watch::Receiver<u64>>,
@@ -76,22 +86,36 @@ pub fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let handshake = Box::pin(handshake(stream, peer, ctx));
+    let admitted = ctx.admission.admit(peer.ip());
+    if let Err(refusal) = &admitted {
+        ctx.metrics
+            .connections_refused
+            .get_or_create(&refusal.label().into())
+            .inc();
+        debug!(%peer, reason = refusal.label(), "connection refused on arrival");
+    }
+    let handshake = admitted
+        .ok()
+        .map(|admitted| (Box::pin(handshake(stream, peer, ctx)), admitted));
     async move {
+        let Some((handshake, mut admitted)) = handshake else {
+            return;
+        };
         let Some((mut stream, mut conn)) = handshake.await else {
             return;
         };
+        admitted.handshake_done();
         conn.ctx.metrics.connections_current.inc();
         let close = conn.run(&mut stream).await;
         let client_id = &conn.client_id;
         let departure = match &close {
             Close::Departure(d) => *d,
             Close::Protocol(reason) => {
-                debug!(%client_id, "closing: {reason}");
+                debug!(client_id = %Untrusted(client_id), "closing: {reason}");
                 Departure::Abnormal
             }
             Close::Io(e) => {
-                debug!(%client_id, "connection lost: {e}");
+                debug!(client_id = %Untrusted(client_id), "connection lost: {e}");
                 Departure::Abnormal
             }
         };
@@ -143,13 +167,19 @@ where
 
     let mut wbuf = BytesMut::with_capacity(256);
     let policy = ctx.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let decision = policy.authenticator.decide(
-        login
-            .as_ref()
-            .map(|l| l.username.as_str())
-            .filter(|u| !u.is_empty()),
-        login.as_ref().map(|l| l.password.as_bytes()),
-    );
+    let username = login
+        .as_ref()
+        .map(|l| l.username.clone())
+        .filter(|u| !u.is_empty());
+    let password = login.as_ref().map(|l| l.password.as_bytes().to_vec());
+    let checked = ctx
+        .auth_gate
+        .check(policy.clone(), peer.ip(), username, password)
+        .await;
+    if !checked.delayed.is_zero() {
+        ctx.metrics.auth_delayed.inc();
+    }
+    let decision = checked.decision;
     let (username, refusal) = match decision {
         AuthDecision::Allowed(user) => (user, None),
         AuthDecision::BadCredentials => (
@@ -173,7 +203,7 @@ where
             .auth_failures
             .get_or_create(&reason.into())
             .inc();
-        info!(%peer, client_id = %connect.client_id, reason, "refused CONNECT");
+        info!(%peer, client_id = %Untrusted(&connect.client_id), reason, "refused CONNECT");
         // MQTT 3.1.1 clients read rc 5 as "not authorised" (Home Assistant's
         // "invalid auth"); MQTT 5 gets the precise 0x86/0x87.
         let code = if version == Version::V4 {
@@ -248,6 +278,19 @@ where
         username,
         acl,
     });
+    let attached = match attached {
+        Ok(attached) => attached,
+        Err(SessionOwnedByAnother) => {
+            ctx.metrics
+                .auth_failures
+                .get_or_create(&"client_id_owned".into())
+                .inc();
+            info!(%peer, client_id = %Untrusted(&client_id), "refused CONNECT: the client id's session belongs to another user");
+            let code = ConnectReturnCode::ClientIdentifierNotValid;
+            let _ = write_now(&mut stream, &mut wbuf, version, connack(false, code, None)).await;
+            return None;
+        }
+    };
     let client_max_packet = props.max_packet_size.unwrap_or(u32::MAX);
     let connack_props = (version == Version::V5).then(|| ConnAckProperties {
         assigned_client_identifier: assigned,
@@ -276,7 +319,7 @@ where
             .disconnect(&client_id, attached.conn_id, Departure::Abnormal);
         return None;
     }
-    debug!(%peer, %client_id, ?version, session_present = attached.session_present, "connected");
+    debug!(%peer, client_id = %Untrusted(&client_id), ?version, session_present = attached.session_present, "connected");
     if rbuf.is_empty() {
         // Give back what reading CONNECT allocated.
         rbuf = BytesMut::new();
@@ -392,6 +435,15 @@ impl Connection {
             CloseRequest::KeepaliveExpired => (
                 DisconnectReasonCode::KeepAliveTimeout,
                 Close::Protocol("keepalive timeout".into()),
+            ),
+            // The session stays for a client that logs in again; the will
+            // does not go out on credentials that are void.
+            CloseRequest::CredentialsRevoked => (
+                DisconnectReasonCode::NotAuthorized,
+                Close::Departure(Departure::Clean {
+                    publish_will: false,
+                    expiry_override: None,
+                }),
             ),
             CloseRequest::SlowConsumer => (
                 DisconnectReasonCode::QuotaExceeded,
@@ -822,7 +874,7 @@ impl Connection {
 
     fn encode(&mut self, packet: Packet) {
         if let Err(e) = codec::write(self.version, packet, &mut self.wbuf) {
-            debug!(client_id = %self.client_id, "cannot encode packet: {e:?}");
+            debug!(client_id = %Untrusted(&self.client_id), "cannot encode packet: {e:?}");
         }
     }
 
@@ -931,8 +983,9 @@ async fn read_connect<S: AsyncRead + Unpin>(
     ctx: &ConnectionContext,
 ) -> Result<Option<(Version, Packet)>, CodecError> {
     loop {
-        if let Detected::Version(version) = codec::detect_version(rbuf, ctx.max_packet_size)? {
-            let incoming = codec::read(version, rbuf, ctx.max_packet_size)?;
+        let max = ctx.max_connect_size.min(ctx.max_packet_size);
+        if let Detected::Version(version) = codec::detect_version(rbuf, max)? {
+            let incoming = codec::read(version, rbuf, max)?;
             if let Some(incoming) = incoming {
                 ctx.metrics.bytes_received.inc_by(incoming.size as u64);
                 return Ok(Some((version, incoming.packet)));
@@ -1069,7 +1122,15 @@ mod tests {
             policy: std::sync::RwLock::new(Arc::new(AccessPolicy::default())),
             metrics: BrokerMetrics::default(),
             max_packet_size: 1 << 20,
+            max_connect_size: 64 << 10,
             connect_timeout: Duration::from_secs(5),
+            admission: crate::admission::Admission::new(crate::admission::AdmissionLimits {
+                max_connections: 10,
+                max_connections_per_address: 10,
+                max_handshakes: 10,
+                max_handshakes_per_address: 10,
+            }),
+            auth_gate: crate::auth_gate::AuthGate::new(1),
             committed: None,
         })
     }

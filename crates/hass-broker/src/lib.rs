@@ -8,7 +8,9 @@
 //! restart. ARCHITECTURE.md explains the split.
 
 pub mod acl;
+pub mod admission;
 pub mod auth;
+pub mod auth_gate;
 pub mod codec;
 pub mod config;
 pub mod connection;
@@ -167,6 +169,7 @@ impl Component for Broker {
             memory_budget: self.config.limits.memory_budget,
             max_inflight: self.config.limits.max_inflight,
             slow_consumer: self.config.limits.slow_consumer,
+            client_id_takeover: self.config.client_id_takeover,
         };
         let committed = store.committed();
         let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));
@@ -190,7 +193,10 @@ impl Component for Broker {
             policy: std::sync::RwLock::new(Arc::new(self.policy)),
             metrics,
             max_packet_size: self.config.limits.max_packet_size,
+            max_connect_size: self.config.limits.max_connect_size,
             connect_timeout: self.config.limits.connect_timeout,
+            admission: admission::Admission::new(self.config.limits.admission()),
+            auth_gate: auth_gate::AuthGate::for_this_machine(),
             committed: Some(committed),
         });
         let connections = TaskTracker::new();

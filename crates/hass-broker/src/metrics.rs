@@ -53,6 +53,8 @@ impl From<&str> for ActionLabels {
 #[derive(Debug, Clone, Default)]
 pub struct BrokerMetrics {
     pub connections_opened: Counter,
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    pub auth_delayed: Counter,
     pub connections_current: Gauge,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub malformed: Family<ReasonLabels, Counter>,
@@ -72,6 +74,17 @@ impl BrokerMetrics {
             "connections_opened",
             "TCP connections accepted",
             self.connections_opened.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "TCP connections closed on arrival by a cap, by reason (max_connections, \
+             max_connections_per_address, max_handshakes, max_handshakes_per_address)",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "auth_delayed",
+            "Password checks made to wait because their address failed several times in a row",
+            self.auth_delayed.clone(),
         );
         registry.register(
             "clients_connected",
@@ -280,6 +293,18 @@ impl Collector for StateCollector {
             "wills_published",
             "Will messages published",
             stats.wills_published.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "wills_refused",
+            "Will messages not published: the ACL in force when they were due denies their topic",
+            stats.wills_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "credentials_revoked_disconnects",
+            "Connections closed because their user left the password file or has a new hash",
+            stats.credentials_revoked.load(Ordering::Relaxed),
         )?;
         counter(
             &mut encoder,

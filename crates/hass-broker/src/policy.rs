@@ -1,7 +1,7 @@
 //! Loading the access policy (password file, ACL file, anonymous switch) and
-//! reloading it when the files change, without dropping connections: new
-//! connections authenticate against the new passwords, live ones get their
-//! ACL recomputed at once.
+//! reloading it when the files change: new connections authenticate against
+//! the new passwords, live ones get their ACL recomputed at once, and a live
+//! one whose user left the password file or has a new hash is closed.
 //!
 //! The files are compared by content every couple of seconds rather than
 //! watched: they are small, and Kubernetes updates a mounted Secret by
@@ -82,11 +82,22 @@ pub async fn reload_on_change(
         match source.load() {
             Ok(policy) => {
                 let policy = Arc::new(policy);
-                *ctx.policy.write().unwrap_or_else(|p| p.into_inner()) = policy.clone();
+                let before = std::mem::replace(
+                    &mut *ctx.policy.write().unwrap_or_else(|p| p.into_inner()),
+                    policy.clone(),
+                );
                 ctx.router
                     .refresh_acls(|user, client_id| policy.client_acl(user, client_id));
+                let revoked = ctx.router.close_revoked(|user| {
+                    policy
+                        .authenticator
+                        .still_admits(&before.authenticator, user)
+                });
                 ctx.metrics.policy_reloads.get_or_create(&"ok".into()).inc();
-                info!("password/ACL files changed: reloaded, connections kept");
+                info!(
+                    "password/ACL files changed: reloaded; {revoked} connections closed \
+                     for revoked credentials, the rest kept"
+                );
             }
             Err(e) => {
                 ctx.metrics

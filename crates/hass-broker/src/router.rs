@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hass_runtime::logging::Untrusted;
 use rumqttd::protocol::QoS;
 use tracing::debug;
 
@@ -36,7 +37,28 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Which message a full queue loses.
     pub slow_consumer: SlowConsumer,
+    /// Who may take over a session by connecting with its client id.
+    pub client_id_takeover: ClientIdTakeover,
 }
+
+/// Who may connect with a client id whose session belongs to another user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIdTakeover {
+    /// Only the user that made the session; anyone else is refused with
+    /// CONNACK 0x85 (MQTT 3.1.1: rc 2, identifier rejected), and the session,
+    /// its queue, its will and its live connection are untouched.
+    #[default]
+    SameUser,
+    /// Anyone who may log in (Mosquitto's way): the new connection takes the
+    /// session over, as from its owner.
+    AnyUser,
+}
+
+/// The session belongs to another user (`ClientIdTakeover::SameUser`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client id's session belongs to another user")]
+pub struct SessionOwnedByAnother;
 
 /// Which message a full queue loses, once it holds no live QoS 0 message
 /// left to shed (a new QoS 1/2 message always displaces the oldest QoS 0 one).
@@ -65,6 +87,7 @@ impl Default for Limits {
             memory_budget: 256 * 1024 * 1024,
             max_inflight: 32,
             slow_consumer: SlowConsumer::DropOldest,
+            client_id_takeover: ClientIdTakeover::SameUser,
         }
     }
 }
@@ -80,6 +103,11 @@ pub struct RouterStats {
     /// Queued deliveries the client's ACL no longer lets it read.
     pub dropped_acl: AtomicU64,
     pub wills_published: AtomicU64,
+    /// Wills not published because the ACL in force when they were due
+    /// does not let their client write the topic.
+    pub wills_refused: AtomicU64,
+    /// Connections closed because their user's credentials were revoked.
+    pub credentials_revoked: AtomicU64,
     pub sessions_expired: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
 }
@@ -100,12 +128,21 @@ struct RouterState {
     /// Shared subscriptions by their full `$share/group/filter` string.
     shared: BTreeMap<String, SharedGroup>,
     /// MQTT 5 wills waiting out their Will Delay Interval, by client id.
-    delayed_wills: HashMap<Arc<str>, (SystemTime, Message)>,
+    delayed_wills: HashMap<Arc<str>, DelayedWill>,
     retained: RetainedStore,
     queued_bytes: usize,
     next_conn_id: u64,
     /// Set by `close_all`: connections that attach later are told to close at once.
     closing: bool,
+}
+
+/// A will waiting for its delay, with what it is checked against when due.
+#[derive(Debug)]
+struct DelayedWill {
+    due: SystemTime,
+    message: Message,
+    username: Option<String>,
+    acl: Option<Arc<ClientAcl>>,
 }
 
 /// The members of one shared subscription; each message goes to one of
@@ -251,9 +288,16 @@ impl Router {
 
     /// Attaches a connection to its session, creating or resuming it, and
     /// closes any connection that held it before.
-    pub fn connect(&self, request: ConnectRequest) -> Attached {
+    pub fn connect(&self, request: ConnectRequest) -> Result<Attached, SessionOwnedByAnother> {
         let mut guard = self.lock();
         let state = &mut *guard;
+        let owner: Arc<str> = request.username.as_deref().unwrap_or("").into();
+        if self.limits.client_id_takeover == ClientIdTakeover::SameUser
+            && let Some(existing) = state.sessions.get(&request.client_id)
+            && existing.owner.as_ref().is_some_and(|o| *o != owner)
+        {
+            return Err(SessionOwnedByAnother);
+        }
         state.next_conn_id += 1;
         let conn_id = state.next_conn_id;
 
@@ -265,7 +309,11 @@ impl Router {
             if let Some(old) = existing.link.take() {
                 old.signal.close(CloseRequest::TakenOver);
                 // A delayed will is not due: the session lives on in this connection.
-                old_will = existing.will.take().filter(|_| existing.will_delay == 0);
+                old_will = existing
+                    .will
+                    .take()
+                    .filter(|_| existing.will_delay == 0)
+                    .map(|will| (will, old.acl));
             }
             if request.clean_start {
                 let old = state.sessions.remove(&request.client_id);
@@ -290,6 +338,7 @@ impl Router {
         session.disconnected_at = None;
         session.will = request.will.map(Box::new);
         session.will_delay = request.will_delay;
+        session.owner = Some(owner);
         let signal = Arc::new(LinkSignal::new(request.keep_alive));
         if state.closing {
             signal.close(CloseRequest::ShuttingDown);
@@ -313,15 +362,26 @@ impl Router {
         } else if was_persistent {
             self.submit(Op::DeleteSession(request.client_id.clone()));
         }
-        if let Some(will) = old_will {
-            self.route(state, Arc::from(will));
-            self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+        if let Some((will, acl)) = old_will {
+            self.publish_will(state, *will, acl.as_deref());
         }
-        Attached {
+        Ok(Attached {
             conn_id,
             session_present,
             signal,
+        })
+    }
+
+    /// Publishes a will if the ACL in force now lets its client write the
+    /// topic: an ACL edit after CONNECT applies to the will too.
+    fn publish_will(&self, state: &mut RouterState, will: Message, acl: Option<&ClientAcl>) {
+        if acl.is_some_and(|acl| !acl.can_write(&will.topic)) {
+            self.stats.wills_refused.fetch_add(1, Ordering::Relaxed);
+            debug!(topic = %Untrusted(&will.topic), "will refused by the ACL in force");
+            return;
         }
+        self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
+        self.route(state, Arc::new(will));
     }
 
     /// Detaches a connection. Ignored if the session has moved on to a newer one.
@@ -334,7 +394,7 @@ impl Router {
         if session.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
             return;
         }
-        session.link = None;
+        let link = session.link.take();
         let will = match departure {
             Departure::Clean { publish_will, .. } => session.will.take().filter(|_| publish_will),
             Departure::Abnormal => session.will.take(),
@@ -359,16 +419,20 @@ impl Router {
             .sessions
             .get(client_id)
             .map_or(0, |s| s.will_delay.min(s.expiry_interval));
+        let (username, acl) = link.map(|l| (l.username, l.acl)).unwrap_or_default();
         match will {
             // Delayed until the delay passes or the session ends, whichever is first.
             Some(will) if delay > 0 => {
                 let due = SystemTime::now() + Duration::from_secs(u64::from(delay));
-                state.delayed_wills.insert(client_id.into(), (due, *will));
+                let delayed = DelayedWill {
+                    due,
+                    message: *will,
+                    username,
+                    acl,
+                };
+                state.delayed_wills.insert(client_id.into(), delayed);
             }
-            Some(will) => {
-                self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
-                self.route(state, Arc::from(will));
-            }
+            Some(will) => self.publish_will(state, *will, acl.as_deref()),
             None => {}
         }
     }
@@ -898,7 +962,7 @@ impl Router {
             .collect();
         for client_id in expired {
             if let Some(session) = state.sessions.remove(&client_id) {
-                debug!(client_id = %client_id, "session expired");
+                debug!(client_id = %Untrusted(&client_id), "session expired");
                 self.stats.sessions_expired.fetch_add(1, Ordering::Relaxed);
                 self.forget_session(state, session);
             }
@@ -909,13 +973,12 @@ impl Router {
         let due: Vec<Arc<str>> = state
             .delayed_wills
             .iter()
-            .filter(|(_, (at, _))| *at <= now)
+            .filter(|(_, will)| will.due <= now)
             .map(|(client, _)| client.clone())
             .collect();
         for client in due {
-            if let Some((_, will)) = state.delayed_wills.remove(&client) {
-                self.stats.wills_published.fetch_add(1, Ordering::Relaxed);
-                self.route(state, Arc::new(will));
+            if let Some(will) = state.delayed_wills.remove(&client) {
+                self.publish_will(state, will.message, will.acl.as_deref());
             }
         }
     }
@@ -924,12 +987,35 @@ impl Router {
     /// connections stay up.
     pub fn refresh_acls(&self, acl_for: impl Fn(Option<&str>, &str) -> Option<Arc<ClientAcl>>) {
         let mut guard = self.lock();
-        for session in guard.sessions.values_mut() {
+        let state = &mut *guard;
+        for session in state.sessions.values_mut() {
             let client_id = session.client_id.clone();
             if let Some(link) = session.link.as_mut() {
                 link.acl = acl_for(link.username.as_deref(), &client_id);
             }
         }
+        for (client_id, will) in &mut state.delayed_wills {
+            will.acl = acl_for(will.username.as_deref(), client_id);
+        }
+    }
+
+    /// Closes every live connection whose user `admitted` no longer lets in
+    /// (its password changed or it left the password file); returns how
+    /// many. Their sessions stay for a client that logs in again, their
+    /// wills are not published: the credentials they came with are void.
+    pub fn close_revoked(&self, admitted: impl Fn(Option<&str>) -> bool) -> usize {
+        let guard = self.lock();
+        let mut closed = 0;
+        for link in guard.sessions.values().filter_map(|s| s.link.as_ref()) {
+            if !admitted(link.username.as_deref()) {
+                link.signal.close(CloseRequest::CredentialsRevoked);
+                closed += 1;
+            }
+        }
+        self.stats
+            .credentials_revoked
+            .fetch_add(closed as u64, Ordering::Relaxed);
+        closed
     }
 
     /// Closes connections whose client has been silent for 1.5 times its
@@ -1037,6 +1123,7 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
     for (client_id, record) in recovered.sessions {
         let client_id: Arc<str> = client_id.into();
         let mut session = Session::new(client_id.clone(), record.expiry_interval);
+        session.owner = record.owner.map(Arc::from);
         session.disconnected_at = Some(if record.disconnected_at == 0 {
             // It was connected when the broker stopped: it disconnected then.
             SystemTime::now()
@@ -1098,7 +1185,7 @@ mod tests {
     #[test]
     fn close_all_reaches_live_connections_and_later_ones() {
         let router = Router::new(Limits::default(), None);
-        let before = router.connect(request("before"));
+        let before = router.connect(request("before")).expect("attached");
         assert_eq!(before.signal.close_requested(), None);
         router.close_all();
         assert_eq!(
@@ -1106,7 +1193,7 @@ mod tests {
             Some(CloseRequest::ShuttingDown)
         );
         // Attached during the drain (its CONNECT was already read): told at once.
-        let after = router.connect(request("after"));
+        let after = router.connect(request("after")).expect("attached");
         assert_eq!(
             after.signal.close_requested(),
             Some(CloseRequest::ShuttingDown)
@@ -1116,15 +1203,19 @@ mod tests {
     #[test]
     fn the_keepalive_sweep_closes_only_silent_clients() {
         let router = Router::new(Limits::default(), None);
-        let silent = router.connect(ConnectRequest {
-            keep_alive: 2,
-            ..request("silent")
-        });
-        let chatty = router.connect(ConnectRequest {
-            keep_alive: 2,
-            ..request("chatty")
-        });
-        let unbounded = router.connect(request("no-keepalive"));
+        let silent = router
+            .connect(ConnectRequest {
+                keep_alive: 2,
+                ..request("silent")
+            })
+            .expect("attached");
+        let chatty = router
+            .connect(ConnectRequest {
+                keep_alive: 2,
+                ..request("chatty")
+            })
+            .expect("attached");
+        let unbounded = router.connect(request("no-keepalive")).expect("attached");
         let start = std::time::Instant::now();
         router.check_keepalives(start + Duration::from_millis(2900));
         assert_eq!(silent.signal.close_requested(), None, "before 1.5 periods");
@@ -1144,8 +1235,8 @@ mod tests {
     #[test]
     fn a_takeover_closes_the_old_connection_with_its_reason() {
         let router = Router::new(Limits::default(), None);
-        let old = router.connect(request("same"));
-        let new = router.connect(request("same"));
+        let old = router.connect(request("same")).expect("attached");
+        let new = router.connect(request("same")).expect("attached");
         assert_eq!(old.signal.close_requested(), Some(CloseRequest::TakenOver));
         assert_eq!(new.signal.close_requested(), None);
         // The first reason given wins: a later shutdown does not rewrite it.
@@ -1178,10 +1269,12 @@ mod tests {
             },
             None,
         );
-        let sub = router.connect(ConnectRequest {
-            receive_maximum: 2,
-            ..request("sub")
-        });
+        let sub = router
+            .connect(ConnectRequest {
+                receive_maximum: 2,
+                ..request("sub")
+            })
+            .expect("attached");
         setup(&router);
         let mut got = Vec::new();
         loop {
@@ -1279,8 +1372,8 @@ mod tests {
             },
             None,
         );
-        let _stuck = router.connect(request("stuck"));
-        let healthy = router.connect(request("healthy"));
+        let _stuck = router.connect(request("stuck")).expect("attached");
+        let healthy = router.connect(request("healthy")).expect("attached");
         let options = SubscriptionOptions::from_byte(1, 0).expect("QoS 1");
         for client in ["stuck", "healthy"] {
             router.subscribe(client, vec![("t/#".into(), options)]);

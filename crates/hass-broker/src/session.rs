@@ -87,6 +87,8 @@ pub enum CloseRequest {
     ShuttingDown = 3,
     /// Nothing heard from the client for 1.5 times its Keep Alive.
     KeepaliveExpired = 4,
+    /// The password file no longer admits the user the client logged in as.
+    CredentialsRevoked = 5,
 }
 
 /// What the router tells one live connection: "the session has something to
@@ -155,6 +157,7 @@ impl LinkSignal {
             2 => Some(CloseRequest::SlowConsumer),
             3 => Some(CloseRequest::ShuttingDown),
             4 => Some(CloseRequest::KeepaliveExpired),
+            5 => Some(CloseRequest::CredentialsRevoked),
             _ => None,
         }
     }
@@ -205,6 +208,10 @@ pub struct Session {
     pub will: Option<Box<Message>>,
     /// MQTT 5 Will Delay Interval of the connected client's will, seconds.
     pub will_delay: u32,
+    /// Who may attach to the session: the user that made it (`""` for an
+    /// anonymous client); `None` for a session recovered from a store
+    /// written before owners were kept, claimed by the next to attach.
+    pub owner: Option<Arc<str>>,
 }
 
 impl Session {
@@ -224,6 +231,7 @@ impl Session {
             disconnected_at: None,
             will: None,
             will_delay: 0,
+            owner: None,
         }
     }
 
@@ -331,6 +339,7 @@ impl Session {
                     .map_or(0, |d| d.as_secs())
             }),
             subscriptions,
+            owner: self.owner.as_deref().map(str::to_owned),
         }
     }
 }

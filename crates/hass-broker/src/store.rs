@@ -71,6 +71,9 @@ pub struct SessionRecord {
     /// Unix seconds when its client disconnected; 0 while connected.
     pub disconnected_at: u64,
     pub subscriptions: Vec<StoredSubscription>,
+    /// The user that owns the session (`""`: anonymous); `None` in records
+    /// written before owners were kept, which end at the subscriptions.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,6 +485,11 @@ fn encode_session(record: &SessionRecord) -> Vec<u8> {
         out.put_u8(sub.options);
         out.put_u32(sub.identifier);
     }
+    if let Some(owner) = &record.owner {
+        // Usernames are MQTT strings: at most 65 535 bytes.
+        out.put_u16(u16::try_from(owner.len()).unwrap_or(0));
+        out.put_slice(owner.as_bytes());
+    }
     out
 }
 
@@ -509,10 +517,17 @@ fn decode_session(mut raw: &[u8]) -> Option<SessionRecord> {
             identifier: raw.get_u32(),
         });
     }
+    let owner = if raw.len() >= 2 {
+        let len = usize::from(raw.get_u16());
+        Some(std::str::from_utf8(raw.get(..len)?).ok()?.to_owned())
+    } else {
+        None
+    };
     Some(SessionRecord {
         expiry_interval,
         disconnected_at,
         subscriptions,
+        owner,
     })
 }
 
@@ -585,6 +600,13 @@ mod tests {
         assert!(decode_message(&[]).is_none());
         assert!(decode_message(&[FORMAT, 0, 0]).is_none());
         assert!(decode_session(&[FORMAT; 20]).is_none());
+        // A record from before owners were kept ends at its subscriptions.
+        let old = [FORMAT, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(decode_session(&old).map(|r| r.owner), Some(None));
+        // An owner longer than what is left is a damaged record.
+        let mut cut = old.to_vec();
+        cut.extend_from_slice(&[0, 9, b'x']);
+        assert!(decode_session(&cut).is_none());
         assert!(decode_queued(&[9, 9, 9]).is_none());
     }
 
@@ -609,6 +631,7 @@ mod tests {
                     options: 1,
                     identifier: 0,
                 }],
+                owner: Some("zigbee2mqtt".into()),
             },
         });
         let id = store.next_queued_id();
@@ -634,6 +657,10 @@ mod tests {
         assert_eq!(topics, ["a/2"]);
         assert_eq!(recovered.sessions.len(), 1);
         assert_eq!(recovered.sessions[0].1.subscriptions[0].filter, "a/#");
+        assert_eq!(
+            recovered.sessions[0].1.owner.as_deref(),
+            Some("zigbee2mqtt")
+        );
         assert_eq!(recovered.queued.len(), 1);
         assert_eq!(recovered.queued[0].2.subscription_ids, [7]);
         assert!(

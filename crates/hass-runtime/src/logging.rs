@@ -35,3 +35,53 @@ pub fn init(format: LogFormat) {
         tracing::warn!(RUST_LOG = %value, %error, "ignoring malformed RUST_LOG; logging at info");
     }
 }
+
+/// A string a peer or a file supplied, shown in a log line: control
+/// characters (newlines, terminal escapes) come out escaped, so a client id
+/// cannot forge a log line, and more than [`Untrusted::MAX_CHARS`] characters
+/// are cut, so a 64 KiB name does not become a 64 KiB line.
+#[derive(Debug, Clone, Copy)]
+pub struct Untrusted<'a>(pub &'a str);
+
+impl Untrusted<'_> {
+    pub const MAX_CHARS: usize = 256;
+}
+
+impl std::fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for (i, c) in self.0.chars().enumerate() {
+            if i == Self::MAX_CHARS {
+                return f.write_str("…");
+            }
+            if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Untrusted;
+
+    #[test]
+    fn control_characters_are_escaped_and_long_strings_cut() {
+        let forged = "sensor\n2026-12-06T00:00:00Z  INFO admin logged in\u{1b}[2J";
+        let shown = Untrusted(forged).to_string();
+        assert!(
+            !shown.contains('\n') && !shown.contains('\u{1b}'),
+            "{shown}"
+        );
+        assert!(shown.contains("sensor\\n2026"), "{shown}");
+        assert_eq!(Untrusted("Küche ✓").to_string(), "Küche ✓");
+        let long = "x".repeat(10_000);
+        assert_eq!(
+            Untrusted(&long).to_string().chars().count(),
+            Untrusted::MAX_CHARS + 1
+        );
+    }
+}

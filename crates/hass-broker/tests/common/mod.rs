@@ -257,11 +257,196 @@ pub fn remaining_length(mut len: usize) -> Vec<u8> {
 
 /// Peak resident memory of a process, from /proc, in bytes.
 pub fn peak_rss(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now, from /proc, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
         * 1024
+}
+
+/// A will for [`RawClient::connect`]: topic, payload, QoS, retain.
+pub struct Will<'a>(pub &'a str, pub &'a [u8], pub u8, pub bool);
+
+/// An MQTT client written byte by byte, for what real clients never do
+/// (stop reading, send half a packet) and to read exactly what the broker
+/// answers, in order, before the next step.
+pub struct RawClient {
+    pub stream: std::net::TcpStream,
+    pub level: u8,
+}
+
+impl RawClient {
+    /// Connects and returns the CONNACK's reason code (MQTT 3.1.1: the
+    /// return code) with the client, whatever the code.
+    pub fn connect(
+        addr: SocketAddr,
+        level: u8,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        will: Option<Will<'_>>,
+    ) -> (u8, Self) {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        Self::over(stream, level, client_id, login, will)
+    }
+
+    /// Like [`RawClient::connect`], on a stream already open.
+    pub fn over(
+        stream: std::net::TcpStream,
+        level: u8,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        will: Option<Will<'_>>,
+    ) -> (u8, Self) {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut client = Self { stream, level };
+        let mut flags = 0b0000_0010; // clean session / clean start
+        let mut body = Vec::new();
+        body.extend_from_slice(&4u16.to_be_bytes());
+        body.extend_from_slice(b"MQTT");
+        body.push(level);
+        if login.is_some() {
+            flags |= 0b1100_0000;
+        }
+        if let Some(Will(_, _, qos, retain)) = &will {
+            flags |= 0b100 | (qos << 3) | (u8::from(*retain) << 5);
+        }
+        body.push(flags);
+        body.extend_from_slice(&60u16.to_be_bytes());
+        if level == 5 {
+            body.push(0);
+        }
+        let string = |body: &mut Vec<u8>, field: &[u8]| {
+            body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            body.extend_from_slice(field);
+        };
+        string(&mut body, client_id.as_bytes());
+        if let Some(Will(topic, payload, _, _)) = will {
+            if level == 5 {
+                body.push(0);
+            }
+            string(&mut body, topic.as_bytes());
+            string(&mut body, payload);
+        }
+        if let Some((user, password)) = login {
+            string(&mut body, user.as_bytes());
+            string(&mut body, password.as_bytes());
+        }
+        client.send(&frame(0x10, body));
+        let (kind, body) = client.read_packet().expect("CONNACK");
+        assert_eq!(kind >> 4, 2, "expected CONNACK, got {kind:#x}");
+        (body[1], client)
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next packet's first byte and body; `None` when the broker closed
+    /// the connection.
+    pub fn read_packet(&mut self) -> Option<(u8, Vec<u8>)> {
+        use std::io::Read;
+        let mut first = [0u8; 1];
+        match self.stream.read_exact(&mut first) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("no packet and no close: {e}"),
+        }
+        let mut len = 0usize;
+        for shift in (0..28).step_by(7) {
+            let mut byte = [0u8; 1];
+            self.stream.read_exact(&mut byte).ok()?;
+            len |= usize::from(byte[0] & 0x7f) << shift;
+            if byte[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).ok()?;
+        Some((first[0], body))
+    }
+
+    /// SUBSCRIBE and the SUBACK's granted codes.
+    pub fn subscribe(&mut self, filter: &str, qos: u8) -> Vec<u8> {
+        let mut body = vec![0x00, 0x01];
+        if self.level == 5 {
+            body.push(0);
+        }
+        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+        body.extend_from_slice(filter.as_bytes());
+        body.push(qos);
+        self.send(&frame(0x82, body));
+        loop {
+            let (kind, body) = self.read_packet().expect("SUBACK");
+            if kind >> 4 == 9 {
+                let skip = if self.level == 5 {
+                    3 + usize::from(body[2])
+                } else {
+                    2
+                };
+                return body[skip..].to_vec();
+            }
+        }
+    }
+
+    /// PINGREQ answered by PINGRESP: the connection is alive and served.
+    pub fn ping(&mut self) -> bool {
+        self.send(&[0xc0, 0]);
+        loop {
+            match self.read_packet() {
+                Some((0xd0, _)) => return true,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+
+    /// Reads until the broker closes the connection; returns the reason code
+    /// of the DISCONNECT it sent first, if any.
+    pub fn until_closed(&mut self) -> Option<u8> {
+        let mut reason = None;
+        while let Some((kind, body)) = self.read_packet() {
+            if kind >> 4 == 14 {
+                reason = Some(body.first().copied().unwrap_or(0));
+            }
+        }
+        reason
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.2 and
+/// up are all this machine's), to be another client address to the broker.
+pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::net::TcpStream {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
+    )
+    .expect("bind the source address");
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).expect("connect");
+    std::net::TcpStream::from(fd)
 }
