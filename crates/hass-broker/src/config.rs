@@ -136,6 +136,15 @@ pub struct LimitsConfig {
     /// How long a new connection may take to send CONNECT.
     #[serde(with = "hass_runtime::config::duration")]
     pub connect_timeout: Duration,
+    /// How long a write to a client may wait for the client to read before
+    /// the connection is closed (`hass_broker_write_timeouts_total`): a client
+    /// that stops reading cannot hold its queue forever.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub write_timeout: Duration,
+    /// Retained messages queued for one session on its SUBSCRIBEs and not
+    /// yet sent. Over it the client is disconnected and they are dropped;
+    /// Home Assistant's start replays each retained discovery message once.
+    pub max_replay_messages: usize,
     /// Largest CONNECT accepted, in bytes. It is read before the client has
     /// logged in, and a real one (client id, will, credentials) needs a few
     /// hundred bytes.
@@ -173,6 +182,8 @@ impl Default for LimitsConfig {
             max_inflight: 32,
             slow_consumer: crate::router::SlowConsumer::DropOldest,
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
+            max_replay_messages: 100_000,
             max_connect_size: 64 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 1_000,

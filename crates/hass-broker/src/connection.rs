@@ -51,6 +51,8 @@ pub struct ConnectionContext {
     /// far smaller than `max_packet_size`.
     pub max_connect_size: usize,
     pub connect_timeout: Duration,
+    /// How long a write may wait for the client to read.
+    pub write_timeout: Duration,
     /// Caps on connections and handshakes, in all and per address.
     pub admission: Arc<crate::admission::Admission>,
     /// Password checks off the runtime, slowed for guessers.
@@ -939,6 +941,13 @@ impl Connection {
             biased;
             written = stream.write_all(&self.wbuf) => written,
             () = interrupted => Err(std::io::ErrorKind::ConnectionAborted.into()),
+            () = tokio::time::sleep(self.ctx.write_timeout) => {
+                self.ctx.metrics.write_timeouts.inc();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client read nothing for write_timeout",
+                ))
+            }
         };
         if woken {
             signal.wake();
@@ -1124,6 +1133,7 @@ mod tests {
             max_packet_size: 1 << 20,
             max_connect_size: 64 << 10,
             connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
             admission: crate::admission::Admission::new(crate::admission::AdmissionLimits {
                 max_connections: 10,
                 max_connections_per_address: 10,

@@ -170,6 +170,7 @@ impl Component for Broker {
             max_inflight: self.config.limits.max_inflight,
             slow_consumer: self.config.limits.slow_consumer,
             client_id_takeover: self.config.client_id_takeover,
+            max_replay_messages: self.config.limits.max_replay_messages,
         };
         let committed = store.committed();
         let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));
@@ -195,6 +196,7 @@ impl Component for Broker {
             max_packet_size: self.config.limits.max_packet_size,
             max_connect_size: self.config.limits.max_connect_size,
             connect_timeout: self.config.limits.connect_timeout,
+            write_timeout: self.config.limits.write_timeout,
             admission: admission::Admission::new(self.config.limits.admission()),
             auth_gate: auth_gate::AuthGate::for_this_machine(),
             committed: Some(committed),

@@ -55,6 +55,7 @@ pub struct BrokerMetrics {
     pub connections_opened: Counter,
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub auth_delayed: Counter,
+    pub write_timeouts: Counter,
     pub connections_current: Gauge,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub malformed: Family<ReasonLabels, Counter>,
@@ -85,6 +86,11 @@ impl BrokerMetrics {
             "auth_delayed",
             "Password checks made to wait because their address failed several times in a row",
             self.auth_delayed.clone(),
+        );
+        registry.register(
+            "write_timeouts",
+            "Connections closed because the client read nothing for limits.write_timeout",
+            self.write_timeouts.clone(),
         );
         registry.register(
             "clients_connected",
@@ -287,6 +293,13 @@ impl Collector for StateCollector {
             "slow_consumer_disconnects",
             "Clients disconnected for a queue full of QoS 1/2 (limits.slow_consumer: disconnect)",
             stats.slow_consumer_disconnects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "replays_dropped",
+            "Queued retained replays dropped: replaced by a repeated SUBSCRIBE's, or with a \
+             client cut off over limits.max_replay_messages or the memory budget",
+            stats.replays_dropped.load(Ordering::Relaxed),
         )?;
         counter(
             &mut encoder,

@@ -39,6 +39,10 @@ pub struct Limits {
     pub slow_consumer: SlowConsumer,
     /// Who may take over a session by connecting with its client id.
     pub client_id_takeover: ClientIdTakeover,
+    /// Retained replays queued for one session and not yet sent. A client
+    /// that asks for more (subscribing again and again without reading) is
+    /// disconnected and its replays dropped.
+    pub max_replay_messages: usize,
 }
 
 /// Who may connect with a client id whose session belongs to another user.
@@ -88,6 +92,7 @@ impl Default for Limits {
             max_inflight: 32,
             slow_consumer: SlowConsumer::DropOldest,
             client_id_takeover: ClientIdTakeover::SameUser,
+            max_replay_messages: 100_000,
         }
     }
 }
@@ -110,6 +115,9 @@ pub struct RouterStats {
     pub credentials_revoked: AtomicU64,
     pub sessions_expired: AtomicU64,
     pub slow_consumer_disconnects: AtomicU64,
+    /// Queued retained replays dropped: replaced by a repeated SUBSCRIBE's,
+    /// or dropped with a client cut off over its replay cap or the budget.
+    pub replays_dropped: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -659,12 +667,37 @@ impl Router {
             let Some(largest) = sessions.values_mut().max_by_key(|s| s.queued_bytes) else {
                 break;
             };
-            // Nothing live to shed: what is left is retained replays, exempt.
-            let Some(shed) = largest.evict_oldest() else {
+            if let Some(shed) = largest.evict_oldest() {
+                self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+                self.forget(largest, queued_bytes, &shed);
+                continue;
+            }
+            // Nothing live to shed: what is left is retained replays, which
+            // a client gets again when it subscribes again.
+            if largest.queued_replays() == 0 {
                 break;
-            };
-            self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
-            self.forget(largest, queued_bytes, &shed);
+            }
+            self.cut_off_replays(largest, queued_bytes);
+        }
+    }
+
+    /// Drops every queued replay of `session` and disconnects its client:
+    /// it asked for more retained messages than it reads.
+    fn cut_off_replays(&self, session: &mut Session, queued_bytes: &mut usize) {
+        let dropped = session.take_replays(|_| true);
+        for delivery in &dropped {
+            self.forget(session, queued_bytes, delivery);
+        }
+        self.stats
+            .replays_dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        if let Some(link) = &session.link
+            && link.signal.close_requested().is_none()
+        {
+            link.signal.close(CloseRequest::SlowConsumer);
+            self.stats
+                .slow_consumer_disconnects
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -687,6 +720,7 @@ impl Router {
         };
         let now = SystemTime::now();
         let mut results = Vec::with_capacity(filters.len());
+        let mut cut_off = false;
         for (raw, options) in filters {
             let Ok(parsed) = topic::parse_filter(&raw) else {
                 results.push(SubscribeResult::Invalid);
@@ -710,23 +744,42 @@ impl Router {
                 // Retained messages are not sent on shared subscriptions.
                 continue;
             }
-            let replay = match options.retain_handling {
-                0 => true,
-                1 => !existed,
-                _ => false,
-            };
+            let replay = !cut_off
+                && match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
             if replay {
+                let subscription_ids: Vec<u32> = (options.identifier > 0)
+                    .then_some(options.identifier)
+                    .into_iter()
+                    .collect();
+                // The same SUBSCRIBE again replaces the replays of the last
+                // one that are still waiting: the client gets each retained
+                // message once, however often it asks before reading.
+                let replaced = session.take_replays(|d| {
+                    d.subscription_ids == subscription_ids && topic::matches(&d.message.topic, &raw)
+                });
+                for delivery in &replaced {
+                    self.forget(session, queued_bytes, delivery);
+                }
+                self.stats
+                    .replays_dropped
+                    .fetch_add(replaced.len() as u64, Ordering::Relaxed);
                 let matching: Vec<Arc<Message>> = retained.matching(&raw, now).cloned().collect();
+                if session.queued_replays() + matching.len() > self.limits.max_replay_messages {
+                    self.cut_off_replays(session, queued_bytes);
+                    cut_off = true;
+                    continue;
+                }
                 for message in matching {
                     let delivery = Delivery {
                         qos: min_qos(message.qos, options.qos),
                         message,
                         // Retained replays always carry the retain flag.
                         retain: true,
-                        subscription_ids: (options.identifier > 0)
-                            .then_some(options.identifier)
-                            .into_iter()
-                            .collect(),
+                        subscription_ids: subscription_ids.clone(),
                         queued_id: 0,
                         replay: true,
                     };
@@ -741,6 +794,7 @@ impl Router {
                 record,
             });
         }
+        self.trim_to_budget(sessions, queued_bytes);
         results
     }
 

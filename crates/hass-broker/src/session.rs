@@ -81,7 +81,8 @@ pub struct Inflight {
 pub enum CloseRequest {
     /// Another connection took the session over.
     TakenOver = 1,
-    /// A slow consumer whose queue is full of QoS 1/2 (`slow_consumer: disconnect`).
+    /// A slow consumer whose queue is full of QoS 1/2 (`slow_consumer:
+    /// disconnect`), or whose retained replays went over their cap.
     SlowConsumer = 2,
     /// The broker is shutting down.
     ShuttingDown = 3,
@@ -264,6 +265,32 @@ impl Session {
     /// Queued deliveries the queue limit applies to: all but retained replays.
     pub fn live_queued(&self) -> usize {
         self.queue.len() - self.queued_replays
+    }
+
+    /// Retained replays queued and not yet sent.
+    pub fn queued_replays(&self) -> usize {
+        self.queued_replays
+    }
+
+    /// Takes the queued replays `pick` chooses out of the queue, in order.
+    pub fn take_replays(&mut self, pick: impl Fn(&Delivery) -> bool) -> Vec<Delivery> {
+        if self.queued_replays == 0 {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for delivery in std::mem::take(&mut self.queue) {
+            if delivery.replay && pick(&delivery) {
+                taken.push(delivery);
+            } else {
+                kept.push_back(delivery);
+            }
+        }
+        self.queue = kept;
+        for delivery in &taken {
+            self.tally(delivery, false);
+        }
+        taken
     }
 
     /// Removes the oldest live (not replayed) QoS 0 delivery, to make room

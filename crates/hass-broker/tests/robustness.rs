@@ -702,3 +702,137 @@ fn a_wrong_password_flood_does_not_stall_other_clients() {
     );
     assert!(broker.metric("hass_broker_auth_delayed", None) >= 1.0);
 }
+
+/// Four logged-in clients that never read, each sending 500 SUBSCRIBEs to a
+/// filter matching 5 000 retained 4 KiB messages (20 MiB each: more than
+/// loopback socket buffers hold): a repeated SUBSCRIBE
+/// replaces the replays still waiting instead of adding to them, a client
+/// asking for more than `max_replay_messages` is cut off, a client whose
+/// socket stops draining is closed after `write_timeout`, and memory stays
+/// bounded. Home Assistant's own start, 10 000 retained discovery topics to
+/// one new subscriber, still arrives complete. (Unfixed: 9.9 M queued
+/// deliveries, 471 MiB RSS.)
+#[test]
+fn retained_replays_to_clients_that_never_read_stay_bounded() {
+    let broker = TestBroker::start("limits:\n  max_replay_messages: 12000\n  write_timeout: 3s\n");
+    let published = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "zigbee2mqtt/device{i}",
+            "--payload-size",
+            "4096",
+            "--count",
+            "5000",
+            "--retain",
+        ],
+    );
+    assert_eq!(published["acked"], 5000, "{published}");
+    let pid = broker.process.as_ref().expect("running").pid();
+    let before = common::rss(pid);
+
+    let mut sleepers = Vec::new();
+    for n in 0..4 {
+        let (rc, mut client) = RawClient::connect(
+            broker.mqtt,
+            4,
+            &format!("sleeper{n}"),
+            Some((USER, PASSWORD)),
+            None,
+        );
+        assert_eq!(rc, 0);
+        // 500 SUBSCRIBEs at QoS 0 (replays not held back by in-flight
+        // slots) in one write, none of the answers read.
+        let mut burst = Vec::new();
+        for id in 1..=500u16 {
+            let mut body = id.to_be_bytes().to_vec();
+            body.extend_from_slice(&13u16.to_be_bytes());
+            body.extend_from_slice(b"zigbee2mqtt/#");
+            body.push(0);
+            burst.extend(common::frame(0x82, body));
+        }
+        client.send(&burst);
+        sleepers.push(client);
+    }
+    // One more asks for more than its cap: the same filter under three
+    // MQTT 5 subscription identifiers, 3 x 5 000 > 12 000.
+    let (rc, mut greedy) =
+        RawClient::connect(broker.mqtt, 5, "greedy", Some((USER, PASSWORD)), None);
+    assert_eq!(rc, 0);
+    let mut burst = Vec::new();
+    for id in 1..=3u8 {
+        let mut body = vec![0, id, 2, 0x0b, id];
+        body.extend_from_slice(&13u16.to_be_bytes());
+        body.extend_from_slice(b"zigbee2mqtt/#");
+        body.push(0);
+        burst.extend(common::frame(0x82, body));
+    }
+    greedy.send(&burst);
+    greedy
+        .stream
+        .shutdown(std::net::Shutdown::Read)
+        .expect("stop reading");
+
+    // The sleepers are closed once their sockets stop draining.
+    let closed = hass_test_support::wait_for(Duration::from_secs(30), || {
+        (broker.metric("hass_broker_write_timeouts", None) >= 4.0).then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "{}",
+        hass_test_support::http::get(broker.admin, "/metrics")
+            .expect("metrics")
+            .body
+    );
+    let peak = common::peak_rss(pid);
+    eprintln!(
+        "RSS {} MiB before, peak {} MiB; replays dropped {}",
+        before >> 20,
+        peak >> 20,
+        broker.metric("hass_broker_replays_dropped", None)
+    );
+    assert!(broker.metric("hass_broker_slow_consumer_disconnects", None) >= 1.0);
+    // 4 x 499 repeated SUBSCRIBEs' waiting replays were replaced, never added.
+    assert!(broker.metric("hass_broker_replays_dropped", None) >= 1_000_000.0);
+    assert!(
+        peak < before + (128 << 20),
+        "peak RSS {} MiB from {} MiB",
+        peak >> 20,
+        before >> 20
+    );
+    drop(sleepers);
+
+    // Home Assistant's restart: 10 000 retained discovery topics, all of them.
+    let published = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "homeassistant/sensor/n{i}/config",
+            "--count",
+            "10000",
+            "--retain",
+        ],
+    );
+    assert_eq!(published["acked"], 10000, "{published}");
+    let got = broker.paho(
+        4,
+        true,
+        &[
+            "subscribe",
+            "--filter",
+            "homeassistant/#",
+            "--qos",
+            "1",
+            "--expect",
+            "10000",
+            "--timeout",
+            "60",
+        ],
+    );
+    assert_eq!(got["count"], 10000, "{got}");
+    assert_eq!(got["retained"], 10000, "{got}");
+}
