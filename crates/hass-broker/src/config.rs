@@ -163,8 +163,8 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
-    pub fn admission(&self) -> crate::admission::AdmissionLimits {
-        crate::admission::AdmissionLimits {
+    pub fn admission(&self) -> hass_runtime::admission::AdmissionLimits {
+        hass_runtime::admission::AdmissionLimits {
             max_connections: self.max_connections,
             max_connections_per_address: self.max_connections_per_address,
             max_handshakes: self.max_handshakes,

@@ -54,7 +54,7 @@ pub struct ConnectionContext {
     /// How long a write may wait for the client to read.
     pub write_timeout: Duration,
     /// Caps on connections and handshakes, in all and per address.
-    pub admission: Arc<crate::admission::Admission>,
+    pub admission: Arc<hass_runtime::admission::Admission>,
     /// Password checks off the runtime, slowed for guessers.
     pub auth_gate: crate::auth_gate::AuthGate,
     /// Store commits, when a store is configured. (Shutdown reaches
@@ -1134,12 +1134,14 @@ mod tests {
             max_connect_size: 64 << 10,
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
-            admission: crate::admission::Admission::new(crate::admission::AdmissionLimits {
-                max_connections: 10,
-                max_connections_per_address: 10,
-                max_handshakes: 10,
-                max_handshakes_per_address: 10,
-            }),
+            admission: hass_runtime::admission::Admission::new(
+                hass_runtime::admission::AdmissionLimits {
+                    max_connections: 10,
+                    max_connections_per_address: 10,
+                    max_handshakes: 10,
+                    max_handshakes_per_address: 10,
+                },
+            ),
             auth_gate: crate::auth_gate::AuthGate::new(1),
             committed: None,
         })

@@ -8,7 +8,6 @@
 //! restart. ARCHITECTURE.md explains the split.
 
 pub mod acl;
-pub mod admission;
 pub mod auth;
 pub mod auth_gate;
 pub mod codec;
@@ -197,11 +196,23 @@ impl Component for Broker {
             max_connect_size: self.config.limits.max_connect_size,
             connect_timeout: self.config.limits.connect_timeout,
             write_timeout: self.config.limits.write_timeout,
-            admission: admission::Admission::new(self.config.limits.admission()),
+            admission: hass_runtime::admission::Admission::new(self.config.limits.admission()),
             auth_gate: auth_gate::AuthGate::for_this_machine(),
             committed: Some(committed),
         });
         let connections = TaskTracker::new();
+        // The HTTP part of a WebSocket connection comes before CONNECT: it is
+        // capped and timed like a handshake.
+        let websocket_limits = hass_runtime::http_server::HttpLimits {
+            max_connections: self.config.limits.max_handshakes,
+            max_connections_per_address: self.config.limits.max_handshakes_per_address,
+            header_read_timeout: self.config.limits.connect_timeout,
+            refused: conn_ctx
+                .metrics
+                .connections_refused
+                .get_or_create(&"max_websocket_upgrades".into())
+                .clone(),
+        };
         if let Some(addr) = self.config.listeners.mqtt {
             let listener = listener::bind(addr, "mqtt").await?;
             if let Some(check) = &mqtt_check {
@@ -265,6 +276,7 @@ impl Component for Broker {
                     tls::HandshakenListener { ready: rx, local },
                     conn_ctx.clone(),
                     connections.clone(),
+                    websocket_limits.clone(),
                     async move { stop.cancelled().await },
                 ));
                 if let Some(check) = &wss_check {
@@ -284,6 +296,7 @@ impl Component for Broker {
                 listener,
                 conn_ctx.clone(),
                 connections.clone(),
+                websocket_limits.clone(),
                 async move { stop.cancelled().await },
             ));
         }

@@ -10,33 +10,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::connect_info::Connected;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::IncomingStream;
 use futures_util::{SinkExt, StreamExt};
+use hass_runtime::http_server::{self, HttpLimits};
 use tokio::io::{AsyncRead, AsyncWriteExt, DuplexStream};
 use tokio_util::task::TaskTracker;
 
 use crate::connection::{self, ConnectionContext};
-
-/// The client's address, for logs; works for plain and TLS listeners.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, crate::tls::HandshakenListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, crate::tls::HandshakenListener>) -> Self {
-        Self(*stream.remote_addr())
-    }
-}
 
 #[derive(Clone)]
 struct WsState {
@@ -45,30 +28,30 @@ struct WsState {
 }
 
 /// Serves MQTT over WebSockets on `listener` (plain TCP for `ws`, TLS
-/// streams for `wss`) until `stop` completes.
+/// streams for `wss`) until `stop` completes. The HTTP part (until the
+/// upgrade) is hass-runtime's server: a connection that has not sent its
+/// upgrade request within `limits.header_read_timeout` is closed, and at
+/// most `limits.max_connections` are in that part at once.
 pub async fn serve<L>(
     listener: L,
     ctx: Arc<ConnectionContext>,
     connections: TaskTracker,
+    limits: HttpLimits,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
+) where
     L: axum::serve::Listener<Addr = SocketAddr>,
-    Peer: for<'a> Connected<IncomingStream<'a, L>>,
 {
     let state = WsState { ctx, connections };
     let app = Router::new()
         .route("/mqtt", get(upgrade))
         .route("/", get(upgrade))
         .with_state(state);
-    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
-        .with_graceful_shutdown(stop)
-        .await
+    http_server::serve(listener, app, limits, stop).await;
 }
 
 async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(state): State<WsState>,
 ) -> Response {
     let max = state.ctx.max_packet_size;

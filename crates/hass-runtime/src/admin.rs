@@ -64,15 +64,26 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Fatal> {
         .map_err(|e| Fatal::runtime(format!("admin server: cannot listen on {addr}: {e}")))
 }
 
-/// Serves `router` until `stop` completes.
+/// Serves `router` until `stop` completes: at most 256 connections at once,
+/// 16 from one address, each closed when a request's headers take over 10 s
+/// (or it idles that long); refusals counted in
+/// `hass_<component>_admin_connections_refused`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    metrics: Metrics,
     stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(stop)
-        .await
+) {
+    let limits = crate::http_server::HttpLimits::admin();
+    let refused = limits.refused.clone();
+    metrics.register(|r| {
+        r.register(
+            "admin_connections_refused",
+            "Admin connections closed on arrival: 256 were open, or 16 from the same address",
+            refused,
+        );
+    });
+    crate::http_server::serve(listener, router, limits, stop).await;
 }
 
 async fn healthz(State(state): State<AdminState>) -> Response {

@@ -7,10 +7,12 @@
 //! are public on their own for binaries with subcommands.
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod component;
 pub mod config;
 pub mod exit;
+pub mod http_server;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;

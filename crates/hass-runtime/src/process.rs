@@ -116,11 +116,12 @@ pub async fn serve<C: Component>(
     }
     // The admin server outlives the drain so probes see "not ready" while
     // work finishes; it stops when the process does.
-    tokio::spawn(async move {
-        if let Err(e) = admin::serve(listener, router, std::future::pending()).await {
-            error!(%addr, "admin server stopped: {e}");
-        }
-    });
+    tokio::spawn(admin::serve(
+        listener,
+        router,
+        admin_state.metrics.clone(),
+        std::future::pending(),
+    ));
     info!(
         component = info.name,
         version = info.version,

@@ -26,6 +26,7 @@ async fn start_admin() -> Admin {
     tokio::spawn(admin::serve(
         listener,
         admin::router(state.clone()),
+        state.metrics.clone(),
         std::future::pending(),
     ));
     Admin { addr, state }

@@ -1,14 +1,15 @@
-//! Which connections the broker takes on before any of them has logged in:
-//! caps on connections in all and per source address, and on connections
-//! still in their handshake (no CONNECT read yet), in all and per address.
-//! A handshake holds at most `max_connect_size` bytes of buffer, so these
-//! caps bound what unauthenticated peers can make the broker hold.
+//! Which connections a server takes on: caps on connections in all and per
+//! source address, and on connections still in their handshake (the
+//! broker: no CONNECT read yet; an HTTP server: every connection), in all
+//! and per address. A handshake holds a bounded buffer, so these caps bound
+//! what unauthenticated peers can make a server hold, and the per-address
+//! ones keep one peer from taking every slot.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// The caps (`limits:` in the config file).
+/// The caps.
 #[derive(Debug, Clone, Copy)]
 pub struct AdmissionLimits {
     pub max_connections: usize,
