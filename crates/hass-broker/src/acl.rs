@@ -109,25 +109,45 @@ impl AclFile {
             None => self.anonymous.clone(),
         };
         for pattern in &self.patterns {
-            // A substituted value with wildcards or separators would widen the
-            // pattern beyond what it names; Mosquitto skips such patterns too.
-            let unsafe_value = |v: &str| v.contains(['+', '#', '/']);
-            if pattern.topic.contains("%u") && username.is_none_or(unsafe_value) {
-                continue;
+            if let Some(topic) = substitute(&pattern.topic, username, client_id) {
+                rules.push(Rule {
+                    access: pattern.access,
+                    topic,
+                });
             }
-            if pattern.topic.contains("%c") && unsafe_value(client_id) {
-                continue;
-            }
-            rules.push(Rule {
-                access: pattern.access,
-                topic: pattern
-                    .topic
-                    .replace("%u", username.unwrap_or_default())
-                    .replace("%c", client_id),
-            });
         }
         ClientAcl { rules }
     }
+}
+
+/// A pattern's topic with `%u` and `%c` filled in, in one pass: a value is
+/// inserted once and never read again as part of the pattern (a username
+/// `%c` stays `%c`). `None` when the pattern needs a username the client has
+/// not got, or a value holds a wildcard or a separator: that would widen the
+/// pattern beyond what it names (Mosquitto skips such patterns too).
+fn substitute(pattern: &str, username: Option<&str>, client_id: &str) -> Option<String> {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at..];
+        let value = if after.starts_with("%u") {
+            username?
+        } else if after.starts_with("%c") {
+            client_id
+        } else {
+            out.push('%');
+            rest = &after[1..];
+            continue;
+        };
+        if value.contains(['+', '#', '/']) {
+            return None;
+        }
+        out.push_str(value);
+        rest = &after[2..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 fn parse_rule(rest: &str) -> Result<Rule, String> {
@@ -275,6 +295,12 @@ pattern read clients/%c/status
         // A client id with wildcards must not widen the pattern.
         let sneaky = acl().for_client(Some("zigbee2mqtt"), "#");
         assert!(!sneaky.can_read("clients/anything/status"));
+        // Nor a username that is itself a placeholder: `%c` filled in for
+        // `%u` is not filled in again with the client id.
+        let nested = acl().for_client(Some("%c"), "#");
+        assert!(!nested.can_write("devices/anything/x"));
+        assert!(!nested.can_subscribe("devices/#"));
+        assert!(nested.can_write("devices/%c/x"));
     }
 
     #[test]

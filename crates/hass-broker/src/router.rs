@@ -383,7 +383,7 @@ impl Router {
     /// Publishes a will if the ACL in force now lets its client write the
     /// topic: an ACL edit after CONNECT applies to the will too.
     fn publish_will(&self, state: &mut RouterState, will: Message, acl: Option<&ClientAcl>) {
-        if acl.is_some_and(|acl| !acl.can_write(&will.topic)) {
+        if !client_may_write(acl, &will.topic) {
             self.stats.wills_refused.fetch_add(1, Ordering::Relaxed);
             debug!(topic = %Untrusted(&will.topic), "will refused by the ACL in force");
             return;
@@ -476,13 +476,12 @@ impl Router {
         message: Message,
     ) -> Result<Option<u64>, NotAuthorized> {
         let mut guard = self.lock();
-        let allowed = guard
+        let acl = guard
             .sessions
             .get(client_id)
             .and_then(|s| s.link.as_ref())
-            .and_then(|l| l.acl.as_ref())
-            .is_none_or(|acl| acl.can_write(&message.topic));
-        if !allowed {
+            .and_then(|l| l.acl.as_deref());
+        if !client_may_write(acl, &message.topic) {
             return Err(NotAuthorized);
         }
         Ok(self.route(&mut guard, Arc::new(message)))
@@ -1167,6 +1166,14 @@ fn attached<'a>(state: &'a RouterState, client_id: &str, conn_id: u64) -> Option
         .get(client_id)
         .map(|s| &**s)
         .filter(|s| s.link.as_ref().is_some_and(|l| l.conn_id == conn_id))
+}
+
+/// Whether a client may publish to `topic`: never to `$SYS`, which only the
+/// broker writes, ACL file or not; otherwise as its ACL says (no ACL file:
+/// everywhere).
+fn client_may_write(acl: Option<&ClientAcl>, topic: &str) -> bool {
+    let broker_only = topic == "$SYS" || topic.starts_with("$SYS/");
+    !broker_only && acl.is_none_or(|acl| acl.can_write(topic))
 }
 
 /// Rebuilds the in-memory state from what the store recovered.

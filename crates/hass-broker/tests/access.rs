@@ -393,3 +393,28 @@ fn another_user_cannot_take_over_a_client_id() {
     });
     assert_eq!(taken, Some(Some(0x8e)));
 }
+
+/// Only the broker writes `$SYS`, with or without an ACL file: a client's
+/// retained `$SYS/broker/version` is refused (MQTT 5: PUBACK 0x87) and never
+/// replayed.
+#[test]
+fn clients_cannot_write_sys_topics() {
+    let broker = TestBroker::start("sys_interval: null\n");
+    let (rc, mut client) =
+        RawClient::connect(broker.mqtt, 5, "forger", Some((USER, PASSWORD)), None);
+    assert_eq!(rc, 0);
+    let topic = b"$SYS/broker/version";
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic);
+    body.extend_from_slice(&[0, 7, 0]); // packet id 7, no properties
+    body.extend_from_slice(b"pwned");
+    client.send(&common::frame(0x33, body)); // QoS 1, retained
+    let (kind, puback) = client.read_packet().expect("PUBACK");
+    assert_eq!((kind, &puback[..3]), (0x40, &[0, 7, 0x87][..]));
+    assert_eq!(client.subscribe("$SYS/broker/version", 0), [0]);
+    assert!(client.ping(), "PINGRESP came first: nothing was retained");
+    assert_eq!(
+        broker.metric("hass_broker_acl_denied", Some(("action", "publish"))),
+        1.0
+    );
+}

@@ -882,3 +882,27 @@ fn idle_http_peers_are_timed_out_and_capped_per_address() {
     );
     drop(hogs);
 }
+
+/// A client id is the client's to choose, newlines and terminal escapes
+/// included: logged, it comes out escaped, so it cannot forge a log line.
+#[test]
+fn a_client_id_cannot_forge_a_log_line() {
+    let broker = TestBroker::start("");
+    let forged =
+        "evil\n2026-12-06T00:00:00.000000Z  INFO hass_broker: user admin logged in\u{1b}[2J";
+    let (rc, _) = RawClient::connect(broker.mqtt, 4, forged, Some((USER, "wrong")), None);
+    assert_eq!(rc, 5);
+    let logged = hass_test_support::wait_for(Duration::from_secs(5), || {
+        let stderr = broker.stderr();
+        stderr.contains("refused CONNECT").then_some(stderr)
+    })
+    .expect("the refusal is logged");
+    assert!(
+        !logged
+            .lines()
+            .any(|l| l.starts_with("2026-12-06T00:00:00.000000Z")),
+        "{logged}"
+    );
+    assert!(!logged.contains('\u{1b}'), "{logged}");
+    assert!(logged.contains(r"evil\n2026-12-06"), "{logged}");
+}
