@@ -44,6 +44,10 @@ pub enum CodecError {
     UnsupportedProtocol { name: String, level: u8 },
     #[error("packet parser failed on malformed input")]
     ParserPanicked,
+    #[error("packet type {packet_type} with reserved flags {flags:#06b}")]
+    BadFlags { packet_type: u8, flags: u8 },
+    #[error("{0}")]
+    Property(#[from] crate::properties::PropertyError),
 }
 
 /// QoS, DUP and packet id of a PUBLISH, which rumqttd's `Publish` keeps private.
@@ -121,12 +125,32 @@ pub fn read(
     if !matches!(packet_type, 1 | 3..=8 | 10 | 12 | 14) {
         return Err(CodecError::UnexpectedType(packet_type));
     }
+    // MQTT 3.1.1 and 5 §2.1.3: the flags are fixed for every type but
+    // PUBLISH; anything else is malformed and closes the connection.
+    let flags = header.byte1 & 0x0f;
+    let required = match packet_type {
+        6 | 8 | 10 => Some(0b0010),
+        3 => None,
+        _ => Some(0),
+    };
+    if required.is_some_and(|r| r != flags) {
+        return Err(CodecError::BadFlags { packet_type, flags });
+    }
     let size = header.frame_length();
     let publish = if packet_type == 3 {
         Some(publish_header(&buf[..size], &header)?)
     } else {
         None
     };
+    if version == Version::V5 {
+        use crate::properties::{self, PropertyError};
+        properties::check(packet_type, flags, &buf[header.fixed_header_len..size]).map_err(
+            |e| match e {
+                PropertyError::Malformed => CodecError::Malformed(protocol::Error::MalformedPacket),
+                refused => CodecError::Property(refused),
+            },
+        )?;
+    }
     let parsed = catch_unwind(AssertUnwindSafe(|| match version {
         Version::V4 => V4.read_mut(buf, max_packet),
         Version::V5 => V5.read_mut(buf, max_packet),

@@ -62,6 +62,30 @@ pub struct ConnectionContext {
     pub committed: Option<watch::Receiver<u64>>,
 }
 
+impl ConnectionContext {
+    /// The context for `router` under `policy` and the `limits:` section:
+    /// the one place it is put together (the broker, tests, fuzz targets).
+    pub fn new(
+        router: Arc<Router>,
+        policy: AccessPolicy,
+        limits: &crate::config::LimitsConfig,
+        committed: Option<watch::Receiver<u64>>,
+    ) -> Self {
+        Self {
+            router,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
+            metrics: BrokerMetrics::default(),
+            max_packet_size: limits.max_packet_size,
+            max_connect_size: limits.max_connect_size,
+            connect_timeout: limits.connect_timeout,
+            write_timeout: limits.write_timeout,
+            admission: hass_runtime::admission::Admission::new(limits.admission()),
+            auth_gate: crate::auth_gate::AuthGate::for_this_machine(),
+            committed,
+        }
+    }
+}
+
 /// Why a connection ended, for logs and the will decision.
 #[derive(Debug)]
 enum Close {
@@ -168,6 +192,37 @@ where
     };
 
     let mut wbuf = BytesMut::with_capacity(256);
+    // What rumqttd's reader accepts and the spec does not: refused before
+    // any password is checked.
+    let violation = if connect.client_id.contains('\0') {
+        // MQTT 3.1.1 §3.1.3.1 and 5 §1.5.4: no U+0000 in a string.
+        Some(("client_id_nul", ConnectReturnCode::ClientIdentifierNotValid))
+    } else if props.as_ref().and_then(|p| p.receive_maximum) == Some(0) {
+        // MQTT 5 §3.1.2.11.3.
+        Some(("receive_maximum_zero", ConnectReturnCode::ProtocolError))
+    } else if will.as_ref().is_some_and(|w| {
+        std::str::from_utf8(&w.topic).map_or(true, |t| topic::validate_name(t).is_err())
+    }) {
+        // MQTT 3.1.1 §3.1.3.3 and 5 §3.1.3.3: a will topic is a topic name.
+        Some(("will_topic_invalid", ConnectReturnCode::TopicNameInvalid))
+    } else {
+        None
+    };
+    if let Some((kind, code)) = violation {
+        ctx.metrics.malformed_kind(kind);
+        debug!(%peer, client_id = %Untrusted(&connect.client_id), "closing at CONNECT: {kind}");
+        // MQTT 3.1.1 has a return code only for the client id; the rest
+        // just closes, as the spec says.
+        let code = match (version, code) {
+            (Version::V5, code) => Some(code),
+            (Version::V4, ConnectReturnCode::ClientIdentifierNotValid) => Some(code),
+            (Version::V4, _) => None,
+        };
+        if let Some(code) = code {
+            let _ = write_now(&mut stream, &mut wbuf, version, connack(false, code, None)).await;
+        }
+        return None;
+    }
     let policy = ctx.policy.read().unwrap_or_else(|p| p.into_inner()).clone();
     let username = login
         .as_ref()
@@ -246,8 +301,8 @@ where
     let will_props = will_props.unwrap_or_default_will();
     let will_delay = will_props.delay_interval.unwrap_or(0);
     let will = will.and_then(|w| {
+        // Checked valid above.
         let topic = std::str::from_utf8(&w.topic).ok()?;
-        topic::validate_name(topic).ok()?;
         Some(Message {
             topic: topic.into(),
             payload: w.message,
@@ -1126,25 +1181,12 @@ mod tests {
     use super::*;
 
     fn context() -> Arc<ConnectionContext> {
-        Arc::new(ConnectionContext {
-            router: Arc::new(Router::new(crate::router::Limits::default(), None)),
-            policy: std::sync::RwLock::new(Arc::new(AccessPolicy::default())),
-            metrics: BrokerMetrics::default(),
-            max_packet_size: 1 << 20,
-            max_connect_size: 64 << 10,
-            connect_timeout: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(5),
-            admission: hass_runtime::admission::Admission::new(
-                hass_runtime::admission::AdmissionLimits {
-                    max_connections: 10,
-                    max_connections_per_address: 10,
-                    max_handshakes: 10,
-                    max_handshakes_per_address: 10,
-                },
-            ),
-            auth_gate: crate::auth_gate::AuthGate::new(1),
-            committed: None,
-        })
+        Arc::new(ConnectionContext::new(
+            Arc::new(Router::new(crate::router::Limits::default(), None)),
+            AccessPolicy::default(),
+            &crate::config::LimitsConfig::default(),
+            None,
+        ))
     }
 
     /// Every connection's task holds this future for its whole life, so its

@@ -17,6 +17,7 @@ pub mod listener;
 pub mod message;
 pub mod metrics;
 pub mod policy;
+pub mod properties;
 pub mod retained;
 pub mod router;
 pub mod session;
@@ -188,18 +189,14 @@ impl Component for Broker {
             }));
         });
 
-        let conn_ctx = Arc::new(ConnectionContext {
-            router: router.clone(),
-            policy: std::sync::RwLock::new(Arc::new(self.policy)),
-            metrics,
-            max_packet_size: self.config.limits.max_packet_size,
-            max_connect_size: self.config.limits.max_connect_size,
-            connect_timeout: self.config.limits.connect_timeout,
-            write_timeout: self.config.limits.write_timeout,
-            admission: hass_runtime::admission::Admission::new(self.config.limits.admission()),
-            auth_gate: auth_gate::AuthGate::for_this_machine(),
-            committed: Some(committed),
-        });
+        let mut conn_ctx = ConnectionContext::new(
+            router.clone(),
+            self.policy,
+            &self.config.limits,
+            Some(committed),
+        );
+        conn_ctx.metrics = metrics;
+        let conn_ctx = Arc::new(conn_ctx);
         let connections = TaskTracker::new();
         // The HTTP part of a WebSocket connection comes before CONNECT: it is
         // capped and timed like a handshake.

@@ -159,6 +159,8 @@ impl BrokerMetrics {
             CodecError::NotConnect => "not_connect",
             CodecError::UnsupportedProtocol { .. } => "unsupported_protocol",
             CodecError::ParserPanicked => "parser_panicked",
+            CodecError::BadFlags { .. } => "bad_flags",
+            CodecError::Property(_) => "bad_property",
         };
         self.malformed_kind(kind);
     }

@@ -906,3 +906,115 @@ fn a_client_id_cannot_forge_a_log_line() {
     assert!(!logged.contains('\u{1b}'), "{logged}");
     assert!(logged.contains(r"evil\n2026-12-06"), "{logged}");
 }
+
+/// A CONNECT with the test credentials, `props` as its property section
+/// (MQTT 5; `None`: MQTT 3.1.1), `client_id`, and a will on `will_topic`.
+fn connect_with(props: Option<&[u8]>, client_id: &[u8], will_topic: Option<&str>) -> Vec<u8> {
+    fn field(body: &mut Vec<u8>, bytes: &[u8]) {
+        body.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        body.extend_from_slice(bytes);
+    }
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T'];
+    body.push(if props.is_some() { 5 } else { 4 });
+    body.push(0b1100_0010 | if will_topic.is_some() { 0b100 } else { 0 });
+    body.extend_from_slice(&[0, 60]);
+    if let Some(props) = props {
+        body.push(props.len() as u8);
+        body.extend_from_slice(props);
+    }
+    field(&mut body, client_id);
+    if let Some(topic) = will_topic {
+        if props.is_some() {
+            body.push(0); // no will properties
+        }
+        field(&mut body, topic.as_bytes());
+        field(&mut body, b"offline");
+    }
+    field(&mut body, USER.as_bytes());
+    field(&mut body, PASSWORD.as_bytes());
+    common::frame(0x10, body)
+}
+
+/// What rumqttd's readers let through and a conformant broker closes the
+/// connection for: each case, what the broker answers before closing, and
+/// the `hass_broker_malformed_packets` reason it is counted under.
+#[test]
+fn protocol_violations_close_the_connection() {
+    let broker = TestBroker::start("");
+    let v4 = || connect_with(None, b"c", None);
+    let v5 = || connect_with(Some(&[]), b"c", None);
+    let then = |mut first: Vec<u8>, next: &[u8]| {
+        first.extend_from_slice(next);
+        first
+    };
+    let cases: Vec<(&str, Vec<u8>, &[u8], &str)> = vec![
+        (
+            "Receive Maximum twice",
+            connect_with(Some(&[0x21, 0, 10, 0x21, 0, 20]), b"c", None),
+            &[],
+            "bad_property",
+        ),
+        (
+            "Receive Maximum 0",
+            connect_with(Some(&[0x21, 0, 0]), b"c", None),
+            &[0x20, 3, 0, 0x82, 0],
+            "receive_maximum_zero",
+        ),
+        (
+            "a NUL in the client id",
+            connect_with(None, b"a\0b", None),
+            &[0x20, 2, 0, 2],
+            "client_id_nul",
+        ),
+        (
+            "a will topic with a wildcard, MQTT 5",
+            connect_with(Some(&[]), b"c", Some("status/#")),
+            &[0x20, 3, 0, 0x90, 0],
+            "will_topic_invalid",
+        ),
+        (
+            "a will topic with a wildcard, MQTT 3.1.1",
+            connect_with(None, b"c", Some("status/+")),
+            &[],
+            "will_topic_invalid",
+        ),
+        (
+            "SUBSCRIBE with flags 0000",
+            then(v4(), &[0x80, 6, 0, 1, 0, 1, b't', 0]),
+            &[0x20, 2, 0, 0],
+            "bad_flags",
+        ),
+        (
+            "PUBREL with flags 0000",
+            then(v4(), &[0x60, 2, 0, 1]),
+            &[0x20, 2, 0, 0],
+            "bad_flags",
+        ),
+        (
+            "a Subscription Identifier in a client's PUBLISH",
+            then(v5(), &[0x32, 8, 0, 1, b't', 0, 1, 2, 0x0b, 1]),
+            &[0x20],
+            "bad_property",
+        ),
+    ];
+    for (case, bytes, answer_starts, reason) in &cases {
+        let before = broker.metric("hass_broker_malformed_packets", Some(("reason", reason)));
+        let answer = send_and_expect_close(&broker, bytes);
+        assert!(
+            answer.starts_with(answer_starts) && (!answer_starts.is_empty() || answer.is_empty()),
+            "{case}: answered {answer:02x?}"
+        );
+        // Whatever followed CONNACK is a DISCONNECT, never an acknowledgement.
+        let rest = answer.get(2 + usize::from(*answer.get(1).unwrap_or(&0))..);
+        assert!(
+            rest.is_none_or(|r| r.is_empty() || r[0] == 0xe0),
+            "{case}: answered {answer:02x?}"
+        );
+        assert_eq!(
+            broker.metric("hass_broker_malformed_packets", Some(("reason", reason))),
+            before + 1.0,
+            "{case}"
+        );
+    }
+    still_serving(&broker);
+}

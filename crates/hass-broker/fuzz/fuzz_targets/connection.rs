@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hass_broker::auth::{AccessPolicy, Authenticator};
 use hass_broker::connection::{self, ConnectionContext};
-use hass_broker::metrics::BrokerMetrics;
+use hass_broker::config::LimitsConfig;
 use hass_broker::router::{Limits, Router};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,20 +27,18 @@ fuzz_target!(|data: &[u8]| {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let ctx = Arc::new(ConnectionContext {
-            router: Arc::new(Router::new(Limits::default(), None)),
-            policy: std::sync::RwLock::new(Arc::new(AccessPolicy {
-                authenticator: Authenticator {
-                    passwords: None,
-                    allow_anonymous: true,
-                },
-                acl: None,
-            })),
-            metrics: BrokerMetrics::default(),
-            max_packet_size: 64 * 1024,
-            connect_timeout: Duration::from_millis(100),
-            committed: None,
-        });
+        let mut limits = LimitsConfig::default();
+        limits.max_packet_size = 64 * 1024;
+        limits.connect_timeout = Duration::from_millis(100);
+        let policy = AccessPolicy {
+            authenticator: Authenticator {
+                passwords: None,
+                allow_anonymous: true,
+            },
+            acl: None,
+        };
+        let router = Arc::new(Router::new(Limits::default(), None));
+        let ctx = Arc::new(ConnectionContext::new(router, policy, &limits, None));
         let (client, server) = tokio::io::duplex(256 * 1024);
         let serving = tokio::spawn(connection::serve(server, "127.0.0.1:1".parse().expect("addr"), ctx));
         let mut client = client;
