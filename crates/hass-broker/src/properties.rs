@@ -160,11 +160,9 @@ pub fn check(packet_type: u8, flags: u8, body: &[u8]) -> Result<(), PropertyErro
             at.properties(packet_type == 8)?;
         }
         // DISCONNECT: an optional reason code and optional properties.
-        14 => {
-            if at.bytes.len() > 1 {
-                at.u8()?;
-                at.properties(false)?;
-            }
+        14 if at.bytes.len() > 1 => {
+            at.u8()?;
+            at.properties(false)?;
         }
         _ => {}
     }
