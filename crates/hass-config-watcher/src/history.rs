@@ -46,6 +46,8 @@ fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> HistoryError
 #[derive(Debug)]
 pub struct History {
     config_dir: PathBuf,
+    /// `config_dir` resolved: a link is followed only to a file in it.
+    root: PathBuf,
     /// The git dir of a separate repository; None: `config_dir/.git`.
     repo_dir: Option<PathBuf>,
     /// The repository is `config_dir/.git`: keep its index in step.
@@ -85,22 +87,28 @@ impl History {
             }
             None => {
                 let git_dir = config_dir.join(".git");
-                if git_dir.exists() {
-                    gix::open(config_dir).map_err(|e| fail(git_dir.display(), e))?;
-                } else {
-                    gix::init(config_dir).map_err(|e| fail(git_dir.display(), e))?;
+                match fs::symlink_metadata(&git_dir) {
+                    Ok(meta) if meta.file_type().is_symlink() => {
+                        return Err(HistoryError(format!(
+                            "{} is a link: the history repository must live in the config folder",
+                            git_dir.display()
+                        )));
+                    }
+                    Ok(_) => {
+                        gix::open(config_dir).map_err(|e| fail(git_dir.display(), e))?;
+                    }
+                    Err(_) => {
+                        gix::init(config_dir).map_err(|e| fail(git_dir.display(), e))?;
+                    }
                 }
-                let gitignore = config_dir.join(GITIGNORE);
-                if !gitignore.exists() {
-                    fs::write(&gitignore, gitignore_text(include_secrets))
-                        .map_err(|e| fail(gitignore.display(), e))?;
-                }
+                write_gitignore(&config_dir.join(GITIGNORE), include_secrets)?;
                 true
             }
         };
         let ignore = IgnoreList::new(&[]).map_err(|e| fail("ignore list", e))?;
         Ok(Self {
             config_dir: config_dir.to_path_buf(),
+            root: fs::canonicalize(config_dir).map_err(|e| fail(config_dir.display(), e))?,
             repo_dir: repo.map(Path::to_path_buf),
             in_place,
             include_secrets,
@@ -197,6 +205,17 @@ impl History {
             if !wanted || (name_text == SECRETS_FILE && !self.include_secrets) {
                 continue;
             }
+            // A link is read only when it resolves to a file in the config
+            // folder (a ConfigMap's `..data`): `evil.yaml -> /etc/shadow`
+            // would otherwise land in every clone of the history.
+            let path = if kind.is_symlink() {
+                match fs::canonicalize(&path) {
+                    Ok(target) if target.starts_with(&self.root) => target,
+                    _ => continue,
+                }
+            } else {
+                path
+            };
             match fs::metadata(&path) {
                 Ok(meta) if meta.is_file() && meta.len() <= MAX_FILE_BYTES => {}
                 _ => continue,
@@ -281,6 +300,26 @@ fn write_tree(
 }
 
 /// The `.gitignore` that says, for the git command line, what [`History`]
+/// Writes the allowlist `.gitignore` unless something is already there: a
+/// file of the user's, or a link, dangling or not, which is never followed
+/// (writing through `.gitignore -> /elsewhere` would create a file there).
+fn write_gitignore(path: &Path, include_secrets: bool) -> Result<(), HistoryError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    match created {
+        Ok(mut file) => file
+            .write_all(gitignore_text(include_secrets).as_bytes())
+            .map_err(|e| fail(path.display(), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(fail(path.display(), e)),
+    }
+}
+
 /// commits.
 pub fn gitignore_text(include_secrets: bool) -> String {
     let mut text = String::from(

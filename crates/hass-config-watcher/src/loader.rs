@@ -19,8 +19,13 @@ use crate::yaml::{self, Pos, SyntaxError, YamlKind, YamlNode};
 
 /// Config files are small; anything bigger is a mistake, not something to parse.
 const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
-/// Values built in one load, aliases expanded: stops "billion laughs" documents.
-const MAX_VALUES: usize = 1_000_000;
+/// Bytes of values built in one load, aliases expanded (each value's text
+/// plus [`VALUE_BYTES`]): stops "billion laughs" documents and a long string
+/// aliased hundreds of times before they allocate, and lets through a large
+/// plain config (a 31 MB automations file builds to about 100 MB).
+const MAX_EXPANDED_BYTES: usize = 256 * 1024 * 1024;
+/// What one built value costs besides its text.
+const VALUE_BYTES: usize = 48;
 /// Nesting across includes and aliases; Python's recursion limit stops HA sooner.
 const MAX_NESTING: usize = 1000;
 
@@ -51,7 +56,7 @@ struct FileContext {
     display: Arc<Path>,
     rules: Rules,
     /// Nodes already built, by identity, so an alias is built (and reported) once,
-    /// with the number of values it holds.
+    /// with the bytes its values hold.
     built: HashMap<*const YamlNode, (Node, usize)>,
     /// The `secrets.yaml` files a `!secret` here looks in, nearest first;
     /// worked out at the file's first `!secret`.
@@ -69,7 +74,8 @@ pub(crate) struct Loader {
     chain: Vec<(FileId, Arc<Path>)>,
     secrets: SecretsCache,
     nesting: usize,
-    values: usize,
+    /// Bytes of values built so far (see [`MAX_EXPANDED_BYTES`]).
+    expanded_bytes: usize,
     reported_too_many_values: bool,
 }
 
@@ -83,7 +89,7 @@ impl Loader {
             chain: Vec::new(),
             secrets: SecretsCache::default(),
             nesting: 0,
-            values: 0,
+            expanded_bytes: 0,
             reported_too_many_values: false,
         }
     }
@@ -206,12 +212,11 @@ impl Loader {
     fn build(&mut self, node: Arc<YamlNode>, file: &mut FileContext) -> Node {
         let key = Arc::as_ptr(&node);
         let origin = self.origin(file, node.pos);
-        if let Some((built, count)) = file.built.get(&key) {
-            let (built, count) = (built.clone(), *count);
-            if !self.count_values(count, &file.display, node.pos) {
+        if let Some((built, bytes)) = file.built.get(&key) {
+            if !self.count_values(*bytes, &file.display, node.pos) {
                 return Node::new(Value::Null, origin);
             }
-            return built;
+            return built.clone();
         }
         if self.nesting >= MAX_NESTING {
             self.error_at(
@@ -220,8 +225,13 @@ impl Loader {
             );
             return Node::new(Value::Null, origin);
         }
-        let before = self.values;
-        if !self.count_values(1, &file.display, node.pos) {
+        let before = self.expanded_bytes;
+        let own = VALUE_BYTES
+            + match &node.kind {
+                YamlKind::Scalar { text, .. } => text.len(),
+                YamlKind::Seq(_) | YamlKind::Map(_) => 0,
+            };
+        if !self.count_values(own, &file.display, node.pos) {
             return Node::new(Value::Null, origin);
         }
         // Only a node an alias also points to is met again; caching others would copy
@@ -233,22 +243,24 @@ impl Loader {
         self.nesting -= 1;
         let built = Node::new(value, origin);
         if shared {
-            let count = self.values.saturating_sub(before);
-            file.built.insert(key, (built.clone(), count));
+            let bytes = self.expanded_bytes.saturating_sub(before);
+            file.built.insert(key, (built.clone(), bytes));
         }
         built
     }
 
-    /// Counts values about to be built; false (reported once) when over the limit,
-    /// checked before cloning so an alias bomb never gets to allocate.
-    fn count_values(&mut self, count: usize, file: &Arc<Path>, pos: Pos) -> bool {
-        self.values = self.values.saturating_add(count);
-        if self.values <= MAX_VALUES {
+    /// Counts the bytes of values about to be built; false (reported once) when
+    /// over the limit, checked before cloning so an alias bomb never gets to
+    /// allocate.
+    fn count_values(&mut self, bytes: usize, file: &Arc<Path>, pos: Pos) -> bool {
+        self.expanded_bytes = self.expanded_bytes.saturating_add(bytes);
+        if self.expanded_bytes <= MAX_EXPANDED_BYTES {
             return true;
         }
         if !self.reported_too_many_values {
             let message = format!(
-                "the config expands to more than {MAX_VALUES} values (aliases of aliases?)"
+                "the config expands to more than {} MiB with its aliases expanded",
+                MAX_EXPANDED_BYTES >> 20
             );
             self.report(&file.clone(), pos, Severity::Error, message);
             self.reported_too_many_values = true;

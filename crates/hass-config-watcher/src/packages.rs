@@ -73,11 +73,16 @@ pub(crate) fn merge_packages(config: &mut Mapping, loader: &mut Loader) {
         } else if !matches!(package.value, Value::Map(_) | Value::Seq(_)) {
             loader.error_at(
                 &package.origin,
-                // Voluptuous' words, as Home Assistant prints them.
+                // Voluptuous' words, as Home Assistant prints them, but for
+                // the value: it may be any file's content (an `!include` of a
+                // token), so only its kind is named.
                 format!(
                     "Invalid package configuration 'packages': expected dict for dictionary value 'packages->{}', got {}",
                     name.value.key_text(),
-                    package.value.key_text()
+                    match package.value {
+                        Value::Null => "None",
+                        ref other => other.kind(),
+                    }
                 ),
             );
             valid = false;

@@ -80,3 +80,89 @@ fn every_case_has_an_expected_file() {
         );
     }
 }
+
+/// A 300 KB string aliased 1 000 times would be 300 MB of copies: refused by
+/// the expanded-bytes limit before it is copied, where a count of values let
+/// it through (a 1 MB string aliased 600 times took 677 MB).
+#[test]
+fn a_long_string_aliased_many_times_is_refused_before_it_is_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!("long: &s \"{}\"\ncopies:\n", "x".repeat(300_000));
+    text.push_str(&"  - *s\n".repeat(1000));
+    fs::write(dir.path().join("configuration.yaml"), text).unwrap();
+    let checked = hass_config_watcher::load(dir.path());
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("with its aliases expanded")),
+        "{errors:?}"
+    );
+}
+
+/// A large config with no aliases at all (110 000 automations, 32 MB) loads:
+/// the limit is on bytes built, not on how many values a real config has
+/// (a count of values refused such a file as "aliases of aliases").
+#[test]
+fn a_large_config_without_aliases_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("configuration.yaml"),
+        "automation: !include automations.yaml\n",
+    )
+    .unwrap();
+    let mut automations = String::with_capacity(31 << 20);
+    for i in 0..110_000 {
+        automations.push_str(&format!(
+            "- id: \"{i}\"\n  alias: Light {i} follows motion\n  triggers:\n    - trigger: state\n      entity_id: binary_sensor.motion_{i}\n      to: \"on\"\n  actions:\n    - action: light.turn_on\n      target:\n        entity_id: light.room_{i}\n      data:\n        brightness_pct: 80\n        transition: 2\n"
+        ));
+    }
+    assert!(automations.len() > 30 << 20, "{}", automations.len());
+    fs::write(dir.path().join("automations.yaml"), automations).unwrap();
+    let checked = hass_config_watcher::load(dir.path());
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(!checked.has_errors(), "{errors:?}");
+}
+
+/// A diagnostic names where and what kind, never what a file holds: an
+/// `!include` of the watcher's own token file under `packages:` was quoted
+/// whole in the error (and so in the log and Home Assistant's notification).
+#[test]
+fn diagnostics_never_quote_file_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("ha-token");
+    fs::write(&token, "eyJhbGciOiJIUzI1NiJ9.token-content\n").unwrap();
+    let config = dir.path().join("config");
+    fs::create_dir(&config).unwrap();
+    fs::write(
+        config.join("configuration.yaml"),
+        format!(
+            "homeassistant:\n  packages:\n    stolen: !include {}\n",
+            token.display()
+        ),
+    )
+    .unwrap();
+    let checked = hass_config_watcher::load(&config);
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(checked.has_errors(), "{errors:?}");
+    assert!(
+        errors.iter().all(|e| !e.contains("token-content")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("got a string")),
+        "{errors:?}"
+    );
+}

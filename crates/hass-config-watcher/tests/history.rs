@@ -220,3 +220,44 @@ async fn valid_changes_commit_invalid_ones_never() {
     );
     watcher.stop().await;
 }
+
+/// A link in the config folder is committed as its file only when that file
+/// is in the folder (a ConfigMap's files are links into `..data`); a link to
+/// a file outside is not committed, and a dangling `.gitignore` link is left
+/// alone instead of being written through.
+#[test]
+fn links_out_of_the_config_folder_are_neither_committed_nor_written_through() {
+    use std::os::unix::fs::symlink;
+    let fx = Fixture::new();
+    let outside = fx.dir.path().join("outside");
+    write(&outside, "shadow.yaml", "root: $6$hash\n");
+    write(
+        &fx.root,
+        "..2026_12_06.1/configuration.yaml",
+        "homeassistant:\n",
+    );
+    symlink("..2026_12_06.1", fx.root.join("..data")).unwrap();
+    symlink(
+        "..data/configuration.yaml",
+        fx.root.join("configuration.yaml"),
+    )
+    .unwrap();
+    symlink(outside.join("shadow.yaml"), fx.root.join("evil.yaml")).unwrap();
+    symlink(outside.join("planted"), fx.root.join(".gitignore")).unwrap();
+
+    let history = History::open(&fx.root, None, false).unwrap();
+    assert!(
+        !outside.join("planted").exists(),
+        "written through the link"
+    );
+    assert!(matches!(
+        history.commit("first").unwrap(),
+        Committed::New(_)
+    ));
+    let files = head_files(&history);
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        ["configuration.yaml"],
+        "{files:?}"
+    );
+}

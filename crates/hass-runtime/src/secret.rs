@@ -11,13 +11,89 @@ pub use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Where a secret comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
     /// A file holding the secret; one trailing newline is ignored.
     File(PathBuf),
     /// An environment variable holding the secret.
     Env(String),
+}
+
+/// What a secret looks like in YAML, for errors.
+const SHAPE: &str = "a reference `{ file: PATH }` or `{ env: NAME }`";
+
+/// By hand, not derived: serde's own errors quote the value they refused
+/// (`unknown variant \`hunter2\``), and a value written where a reference
+/// belongs is most likely the secret itself. These errors never show it.
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(SourceVisitor)
+    }
+}
+
+struct SourceVisitor;
+
+impl SourceVisitor {
+    fn not_a_reference<E: serde::de::Error>(what: &str) -> Result<SecretSource, E> {
+        Err(E::custom(format!(
+            "expected {SHAPE}, found {what} (not shown: it may be the secret itself; \
+             put it in a file or an env var and name that here)"
+        )))
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SourceVisitor {
+    type Value = SecretSource;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(SHAPE)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretSource, E> {
+        Self::not_a_reference("a string")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretSource, E> {
+        Self::not_a_reference("a boolean")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretSource, E> {
+        Self::not_a_reference("a number")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretSource, E> {
+        Self::not_a_reference("a number")
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretSource, E> {
+        Self::not_a_reference("a number")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<SecretSource, E> {
+        Self::not_a_reference("nothing")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<SecretSource, A::Error> {
+        Self::not_a_reference("a list")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<SecretSource, A::Error> {
+        use serde::de::Error;
+        let Some(key) = map.next_key::<String>()? else {
+            return Self::not_a_reference("an empty mapping");
+        };
+        let source = match key.as_str() {
+            "file" => SecretSource::File(map.next_value()?),
+            "env" => SecretSource::Env(map.next_value()?),
+            _ => return Self::not_a_reference("another key"),
+        };
+        if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom(format!(
+                "expected {SHAPE}, with one key only"
+            )));
+        }
+        Ok(source)
+    }
 }
 
 impl SecretSource {
@@ -98,6 +174,32 @@ fn strip_one_newline(text: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default, Deserialize)]
+    struct Holder {
+        #[serde(default)]
+        token: Option<SecretSource>,
+    }
+
+    /// A secret written inline, where a reference belongs, is refused
+    /// without being quoted (serde's derived error said ``unknown variant
+    /// `hunter2` ``).
+    #[test]
+    fn an_inline_secret_is_refused_without_being_echoed() {
+        for inline in ["token: hunter2", "token: [hunter2]", "token: {hunter2: x}"] {
+            let e = crate::config::parse_yaml::<Holder>(inline)
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+            assert!(e.contains("token"), "{e}");
+        }
+        let ok: Holder = crate::config::parse_yaml("token: { file: /run/secrets/t }").unwrap();
+        assert_eq!(ok.token, Some(SecretSource::File("/run/secrets/t".into())));
+        let ok: Holder = crate::config::parse_yaml("token: { env: HA_TOKEN }").unwrap();
+        assert_eq!(ok.token, Some(SecretSource::Env("HA_TOKEN".into())));
+        let two = crate::config::parse_yaml::<Holder>("token: { env: A, file: /b }");
+        assert!(two.is_err());
+    }
 
     #[test]
     fn file_secret_drops_one_trailing_newline_only() {
