@@ -134,7 +134,20 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Joins a base URL (`http://ha:8123` or `http://ha:8123/`) and a path.
+///
+/// A base with credentials (`http://user:pass@ha:8123`) is refused, and not
+/// quoted: the URL shows up in errors, logs and the unauthenticated probe
+/// answers, and Home Assistant takes a token, never a password in the URL.
 pub fn join(base: &str, path: &str) -> Result<Uri, String> {
+    let authority = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let authority = authority.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(
+            "the URL holds credentials (user:password@): leave them out, Home Assistant \
+             takes a token (home_assistant.token) and the URL is shown in errors and probes"
+                .to_owned(),
+        );
+    }
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let uri: Uri = url
         .parse()
@@ -166,5 +179,15 @@ mod tests {
                 .contains("not supported yet")
         );
         assert!(join("ha:8123", "/api").is_err());
+    }
+
+    /// Credentials in the URL would be shown by every error and probe answer
+    /// that names the URL; they are refused without being quoted.
+    #[test]
+    fn credentials_in_the_url_are_refused_unquoted() {
+        let e = join("http://admin:hunter2@ha:8123", "/api/core/state").unwrap_err();
+        assert!(e.contains("credentials"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(join("http://ha:8123/a@b", "/x").is_ok(), "an @ in the path is no login");
     }
 }

@@ -30,6 +30,9 @@ pub use supervise::ChildSpec;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SuiteConfig {
+    /// The suite's own admin server; without it, `listen_host` port 9180
+    /// (loopback by default, like every part); `--admin-listen` wins.
+    pub admin: hass_runtime::config::AdminConfig,
     /// Where the suite keeps its state: the demo `/config` tree, broker data,
     /// the generated MQTT password, the children's configs and logs.
     pub data_dir: PathBuf,
@@ -62,6 +65,7 @@ pub enum RecorderDatabase {
 impl Default for SuiteConfig {
     fn default() -> Self {
         Self {
+            admin: hass_runtime::config::AdminConfig::default(),
             data_dir: PathBuf::from("hass-sidecars-data"),
             home_assistant: HomeAssistant::default(),
             listen_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -162,6 +166,15 @@ impl Component for Suite {
     };
     type Args = SuiteArgs;
     type Config = SuiteConfig;
+
+    fn admin_config(config: &SuiteConfig) -> Option<hass_runtime::config::AdminConfig> {
+        Some(hass_runtime::config::AdminConfig {
+            listen: config
+                .admin
+                .listen
+                .or(Some(SocketAddr::new(config.listen_host, Self::INFO.admin_port))),
+        })
+    }
 
     fn prepare(_args: SuiteArgs, config: SuiteConfig, _path: Option<&Path>) -> Result<Self, Fatal> {
         if !config.home_assistant.url.starts_with("http://") {
@@ -308,5 +321,27 @@ impl Component for Suite {
         }
         info!("every child stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The suite's own admin port follows `listen_host` like every part:
+    /// loopback by default (it was 0.0.0.0 while every part was private).
+    #[test]
+    fn the_admin_port_listens_where_the_parts_do() {
+        let listen = |config: &SuiteConfig| Suite::admin_config(config).and_then(|a| a.listen);
+        let default = SuiteConfig::default();
+        assert_eq!(
+            listen(&default),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9180)))
+        );
+        let open: SuiteConfig = hass_runtime::config::parse_yaml("listen_host: 0.0.0.0\n").unwrap();
+        assert_eq!(listen(&open), Some(SocketAddr::from(([0, 0, 0, 0], 9180))));
+        let own: SuiteConfig =
+            hass_runtime::config::parse_yaml("admin: { listen: 127.0.0.1:9999 }\n").unwrap();
+        assert_eq!(listen(&own), Some(SocketAddr::from(([127, 0, 0, 1], 9999))));
     }
 }
