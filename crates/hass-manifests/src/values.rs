@@ -551,8 +551,9 @@ pub struct SerialBridge {
     /// The device nodes' group (`dialout` is 20 on Debian/Ubuntu/Armbian).
     pub device_group: i64,
     pub devices: Vec<Device>,
-    /// Labels that let another pod (Zigbee2MQTT, Z-Wave JS) reach the device
-    /// ports; the Home Assistant pod may always (ZHA).
+    /// Labels that let another pod of the same namespace (Zigbee2MQTT, Z-Wave
+    /// JS) reach the device ports, which have no authentication; the Home
+    /// Assistant pod may always (ZHA). Empty: no other client.
     pub client_labels: BTreeMap<String, String>,
     pub resources: Resources,
 }
@@ -917,6 +918,19 @@ const RESERVED_DEVICE_NAMES: &[&str] = &[
     "config-watcher",
 ];
 
+/// `10.0.0.0/8`, `fd00::/8` or a single address, as Home Assistant's
+/// `trusted_proxies` takes them (Python's `ip_network`).
+fn is_ip_or_network(text: &str) -> bool {
+    match text.split_once('/') {
+        Some((ip, prefix)) => match (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
+            (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 32 && prefix == bits.to_string(),
+            (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 128 && prefix == bits.to_string(),
+            _ => false,
+        },
+        None => text.parse::<std::net::IpAddr>().is_ok(),
+    }
+}
+
 fn is_dns_label(text: &str, max: usize) -> bool {
     !text.is_empty()
         && text.len() <= max
@@ -980,6 +994,16 @@ impl Values {
                 "postgres.backup.keep",
                 "must keep at least one dump".to_owned(),
             );
+        }
+        // Written into Home Assistant's YAML: anything but an address or a
+        // network (a newline, a `: `) would be YAML of its own.
+        for (i, proxy) in self.ingress.trusted_proxies.iter().enumerate() {
+            if !is_ip_or_network(proxy) {
+                return err(
+                    &format!("ingress.trusted_proxies[{i}]"),
+                    "must be an IP address or a network like 10.0.0.0/8".to_owned(),
+                );
+            }
         }
         let backups = &self.config_watcher.backups;
         // The watcher's own duration parser, so what passes here starts there.

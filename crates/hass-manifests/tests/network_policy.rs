@@ -373,7 +373,10 @@ fn assert_least_privilege(r: &Rendered) {
     let np = &r.values.network_policy;
     let monitoring = pod(&np.monitoring_namespace, &[("app", "prometheus")]);
     let mqtt_client = labelled("zigbee2mqtt", &np.mqtt_client_labels);
-    let serial_client = labelled("zigbee2mqtt", &r.values.serial_bridge.client_labels);
+    let serial_client = labelled(&r.values.namespace, &r.values.serial_bridge.client_labels);
+    // The device port has no authentication: the label alone, in another
+    // namespace, is not enough.
+    let serial_client_elsewhere = labelled("zigbee2mqtt", &r.values.serial_bridge.client_labels);
     let ha = r.pod_source("home-assistant");
     let outsiders = strangers(r);
     let with = |extra: Vec<(&'static str, Source)>| -> Vec<(&'static str, Source)> {
@@ -482,6 +485,10 @@ fn assert_least_privilege(r: &Rendered) {
                     with(vec![
                         ("a labelled MQTT client", mqtt_client.clone()),
                         ("the monitoring namespace", monitoring.clone()),
+                        (
+                            "a labelled serial client of another namespace",
+                            serial_client_elsewhere.clone(),
+                        ),
                     ]),
                 )
             };

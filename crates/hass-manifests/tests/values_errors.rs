@@ -124,3 +124,30 @@ fn secrets_are_references_never_values() {
     let e = load("home_assistant:\n  token_secret: hunter2\n");
     assert!(e.starts_with(":2:17: home_assistant.token_secret:"), "{e}");
 }
+
+/// `trusted_proxies` is written into Home Assistant's YAML: a value that is
+/// not an address or a network (here a newline and a key of its own) would
+/// be YAML of its own, so it is refused, naming the item (at the list's
+/// line: positions are kept for keys, not for list items).
+#[test]
+fn a_trusted_proxy_must_be_an_address_or_a_network() {
+    let e = load(
+        "ingress:\n  enabled: true\n  trusted_proxies:\n    - 10.0.0.0/8\n    - \"10.0.0.1\\nhomeassistant:\\n  auth_providers: []\"\n",
+    );
+    assert!(
+        e.starts_with(":3:3: ingress.trusted_proxies[1]: must be an IP address or a network"),
+        "{e}"
+    );
+    for bad in ["10.0.0.0/33", "10.0.0.0/08", "fd00::/129", "example.com", ""] {
+        let e = load(&format!(
+            "ingress:\n  trusted_proxies:\n    - \"{bad}\"\n"
+        ));
+        assert!(e.contains("ingress.trusted_proxies[0]"), "{bad}: {e}");
+    }
+    for good in ["10.0.0.0/8", "192.168.1.10", "fd00::/8", "::1"] {
+        let values = hass_manifests::values::parse(&format!(
+            "ingress:\n  trusted_proxies:\n    - \"{good}\"\n"
+        ));
+        assert!(values.is_ok(), "{good}: {values:?}");
+    }
+}

@@ -165,19 +165,25 @@ fn policies(values: &Values) -> Vec<Policy> {
     for group in serial_bridge::node_groups(values) {
         let mut pods = selector_labels(values, serial_bridge::COMPONENT);
         pods.insert(crate::meta::NODE.to_owned(), group.slug.clone());
+        // The device port has no authentication (zigpy and zigbee-herdsman
+        // speak plain TCP): only the labelled pods of this namespace, never a
+        // pod anywhere that copies the label; no labels, no clients but
+        // Home Assistant.
+        let mut device_clients = vec![Peer::Local(ha_pod.clone())];
+        let client_labels = &values.serial_bridge.client_labels;
+        if !client_labels.is_empty() {
+            device_clients.push(Peer::Local(client_labels.clone()));
+        }
         out.push(Policy {
             name: group.name.clone(),
             description: format!(
-                "serial bridge on {}: device ports from Home Assistant and labelled clients, admin from monitoring and the exporter; no egress",
+                "serial bridge on {}: device ports from Home Assistant and labelled clients of this namespace, admin from monitoring and the exporter; no egress",
                 group.node
             ),
             pods,
             ingress: vec![
                 Allow {
-                    peers: vec![
-                        Peer::Local(ha_pod.clone()),
-                        Peer::AnyNamespace(values.serial_bridge.client_labels.clone()),
-                    ],
+                    peers: device_clients,
                     ports: group.devices.iter().map(|d| i32::from(d.port)).collect(),
                 },
                 Allow {
