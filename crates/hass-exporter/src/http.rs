@@ -188,6 +188,9 @@ mod tests {
         let e = join("http://admin:hunter2@ha:8123", "/api/core/state").unwrap_err();
         assert!(e.contains("credentials"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
-        assert!(join("http://ha:8123/a@b", "/x").is_ok(), "an @ in the path is no login");
+        assert!(
+            join("http://ha:8123/a@b", "/x").is_ok(),
+            "an @ in the path is no login"
+        );
     }
 }

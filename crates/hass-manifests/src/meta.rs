@@ -156,6 +156,16 @@ pub fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// [`http_probe`] on 127.0.0.1: with `hostNetwork` the pod's loopback is the
+/// node's, where kubelet runs, so it reaches a port bound there.
+pub fn loopback_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    let mut probe = http_probe(path, port, period, failures);
+    if let Some(get) = probe.http_get.as_mut() {
+        get.host = Some("127.0.0.1".to_owned());
+    }
+    probe
+}
+
 /// A node name as part of an object name: lowercase letters, digits and `-`.
 pub fn slug(text: &str, max: usize) -> String {
     let mut out: String = text

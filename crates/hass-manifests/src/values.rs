@@ -230,6 +230,15 @@ impl Resources {
 }
 
 /// Home Assistant's size class: the table is on `home_assistant.preset`
+/// A sidecar port `home_assistant.host_network_expose` may open to the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostNetworkPort {
+    Mqtt,
+    MqttWs,
+    Admin,
+}
+
 /// (tests/resources.rs checks the render against it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -285,8 +294,15 @@ pub struct HomeAssistant {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// Share the node's network (mDNS/SSDP discovery, HomeKit). Sets
-    /// `dnsPolicy: ClusterFirstWithHostNet`; NetworkPolicies do not apply then.
+    /// `dnsPolicy: ClusterFirstWithHostNet`; NetworkPolicies do not apply
+    /// then, so the sidecars listen on 127.0.0.1 only unless
+    /// `host_network_expose` opens a port to the node's addresses.
     pub host_network: bool,
+    /// With `host_network`: the sidecar ports that listen on the node's
+    /// addresses (and so on the LAN, past every policy): `mqtt`, `mqtt_ws`
+    /// (clients in other pods or on the LAN), `admin` (Prometheus scrapes).
+    /// Kubelet probes the rest on 127.0.0.1.
+    pub host_network_expose: Vec<HostNetworkPort>,
     /// `TZ` of the container, e.g. `Europe/Berlin`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
@@ -321,6 +337,7 @@ impl Default for HomeAssistant {
             preset: Preset::Small,
             resources: None,
             host_network: false,
+            host_network_expose: Vec::new(),
             timezone: None,
             config_storage: Storage::new("5Gi"),
             media: ExtraVolume::off("50Gi"),
@@ -993,6 +1010,18 @@ impl Values {
             return err(
                 "postgres.backup.keep",
                 "must keep at least one dump".to_owned(),
+            );
+        }
+        let ha = &self.home_assistant;
+        if ha.host_network
+            && self.monitoring.scrape != ScrapeVia::None
+            && !ha.host_network_expose.contains(&HostNetworkPort::Admin)
+        {
+            return err(
+                "home_assistant.host_network_expose",
+                "must list `admin` for monitoring.scrape: with host_network the admin ports \
+                 listen on 127.0.0.1 only, where Prometheus cannot scrape them"
+                    .to_owned(),
             );
         }
         // Written into Home Assistant's YAML: anything but an address or a

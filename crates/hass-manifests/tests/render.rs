@@ -448,3 +448,89 @@ fn backup_job_reads_the_password_from_the_secret_file_only() {
     assert_eq!(secret_mount.name, "postgres-password");
     assert_eq!(secret_mount.read_only, Some(true));
 }
+
+/// Every sidecar probe of the Home Assistant pod: (container, host).
+fn sidecar_probe_hosts(ms: &[hass_manifests::Manifest]) -> Vec<(String, Option<String>)> {
+    let sts: StatefulSet = parse(find(ms, "StatefulSet", "home-assistant"));
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    pod.containers
+        .iter()
+        .flat_map(|c| {
+            [&c.liveness_probe, &c.readiness_probe, &c.startup_probe]
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.http_get.as_ref())
+                // Home Assistant's own 8123 listens on every address.
+                .filter(|get| {
+                    get.port != k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8123)
+                })
+                .map(|get| (c.name.clone(), get.host.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn broker_yaml(ms: &[hass_manifests::Manifest]) -> String {
+    let map: ConfigMap = parse(find(ms, "ConfigMap", "home-assistant-broker"));
+    map.data.unwrap()["broker.yaml"].clone()
+}
+
+/// On the node's network the pod's addresses are the node's (the LAN, past
+/// every policy): the sidecars listen on 127.0.0.1, where kubelet probes
+/// them, unless `host_network_expose` opens a port; the pod's policy says
+/// it does not apply.
+#[test]
+fn with_host_network_the_sidecars_listen_on_loopback_unless_opened() {
+    let base = "home_assistant:\n  token_secret: { name: t, key: token }\n  host_network: true\n\
+                broker:\n  websockets: true\nnetwork_policy:\n  kubernetes: true\n";
+    let ms = render(base);
+    let broker = broker_yaml(&ms);
+    for line in [
+        "mqtt: 127.0.0.1:1883",
+        "ws: 127.0.0.1:1884",
+        "listen: 127.0.0.1:9181",
+    ] {
+        assert!(broker.contains(line), "{line}:\n{broker}");
+    }
+    let probes = sidecar_probe_hosts(&ms);
+    assert!(probes.len() >= 6, "{probes:?}");
+    assert!(
+        probes
+            .iter()
+            .all(|(_, host)| host.as_deref() == Some("127.0.0.1")),
+        "{probes:?}"
+    );
+    for name in ["home-assistant-config-watcher", "home-assistant-exporter"] {
+        let map: ConfigMap = parse(find(&ms, "ConfigMap", name));
+        let text = map.data.unwrap().into_values().next().unwrap();
+        assert!(text.contains("listen: 127.0.0.1:918"), "{name}:\n{text}");
+    }
+    let policy = &find(&ms, "NetworkPolicy", "home-assistant").yaml;
+    assert!(policy.contains("DOES NOT APPLY"), "{policy}");
+
+    // Opened ports listen on every address; the rest stay on loopback.
+    let ms = render(&base.replace(
+        "  host_network: true\n",
+        "  host_network: true\n  host_network_expose: [mqtt, admin]\n",
+    ));
+    let broker = broker_yaml(&ms);
+    assert!(broker.contains("mqtt: 0.0.0.0:1883"), "{broker}");
+    assert!(broker.contains("ws: 127.0.0.1:1884"), "{broker}");
+    assert!(!broker.contains("listen:"), "{broker}");
+    assert!(
+        sidecar_probe_hosts(&ms)
+            .iter()
+            .all(|(_, host)| host.is_none())
+    );
+
+    // Without host_network nothing changes: the pod's own address.
+    let ms = render(&base.replace("  host_network: true\n", ""));
+    assert!(broker_yaml(&ms).contains("mqtt: 0.0.0.0:1883"));
+    assert!(
+        sidecar_probe_hosts(&ms)
+            .iter()
+            .all(|(_, host)| host.is_none())
+    );
+    let policy = &find(&ms, "NetworkPolicy", "home-assistant").yaml;
+    assert!(!policy.contains("DOES NOT APPLY"), "{policy}");
+}

@@ -138,10 +138,14 @@ fn a_trusted_proxy_must_be_an_address_or_a_network() {
         e.starts_with(":3:3: ingress.trusted_proxies[1]: must be an IP address or a network"),
         "{e}"
     );
-    for bad in ["10.0.0.0/33", "10.0.0.0/08", "fd00::/129", "example.com", ""] {
-        let e = load(&format!(
-            "ingress:\n  trusted_proxies:\n    - \"{bad}\"\n"
-        ));
+    for bad in [
+        "10.0.0.0/33",
+        "10.0.0.0/08",
+        "fd00::/129",
+        "example.com",
+        "",
+    ] {
+        let e = load(&format!("ingress:\n  trusted_proxies:\n    - \"{bad}\"\n"));
         assert!(e.contains("ingress.trusted_proxies[0]"), "{bad}: {e}");
     }
     for good in ["10.0.0.0/8", "192.168.1.10", "fd00::/8", "::1"] {
@@ -150,4 +154,15 @@ fn a_trusted_proxy_must_be_an_address_or_a_network() {
         ));
         assert!(values.is_ok(), "{good}: {values:?}");
     }
+}
+
+/// With host_network the admin ports listen on loopback unless opened, where
+/// Prometheus cannot scrape: monitoring without `admin` opened is an error.
+#[test]
+fn monitoring_a_host_network_pod_needs_its_admin_ports_opened() {
+    let e = load("home_assistant:\n  host_network: true\nmonitoring:\n  scrape: service_monitor\n");
+    assert!(
+        e.starts_with(":1:1: home_assistant.host_network_expose: must list `admin`"),
+        "{e}"
+    );
 }

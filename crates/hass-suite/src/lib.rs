@@ -169,10 +169,10 @@ impl Component for Suite {
 
     fn admin_config(config: &SuiteConfig) -> Option<hass_runtime::config::AdminConfig> {
         Some(hass_runtime::config::AdminConfig {
-            listen: config
-                .admin
-                .listen
-                .or(Some(SocketAddr::new(config.listen_host, Self::INFO.admin_port))),
+            listen: config.admin.listen.or(Some(SocketAddr::new(
+                config.listen_host,
+                Self::INFO.admin_port,
+            ))),
         })
     }
 

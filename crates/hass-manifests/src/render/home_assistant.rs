@@ -32,7 +32,7 @@ use crate::meta::{
     self, Accepted, SERVICE_ROLE, SIDECAR_UID, accept, http_probe, labels, object_meta,
     restricted_security_context, selector, selector_labels, tcp_port,
 };
-use crate::values::{ExtraVolume, PostgresMode, RunAs, Storage, Values};
+use crate::values::{ExtraVolume, HostNetworkPort, PostgresMode, RunAs, Storage, Values};
 use crate::yaml;
 
 pub(crate) const COMPONENT: &str = "home-assistant";
@@ -218,6 +218,32 @@ fn config_map(values: &Values, name: &str, component: &str, file: &str, text: St
 }
 
 /// The config files of the sidecars, and the package.
+/// Whether a sidecar `port` listens on 127.0.0.1 only: with `host_network`
+/// the pod's addresses are the node's (the LAN, past every policy), so only
+/// what `host_network_expose` lists listens there.
+fn on_loopback(values: &Values, port: HostNetworkPort) -> bool {
+    let ha = &values.home_assistant;
+    ha.host_network && !ha.host_network_expose.contains(&port)
+}
+
+/// The address a sidecar listens on for `port`.
+fn listen(values: &Values, port: HostNetworkPort, number: i32) -> String {
+    let host = if on_loopback(values, port) {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
+    format!("{host}:{number}")
+}
+
+/// The `admin:` section of a sidecar's config, when its admin port must
+/// leave the default (all addresses) for loopback.
+fn admin_section(values: &Values, config: &mut serde_json::Value, port: i32) {
+    if on_loopback(values, HostNetworkPort::Admin) {
+        config["admin"] = json!({ "listen": format!("127.0.0.1:{port}") });
+    }
+}
+
 fn config_maps(values: &Values) -> Vec<ConfigMap> {
     let mut maps = Vec::new();
     let name = &values.name;
@@ -231,16 +257,17 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
         ));
     }
     if values.broker.enabled {
-        let config = json!({
+        let mut config = json!({
             "listeners": {
-                "mqtt": format!("0.0.0.0:{MQTT_PORT}"),
-                "ws": values.broker.websockets.then(|| format!("0.0.0.0:{MQTT_WS_PORT}")),
+                "mqtt": listen(values, HostNetworkPort::Mqtt, MQTT_PORT),
+                "ws": values.broker.websockets.then(|| listen(values, HostNetworkPort::MqttWs, MQTT_WS_PORT)),
             },
             "data_dir": "/data",
             "password_file": "/run/secrets/mqtt/passwd",
             "acl_file": "/run/secrets/mqtt/acl",
             "allow_anonymous": false,
         });
+        admin_section(values, &mut config, BROKER_ADMIN);
         maps.push(config_map(
             values,
             &format!("{name}-broker"),
@@ -271,6 +298,7 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
             config["backup_dir"] = json!(WATCHER_BACKUP_DIR);
             config["backup_keep"] = json!(watcher.backups.keep);
         }
+        admin_section(values, &mut config, WATCHER_ADMIN);
         maps.push(config_map(
             values,
             &format!("{name}-config-watcher"),
@@ -339,7 +367,9 @@ fn exporter_config(values: &Values) -> serde_json::Value {
     if !bridges.is_empty() {
         config.insert("bridges".to_owned(), serde_json::Value::Array(bridges));
     }
-    serde_json::Value::Object(config)
+    let mut config = serde_json::Value::Object(config);
+    admin_section(values, &mut config, EXPORTER_ADMIN);
+    config
 }
 
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
@@ -453,9 +483,18 @@ fn sidecar(values: &Values, binary: &str, args: Vec<String>) -> Container {
     }
 }
 
-fn admin_probes(container: &mut Container, port: i32) {
-    container.liveness_probe = Some(http_probe("/healthz", port, 10, 3));
-    container.readiness_probe = Some(http_probe("/readyz", port, 10, 3));
+fn admin_probes(values: &Values, container: &mut Container, port: i32) {
+    container.liveness_probe = Some(admin_probe(values, "/healthz", port, 10, 3));
+    container.readiness_probe = Some(admin_probe(values, "/readyz", port, 10, 3));
+}
+
+/// A probe of a sidecar's admin port, wherever it listens.
+fn admin_probe(values: &Values, path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    if on_loopback(values, HostNetworkPort::Admin) {
+        meta::loopback_probe(path, port, period, failures)
+    } else {
+        http_probe(path, port, period, failures)
+    }
 }
 
 fn home_assistant_probes(values: &Values) -> (Probe, Probe, Probe) {
@@ -464,15 +503,16 @@ fn home_assistant_probes(values: &Values) -> (Probe, Probe, Probe) {
     let startup_failures = (budget + period - 1) / period;
     if probes_via_exporter(values) {
         (
-            http_probe(
+            admin_probe(
+                values,
                 "/probe/ha/startup",
                 EXPORTER_ADMIN,
                 period,
                 startup_failures,
             ),
-            http_probe("/probe/ha/ready", EXPORTER_ADMIN, period, 3),
+            admin_probe(values, "/probe/ha/ready", EXPORTER_ADMIN, period, 3),
             // The exporter already waits `live_timeout` (5 min) of silence.
-            http_probe("/probe/ha/live", EXPORTER_ADMIN, 30, 3),
+            admin_probe(values, "/probe/ha/live", EXPORTER_ADMIN, 30, 3),
         )
     } else {
         // No token: `/manifest.json` is served without one and never counts
@@ -606,7 +646,7 @@ fn stateful_set(values: &Values) -> StatefulSet {
         ports.push(tcp_port("broker-admin", BROKER_ADMIN));
         c.ports = Some(ports);
         c.resources = Some(meta::resources(&values.broker.resources));
-        admin_probes(&mut c, BROKER_ADMIN);
+        admin_probes(values, &mut c, BROKER_ADMIN);
         c.volume_mounts = Some(vec![
             mount("broker-config", "/etc/hass-broker", true),
             mount("broker-data", "/data", false),
@@ -637,7 +677,7 @@ fn stateful_set(values: &Values) -> StatefulSet {
         );
         c.ports = Some(vec![tcp_port("watcher-admin", WATCHER_ADMIN)]);
         c.resources = Some(meta::resources(&values.config_watcher.resources));
-        admin_probes(&mut c, WATCHER_ADMIN);
+        admin_probes(values, &mut c, WATCHER_ADMIN);
         // It validates `!env_var` exactly as Home Assistant does, so it sees
         // the same variables.
         if let Some(env) = c.env.as_mut() {
@@ -684,7 +724,7 @@ fn stateful_set(values: &Values) -> StatefulSet {
         );
         c.ports = Some(vec![tcp_port("exporter-admin", EXPORTER_ADMIN)]);
         c.resources = Some(meta::resources(&values.exporter.resources));
-        admin_probes(&mut c, EXPORTER_ADMIN);
+        admin_probes(values, &mut c, EXPORTER_ADMIN);
         let mut mounts = vec![mount("exporter-config", "/etc/hass-exporter", true)];
         if ha.token_secret.is_some() {
             mounts.push(mount("ha-token", "/run/secrets/ha-token", true));

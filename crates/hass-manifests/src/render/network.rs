@@ -107,9 +107,35 @@ fn policies(values: &Values) -> Vec<Policy> {
             ports: admin,
         });
     }
+    let mut description = "Home Assistant pod: 8123 from the ingress controller and listed CIDRs, MQTT from labelled clients, admin ports from monitoring".to_owned();
+    let ha = &values.home_assistant;
+    if ha.host_network {
+        // Policies select pods by their own addresses; a hostNetwork pod has
+        // the node's, so this one is written down but does not hold.
+        let exposed: Vec<String> = ha
+            .host_network_expose
+            .iter()
+            .map(|p| {
+                serde_json::to_value(p).map_or_else(
+                    |_| String::new(),
+                    |v| v.as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        description.push_str(&format!(
+            ". DOES NOT APPLY: home_assistant.host_network puts the pod on the node's network, \
+             where no pod policy reaches; Home Assistant's 8123 is open to the node's networks, \
+             the sidecars listen on 127.0.0.1 except: {}",
+            if exposed.is_empty() {
+                "nothing".to_owned()
+            } else {
+                exposed.join(", ")
+            }
+        ));
+    }
     out.push(Policy {
         name: name.clone(),
-        description: "Home Assistant pod: 8123 from the ingress controller and listed CIDRs, MQTT from labelled clients, admin ports from monitoring".to_owned(),
+        description,
         pods: ha_pod.clone(),
         ingress,
         egress: None,
