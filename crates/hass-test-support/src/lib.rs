@@ -1,12 +1,14 @@
 //! Test harness for hass-sidecars: the real parts tests run against. Free
 //! ports, a throwaway PostgreSQL, socat pty pairs standing in for a USB stick,
 //! spawned binaries probed over their admin port, and Python's OpenMetrics
-//! parser for checking `/metrics` the way Prometheus reads it.
+//! parser for checking `/metrics` the way Prometheus reads it, and a real
+//! Home Assistant in a cached root filesystem.
 //!
 //! Everything here fails loudly with a message saying what to install; a test
 //! never skips because a tool is missing.
 
 pub mod binary;
+pub mod home_assistant;
 pub mod http;
 pub mod openmetrics;
 pub mod ports;

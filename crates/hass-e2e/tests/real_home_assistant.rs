@@ -1,0 +1,227 @@
+//! The suite against a real Home Assistant (the release `scripts/ha-rootfs`
+//! installs, 2026.11): each test is one flow a user relies on, with Home
+//! Assistant's own behaviour on the other side, not a stand-in's idea of it.
+
+// Tests unwrap: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Broker, MQTT_PASSWORD, MQTT_USER};
+use hass_test_support::home_assistant::HomeAssistant;
+use hass_test_support::wait_for;
+use serde_json::{Value, json};
+
+const DISCOVERY_TOPIC: &str = "homeassistant/sensor/e2e_kitchen/temperature/config";
+const DISCOVERY: &str = r#"{"name":"Kitchen temperature","unique_id":"e2e_kitchen_temp","state_topic":"zigbee2mqtt/kitchen","value_template":"{{ value_json.temperature }}","device_class":"temperature","unit_of_measurement":"°C","device":{"identifiers":["e2e_kitchen"],"name":"Kitchen sensor"}}"#;
+const STATE_TOPIC: &str = "zigbee2mqtt/kitchen";
+
+/// `mosquitto_pub` of a retained QoS 1 message.
+fn publish_retained(broker: &Broker, topic: &str, payload: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.mqtt.port().to_string()])
+        .args(["-u", MQTT_USER, "-P", MQTT_PASSWORD, "-q", "1", "-r"])
+        .args(["-t", topic, "-m", payload])
+        .status()
+        .expect("mosquitto_pub (scripts/test installs mosquitto-clients)");
+    assert!(status.success());
+}
+
+/// The entity Home Assistant made for the kitchen sensor's discovery config.
+fn kitchen_entity(ha: &HomeAssistant) -> Option<Value> {
+    let (status, states) = ha.get("/api/states").ok()?;
+    assert_eq!(status, 200, "{states}");
+    states.as_array()?.iter().find_map(|s| {
+        (s["attributes"]["friendly_name"] == "Kitchen sensor Kitchen temperature")
+            .then(|| s.clone())
+    })
+}
+
+fn wait_state(ha: &HomeAssistant, want: &str, what: &str) -> Value {
+    wait_for(Duration::from_secs(60), || {
+        kitchen_entity(ha).filter(|e| e["state"] == want)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{what}: the kitchen sensor never read {want} (now {:?}); Home Assistant's log:\n{}",
+            kitchen_entity(ha),
+            ha.log()
+        )
+    })
+}
+
+/// Home Assistant's MQTT integration, set up through its own config flow as a
+/// user would, talks to hass-broker with a password-file user: a retained
+/// discovery config makes an entity, a state message sets it, and a SIGKILL
+/// of the broker loses neither; after the restart new states arrive again.
+#[test]
+fn mqtt_discovery_through_hass_broker_survives_a_broker_kill() {
+    let mut broker = Broker::start();
+    let started = Instant::now();
+    let ha = HomeAssistant::start("homeassistant:\n  name: e2e\n").unwrap();
+    eprintln!(
+        "Home Assistant answered after {:?}; onboarded after {:?}",
+        ha.started_in,
+        started.elapsed()
+    );
+
+    let (status, flow) = ha
+        .post(
+            "/api/config/config_entries/flow",
+            &json!({ "handler": "mqtt" }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{flow}");
+    assert_eq!(flow["step_id"], "broker", "{flow}");
+    let flow_id = flow["flow_id"].as_str().unwrap();
+    let (status, entry) = ha
+        .post(
+            &format!("/api/config/config_entries/flow/{flow_id}"),
+            &json!({
+                "broker": "127.0.0.1",
+                "port": broker.mqtt.port(),
+                "username": MQTT_USER,
+                "password": MQTT_PASSWORD,
+                // The form's collapsed section, as the frontend fills it in:
+                // no client certificate, no TLS.
+                "other_settings": { "set_client_cert": false, "set_ca_cert": "off" },
+            }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["type"], "create_entry", "{entry}");
+
+    publish_retained(&broker, DISCOVERY_TOPIC, DISCOVERY);
+    publish_retained(&broker, STATE_TOPIC, r#"{"temperature":21.5}"#);
+    let entity = wait_state(&ha, "21.5", "after discovery");
+    assert_eq!(entity["attributes"]["unit_of_measurement"], "°C");
+
+    // An OOM kill of the broker: nothing flushed, nothing said.
+    broker.sidecar.kill9();
+    broker.sidecar.restart();
+    // Home Assistant reconnects on its own and resubscribes; the retained
+    // discovery config and state it finds are the ones it had.
+    publish_retained(&broker, STATE_TOPIC, r#"{"temperature":22.0}"#);
+    let after = wait_state(&ha, "22.0", "after the broker's restart");
+    assert_eq!(after["entity_id"], entity["entity_id"], "the same entity");
+}
+
+/// When each of the exporter's Home Assistant probes first answers `want`.
+struct ProbeWatch<'a> {
+    exporter: &'a common::Sidecar,
+    since: Instant,
+}
+
+impl ProbeWatch<'_> {
+    fn status(&self, probe: &str) -> u16 {
+        hass_test_support::http::get(self.exporter.admin, &format!("/probe/ha/{probe}"))
+            .map_or(0, |r| r.status)
+    }
+
+    /// Waits until `probe` answers `want`; the time since the watch began.
+    fn until(&self, probe: &str, want: u16, limit: Duration, ha: &HomeAssistant) -> Duration {
+        wait_for(limit, || (self.status(probe) == want).then(|| self.since.elapsed()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "/probe/ha/{probe} never answered {want} within {limit:?}\nexporter:\n{}\nHome Assistant:\n{}",
+                    self.exporter.logs(),
+                    ha.log()
+                )
+            })
+    }
+}
+
+/// The exporter's startup, readiness and liveness probes follow a real Home
+/// Assistant with its recorder on PostgreSQL through its start, a
+/// `homeassistant.restart` and a stop, and the recorder's freshness metric
+/// follows Home Assistant's real writes.
+#[test]
+fn exporter_probes_follow_a_real_home_assistant_through_restart_and_stop() {
+    let pg = hass_test_support::TempPostgres::start().unwrap();
+    let since = Instant::now();
+    let mut ha = HomeAssistant::start(&format!(
+        "recorder:\n  db_url: {}\n  commit_interval: 1\ninput_boolean:\n  heartbeat:\n",
+        pg.url()
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("ha-token");
+    std::fs::write(&token, ha.token()).unwrap();
+    let config = dir.path().join("exporter.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "home_assistant:\n  url: {}\n  token: {{ file: {} }}\n  poll_interval: 1s\n  timeout: 2s\n  live_timeout: 5s\n\
+             postgres:\n  connection: {}\n  interval: 1s\n  query_timeout: 2s\n  connect_timeout: 2s\n",
+            ha.url(),
+            token.display(),
+            pg.connection_string()
+        ),
+    )
+    .unwrap();
+    let exporter = common::Sidecar::start("exporter", &["--config", config.to_str().unwrap()]);
+    let watch = ProbeWatch {
+        exporter: &exporter,
+        since,
+    };
+    let mut timeline = Vec::new();
+    let minute = Duration::from_secs(60);
+    timeline.push(("startup 200", watch.until("startup", 200, minute, &ha)));
+    timeline.push(("ready 200", watch.until("ready", 200, minute, &ha)));
+    timeline.push(("live 200", watch.until("live", 200, minute, &ha)));
+
+    // Home Assistant writes states; the newest is a second or two old.
+    let toggle = |ha: &HomeAssistant| {
+        let (status, body) = ha
+            .post(
+                "/api/services/input_boolean/toggle",
+                &json!({ "entity_id": "input_boolean.heartbeat" }),
+            )
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    };
+    let age = || exporter.metric("hass_exporter_recorder_last_state_age_seconds", &[]);
+    let fresh = wait_for(Duration::from_secs(30), || {
+        toggle(&ha);
+        std::thread::sleep(Duration::from_millis(500)); // one toggle per half second
+        age().filter(|a| *a < 5.0)
+    });
+    assert!(
+        fresh.is_some(),
+        "recorder age {:?}\n{}",
+        age(),
+        exporter.logs()
+    );
+
+    // homeassistant.restart: Home Assistant stops, exits 100 for its
+    // supervisor (here, the harness) to start it again.
+    let (status, body) = ha
+        .post("/api/services/homeassistant/restart", &json!({}))
+        .unwrap();
+    assert!(
+        status == 200 || status == 502 || status == 504,
+        "{status} {body}"
+    );
+    timeline.push(("restart: ready 503", watch.until("ready", 503, minute, &ha)));
+    assert_eq!(ha.wait_exit(minute), Some(100), "{}", ha.log());
+    timeline.push(("restart: exited 100", since.elapsed()));
+    ha.start_again().unwrap();
+    timeline.push(("restart: ready 200", watch.until("ready", 200, minute, &ha)));
+    assert_eq!(watch.status("startup"), 200);
+    assert_eq!(watch.status("live"), 200);
+
+    // Stop: not ready at once, not live after live_timeout (5 s) of silence,
+    // and the newest recorded state ages.
+    assert_eq!(ha.stop(), Some(0), "{}", ha.log());
+    timeline.push(("stopped", since.elapsed()));
+    timeline.push(("stop: ready 503", watch.until("ready", 503, minute, &ha)));
+    timeline.push(("stop: live 503", watch.until("live", 503, minute, &ha)));
+    let stale = wait_for(Duration::from_secs(30), || age().filter(|a| *a > 10.0));
+    assert!(stale.is_some(), "recorder age {:?}", age());
+    for (what, at) in &timeline {
+        eprintln!("{at:>10.1?}  {what}");
+    }
+}

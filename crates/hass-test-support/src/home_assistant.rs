@@ -1,0 +1,383 @@
+//! A real Home Assistant (the release `scripts/ha-rootfs` installs, 2026.11
+//! by default) for the tests whose subject is Home Assistant's behaviour:
+//! started in the cached Debian unstable root filesystem on a free port with
+//! a config of the test's, onboarded through its own API (an owner, then a
+//! long-lived token over the WebSocket API), and stopped with SIGTERM.
+//! Stand-ins remain for faults a real one cannot be made to show.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::{SpawnedBinary, free_port, wait_for};
+
+/// How long a first start may take (bootstrap, the database, the frontend).
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+const USER: &str = "owner";
+const PASSWORD: &str = "hass-sidecars-tests-owner";
+
+/// A running Home Assistant.
+#[derive(Debug)]
+pub struct HomeAssistant {
+    process: Option<SpawnedBinary>,
+    root: PathBuf,
+    /// The config folder, as a path inside the root filesystem.
+    inner_config: PathBuf,
+    /// The same folder from the host.
+    config: tempfile::TempDir,
+    port: u16,
+    token: String,
+    /// From spawn to `/api/onboarding` answering.
+    pub started_in: Duration,
+}
+
+/// The root filesystem, built by `scripts/ha-rootfs` on first use in this
+/// process (a few minutes once per machine, then cached).
+pub fn rootfs() -> Result<PathBuf, String> {
+    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ha-rootfs");
+        let out = Command::new("bash")
+            .arg(&script)
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/ha-rootfs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    })
+    .clone()
+}
+
+impl HomeAssistant {
+    /// Starts Home Assistant with `configuration` (YAML, without `http:`,
+    /// which the harness adds) and onboards it.
+    pub fn start(configuration: &str) -> Result<Self, String> {
+        let root = rootfs()?;
+        let config = tempfile::Builder::new()
+            .prefix("hass-test-")
+            .tempdir_in(root.join("tmp"))
+            .map_err(|e| format!("config folder: {e}"))?;
+        let inner_config = Path::new("/tmp").join(
+            config
+                .path()
+                .file_name()
+                .ok_or("config folder without a name")?,
+        );
+        let port = free_port();
+        // A fresh config: 2026.8+ imports this block into .storage/http once.
+        let yaml =
+            format!("{configuration}\nhttp:\n  server_host: 127.0.0.1\n  server_port: {port}\n");
+        std::fs::write(config.path().join("configuration.yaml"), yaml)
+            .map_err(|e| format!("configuration.yaml: {e}"))?;
+        let mut ha = Self {
+            process: None,
+            root,
+            inner_config,
+            config,
+            port,
+            token: String::new(),
+            started_in: Duration::ZERO,
+        };
+        ha.started_in = ha.launch()?;
+        ha.token = ha.onboard()?;
+        Ok(ha)
+    }
+
+    /// Spawns Home Assistant and waits until its HTTP server answers.
+    fn launch(&mut self) -> Result<Duration, String> {
+        let mut command = Command::new("chroot");
+        command
+            .arg(&self.root)
+            .args(["env", "-i", "PATH=/opt/ha/bin:/usr/bin:/bin", "HOME=/root"])
+            // Integrations install what they lack with uv, which checks the
+            // package registry against this bundle (the host's, copied in).
+            .arg("SSL_CERT_FILE=/etc/ssl/host-ca.crt")
+            .args(["/opt/ha/bin/hass", "-c"])
+            .arg(&self.inner_config);
+        let started = Instant::now();
+        let mut process = SpawnedBinary::spawn(command)?;
+        let url = format!("{}/api/onboarding", self.url());
+        let answered = wait_for(START_TIMEOUT, || {
+            if process.wait_exit(Duration::ZERO).is_some() {
+                return Some(false);
+            }
+            crate::http::get(self.addr(), "/api/onboarding")
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|_| true)
+        });
+        let log = process.stderr();
+        self.process = Some(process);
+        match answered {
+            Some(true) => Ok(started.elapsed()),
+            _ => Err(format!(
+                "{url} never answered; Home Assistant's log:\n{log}"
+            )),
+        }
+    }
+
+    /// Creates the owner through onboarding and returns a long-lived token.
+    fn onboard(&self) -> Result<String, String> {
+        let client_id = format!("{}/", self.url());
+        let created = post(
+            &format!("{}/api/onboarding/users", self.url()),
+            "application/json",
+            &json!({
+                "client_id": client_id,
+                "name": "Owner",
+                "username": USER,
+                "password": PASSWORD,
+                "language": "en",
+            })
+            .to_string(),
+            None,
+        )?;
+        let code = created["auth_code"]
+            .as_str()
+            .ok_or_else(|| format!("onboarding answered {created}"))?;
+        let tokens = post(
+            &format!("{}/auth/token", self.url()),
+            "application/x-www-form-urlencoded",
+            &format!(
+                "grant_type=authorization_code&code={code}&client_id={}",
+                urlencode(&client_id)
+            ),
+            None,
+        )?;
+        let access = tokens["access_token"]
+            .as_str()
+            .ok_or_else(|| format!("/auth/token answered {tokens}"))?;
+        let answer = self.websocket_with(
+            access,
+            json!({
+                "type": "auth/long_lived_access_token",
+                "client_name": "hass-sidecars tests",
+                "lifespan": 3650,
+            }),
+        )?;
+        answer["result"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("auth/long_lived_access_token answered {answer}"))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr())
+    }
+
+    /// A long-lived access token of the owner.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The config folder, from the host.
+    pub fn config_dir(&self) -> &Path {
+        self.config.path()
+    }
+
+    /// Home Assistant's own log so far.
+    pub fn log(&self) -> String {
+        self.process
+            .as_ref()
+            .map(SpawnedBinary::stderr)
+            .unwrap_or_default()
+    }
+
+    /// `GET /api/<path>` with the token: the status and the body as JSON
+    /// (`Value::Null` when it is not JSON).
+    pub fn get(&self, path: &str) -> Result<(u16, Value), String> {
+        request(
+            "GET",
+            &format!("{}{path}", self.url()),
+            None,
+            Some(&self.token),
+        )
+    }
+
+    /// `POST` of `body` (JSON) with the token.
+    pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        request(
+            "POST",
+            &format!("{}{path}", self.url()),
+            Some(&body.to_string()),
+            Some(&self.token),
+        )
+    }
+
+    /// One WebSocket API command (`id` is added) and its answer.
+    pub fn websocket(&self, command: Value) -> Result<Value, String> {
+        self.websocket_with(&self.token, command)
+    }
+
+    fn websocket_with(&self, token: &str, mut command: Value) -> Result<Value, String> {
+        let url = format!("ws://{}/api/websocket", self.addr());
+        let (mut socket, _) = tungstenite::connect(&url).map_err(|e| format!("{url}: {e}"))?;
+        let read = |socket: &mut tungstenite::WebSocket<_>| -> Result<Value, String> {
+            loop {
+                if let tungstenite::Message::Text(text) =
+                    socket.read().map_err(|e| format!("{url}: {e}"))?
+                {
+                    return serde_json::from_str(&text).map_err(|e| format!("{text}: {e}"));
+                }
+            }
+        };
+        let hello = read(&mut socket)?;
+        if hello["type"] != "auth_required" {
+            return Err(format!("{url}: {hello}"));
+        }
+        let send = |socket: &mut tungstenite::WebSocket<_>, value: Value| {
+            socket
+                .send(tungstenite::Message::text(value.to_string()))
+                .map_err(|e| format!("{url}: {e}"))
+        };
+        send(
+            &mut socket,
+            json!({ "type": "auth", "access_token": token }),
+        )?;
+        let auth = read(&mut socket)?;
+        if auth["type"] != "auth_ok" {
+            return Err(format!("{url}: {auth}"));
+        }
+        command["id"] = json!(1);
+        send(&mut socket, command)?;
+        loop {
+            let answer = read(&mut socket)?;
+            if answer["id"] == 1 && answer["type"] == "result" {
+                let _ = socket.close(None);
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// `/api/core/state`'s `state` (RUNNING, NOT_RUNNING, …), if it answers.
+    pub fn core_state(&self) -> Option<String> {
+        let (status, body) = self.get("/api/core/state").ok()?;
+        (status == 200).then(|| body["state"].as_str().map(str::to_owned))?
+    }
+
+    /// Waits until `/api/core/state` says RUNNING.
+    pub fn wait_running(&self, timeout: Duration) -> Result<(), String> {
+        wait_for(timeout, || {
+            (self.core_state().as_deref() == Some("RUNNING")).then_some(())
+        })
+        .ok_or_else(|| format!("Home Assistant never reached RUNNING; log:\n{}", self.log()))
+    }
+
+    /// Waits for Home Assistant to exit on its own (`homeassistant.restart`
+    /// exits with 100 for its supervisor to start it again); its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let process = self.process.as_mut()?;
+        let status = process.wait_exit(timeout)?;
+        status.code()
+    }
+
+    /// SIGTERM, and the exit status's code once it has stopped.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut process = self.process.take()?;
+        process.signal(Signal::SIGTERM);
+        process
+            .wait_exit(Duration::from_secs(60))
+            .and_then(|s| s.code())
+    }
+
+    /// Starts it again on the same config folder (after `stop`, or after
+    /// Home Assistant restarted itself and exited).
+    pub fn start_again(&mut self) -> Result<(), String> {
+        self.stop();
+        self.started_in = self.launch()?;
+        Ok(())
+    }
+}
+
+impl Drop for HomeAssistant {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.as_mut()
+            && process.wait_exit(Duration::ZERO).is_none()
+        {
+            process.signal(Signal::SIGKILL);
+            process.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
+
+/// A request with an optional bearer token; the status and the body as JSON.
+fn request(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    token: Option<&str>,
+) -> Result<(u16, Value), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match (method, body) {
+        ("GET", _) => {
+            let mut request = agent.get(url);
+            if let Some(auth) = &auth {
+                request = request.header("Authorization", auth);
+            }
+            request.call()
+        }
+        (_, body) => {
+            let mut request = agent.post(url).header("Content-Type", "application/json");
+            if let Some(auth) = &auth {
+                request = request.header("Authorization", auth);
+            }
+            request.send(body.unwrap_or(""))
+        }
+    };
+    let mut response = response.map_err(|e| format!("{method} {url}: {e}"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{method} {url}: {e}"))?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+/// A POST without a token, for onboarding; the answer as JSON.
+fn post(url: &str, content_type: &str, body: &str, token: Option<&str>) -> Result<Value, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut request = agent.post(url).header("Content-Type", content_type);
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body).map_err(|e| format!("POST {url}: {e}"))?;
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("POST {url} answered {text:?}: {e}"))
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
