@@ -225,3 +225,104 @@ fn exporter_probes_follow_a_real_home_assistant_through_restart_and_stop() {
         eprintln!("{at:>10.1?}  {what}");
     }
 }
+
+/// Writes `text` as the config file the way an editor does: a temp file
+/// beside it, renamed over it.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let temp = path.with_extension("yaml.tmp");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// hass-config-watcher against a real Home Assistant: an edit of a domain
+/// Home Assistant can reload is reloaded and the new entity appears; a
+/// broken edit causes no reload and Home Assistant keeps running the old
+/// config; an edit of a domain without a reload service is reported as
+/// waiting for a restart.
+#[test]
+fn the_config_watcher_reloads_a_real_domain_and_never_a_broken_config() {
+    let base = "input_boolean:\n  first:\n    name: First\n";
+    let ha = HomeAssistant::start(base).unwrap();
+    ha.wait_running(Duration::from_secs(120)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("ha-token");
+    std::fs::write(&token, ha.token()).unwrap();
+    let config = dir.path().join("watcher.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "config_dir: {}\nhome_assistant:\n  url: {}\n  token: {{ file: {} }}\ndebounce: 200ms\nnotify_invalid: false\n",
+            ha.config_dir().display(),
+            ha.url(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let watcher = common::Sidecar::start(
+        "config-watcher",
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    let metric = |name: &str, labels: &[(&str, &str)]| watcher.metric(name, labels).unwrap_or(0.0);
+    let file = ha.config_dir().join("configuration.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+
+    // A new input_boolean: reloaded, and Home Assistant has it.
+    let edited = Instant::now();
+    replace_file(
+        &file,
+        &original.replace(base, &format!("{base}  second:\n    name: Second\n")),
+    );
+    let appeared = wait_for(Duration::from_secs(30), || {
+        let (status, _) = ha.get("/api/states/input_boolean.second").unwrap();
+        (status == 200).then(|| edited.elapsed())
+    });
+    let appeared =
+        appeared.unwrap_or_else(|| panic!("no input_boolean.second\n{}", watcher.logs()));
+    eprintln!("edit to entity in Home Assistant: {appeared:?}");
+    let reloads = metric(
+        "hass_config_watcher_reloads",
+        &[("domain", "input_boolean")],
+    );
+    assert_eq!(reloads, 1.0, "{}", watcher.logs());
+
+    // A broken edit: found invalid, nothing reloaded, the old config runs.
+    let runs = metric("hass_config_watcher_validation_runs", &[]);
+    replace_file(
+        &file,
+        &original.replace(base, "input_boolean:\n  first: [unclosed\n"),
+    );
+    let judged = wait_for(Duration::from_secs(30), || {
+        (metric("hass_config_watcher_validation_runs", &[]) > runs
+            && metric("hass_config_watcher_config_valid", &[]) == 0.0)
+            .then_some(())
+    });
+    assert!(judged.is_some(), "{}", watcher.logs());
+    // Nothing happens for a while: no reload call follows (debounce is 200 ms).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        metric("hass_config_watcher_reloads", &[]),
+        1.0,
+        "{}",
+        watcher.logs()
+    );
+    assert_eq!(ha.core_state().as_deref(), Some("RUNNING"));
+    let (status, _) = ha.get("/api/states/input_boolean.second").unwrap();
+    assert_eq!(
+        status, 404,
+        "the broken edit was never applied, nor the last good one undone"
+    );
+
+    // A domain Home Assistant cannot reload (system_log): a restart is
+    // reported as needed, nothing is reloaded.
+    replace_file(
+        &file,
+        &format!(
+            "{}system_log:\n  max_entries: 60\n",
+            original.replace(base, &format!("{base}  second:\n    name: Second\n"))
+        ),
+    );
+    let waiting = wait_for(Duration::from_secs(30), || {
+        (metric("hass_config_watcher_restart_required", &[]) == 1.0).then_some(())
+    });
+    assert!(waiting.is_some(), "{}", watcher.logs());
+}

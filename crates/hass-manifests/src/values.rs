@@ -332,7 +332,7 @@ pub struct HomeAssistant {
 impl Default for HomeAssistant {
     fn default() -> Self {
         Self {
-            image: Image::new("ghcr.io/home-assistant/home-assistant", "2025.1.4"),
+            image: Image::new("ghcr.io/home-assistant/home-assistant", "2026.11.0"),
             run_as: RunAs::Restricted,
             preset: Preset::Small,
             resources: None,
@@ -362,7 +362,13 @@ pub struct Package {
     pub enabled: bool,
     /// `recorder.db_url` from the PostgreSQL password Secret.
     pub recorder: bool,
-    /// `http.use_x_forwarded_for` and `http.trusted_proxies` (with an Ingress).
+    /// `http.use_x_forwarded_for` and `http.trusted_proxies` (with an
+    /// Ingress), for Home Assistant before 2026.8 only (from the image tag; a
+    /// tag that is no version counts as current). Since 2026.8 Home Assistant
+    /// imports an `http:` block into `.storage/http` once and ignores it
+    /// afterwards: it takes HTTP settings only through its WebSocket API
+    /// (`http/config/configure`), so set them in its UI (Settings → System →
+    /// Network) after a change of ingress.
     pub http: bool,
     /// `prometheus:`, Home Assistant's own `/api/prometheus` endpoint.
     pub prometheus: bool,

@@ -341,10 +341,8 @@ fn package_wires_the_recorder_through_the_password_secret() {
         package.contains("db_url: !env_var HASS_RECORDER_DB_URL"),
         "{package}"
     );
-    assert!(
-        package.contains("trusted_proxies:\n    - 10.42.0.0/16"),
-        "{package}"
-    );
+    // Today's Home Assistant (the default tag) ignores `http:` in YAML.
+    assert!(!package.contains("http:"), "{package}");
     let sts: StatefulSet = parse(find(&ms, "StatefulSet", "hass"));
     let pod = sts.spec.unwrap().template.spec.unwrap();
     let ha = pod
@@ -533,4 +531,29 @@ fn with_host_network_the_sidecars_listen_on_loopback_unless_opened() {
     );
     let policy = &find(&ms, "NetworkPolicy", "home-assistant").yaml;
     assert!(!policy.contains("DOES NOT APPLY"), "{policy}");
+}
+
+/// `http:` is rendered into the package only for Home Assistant before
+/// 2026.8, which still reads it; later releases import it once into
+/// `.storage/http` and ignore it, and a tag that is no version is current.
+#[test]
+fn http_settings_are_rendered_only_for_home_assistant_that_reads_them() {
+    let package = |tag: &str| {
+        let ms = render(&format!(
+            "home_assistant:\n  token_secret: {{ name: t, key: token }}\n  image: {{ repository: ghcr.io/home-assistant/home-assistant, tag: \"{tag}\" }}\ningress:\n  enabled: true\n  trusted_proxies: [10.42.0.0/16]\n"
+        ));
+        let cm: ConfigMap = parse(find(&ms, "ConfigMap", "home-assistant-package"));
+        cm.data.unwrap()["hass_sidecars.yaml"].clone()
+    };
+    for tag in ["2025.1.4", "2026.7.3"] {
+        let text = package(tag);
+        assert!(
+            text.contains("trusted_proxies:\n    - 10.42.0.0/16"),
+            "{tag}: {text}"
+        );
+    }
+    for tag in ["2026.8.0", "2026.11.0", "2027.1.0b1", "stable", "latest"] {
+        let text = package(tag);
+        assert!(!text.contains("http:"), "{tag}: {text}");
+    }
 }

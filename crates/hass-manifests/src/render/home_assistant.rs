@@ -197,7 +197,7 @@ pub(crate) fn package_text(values: &Values) -> String {
             "recorder:\n  # postgresql://USER:PASSWORD@HOST:PORT/DB, built by Kubernetes from the password Secret.\n  db_url: !env_var HASS_RECORDER_DB_URL\n",
         );
     }
-    if package.http && values.ingress.enabled {
+    if package.http && values.ingress.enabled && http_in_yaml(&values.home_assistant.image.tag) {
         text.push_str("http:\n  use_x_forwarded_for: true\n  trusted_proxies:\n");
         for cidr in &values.ingress.trusted_proxies {
             text.push_str(&format!("    - {cidr}\n"));
@@ -207,6 +207,22 @@ pub(crate) fn package_text(values: &Values) -> String {
         text.push_str("prometheus:\n  namespace: hass\n");
     }
     text
+}
+
+/// Whether Home Assistant of image `tag` still reads `http:` from YAML:
+/// releases before 2026.8 do; later ones import it into `.storage/http`
+/// once and ignore it. A tag that is no `YEAR.MONTH…` version (`stable`,
+/// `latest`) is taken as current.
+pub(crate) fn http_in_yaml(tag: &str) -> bool {
+    let mut parts = tag.split('.');
+    let number = |part: Option<&str>| -> Option<u32> {
+        let digits: String = part?.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (number(parts.next()), number(parts.next())) {
+        (Some(year), Some(month)) => (year, month) < (2026, 8),
+        _ => false,
+    }
 }
 
 fn config_map(values: &Values, name: &str, component: &str, file: &str, text: String) -> ConfigMap {
