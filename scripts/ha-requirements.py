@@ -25,6 +25,12 @@ while todo:
     requirements.update(data.get("requirements", []))
     todo.extend(data.get("dependencies", []))
     todo.extend(data.get("after_dependencies", []))
-for module in ("homeassistant.auth.mfa_modules.totp", "homeassistant.auth.mfa_modules.notify"):
+# Home Assistant installs these on first use too: the auth modules at every
+# start, colorlog when `hass --script check_config` runs.
+for module in (
+    "homeassistant.auth.mfa_modules.totp",
+    "homeassistant.auth.mfa_modules.notify",
+    "homeassistant.scripts.check_config",
+):
     requirements.update(getattr(importlib.import_module(module), "REQUIREMENTS", []))
 print("\n".join(sorted(requirements)))

@@ -166,3 +166,67 @@ fn diagnostics_never_quote_file_content() {
         "{errors:?}"
     );
 }
+
+/// Where this validator's verdict differs from Home Assistant 2026.11's own
+/// `check_config`, case by case, and why. Every other case must agree:
+/// valid for both, or invalid for both.
+const VERDICTS_THAT_DIFFER: &[(&str, &str)] = &[
+    (
+        "alias_bomb",
+        "PyYAML shares aliased objects, we copy them: refused past 256 MiB expanded (deliberate)",
+    ),
+    (
+        "blueprints",
+        "check_config does not read blueprints; Home Assistant fails these when it loads them",
+    ),
+    (
+        "deep_nesting",
+        "2026.11 on Python 3.14 loads up to 327 nested flow lists (2024.3.3 on 3.11 failed at 300); \
+         saphyr's scanner counts flow levels in a u8 and stops at 256",
+    ),
+    (
+        "empty_configuration",
+        "check_config itself crashes on an empty configuration.yaml (as in 2024.3.3); Home Assistant starts fine",
+    ),
+];
+
+/// The corpus against Home Assistant 2026.11's own `check_config`, run in
+/// the root filesystem of the real-HA harness: each case's verdict agrees
+/// with ours, or is listed above with its reason.
+#[test]
+fn corpus_verdicts_agree_with_home_assistant_2026_11() {
+    let cases = cases();
+    let verdicts: Vec<(String, bool, bool)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .chunks(cases.len().div_ceil(4))
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|case| {
+                            let name = case.file_name().unwrap().to_string_lossy().into_owned();
+                            let theirs = hass_test_support::home_assistant::check_config(case)
+                                .unwrap_or_else(|e| panic!("{name}: {e}"));
+                            let ours = !hass_config_watcher::load(case).has_errors();
+                            (name, ours, theirs.valid())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let differing: Vec<&str> = verdicts
+        .iter()
+        .filter(|(_, ours, theirs)| ours != theirs)
+        .map(|(name, _, _)| name.as_str())
+        .collect();
+    let listed: Vec<&str> = VERDICTS_THAT_DIFFER.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        differing, listed,
+        "verdicts (case, ours valid, Home Assistant 2026.11 valid): {verdicts:?}"
+    );
+}

@@ -381,3 +381,57 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+/// What Home Assistant's own `hass --script check_config --json` said of a
+/// config folder.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    /// 0 valid, 1 errors (or the script itself failed, as it does on an
+    /// empty `configuration.yaml`).
+    pub exit_code: i32,
+    /// Its JSON report; `Value::Null` when it printed none.
+    pub report: Value,
+}
+
+impl CheckConfig {
+    pub fn valid(&self) -> bool {
+        self.exit_code == 0
+    }
+}
+
+/// Runs Home Assistant's `check_config` script on a copy of `dir` (copied
+/// into the root filesystem, links kept as links).
+pub fn check_config(dir: &Path) -> Result<CheckConfig, String> {
+    let root = rootfs()?;
+    let copy = tempfile::Builder::new()
+        .prefix("check-config-")
+        .tempdir_in(root.join("tmp"))
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", dir.display()))
+        .arg(copy.path())
+        .status()
+        .map_err(|e| format!("cp: {e}"))?;
+    if !copied.success() {
+        return Err(format!("cp -a {} failed", dir.display()));
+    }
+    let inner = Path::new("/tmp").join(copy.path().file_name().ok_or("no name")?);
+    let out = Command::new("chroot")
+        .arg(&root)
+        .args(["env", "-i", "PATH=/opt/ha/bin:/usr/bin:/bin", "HOME=/root"])
+        .args([
+            "/opt/ha/bin/hass",
+            "--script",
+            "check_config",
+            "--json",
+            "-c",
+        ])
+        .arg(&inner)
+        .output()
+        .map_err(|e| format!("chroot: {e}"))?;
+    Ok(CheckConfig {
+        exit_code: out.status.code().unwrap_or(-1),
+        report: serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+    })
+}
