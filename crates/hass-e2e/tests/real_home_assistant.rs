@@ -107,6 +107,24 @@ fn mqtt_discovery_through_hass_broker_survives_a_broker_kill() {
     publish_retained(&broker, STATE_TOPIC, r#"{"temperature":22.0}"#);
     let after = wait_state(&ha, "22.0", "after the broker's restart");
     assert_eq!(after["entity_id"], entity["entity_id"], "the same entity");
+    report_usage(&ha, &[&broker.sidecar]);
+}
+
+/// Prints Home Assistant's and the sidecars' memory and CPU so far, for
+/// BENCHMARKS.md (a figure, not an assertion).
+fn report_usage(ha: &HomeAssistant, sidecars: &[&common::Sidecar]) {
+    let show = |name: &str, usage: Option<(u64, Duration)>| {
+        if let Some((rss, cpu)) = usage {
+            eprintln!(
+                "{name:<20} RSS {:>6.1} MiB  CPU {cpu:>8.2?}",
+                rss as f64 / 1048576.0
+            );
+        }
+    };
+    show("home-assistant", ha.usage());
+    for sidecar in sidecars {
+        show(&format!("hass-{}", sidecar.name), sidecar.usage());
+    }
 }
 
 /// When each of the exporter's Home Assistant probes first answers `want`.
@@ -215,6 +233,7 @@ fn exporter_probes_follow_a_real_home_assistant_through_restart_and_stop() {
 
     // Stop: not ready at once, not live after live_timeout (5 s) of silence,
     // and the newest recorded state ages.
+    report_usage(&ha, &[&exporter]);
     assert_eq!(ha.stop(), Some(0), "{}", ha.log());
     timeline.push(("stopped", since.elapsed()));
     timeline.push(("stop: ready 503", watch.until("ready", 503, minute, &ha)));

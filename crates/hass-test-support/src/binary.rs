@@ -39,6 +39,12 @@ impl SpawnedBinary {
         Ok(Self { child, logs })
     }
 
+    /// Resident memory (bytes) and CPU time used so far (user + system), from
+    /// `/proc`; `None` once the process is gone.
+    pub fn usage(&self) -> Option<(u64, Duration)> {
+        process_usage(self.child.id())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -125,4 +131,30 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf, String> {
             path.display()
         ))
     }
+}
+
+/// Resident memory (bytes) and CPU time (user + system) of process `pid`,
+/// from `/proc`; `None` when it is gone.
+pub fn process_usage(pid: u32) -> Option<(u64, Duration)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100, |t| t as u64);
+    Some((
+        rss_kib * 1024,
+        Duration::from_millis(ticks * 1000 / per_second),
+    ))
 }

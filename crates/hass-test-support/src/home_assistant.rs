@@ -189,6 +189,12 @@ impl HomeAssistant {
         self.config.path()
     }
 
+    /// Home Assistant's resident memory and CPU time so far (the process
+    /// `chroot` became).
+    pub fn usage(&self) -> Option<(u64, Duration)> {
+        self.process.as_ref()?.usage()
+    }
+
     /// Home Assistant's own log so far.
     pub fn log(&self) -> String {
         self.process

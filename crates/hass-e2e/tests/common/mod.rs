@@ -45,6 +45,11 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// Resident memory and CPU time so far; `None` when not running.
+    pub fn usage(&self) -> Option<(u64, Duration)> {
+        self.process.as_ref()?.usage()
+    }
+
     /// Starts `hass-<name>` with `args` plus `--admin-listen` on a free port,
     /// and waits until its `/readyz` says ready.
     pub fn start(name: &'static str, args: &[&str]) -> Self {
