@@ -683,13 +683,7 @@ impl Router {
     /// Drops every queued replay of `session` and disconnects its client:
     /// it asked for more retained messages than it reads.
     fn cut_off_replays(&self, session: &mut Session, queued_bytes: &mut usize) {
-        let dropped = session.take_replays(|_| true);
-        for delivery in &dropped {
-            self.forget(session, queued_bytes, delivery);
-        }
-        self.stats
-            .replays_dropped
-            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+        self.drop_replays(session, queued_bytes, |_| true);
         if let Some(link) = &session.link
             && link.signal.close_requested().is_none()
         {
@@ -698,6 +692,23 @@ impl Router {
                 .slow_consumer_disconnects
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Drops the queued replays `pick` chooses: their bytes, their copies in
+    /// the store, and a count in `replays_dropped`.
+    fn drop_replays(
+        &self,
+        session: &mut Session,
+        queued_bytes: &mut usize,
+        pick: impl Fn(&Delivery) -> bool,
+    ) {
+        let dropped = session.take_replays(pick);
+        for delivery in &dropped {
+            self.forget(session, queued_bytes, delivery);
+        }
+        self.stats
+            .replays_dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
     }
 
     /// Adds subscriptions and queues the retained messages they match.
@@ -757,15 +768,9 @@ impl Router {
                 // The same SUBSCRIBE again replaces the replays of the last
                 // one that are still waiting: the client gets each retained
                 // message once, however often it asks before reading.
-                let replaced = session.take_replays(|d| {
+                self.drop_replays(session, queued_bytes, |d| {
                     d.subscription_ids == subscription_ids && topic::matches(&d.message.topic, &raw)
                 });
-                for delivery in &replaced {
-                    self.forget(session, queued_bytes, delivery);
-                }
-                self.stats
-                    .replays_dropped
-                    .fetch_add(replaced.len() as u64, Ordering::Relaxed);
                 let matching: Vec<Arc<Message>> = retained.matching(&raw, now).cloned().collect();
                 if session.queued_replays() + matching.len() > self.limits.max_replay_messages {
                     self.cut_off_replays(session, queued_bytes);
