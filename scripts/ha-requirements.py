@@ -1,7 +1,7 @@
 """Prints the Python requirements of the integrations named on the command
 line and of their dependencies, as their manifests pin them, so
 scripts/ha-rootfs can install them once instead of Home Assistant installing
-them when a test first sets one up. Runs inside the root filesystem's venv."""
+them when a test first sets one up. Runs with the root filesystem's Python."""
 
 import importlib
 import json

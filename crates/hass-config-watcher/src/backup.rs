@@ -45,6 +45,9 @@ const EXCLUDED: &[&str] = &[
     "*.db-shm",
     "/backups/",
     "/deps/",
+    // Python packages installed at run time (hass-manifests' restricted
+    // Home Assistant keeps them here): reinstalled on demand, like /deps/.
+    "/.local/",
     "/tts/",
     "/.cache/",
     "/.git/",

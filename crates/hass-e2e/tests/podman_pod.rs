@@ -8,10 +8,14 @@
 //! plugin would. The same health checks as the binaries' end-to-end tests
 //! must pass.
 //!
+//! A second test runs Home Assistant 2026.11 itself in that pod (its image
+//! made by `images/ha-image` from the real-HA root filesystem), with the
+//! rendered securityContext, volumes and probes.
+//!
 //! It needs the images: `images/test` runs it after building them
-//! (`cargo test -p hass-e2e --test podman_pod -- --ignored`). Both pods use
+//! (`cargo test -p hass-e2e --test podman_pod -- --ignored`). The pods use
 //! the host's network, so the ports of DESIGN.md (1883, 1884, 6638, 8123,
-//! 9181-9184) must be free.
+//! 9181-9184) must be free, and the tests take turns.
 
 // Tests unwrap: a failure is a test failure.
 #![allow(clippy::unwrap_used)]
@@ -22,13 +26,16 @@ mod podman;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use common::{
     HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, Stick, metric_value, paho, read_exactly,
 };
 use hass_test_support::binary::workspace_binary;
+use hass_test_support::home_assistant::HomeAssistantApi;
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
 use podman::{Cluster, PodmanPod, RenderedTree, volume_mountpoint};
 
@@ -47,12 +54,26 @@ const PORTS: [(u16, &str); 8] = [
     (1883, "MQTT"),
     (1884, "MQTT over WebSocket"),
     (6638, "the zigbee device"),
-    (8123, "Home Assistant (the stand-in)"),
+    (8123, "Home Assistant"),
     (9181, "broker admin"),
     (9182, "serial bridge admin"),
     (9183, "config watcher admin"),
     (9184, "exporter admin"),
 ];
+
+/// The host ports are one set: one test's pods at a time.
+static HOST_PORTS: Mutex<()> = Mutex::new(());
+
+/// Takes the host ports, checking that nothing else holds them.
+fn host_ports() -> std::sync::MutexGuard<'static, ()> {
+    let guard = HOST_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    for (port, what) in PORTS {
+        if let Err(e) = TcpListener::bind(local(port)) {
+            panic!("127.0.0.1:{port} ({what}) must be free for host-network pods: {e}");
+        }
+    }
+    guard
+}
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -70,7 +91,9 @@ fn image_tag() -> String {
     })
 }
 
-fn values_yaml(pg_port: u16) -> String {
+/// The operator's values: Home Assistant's pod on the host network with
+/// the Prometheus package, PostgreSQL outside; `more` appends sections.
+fn values_yaml(pg_port: u16, more: &str) -> String {
     format!(
         r#"name: {NAME}
 namespace: default
@@ -82,6 +105,8 @@ home_assistant:
   token_secret:
     name: ha-token
     key: token
+  package:
+    prometheus: true
 broker:
   exporter_password:
     name: mqtt-exporter
@@ -94,7 +119,15 @@ postgres:
   password_secret:
     name: postgres
     key: password
-serial_bridge:
+{more}"#,
+        tag = image_tag()
+    )
+}
+
+/// The stick's DaemonSet, for the pods test.
+fn serial_bridge_values() -> String {
+    format!(
+        "serial_bridge:
   enabled: true
   device_access: device_plugin
   device_plugin_resource: {PLUGIN_RESOURCE}
@@ -103,9 +136,43 @@ serial_bridge:
       node: {NODE}
       path: {DEVICE_PATH}
       port: 6638
-"#,
-        tag = image_tag()
+"
     )
+}
+
+/// PostgreSQL with the recorder's role and database, as the operator makes them.
+fn recorder_database() -> TempPostgres {
+    let postgres = TempPostgres::start().unwrap();
+    postgres
+        .psql(&format!(
+            "CREATE ROLE homeassistant LOGIN PASSWORD '{DB_PASSWORD}'"
+        ))
+        .unwrap();
+    postgres
+        .psql("CREATE DATABASE homeassistant OWNER homeassistant")
+        .unwrap();
+    postgres
+}
+
+/// `hass-manifests render` of `values` into `dir/rendered`.
+fn render(dir: &std::path::Path, values: &str) -> RenderedTree {
+    let file = dir.join("values.yaml");
+    std::fs::write(&file, values).unwrap();
+    let rendered = dir.join("rendered");
+    let render = Command::new(workspace_binary("hass-manifests").unwrap())
+        .arg("render")
+        .arg("-f")
+        .arg(&file)
+        .arg("-o")
+        .arg(&rendered)
+        .output()
+        .unwrap();
+    assert!(
+        render.status.success(),
+        "{}",
+        String::from_utf8_lossy(&render.stderr)
+    );
+    RenderedTree::load(&rendered)
 }
 
 fn mosquitto_passwd(file: &std::path::Path, user: &str, password: &str) {
@@ -190,42 +257,17 @@ fn wait_exporter(name: &str, labels: &[(&str, &str)], value: f64, pods: &[&Podma
 #[test]
 #[ignore = "needs the container images; images/test runs it after building them"]
 fn the_generated_pods_run_under_podman_and_pass_the_same_health_checks() {
-    for (port, what) in PORTS {
-        if let Err(e) = TcpListener::bind(local(port)) {
-            panic!("127.0.0.1:{port} ({what}) must be free for host-network pods: {e}");
-        }
-    }
+    let _ports = host_ports();
     let dir = tempfile::tempdir().unwrap();
-    let postgres = TempPostgres::start().unwrap();
-    postgres
-        .psql(&format!(
-            "CREATE ROLE homeassistant LOGIN PASSWORD '{DB_PASSWORD}'"
-        ))
-        .unwrap();
-    postgres
-        .psql("CREATE DATABASE homeassistant OWNER homeassistant")
-        .unwrap();
+    let postgres = recorder_database();
     let ha = StandInHa::start_on(local(8123));
     let stick = Stick::owned_by_dialout();
 
     // The operator's steps: values file, render.
-    let values = dir.path().join("values.yaml");
-    std::fs::write(&values, values_yaml(postgres.port())).unwrap();
-    let rendered = dir.path().join("rendered");
-    let render = Command::new(workspace_binary("hass-manifests").unwrap())
-        .arg("render")
-        .arg("-f")
-        .arg(&values)
-        .arg("-o")
-        .arg(&rendered)
-        .output()
-        .unwrap();
-    assert!(
-        render.status.success(),
-        "{}",
-        String::from_utf8_lossy(&render.stderr)
+    let tree = render(
+        dir.path(),
+        &values_yaml(postgres.port(), &serial_bridge_values()),
     );
-    let tree = RenderedTree::load(&rendered);
 
     let cluster = Cluster {
         secrets: secrets(dir.path()),
@@ -234,7 +276,7 @@ fn the_generated_pods_run_under_podman_and_pass_the_same_health_checks() {
             (stick.device_node(), DEVICE_PATH.to_owned()),
         )]),
         skip_containers: vec!["home-assistant".to_owned()],
-        images: BTreeMap::new(),
+        ..Cluster::default()
     };
     let bridge_pod = PodmanPod::create(
         &tree,
@@ -361,5 +403,299 @@ fn the_generated_pods_run_under_podman_and_pass_the_same_health_checks() {
         for (container, code) in pod.stop() {
             assert_eq!(code, 0, "{container}: {}", pod.all_logs());
         }
+    }
+}
+
+/// The Home Assistant image `images/ha-image` makes (once per root
+/// filesystem recipe) from the real-HA root filesystem.
+fn home_assistant_image() -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/ha-image");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "images/ha-image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits until `GET path` on `port` answers `status`, as the kubelet polls
+/// a probe; how long that took.
+fn wait_probe(port: u16, path: &str, status: u16, limit: Duration, pod: &PodmanPod) -> Duration {
+    let started = Instant::now();
+    let reached = wait_for(limit, || {
+        (http::get(local(port), path).ok()?.status == status).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "{path} on {port} is not {status} after {limit:?} ({:?}); logs:\n{}",
+        http::get(local(port), path).map(|r| r.status),
+        pod.all_logs()
+    );
+    started.elapsed()
+}
+
+/// Home Assistant 2026.11 itself in the pod `hass-manifests` renders by
+/// default (UID 65532, read-only root, every capability dropped, `/tmp` an
+/// emptyDir, `/config` the PVC): it starts, is onboarded through its API,
+/// loads the hass-sidecars package (the recorder on PostgreSQL, the
+/// Prometheus endpoint), sets up MQTT against the pod's broker by config
+/// flow, and the probes the StatefulSet names pass; every container exits
+/// 0 on the pod's SIGTERM.
+#[test]
+#[ignore = "needs the container images; images/test runs it after building them"]
+fn home_assistant_2026_11_runs_in_the_generated_pod() {
+    let _ports = host_ports();
+    let ha_image = home_assistant_image();
+    let dir = tempfile::tempdir().unwrap();
+    let postgres = recorder_database();
+    let tree = render(dir.path(), &values_yaml(postgres.port(), ""));
+    let statefulset = tree.find("StatefulSet", NAME).unwrap();
+    let ha_container = &statefulset["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(ha_container["name"], "home-assistant");
+    let rendered_image = ha_container["image"].as_str().unwrap().to_owned();
+    assert!(
+        rendered_image.ends_with(":2026.11.0"),
+        "the default is today's release: {rendered_image}"
+    );
+
+    let mut secrets = secrets(dir.path());
+    // The token exists once Home Assistant is onboarded; until then the
+    // Secret holds a placeholder, as an operator's first apply would.
+    secrets
+        .get_mut("ha-token")
+        .unwrap()
+        .insert("token".to_owned(), "not-onboarded-yet".to_owned());
+    // A custom integration that needs a Python package Home Assistant
+    // does not ship, from a package index on loopback.
+    let index = PackageIndex::serve(dir.path(), "hass-sidecars-podcheck", "1.0.0");
+    let cluster = Cluster {
+        secrets,
+        images: BTreeMap::from([(rendered_image, ha_image)]),
+        env: BTreeMap::from([(
+            "home-assistant".to_owned(),
+            vec![("UV_DEFAULT_INDEX".to_owned(), index.url())],
+        )]),
+        ..Cluster::default()
+    };
+    let pod = PodmanPod::create(&tree, "StatefulSet", NAME, &cluster);
+    assert_eq!(
+        pod.containers,
+        [
+            format!("{NAME}-home-assistant"),
+            format!("{NAME}-broker"),
+            format!("{NAME}-config-watcher"),
+            format!("{NAME}-exporter")
+        ]
+    );
+    // configuration.yaml with the one line the install asks for.
+    let config_dir = volume_mountpoint(&format!("config-{NAME}-0"));
+    std::fs::write(
+        config_dir.join("configuration.yaml"),
+        "homeassistant:\n  name: Pod test\n  packages: !include_dir_named packages\n\
+         automation: !include automations.yaml\npodcheck:\n",
+    )
+    .unwrap();
+    std::fs::write(config_dir.join("automations.yaml"), "[]\n").unwrap();
+    let custom = config_dir.join("custom_components/podcheck");
+    std::fs::create_dir_all(&custom).unwrap();
+    std::fs::write(
+        custom.join("manifest.json"),
+        r#"{"domain": "podcheck", "name": "Pod check", "version": "1.0.0",
+            "documentation": "https://example.invalid", "codeowners": [],
+            "requirements": ["hass-sidecars-podcheck==1.0.0"], "iot_class": "local_push"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        custom.join("__init__.py"),
+        "\"\"\"Sets podcheck.answer from a package installed at run time.\"\"\"\n\n\
+         async def async_setup(hass, config):\n    \
+             import hass_sidecars_podcheck\n\n    \
+             hass.states.async_set(\"podcheck.answer\", hass_sidecars_podcheck.ANSWER)\n    \
+             return True\n",
+    )
+    .unwrap();
+    // The watcher mounts /config read-only; the package's mount point in
+    // it is made by Home Assistant's container, which podman may start
+    // after the watcher's.
+    std::fs::create_dir_all(config_dir.join("packages/hass-sidecars")).unwrap();
+    let started = Instant::now();
+    pod.start();
+
+    // Onboarding, as the operator does it in the browser, then the token
+    // into the Secret and a restart of the two sidecars that read it.
+    let answered = wait_probe(8123, "/api/onboarding", 200, Duration::from_secs(300), &pod);
+    let api = HomeAssistantApi::onboard(local(8123)).unwrap();
+    pod.update_file("ha-token", "token", api.token());
+    pod.restart("exporter");
+    pod.restart("config-watcher");
+    api.wait_running(Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{e}\n{}", pod.logs("home-assistant")));
+    let running = started.elapsed();
+
+    // The probes the StatefulSet names, called as the kubelet calls them.
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let get = &ha_container[probe]["httpGet"];
+        let port = u16::try_from(get["port"].as_u64().unwrap()).unwrap();
+        let took = wait_probe(
+            port,
+            get["path"].as_str().unwrap(),
+            200,
+            EXPORTER_FLIP,
+            &pod,
+        );
+        eprintln!("{probe} {} on {port}: 200 after {took:?}", get["path"]);
+    }
+
+    // What Home Assistant wrote as UID 65532 into its PVC.
+    let entries = std::fs::metadata(config_dir.join(".storage/core.config_entries"))
+        .or_else(|_| std::fs::metadata(config_dir.join(".storage/auth")))
+        .unwrap();
+    assert_eq!(
+        entries.uid(),
+        65532,
+        "Home Assistant runs as the rendered user"
+    );
+
+    // The package: the recorder writes into PostgreSQL, the Prometheus
+    // endpoint answers.
+    let recorded = wait_for(Duration::from_secs(60), || {
+        let n: u64 = postgres
+            .psql_in("homeassistant", "SELECT count(*) FROM states")
+            .ok()?
+            .parse()
+            .ok()?;
+        (n > 0).then_some(n)
+    });
+    assert!(
+        recorded.is_some(),
+        "the recorder wrote nothing to PostgreSQL; {}",
+        pod.logs("home-assistant")
+    );
+    let (status, _) = api.get("/api/prometheus").unwrap();
+    assert_eq!(status, 200, "the package's prometheus: is loaded");
+
+    // The custom integration's package was installed on the read-only root
+    // (into the PVC) and imported in the same start.
+    let (_, answer) = api.get("/api/states/podcheck.answer").unwrap();
+    assert_eq!(
+        answer["state"],
+        "42",
+        "the custom integration's requirement; {}",
+        pod.logs("home-assistant")
+    );
+    let local = std::fs::metadata(config_dir.join(".local")).unwrap();
+    assert_eq!(local.uid(), 65532, "installed packages live on the PVC");
+
+    // MQTT by config flow against the pod's broker; a retained discovery
+    // config becomes an entity.
+    api.add_mqtt_broker("127.0.0.1", 1883, MQTT_USER, MQTT_PASSWORD)
+        .unwrap();
+    paho(
+        1883,
+        &[
+            "pub",
+            "--topic",
+            "homeassistant/sensor/podtest/temperature/config",
+            "--message",
+            r#"{"name":"Pod temperature","unique_id":"podtest_temp","state_topic":"podtest/state"}"#,
+            "--retain",
+        ],
+    );
+    paho(
+        1883,
+        &[
+            "pub",
+            "--topic",
+            "podtest/state",
+            "--message",
+            "19.5",
+            "--retain",
+        ],
+    );
+    let entity = wait_for(Duration::from_secs(60), || {
+        let (_, states) = api.get("/api/states/sensor.pod_temperature").ok()?;
+        (states["state"] == "19.5").then_some(states)
+    });
+    assert!(
+        entity.is_some(),
+        "no sensor.pod_temperature = 19.5; {}",
+        pod.logs("home-assistant")
+    );
+    wait_exporter("hass_exporter_ha_up", &[], 1.0, &[&pod]);
+    wait_exporter("hass_exporter_postgres_up", &[], 1.0, &[&pod]);
+    eprintln!(
+        "Home Assistant 2026.11 in the pod: HTTP after {answered:?}, RUNNING after {running:?} from pod start"
+    );
+    // Each container's memory (its cgroup's, page cache included) and CPU
+    // time since the pod started, for BENCHMARKS.md.
+    let stats: serde_json::Value = serde_json::from_str(
+        &podman::podman(
+            &[
+                &["stats", "--no-stream", "--format", "json"][..],
+                &pod.containers_refs(),
+            ]
+            .concat(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    for container in stats.as_array().into_iter().flatten() {
+        eprintln!(
+            "{}: memory {}, CPU time {}",
+            container["name"], container["mem_usage"], container["cpu_time"]
+        );
+    }
+
+    for (container, code) in pod.stop() {
+        assert_eq!(code, 0, "{container}: {}", pod.all_logs());
+    }
+}
+
+/// `tests/clients/wheel_index.py`'s index, served by `python3 -m http.server`
+/// on loopback until dropped.
+struct PackageIndex {
+    port: u16,
+    server: std::process::Child,
+}
+
+impl PackageIndex {
+    fn serve(dir: &std::path::Path, name: &str, version: &str) -> Self {
+        let root = dir.join("index");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/wheel_index.py");
+        let made = Command::new("python3")
+            .arg(script)
+            .arg(&root)
+            .args([name, version])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let port = hass_test_support::free_port();
+        let server = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(&root)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let path = format!("/simple/{name}/");
+        wait_for(Duration::from_secs(10), || {
+            (http::get(local(port), &path).ok()?.status == 200).then_some(())
+        })
+        .expect("the package index answers");
+        Self { port, server }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/simple", self.port)
+    }
+}
+
+impl Drop for PackageIndex {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
     }
 }

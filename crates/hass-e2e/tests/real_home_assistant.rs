@@ -68,31 +68,8 @@ fn mqtt_discovery_through_hass_broker_survives_a_broker_kill() {
         started.elapsed()
     );
 
-    let (status, flow) = ha
-        .post(
-            "/api/config/config_entries/flow",
-            &json!({ "handler": "mqtt" }),
-        )
+    ha.add_mqtt_broker("127.0.0.1", broker.mqtt.port(), MQTT_USER, MQTT_PASSWORD)
         .unwrap();
-    assert_eq!(status, 200, "{flow}");
-    assert_eq!(flow["step_id"], "broker", "{flow}");
-    let flow_id = flow["flow_id"].as_str().unwrap();
-    let (status, entry) = ha
-        .post(
-            &format!("/api/config/config_entries/flow/{flow_id}"),
-            &json!({
-                "broker": "127.0.0.1",
-                "port": broker.mqtt.port(),
-                "username": MQTT_USER,
-                "password": MQTT_PASSWORD,
-                // The form's collapsed section, as the frontend fills it in:
-                // no client certificate, no TLS.
-                "other_settings": { "set_client_cert": false, "set_ca_cert": "off" },
-            }),
-        )
-        .unwrap();
-    assert_eq!(status, 200, "{entry}");
-    assert_eq!(entry["type"], "create_entry", "{entry}");
 
     publish_retained(&broker, DISCOVERY_TOPIC, DISCOVERY);
     publish_retained(&broker, STATE_TOPIC, r#"{"temperature":21.5}"#);

@@ -266,8 +266,10 @@ impl Preset {
 #[serde(rename_all = "snake_case")]
 pub enum RunAs {
     /// `python3 -m homeassistant` as UID 65532 with a read-only root
-    /// filesystem and no capabilities. Custom integrations that install
-    /// Python packages at runtime cannot do so.
+    /// filesystem and no capabilities. Python packages that integrations
+    /// install at run time (custom integrations' requirements) go to
+    /// `/config/.local` on the config PVC instead of the image's read-only
+    /// system Python, where the official image would put them.
     Restricted,
     /// The image's own init as root (capabilities still dropped except what
     /// s6-overlay needs). Accepted checkov findings are annotated on the object.

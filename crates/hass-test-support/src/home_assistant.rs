@@ -3,6 +3,7 @@
 //! started in the cached Debian unstable root filesystem on a free port with
 //! a config of the test's, onboarded through its own API (an owner, then a
 //! long-lived token over the WebSocket API), and stopped with SIGTERM.
+//! [`HomeAssistantApi`] talks to any Home Assistant, the pod's included.
 //! Stand-ins remain for faults a real one cannot be made to show.
 
 use std::net::SocketAddr;
@@ -20,6 +21,18 @@ use crate::{SpawnedBinary, free_port, wait_for};
 const START_TIMEOUT: Duration = Duration::from_secs(240);
 const USER: &str = "owner";
 const PASSWORD: &str = "hass-sidecars-tests-owner";
+/// Where the root filesystem has `hass`: the system Python's, as in the
+/// official image.
+const HASS: &str = "/usr/local/bin/hass";
+/// The environment inside the root filesystem: the official image's uv
+/// settings (Home Assistant installs what an integration lacks into the
+/// system Python) and nothing of the host's.
+const INSIDE_ENV: [&str; 4] = [
+    "PATH=/usr/local/bin:/usr/bin:/bin",
+    "HOME=/root",
+    "UV_SYSTEM_PYTHON=true",
+    "UV_NO_CACHE=true",
+];
 
 /// A running Home Assistant.
 #[derive(Debug)]
@@ -30,8 +43,7 @@ pub struct HomeAssistant {
     inner_config: PathBuf,
     /// The same folder from the host.
     config: tempfile::TempDir,
-    port: u16,
-    token: String,
+    api: HomeAssistantApi,
     /// From spawn to `/api/onboarding` answering.
     pub started_in: Duration,
 }
@@ -83,12 +95,11 @@ impl HomeAssistant {
             root,
             inner_config,
             config,
-            port,
-            token: String::new(),
+            api: HomeAssistantApi::new(SocketAddr::from(([127, 0, 0, 1], port)), ""),
             started_in: Duration::ZERO,
         };
         ha.started_in = ha.launch()?;
-        ha.token = ha.onboard()?;
+        ha.api = HomeAssistantApi::onboard(ha.api.addr())?;
         Ok(ha)
     }
 
@@ -97,11 +108,12 @@ impl HomeAssistant {
         let mut command = Command::new("chroot");
         command
             .arg(&self.root)
-            .args(["env", "-i", "PATH=/opt/ha/bin:/usr/bin:/bin", "HOME=/root"])
+            .args(["env", "-i"])
+            .args(INSIDE_ENV)
             // Integrations install what they lack with uv, which checks the
             // package registry against this bundle (the host's, copied in).
             .arg("SSL_CERT_FILE=/etc/ssl/host-ca.crt")
-            .args(["/opt/ha/bin/hass", "-c"])
+            .args([HASS, "-c"])
             .arg(&self.inner_config);
         let started = Instant::now();
         let mut process = SpawnedBinary::spawn(command)?;
@@ -125,65 +137,6 @@ impl HomeAssistant {
         }
     }
 
-    /// Creates the owner through onboarding and returns a long-lived token.
-    fn onboard(&self) -> Result<String, String> {
-        let client_id = format!("{}/", self.url());
-        let created = post(
-            &format!("{}/api/onboarding/users", self.url()),
-            "application/json",
-            &json!({
-                "client_id": client_id,
-                "name": "Owner",
-                "username": USER,
-                "password": PASSWORD,
-                "language": "en",
-            })
-            .to_string(),
-            None,
-        )?;
-        let code = created["auth_code"]
-            .as_str()
-            .ok_or_else(|| format!("onboarding answered {created}"))?;
-        let tokens = post(
-            &format!("{}/auth/token", self.url()),
-            "application/x-www-form-urlencoded",
-            &format!(
-                "grant_type=authorization_code&code={code}&client_id={}",
-                urlencode(&client_id)
-            ),
-            None,
-        )?;
-        let access = tokens["access_token"]
-            .as_str()
-            .ok_or_else(|| format!("/auth/token answered {tokens}"))?;
-        let answer = self.websocket_with(
-            access,
-            json!({
-                "type": "auth/long_lived_access_token",
-                "client_name": "hass-sidecars tests",
-                "lifespan": 3650,
-            }),
-        )?;
-        answer["result"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| format!("auth/long_lived_access_token answered {answer}"))
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr())
-    }
-
-    /// A long-lived access token of the owner.
-    pub fn token(&self) -> &str {
-        &self.token
-    }
-
     /// The config folder, from the host.
     pub fn config_dir(&self) -> &Path {
         self.config.path()
@@ -203,84 +156,11 @@ impl HomeAssistant {
             .unwrap_or_default()
     }
 
-    /// `GET /api/<path>` with the token: the status and the body as JSON
-    /// (`Value::Null` when it is not JSON).
-    pub fn get(&self, path: &str) -> Result<(u16, Value), String> {
-        request(
-            "GET",
-            &format!("{}{path}", self.url()),
-            None,
-            Some(&self.token),
-        )
-    }
-
-    /// `POST` of `body` (JSON) with the token.
-    pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
-        request(
-            "POST",
-            &format!("{}{path}", self.url()),
-            Some(&body.to_string()),
-            Some(&self.token),
-        )
-    }
-
-    /// One WebSocket API command (`id` is added) and its answer.
-    pub fn websocket(&self, command: Value) -> Result<Value, String> {
-        self.websocket_with(&self.token, command)
-    }
-
-    fn websocket_with(&self, token: &str, mut command: Value) -> Result<Value, String> {
-        let url = format!("ws://{}/api/websocket", self.addr());
-        let (mut socket, _) = tungstenite::connect(&url).map_err(|e| format!("{url}: {e}"))?;
-        let read = |socket: &mut tungstenite::WebSocket<_>| -> Result<Value, String> {
-            loop {
-                if let tungstenite::Message::Text(text) =
-                    socket.read().map_err(|e| format!("{url}: {e}"))?
-                {
-                    return serde_json::from_str(&text).map_err(|e| format!("{text}: {e}"));
-                }
-            }
-        };
-        let hello = read(&mut socket)?;
-        if hello["type"] != "auth_required" {
-            return Err(format!("{url}: {hello}"));
-        }
-        let send = |socket: &mut tungstenite::WebSocket<_>, value: Value| {
-            socket
-                .send(tungstenite::Message::text(value.to_string()))
-                .map_err(|e| format!("{url}: {e}"))
-        };
-        send(
-            &mut socket,
-            json!({ "type": "auth", "access_token": token }),
-        )?;
-        let auth = read(&mut socket)?;
-        if auth["type"] != "auth_ok" {
-            return Err(format!("{url}: {auth}"));
-        }
-        command["id"] = json!(1);
-        send(&mut socket, command)?;
-        loop {
-            let answer = read(&mut socket)?;
-            if answer["id"] == 1 && answer["type"] == "result" {
-                let _ = socket.close(None);
-                return Ok(answer);
-            }
-        }
-    }
-
-    /// `/api/core/state`'s `state` (RUNNING, NOT_RUNNING, …), if it answers.
-    pub fn core_state(&self) -> Option<String> {
-        let (status, body) = self.get("/api/core/state").ok()?;
-        (status == 200).then(|| body["state"].as_str().map(str::to_owned))?
-    }
-
-    /// Waits until `/api/core/state` says RUNNING.
+    /// Waits until `/api/core/state` says RUNNING; the error has HA's log.
     pub fn wait_running(&self, timeout: Duration) -> Result<(), String> {
-        wait_for(timeout, || {
-            (self.core_state().as_deref() == Some("RUNNING")).then_some(())
-        })
-        .ok_or_else(|| format!("Home Assistant never reached RUNNING; log:\n{}", self.log()))
+        self.api
+            .wait_running(timeout)
+            .map_err(|e| format!("{e}; log:\n{}", self.log()))
     }
 
     /// Waits for Home Assistant to exit on its own (`homeassistant.restart`
@@ -309,6 +189,16 @@ impl HomeAssistant {
     }
 }
 
+/// The API calls (`get`, `post`, `websocket`, `core_state`…) reach the
+/// process's Home Assistant as its owner.
+impl std::ops::Deref for HomeAssistant {
+    type Target = HomeAssistantApi;
+
+    fn deref(&self) -> &HomeAssistantApi {
+        &self.api
+    }
+}
+
 impl Drop for HomeAssistant {
     fn drop(&mut self) {
         if let Some(process) = self.process.as_mut()
@@ -320,61 +210,226 @@ impl Drop for HomeAssistant {
     }
 }
 
-/// A request with an optional bearer token; the status and the body as JSON.
-fn request(
-    method: &str,
-    url: &str,
-    body: Option<&str>,
-    token: Option<&str>,
-) -> Result<(u16, Value), String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let response = match (method, body) {
-        ("GET", _) => {
-            let mut request = agent.get(url);
+/// Home Assistant's REST and WebSocket APIs at an address, as its owner: the
+/// harness's own process or one the test did not start (a pod's).
+#[derive(Debug, Clone)]
+pub struct HomeAssistantApi {
+    addr: SocketAddr,
+    token: String,
+}
+
+impl HomeAssistantApi {
+    pub fn new(addr: SocketAddr, token: &str) -> Self {
+        Self {
+            addr,
+            token: token.to_owned(),
+        }
+    }
+
+    /// Onboards a new Home Assistant at `addr` as a user would: creates the
+    /// owner, then a long-lived token over the WebSocket API.
+    pub fn onboard(addr: SocketAddr) -> Result<Self, String> {
+        let anonymous = Self::new(addr, "");
+        let client_id = format!("{}/", anonymous.url());
+        let created = anonymous.send(
+            "/api/onboarding/users",
+            "application/json",
+            &json!({
+                "client_id": client_id,
+                "name": "Owner",
+                "username": USER,
+                "password": PASSWORD,
+                "language": "en",
+            })
+            .to_string(),
+        )?;
+        let code = created.1["auth_code"]
+            .as_str()
+            .ok_or_else(|| format!("onboarding answered {created:?}"))?;
+        let tokens = anonymous.send(
+            "/auth/token",
+            "application/x-www-form-urlencoded",
+            &format!(
+                "grant_type=authorization_code&code={code}&client_id={}",
+                urlencode(&client_id)
+            ),
+        )?;
+        let access = tokens.1["access_token"]
+            .as_str()
+            .ok_or_else(|| format!("/auth/token answered {tokens:?}"))?;
+        let answer = Self::new(addr, access).websocket(json!({
+            "type": "auth/long_lived_access_token",
+            "client_name": "hass-sidecars tests",
+            "lifespan": 3650,
+        }))?;
+        let token = answer["result"]
+            .as_str()
+            .ok_or_else(|| format!("auth/long_lived_access_token answered {answer}"))?;
+        Ok(Self::new(addr, token))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A long-lived access token of the owner.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// `GET <path>` with the token: the status and the body as JSON
+    /// (`Value::Null` when it is not JSON).
+    pub fn get(&self, path: &str) -> Result<(u16, Value), String> {
+        self.request("GET", path, "", "")
+    }
+
+    /// `POST <path>` of `body` (JSON) with the token.
+    pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value), String> {
+        self.send(path, "application/json", &body.to_string())
+    }
+
+    fn send(&self, path: &str, content_type: &str, body: &str) -> Result<(u16, Value), String> {
+        self.request("POST", path, content_type, body)
+    }
+
+    /// A request (with the token, when there is one); the status and the
+    /// body as JSON.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> Result<(u16, Value), String> {
+        let url = format!("{}{path}", self.url());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let auth = (!self.token.is_empty()).then(|| format!("Bearer {}", self.token));
+        let response = if method == "GET" {
+            let mut request = agent.get(&url);
             if let Some(auth) = &auth {
                 request = request.header("Authorization", auth);
             }
             request.call()
-        }
-        (_, body) => {
-            let mut request = agent.post(url).header("Content-Type", "application/json");
+        } else {
+            let mut request = agent.post(&url).header("Content-Type", content_type);
             if let Some(auth) = &auth {
                 request = request.header("Authorization", auth);
             }
-            request.send(body.unwrap_or(""))
-        }
-    };
-    let mut response = response.map_err(|e| format!("{method} {url}: {e}"))?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("{method} {url}: {e}"))?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-}
-
-/// A POST without a token, for onboarding; the answer as JSON.
-fn post(url: &str, content_type: &str, body: &str, token: Option<&str>) -> Result<Value, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    let mut request = agent.post(url).header("Content-Type", content_type);
-    if let Some(token) = token {
-        request = request.header("Authorization", &format!("Bearer {token}"));
+            request.send(body)
+        };
+        let mut response = response.map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
-    let mut response = request.send(body).map_err(|e| format!("POST {url}: {e}"))?;
-    let text = response
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| format!("POST {url}: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("POST {url} answered {text:?}: {e}"))
+
+    /// One WebSocket API command (`id` is added) and its answer.
+    pub fn websocket(&self, mut command: Value) -> Result<Value, String> {
+        let url = format!("ws://{}/api/websocket", self.addr);
+        let (mut socket, _) = tungstenite::connect(&url).map_err(|e| format!("{url}: {e}"))?;
+        let read = |socket: &mut tungstenite::WebSocket<_>| -> Result<Value, String> {
+            loop {
+                if let tungstenite::Message::Text(text) =
+                    socket.read().map_err(|e| format!("{url}: {e}"))?
+                {
+                    return serde_json::from_str(&text).map_err(|e| format!("{text}: {e}"));
+                }
+            }
+        };
+        let hello = read(&mut socket)?;
+        if hello["type"] != "auth_required" {
+            return Err(format!("{url}: {hello}"));
+        }
+        let send = |socket: &mut tungstenite::WebSocket<_>, value: Value| {
+            socket
+                .send(tungstenite::Message::text(value.to_string()))
+                .map_err(|e| format!("{url}: {e}"))
+        };
+        send(
+            &mut socket,
+            json!({ "type": "auth", "access_token": self.token }),
+        )?;
+        let auth = read(&mut socket)?;
+        if auth["type"] != "auth_ok" {
+            return Err(format!("{url}: {auth}"));
+        }
+        command["id"] = json!(1);
+        send(&mut socket, command)?;
+        loop {
+            let answer = read(&mut socket)?;
+            if answer["id"] == 1 && answer["type"] == "result" {
+                let _ = socket.close(None);
+                return Ok(answer);
+            }
+        }
+    }
+
+    /// `/api/core/state`'s `state` (RUNNING, NOT_RUNNING, …), if it answers.
+    pub fn core_state(&self) -> Option<String> {
+        let (status, body) = self.get("/api/core/state").ok()?;
+        (status == 200).then(|| body["state"].as_str().map(str::to_owned))?
+    }
+
+    /// Waits until `/api/core/state` says RUNNING.
+    pub fn wait_running(&self, timeout: Duration) -> Result<(), String> {
+        wait_for(timeout, || {
+            (self.core_state().as_deref() == Some("RUNNING")).then_some(())
+        })
+        .ok_or_else(|| {
+            format!(
+                "Home Assistant never reached RUNNING in {timeout:?} (now {:?})",
+                self.core_state()
+            )
+        })
+    }
+
+    /// Sets up the MQTT integration through its config flow, as a user fills
+    /// in the form: the broker at `host:port` with a password-file user, no
+    /// TLS. The config entry's answer.
+    pub fn add_mqtt_broker(
+        &self,
+        host: &str,
+        port: u16,
+        username: &str,
+        password: &str,
+    ) -> Result<Value, String> {
+        let (status, flow) = self.post(
+            "/api/config/config_entries/flow",
+            &json!({ "handler": "mqtt" }),
+        )?;
+        let flow_id = match (status, flow["step_id"].as_str(), flow["flow_id"].as_str()) {
+            (200, Some("broker"), Some(id)) => id.to_owned(),
+            _ => return Err(format!("the MQTT config flow answered {status} {flow}")),
+        };
+        let (status, entry) = self.post(
+            &format!("/api/config/config_entries/flow/{flow_id}"),
+            &json!({
+                "broker": host,
+                "port": port,
+                "username": username,
+                "password": password,
+                // The form's collapsed section, as the frontend fills it in:
+                // no client certificate, no TLS.
+                "other_settings": { "set_client_cert": false, "set_ca_cert": "off" },
+            }),
+        )?;
+        if status != 200 || entry["type"] != "create_entry" {
+            return Err(format!("the MQTT broker step answered {status} {entry}"));
+        }
+        Ok(entry)
+    }
 }
 
 fn urlencode(text: &str) -> String {
@@ -425,14 +480,9 @@ pub fn check_config(dir: &Path) -> Result<CheckConfig, String> {
     let inner = Path::new("/tmp").join(copy.path().file_name().ok_or("no name")?);
     let out = Command::new("chroot")
         .arg(&root)
-        .args(["env", "-i", "PATH=/opt/ha/bin:/usr/bin:/bin", "HOME=/root"])
-        .args([
-            "/opt/ha/bin/hass",
-            "--script",
-            "check_config",
-            "--json",
-            "-c",
-        ])
+        .args(["env", "-i"])
+        .args(INSIDE_ENV)
+        .args([HASS, "--script", "check_config", "--json", "-c"])
         .arg(&inner)
         .output()
         .map_err(|e| format!("chroot: {e}"))?;

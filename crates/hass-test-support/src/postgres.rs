@@ -126,6 +126,11 @@ impl TempPostgres {
     /// Runs `sql` with `psql` as the superuser (for roles and databases a
     /// test's client needs); the error carries psql's message.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// `psql` as the superuser in `database` (what a client wrote there).
+    pub fn psql_in(&self, database: &str, sql: &str) -> Result<String, String> {
         // Debian puts psql on PATH (postgresql-client), not beside initdb.
         let beside = self.bin.join("psql");
         let psql = if beside.is_file() {
@@ -140,7 +145,10 @@ impl TempPostgres {
                 "--tuples-only",
                 "--set=ON_ERROR_STOP=1",
             ])
-            .arg(self.connection_string())
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres dbname={database}",
+                self.port
+            ))
             .args(["--command", sql])
             .output()
             .map_err(|e| format!("cannot run psql: {e}"))?;

@@ -49,7 +49,7 @@ impl RenderedTree {
         Self { docs }
     }
 
-    fn find(&self, kind: &str, name: &str) -> Option<&Value> {
+    pub fn find(&self, kind: &str, name: &str) -> Option<&Value> {
         self.docs
             .iter()
             .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
@@ -73,10 +73,13 @@ pub struct Cluster {
     /// What a device plugin hands out per extended resource: the host's
     /// device node and the path it gets in the container.
     pub devices: BTreeMap<String, (PathBuf, String)>,
-    /// Containers that are not run (Home Assistant: a stand-in plays it).
+    /// Containers that are not run (Home Assistant, when a stand-in plays it).
     pub skip_containers: Vec<String>,
     /// Image references replaced, e.g. the registry's by the local build.
     pub images: BTreeMap<String, String>,
+    /// Variables added to a container's env (by container name): what the
+    /// cluster's network would provide, e.g. a package index's address.
+    pub env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 /// One pod under podman; removed with its volumes on drop.
@@ -86,7 +89,7 @@ pub struct PodmanPod {
     pub containers: Vec<String>,
     volumes: Vec<String>,
     grace_seconds: u64,
-    _files: tempfile::TempDir,
+    files_dir: tempfile::TempDir,
 }
 
 impl PodmanPod {
@@ -106,7 +109,7 @@ impl PodmanPod {
             containers: Vec::new(),
             volumes: Vec::new(),
             grace_seconds: spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30),
-            _files: files,
+            files_dir: files,
         };
         // A leftover of an aborted run would make `pod create` fail.
         let _ = podman(&["pod", "rm", "--force", "--time", "0", name]);
@@ -158,6 +161,9 @@ impl PodmanPod {
             security_flags(&mut args, pod_security, &container["securityContext"]);
             resource_flags(&mut args, &container["resources"], cluster);
             env_flags(&mut args, tree, cluster, container);
+            for (name, value) in cluster.env.get(container_name).into_iter().flatten() {
+                args.push(format!("--env={name}={value}"));
+            }
             for mount in container["volumeMounts"].as_array().into_iter().flatten() {
                 let volume = mount["name"].as_str().unwrap();
                 let target = mount["mountPath"].as_str().unwrap();
@@ -167,10 +173,13 @@ impl PodmanPod {
                     .unwrap_or_else(|| panic!("{full}: volume {volume} is not defined"));
                 args.push(source.mount_flag(target, read_only));
             }
-            assert!(
-                container["command"].is_null(),
-                "{full}: command overrides are not mapped"
-            );
+            // `command` replaces the image's entrypoint, as in Kubernetes.
+            if let Some(command) = container["command"].as_array() {
+                args.push(format!(
+                    "--entrypoint={}",
+                    serde_json::to_string(command).unwrap()
+                ));
+            }
             let image = container["image"].as_str().unwrap();
             args.push(
                 cluster
@@ -255,7 +264,7 @@ impl PodmanPod {
         data: &BTreeMap<String, String>,
         fs_group: Option<u32>,
     ) -> VolumeSource {
-        let dir = self._files.path().join(volume);
+        let dir = self.files_dir.path().join(volume);
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mode = spec["defaultMode"].as_u64().unwrap_or(0o644) as u32;
@@ -288,14 +297,17 @@ impl PodmanPod {
     fn named_volume(&mut self, name: &str, fs_group: Option<u32>) -> VolumeSource {
         let _ = podman(&["volume", "rm", "--force", name]);
         run_podman(&["volume", "create", name]);
+        let dir = volume_mountpoint(name);
         if let Some(group) = fs_group {
             // What the kubelet does for fsGroup: group-owned, group-writable, setgid.
-            let dir = volume_mountpoint(name);
             std::os::unix::fs::chown(&dir, None, Some(group)).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2775)).unwrap();
         }
         self.volumes.push(name.to_owned());
-        VolumeSource::Volume(name.to_owned())
+        // Mounted as its folder: at a volume's first mount podman copies the
+        // image's folder there and takes its owner and mode (an image with a
+        // root-owned /config undoes fsGroup), which the kubelet never does.
+        VolumeSource::Bind(dir)
     }
 
     pub fn start(&self) {
@@ -322,6 +334,24 @@ impl PodmanPod {
                 (c.clone(), code)
             })
             .collect()
+    }
+
+    /// Replaces one file of a Secret or ConfigMap volume, as the kubelet
+    /// updates a projected volume after the object changed.
+    pub fn update_file(&self, volume: &str, path: &str, value: &str) {
+        let file = self.files_dir.path().join(volume).join(path);
+        assert!(file.exists(), "no file {path} in volume {volume}");
+        std::fs::write(file, value).unwrap();
+    }
+
+    /// `podman restart` of one container, as a rollout restarts it.
+    pub fn restart(&self, container: &str) {
+        run_podman(&["restart", &self.container(container)]);
+    }
+
+    /// The containers' names, as podman arguments.
+    pub fn containers_refs(&self) -> Vec<&str> {
+        self.containers.iter().map(String::as_str).collect()
     }
 
     /// `<pod>-<container>`, as created.
@@ -359,7 +389,6 @@ impl Drop for PodmanPod {
 #[derive(Debug, Clone)]
 enum VolumeSource {
     Bind(PathBuf),
-    Volume(String),
     Tmpfs { size: Option<u64> },
 }
 
@@ -371,9 +400,6 @@ impl VolumeSource {
                 "--mount=type=bind,source={},destination={target}{ro}",
                 path.display()
             ),
-            Self::Volume(name) => {
-                format!("--mount=type=volume,source={name},destination={target}{ro}")
-            }
             // emptyDir is writable by every container user.
             Self::Tmpfs { size } => format!(
                 "--mount=type=tmpfs,destination={target},tmpfs-mode=1777{}",

@@ -47,6 +47,14 @@ pub(crate) const EXPORTER_ADMIN: i32 = 9184;
 /// ConfigMap's `..data` swap reaches the watcher and the user's own packages
 /// beside it stay untouched. `!include_dir_named` skips the dot-folders.
 pub(crate) const PACKAGE_DIR: &str = "/config/packages/hass-sidecars";
+/// Where Home Assistant running restricted installs integrations' Python
+/// packages: on its PVC, so they survive restarts.
+const USER_PACKAGES: &str = "/config/.local";
+/// Home Assistant's start when restricted (see `RunAs::Restricted`): `exec`
+/// keeps it PID 1, so SIGTERM reaches it.
+const RESTRICTED_START: &str = "unset UV_SYSTEM_PYTHON; \
+    mkdir -p \"$(python3 -m site --user-site)\" && \
+    exec python3 -m homeassistant --config /config";
 const PACKAGE_FILE: &str = "hass_sidecars.yaml";
 const TOKEN_FILE: &str = "/run/secrets/ha-token/token";
 const PG_PASSWORD_FILE: &str = "/run/secrets/postgres/password";
@@ -552,6 +560,13 @@ fn home_assistant_container(values: &Values) -> Container {
         });
     }
     env.extend(recorder_env(values));
+    if ha.run_as == RunAs::Restricted {
+        env.push(EnvVar {
+            name: "PYTHONUSERBASE".to_owned(),
+            value: Some(USER_PACKAGES.to_owned()),
+            ..Default::default()
+        });
+    }
     let mut mounts = vec![mount("config", "/config", false)];
     if package_wanted(values) {
         mounts.push(mount("package", PACKAGE_DIR, true));
@@ -582,11 +597,16 @@ fn home_assistant_container(values: &Values) -> Container {
     match ha.run_as {
         RunAs::Restricted => {
             // The image's s6 init needs root; Home Assistant itself does not.
-            container.command = Some(
-                ["python3", "-m", "homeassistant", "--config", "/config"]
-                    .map(str::to_owned)
-                    .to_vec(),
-            );
+            // What an integration installs at run time goes to the PVC: the
+            // image's UV_SYSTEM_PYTHON would aim uv at the read-only system
+            // Python ("Read-only file system"); without it Home Assistant
+            // installs into the user site, PYTHONUSERBASE on /config, which
+            // Python puts on sys.path only if it exists at start.
+            container.command = Some(vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                RESTRICTED_START.to_owned(),
+            ]);
             container.security_context = Some(restricted_security_context());
             mounts.push(mount("tmp", "/tmp", false));
         }
