@@ -269,7 +269,9 @@ pub enum RunAs {
     /// filesystem and no capabilities. Python packages that integrations
     /// install at run time (custom integrations' requirements) go to
     /// `/config/.local` on the config PVC instead of the image's read-only
-    /// system Python, where the official image would put them.
+    /// system Python, where the official image would put them. Home
+    /// Assistant's own restarts happen inside the container, as under the
+    /// official image's s6, not as container restarts.
     Restricted,
     /// The image's own init as root (capabilities still dropped except what
     /// s6-overlay needs). Accepted checkov findings are annotated on the object.

@@ -50,11 +50,23 @@ pub(crate) const PACKAGE_DIR: &str = "/config/packages/hass-sidecars";
 /// Where Home Assistant running restricted installs integrations' Python
 /// packages: on its PVC, so they survive restarts.
 const USER_PACKAGES: &str = "/config/.local";
-/// Home Assistant's start when restricted (see `RunAs::Restricted`): `exec`
-/// keeps it PID 1, so SIGTERM reaches it.
-const RESTRICTED_START: &str = "unset UV_SYSTEM_PYTHON; \
-    mkdir -p \"$(python3 -m site --user-site)\" && \
-    exec python3 -m homeassistant --config /config";
+/// Home Assistant's start when restricted (see `RunAs::Restricted`), in the
+/// image's `/bin/sh`. Home Assistant restarts itself (the UI's Restart,
+/// `http/config/configure`) by exiting with 100 for its supervisor to start
+/// it again, as s6 does in the official image; as PID 1 that exit would
+/// restart the container under the kubelet's crash-loop back-off. The loop
+/// starts it again in place, and passes SIGTERM on to it.
+const RESTRICTED_START: &str = r#"unset UV_SYSTEM_PYTHON
+mkdir -p "$(python3 -m site --user-site)" || exit 1
+trap 'kill -TERM "$ha" 2>/dev/null' TERM INT
+while :; do
+  python3 -m homeassistant --config /config &
+  ha=$!
+  wait "$ha"; code=$?
+  while kill -0 "$ha" 2>/dev/null; do wait "$ha"; code=$?; done
+  [ "$code" -eq 100 ] || exit "$code"
+done
+"#;
 const PACKAGE_FILE: &str = "hass_sidecars.yaml";
 const TOKEN_FILE: &str = "/run/secrets/ha-token/token";
 const PG_PASSWORD_FILE: &str = "/run/secrets/postgres/password";
