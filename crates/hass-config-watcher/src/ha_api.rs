@@ -7,6 +7,7 @@
 //! same reason a 401 or 403 is never retried.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value as Json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tracing::{debug, warn};
 
 use crate::settings::HomeAssistantConfig;
@@ -26,6 +30,10 @@ use crate::watch_metrics::{ApiErrorKind, WatchMetrics};
 /// `/api/services` lists every service of every loaded integration: a few
 /// hundred kilobytes on a big install.
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The largest WebSocket message read (`http/config` is under a kilobyte).
+const MAX_WS_MESSAGE: usize = 1024 * 1024;
+/// Frames read while waiting for a command's result.
+const MAX_WS_FRAMES: usize = 64;
 /// HTTP 500 from a service call is usually the integration failing; a couple of
 /// retries cover a reload racing with startup, more would only add load.
 const SERVER_ERROR_ATTEMPTS: u32 = 3;
@@ -45,6 +53,13 @@ pub(crate) enum ApiError {
     Status { status: u16, body: String },
     #[error("Home Assistant sent an unexpected answer: {0}")]
     BadResponse(String),
+    /// A WebSocket command Home Assistant answered with an error.
+    #[error("Home Assistant refused {command}: {code}: {message}")]
+    Refused {
+        command: String,
+        code: String,
+        message: String,
+    },
     #[error("shutting down")]
     ShuttingDown,
 }
@@ -55,7 +70,7 @@ impl ApiError {
             Self::Unreachable(_) | Self::NotConnected(_) => ApiErrorKind::Unreachable,
             Self::Unauthorized(_) => ApiErrorKind::Unauthorized,
             Self::Status { status, .. } if *status >= 500 => ApiErrorKind::ServerError,
-            Self::Status { .. } => ApiErrorKind::ClientError,
+            Self::Status { .. } | Self::Refused { .. } => ApiErrorKind::ClientError,
             Self::BadResponse(_) => ApiErrorKind::BadResponse,
             Self::ShuttingDown => return None,
         })
@@ -233,6 +248,40 @@ impl HaApi {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Bytes, ApiError> {
+        let (status, bytes) = self.exchange(method, path, body, None).await?;
+        match status {
+            s if s.is_success() => Ok(bytes),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(ApiError::Unauthorized(status.as_u16()))
+            }
+            s => Err(ApiError::Status {
+                status: s.as_u16(),
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+            }),
+        }
+    }
+
+    /// One GET with the token, and an `X-Forwarded-For` as a proxy sends
+    /// it; not retried: the status Home Assistant answered.
+    pub(crate) async fn status_of(
+        &self,
+        path: &str,
+        forwarded_for: Option<IpAddr>,
+    ) -> Result<u16, ApiError> {
+        let (status, _) = self
+            .exchange(Method::GET, path, None, forwarded_for)
+            .await?;
+        Ok(status.as_u16())
+    }
+
+    /// One request and its whole answer, within `request_timeout`.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        forwarded_for: Option<IpAddr>,
+    ) -> Result<(StatusCode, Bytes), ApiError> {
         let token = self.token()?;
         let mut request = Request::builder()
             .method(method)
@@ -240,6 +289,9 @@ impl HaApi {
             .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
         if body.is_some() {
             request = request.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(client) = forwarded_for {
+            request = request.header("x-forwarded-for", client.to_string());
         }
         let request = request
             .body(Full::new(body.unwrap_or_default()))
@@ -260,21 +312,113 @@ impl HaApi {
                 .to_bytes();
             Ok::<_, ApiError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(self.request_timeout, exchange)
+        tokio::time::timeout(self.request_timeout, exchange)
             .await
             .map_err(|_| {
                 ApiError::Unreachable(format!("no answer within {:?}", self.request_timeout))
-            })??;
-        match status {
-            s if s.is_success() => Ok(bytes),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(ApiError::Unauthorized(status.as_u16()))
+            })?
+    }
+
+    /// One WebSocket API command (`{"type": …}`; the id is added) and its
+    /// `result`, not retried. Home Assistant's refusal (`success: false`)
+    /// is [`ApiError::Refused`].
+    pub(crate) async fn websocket(&self, mut command: Json) -> Result<Json, ApiError> {
+        let token = self.token()?;
+        let authority = self.base["http://".len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let address = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.contains(']'))
+        {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let url = format!("ws://{}/api/websocket", &self.base["http://".len()..]);
+        let kind = command
+            .get("type")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let exchange = async {
+            let stream = tokio::net::TcpStream::connect(&address)
+                .await
+                .map_err(|e| ApiError::NotConnected(format!("{address}: {e}")))?;
+            let _ = stream.set_nodelay(true);
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(MAX_WS_MESSAGE))
+                .max_frame_size(Some(MAX_WS_MESSAGE));
+            let (mut socket, _) = client_async_with_config(url.as_str(), stream, Some(config))
+                .await
+                .map_err(|e| ApiError::Unreachable(format!("WebSocket handshake: {e}")))?;
+            let hello = next_json(&mut socket).await?;
+            if hello.get("type").and_then(Json::as_str) != Some("auth_required") {
+                return Err(ApiError::BadResponse(
+                    "the WebSocket API did not ask for auth".to_owned(),
+                ));
             }
-            s => Err(ApiError::Status {
-                status: s.as_u16(),
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
-            }),
+            let auth = serde_json::json!({"type": "auth", "access_token": token.expose_secret()});
+            send_json(&mut socket, &auth).await?;
+            match next_json(&mut socket)
+                .await?
+                .get("type")
+                .and_then(Json::as_str)
+            {
+                Some("auth_ok") => {}
+                Some("auth_invalid") => return Err(ApiError::Unauthorized(401)),
+                _ => {
+                    return Err(ApiError::BadResponse(
+                        "the WebSocket API answered auth with something else".to_owned(),
+                    ));
+                }
+            }
+            command["id"] = Json::from(1);
+            send_json(&mut socket, &command).await?;
+            // Nothing is subscribed, so the result comes first; a few other
+            // frames are tolerated, not an endless stream.
+            for _ in 0..MAX_WS_FRAMES {
+                let answer = next_json(&mut socket).await?;
+                if answer.get("id") == Some(&Json::from(1))
+                    && answer.get("type").and_then(Json::as_str) == Some("result")
+                {
+                    let _ = socket.close(None).await;
+                    if answer.get("success") == Some(&Json::Bool(true)) {
+                        return Ok(answer.get("result").cloned().unwrap_or(Json::Null));
+                    }
+                    let error = answer.get("error");
+                    let text = |key: &str| {
+                        error
+                            .and_then(|e| e.get(key))
+                            .and_then(Json::as_str)
+                            .unwrap_or_default()
+                            .chars()
+                            .take(300)
+                            .collect::<String>()
+                    };
+                    return Err(ApiError::Refused {
+                        command: kind.clone(),
+                        code: text("code"),
+                        message: text("message"),
+                    });
+                }
+            }
+            Err(ApiError::BadResponse(format!("{kind}: no result")))
+        };
+        let result = tokio::select! {
+            result = tokio::time::timeout(self.request_timeout, exchange) => result
+                .unwrap_or_else(|_| Err(ApiError::Unreachable(format!(
+                    "no WebSocket answer within {:?}", self.request_timeout
+                )))),
+            () = self.shutdown.cancelled() => Err(ApiError::ShuttingDown),
+        };
+        if let Err(e) = &result
+            && let Some(kind) = e.kind()
+        {
+            self.metrics.count_api_error(kind);
         }
+        result
     }
 
     /// The token as the Secret holds it now (a rotated Kubernetes Secret is
@@ -284,6 +428,35 @@ impl HaApi {
             .load()
             .map_err(|e| ApiError::BadResponse(format!("no token to send: {e}")))
     }
+}
+
+/// The next text frame as JSON.
+async fn next_json(socket: &mut WebSocketStream<tokio::net::TcpStream>) -> Result<Json, ApiError> {
+    use futures_util::StreamExt;
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(&text)
+                    .map_err(|e| ApiError::BadResponse(format!("WebSocket message: {e}")));
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Err(ApiError::Unreachable("the WebSocket closed".to_owned()));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(ApiError::Unreachable(format!("WebSocket: {e}"))),
+        }
+    }
+}
+
+async fn send_json(
+    socket: &mut WebSocketStream<tokio::net::TcpStream>,
+    value: &Json,
+) -> Result<(), ApiError> {
+    use futures_util::SinkExt;
+    socket
+        .send(Message::text(value.to_string()))
+        .await
+        .map_err(|e| ApiError::Unreachable(format!("WebSocket: {e}")))
 }
 
 /// The `n`th wait (1-based): `initial · 2^(n-1)`, capped at `max`, then
@@ -333,6 +506,87 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client for `addr` with a 2 s timeout and a token file in `dir`.
+    fn client(addr: std::net::SocketAddr, dir: &std::path::Path) -> HaApi {
+        let info = hass_runtime::ComponentInfo {
+            name: "config-watcher",
+            version: "test",
+            admin_port: 0,
+        };
+        let metrics = WatchMetrics::register(&hass_runtime::metrics::Metrics::new(&info));
+        let config = HomeAssistantConfig {
+            request_timeout: Duration::from_secs(2),
+            ..HomeAssistantConfig::default()
+        };
+        let token = dir.join("token");
+        std::fs::write(&token, "token").unwrap();
+        HaApi::new(
+            format!("http://{addr}"),
+            SecretSource::File(token),
+            &config,
+            metrics,
+            hass_runtime::shutdown::Shutdown::new(),
+        )
+    }
+
+    /// What a hostile server sends after auth.
+    type Script = fn() -> Vec<Message>;
+
+    /// A WebSocket server that accepts auth and then plays `after_auth`.
+    async fn hostile_server(after_auth: Script) -> std::net::SocketAddr {
+        use futures_util::SinkExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let _ = ws.send(Message::text(r#"{"type":"auth_required"}"#)).await;
+            let _ = next_json(&mut ws).await;
+            let _ = ws.send(Message::text(r#"{"type":"auth_ok"}"#)).await;
+            let _ = next_json(&mut ws).await;
+            for message in after_auth() {
+                if ws.send(message).await.is_err() {
+                    return;
+                }
+            }
+            // Then silence, with the connection open.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    /// A peer that floods, oversizes or stalls costs the watcher a bounded
+    /// read and an error, never unbounded memory or a hang.
+    #[tokio::test]
+    async fn websocket_answers_are_bounded_in_size_count_and_time() {
+        let cases: [(Script, &str); 3] = [
+            (
+                || vec![Message::text("x".repeat(2 * MAX_WS_MESSAGE))],
+                "too long",
+            ),
+            (
+                || {
+                    (0..1000)
+                        .map(|_| Message::text(r#"{"type":"event"}"#))
+                        .collect()
+                },
+                "no result",
+            ),
+            (Vec::new, "no WebSocket answer within"),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        for (play, expected) in cases {
+            let addr = hostile_server(play).await;
+            let started = std::time::Instant::now();
+            let error = client(addr, dir.path())
+                .websocket(serde_json::json!({"type": "http/config"}))
+                .await
+                .unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+            assert!(started.elapsed() < Duration::from_secs(5), "{error}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {

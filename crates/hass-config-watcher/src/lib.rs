@@ -13,6 +13,7 @@ mod diagnostic;
 mod fswatch;
 mod ha_api;
 pub mod history;
+pub mod http_settings;
 mod ignore;
 mod loader;
 mod packages;

@@ -9,6 +9,7 @@ use hass_runtime::config::AdminConfig;
 use hass_runtime::secret::SecretSource;
 use serde::Deserialize;
 
+use crate::http_settings::HttpSettingsConfig;
 use crate::ignore::IgnoreList;
 
 /// `hass-config-watcher run --config FILE`: every key is optional.
@@ -53,6 +54,11 @@ pub struct WatcherConfig {
     pub backup_dir: Option<PathBuf>,
     /// How many of this tool's backups to keep, oldest deleted first; 0 keeps all.
     pub backup_keep: usize,
+    /// Home Assistant's HTTP settings (2026.8 and later take them only
+    /// through its API): the keys named here are kept as written, verified
+    /// after Home Assistant's restart before they are made stable. Needs
+    /// `home_assistant.token` (an owner's).
+    pub http_settings: Option<HttpSettingsConfig>,
 }
 
 /// `history:` — `{}` commits into `<config_dir>/.git`.
@@ -94,6 +100,7 @@ impl Default for WatcherConfig {
             backup_interval: None,
             backup_dir: None,
             backup_keep: 7,
+            http_settings: None,
         }
     }
 }
@@ -159,6 +166,11 @@ pub struct Settings {
     /// Absolute.
     pub backup_dir: PathBuf,
     pub backup_keep: usize,
+    /// With the managed keys as Home Assistant stores them.
+    pub http_settings: Option<(
+        HttpSettingsConfig,
+        serde_json::Map<String, serde_json::Value>,
+    )>,
 }
 
 impl Settings {
@@ -226,7 +238,22 @@ impl Settings {
                     Fatal::config(format!("history.repo: {}: {e}", repo.display()))
                 })?);
         }
+        let http_settings = match config.http_settings {
+            Some(http) => {
+                if config.home_assistant.token.is_none() {
+                    return Err(Fatal::config(
+                        "http_settings: needs home_assistant.token (an owner's)",
+                    ));
+                }
+                let managed = http
+                    .managed()
+                    .map_err(|e| Fatal::config(format!("http_settings: {e}")))?;
+                Some((http, managed))
+            }
+            None => None,
+        };
         Ok(Self {
+            http_settings,
             history,
             backup_interval: config.backup_interval,
             backup_dir,

@@ -100,6 +100,33 @@ pub(crate) struct CommitLabels {
     pub(crate) result: CommitResult,
 }
 
+/// How one application of the HTTP settings ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum HttpSettingsResult {
+    /// Verified after Home Assistant's restart, and promoted to stable.
+    Promoted,
+    /// Verification failed: left pending, Home Assistant reverts it.
+    NotPromoted,
+    /// Home Assistant refused the settings, or could not start with them.
+    Refused,
+}
+
+impl EncodeLabelValue for HttpSettingsResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Promoted => "promoted",
+            Self::NotPromoted => "not_promoted",
+            Self::Refused => "refused",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct HttpSettingsLabels {
+    pub(crate) result: HttpSettingsResult,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ApiErrorKind {
     Unreachable,
@@ -242,6 +269,8 @@ pub(crate) struct WatchMetrics {
     pub(crate) last_backup: Gauge<f64, AtomicU64>,
     pub(crate) backup_size: Gauge,
     pub(crate) history_commits: Family<CommitLabels, Counter>,
+    pub(crate) http_settings_applies: Family<HttpSettingsLabels, Counter>,
+    pub(crate) http_settings_in_sync: Gauge,
 }
 
 impl WatchMetrics {
@@ -267,6 +296,8 @@ impl WatchMetrics {
             last_backup: Gauge::default(),
             backup_size: Gauge::default(),
             history_commits: Family::default(),
+            http_settings_applies: Family::default(),
+            http_settings_in_sync: Gauge::default(),
         };
         let m = this.clone();
         metrics.register(move |r| {
@@ -359,6 +390,16 @@ impl WatchMetrics {
                 "history_commits",
                 "Valid configs recorded in the history repository, by result",
                 m.history_commits,
+            );
+            r.register(
+                "http_settings_applies",
+                "Applications of the managed HTTP settings through Home Assistant's API, by result",
+                m.http_settings_applies,
+            );
+            r.register(
+                "http_settings_in_sync",
+                "Whether Home Assistant's stable HTTP config has the managed settings (1) or not (0)",
+                m.http_settings_in_sync,
             );
         });
         this

@@ -21,6 +21,7 @@ use crate::changes::{changed_domains, graph_fingerprint};
 use crate::fswatch::{self, Pending};
 use crate::ha_api::HaApi;
 use crate::history::{Committed, History};
+use crate::http_settings;
 use crate::reloads::{Applier, Plan, Work};
 use crate::settings::{RunArgs, Settings, WatcherConfig};
 use crate::value::Mapping;
@@ -91,6 +92,16 @@ impl Component for ConfigWatcher {
                 ctx.shutdown.clone(),
             )
         });
+        let http_settings = match (&api, &settings.http_settings) {
+            (Some(api), Some((config, managed))) => Some(tokio::spawn(http_settings::keep(
+                api.clone(),
+                config.clone(),
+                managed.clone(),
+                metrics.clone(),
+                ctx.shutdown.clone(),
+            ))),
+            _ => None,
+        };
         let applier = Applier::start(
             api,
             settings.auto_restart,
@@ -181,6 +192,10 @@ impl Component for ConfigWatcher {
             }
         }
         drop(watcher);
+        // It stops at the shutdown signal: a call in flight is cut short.
+        if let Some(task) = http_settings {
+            let _ = task.await;
+        }
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Broker, MQTT_PASSWORD, MQTT_USER};
-use hass_test_support::home_assistant::HomeAssistant;
+use hass_test_support::home_assistant::{HomeAssistant, HomeAssistantApi, Supervised};
 use hass_test_support::wait_for;
 use serde_json::{Value, json};
 
@@ -318,4 +318,153 @@ fn the_config_watcher_reloads_a_real_domain_and_never_a_broken_config() {
         (metric("hass_config_watcher_restart_required", &[]) == 1.0).then_some(())
     });
     assert!(waiting.is_some(), "{}", watcher.logs());
+}
+
+/// A request as the ingress controller sends it, from 127.0.0.1.
+fn through_proxy(ha: &HomeAssistantApi) -> u16 {
+    ha.get_with("/api/", &[("X-Forwarded-For", "203.0.113.7")])
+        .unwrap()
+        .0
+}
+
+/// Home Assistant's `http/config` answer.
+fn http_config(ha: &HomeAssistantApi) -> Value {
+    let answer = ha.websocket(json!({"type": "http/config"})).unwrap();
+    assert_eq!(answer["success"], true, "{answer}");
+    answer["result"].clone()
+}
+
+/// hass-config-watcher with `http_settings` (checked every second) for a
+/// supervised Home Assistant.
+fn watcher_with_http_settings(
+    ha: &Supervised,
+    dir: &std::path::Path,
+    settings: &str,
+) -> common::Sidecar {
+    let token = dir.join("ha-token");
+    std::fs::write(&token, ha.token()).unwrap();
+    let config = dir.join("watcher.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "config_dir: {}\nhome_assistant:\n  url: {}\n  token: {{ file: {} }}\nnotify_invalid: false\n\
+             http_settings:\n  verify_forwarded_for: 203.0.113.7\n  interval: 1s\n  restart_timeout: 3m\n{settings}",
+            ha.config_dir().display(),
+            ha.url(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    common::Sidecar::start(
+        "config-watcher",
+        &["run", "--config", config.to_str().unwrap()],
+    )
+}
+
+/// Home Assistant 2026.8+ takes `trusted_proxies` only through its API: the
+/// watcher stores them as pending, Home Assistant restarts on trial, the
+/// watcher checks that a proxied request now gets through and promotes
+/// them. Keys the watcher does not manage (the port) stay as they were.
+#[test]
+fn the_config_watcher_applies_http_settings_through_home_assistants_api() {
+    let ha = HomeAssistant::start("homeassistant:\n  name: e2e\n")
+        .unwrap()
+        .supervised();
+    ha.wait_running(Duration::from_secs(120)).unwrap();
+    let before = http_config(&ha);
+    assert_eq!(through_proxy(&ha), 400, "no proxy is trusted yet");
+
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let watcher = watcher_with_http_settings(
+        &ha,
+        dir.path(),
+        "  use_x_forwarded_for: true\n  trusted_proxies: [127.0.0.1]\n",
+    );
+    watcher.wait_metric(
+        "hass_config_watcher_http_settings_applies_total",
+        &[("result", "promoted")],
+        1.0,
+        Duration::from_secs(240),
+    );
+    eprintln!(
+        "watcher start to settings promoted: {:?} (Home Assistant restarted {} time)",
+        started.elapsed(),
+        ha.restarts()
+    );
+    let after = http_config(&ha);
+    assert_eq!(after["pending"], Value::Null, "{after}");
+    assert_eq!(after["stable"]["use_x_forwarded_for"], true, "{after}");
+    assert_eq!(after["stable"]["trusted_proxies"], json!(["127.0.0.1/32"]));
+    assert_eq!(
+        after["stable"]["server_port"],
+        before["stable"]["server_port"]
+    );
+    assert_eq!(ha.restarts(), 1);
+    assert_eq!(through_proxy(&ha), 200, "the proxy is trusted now");
+    assert_eq!(
+        watcher.metric("hass_config_watcher_http_settings_in_sync", &[]),
+        Some(1.0)
+    );
+}
+
+/// Settings that break the path they are for (the proxy's requests get 400)
+/// are not promoted: Home Assistant reverts them by itself five minutes
+/// later, and the watcher does not try them again.
+#[test]
+fn http_settings_that_fail_their_check_are_reverted_by_home_assistant_and_not_retried() {
+    let ha = HomeAssistant::start("homeassistant:\n  name: e2e\n")
+        .unwrap()
+        .supervised();
+    ha.wait_running(Duration::from_secs(120)).unwrap();
+    let before = http_config(&ha);
+    let dir = tempfile::tempdir().unwrap();
+    // The proxy is trusted, but not the address its requests come from.
+    let watcher = watcher_with_http_settings(
+        &ha,
+        dir.path(),
+        "  use_x_forwarded_for: true\n  trusted_proxies: [192.0.2.0/24]\n",
+    );
+    let started = Instant::now();
+    watcher.wait_metric(
+        "hass_config_watcher_http_settings_applies_total",
+        &[("result", "not_promoted")],
+        1.0,
+        Duration::from_secs(240),
+    );
+    eprintln!("not promoted after {:?}", started.elapsed());
+    let trial = http_config(&ha);
+    assert_eq!(trial["active_config_type"], "pending", "{trial}");
+    assert_eq!(trial["stable"], before["stable"], "stable untouched");
+    assert!(trial["revert_at"].is_string(), "{trial}");
+    let notifications = ha
+        .websocket(json!({"type": "persistent_notification/get"}))
+        .unwrap();
+    assert!(
+        notifications.to_string().contains("failed their check"),
+        "{notifications}"
+    );
+
+    // Home Assistant's own revert, five minutes after the trial started.
+    let reverted = wait_for(Duration::from_secs(420), || {
+        let config = ha.websocket(json!({"type": "http/config"})).ok()?;
+        let config = &config["result"];
+        (config["active_config_type"] == "stable" && config["pending"]["error"] == "not_promoted")
+            .then_some(())
+    });
+    assert!(reverted.is_some(), "{}", ha.log());
+    ha.wait_running(Duration::from_secs(120)).unwrap();
+    eprintln!("reverted by Home Assistant after {:?}", started.elapsed());
+    // Nothing happens for a while (the watcher compares every second): the
+    // failed settings are not sent again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(ha.restarts(), 2, "the trial and the revert, nothing more");
+    assert_eq!(
+        watcher.metric(
+            "hass_config_watcher_http_settings_applies_total",
+            &[("result", "not_promoted")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(http_config(&ha)["stable"], before["stable"]);
 }

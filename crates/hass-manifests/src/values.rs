@@ -366,13 +366,15 @@ pub struct Package {
     pub enabled: bool,
     /// `recorder.db_url` from the PostgreSQL password Secret.
     pub recorder: bool,
-    /// `http.use_x_forwarded_for` and `http.trusted_proxies` (with an
-    /// Ingress), for Home Assistant before 2026.8 only (from the image tag; a
-    /// tag that is no version counts as current). Since 2026.8 Home Assistant
-    /// imports an `http:` block into `.storage/http` once and ignores it
-    /// afterwards: it takes HTTP settings only through its WebSocket API
-    /// (`http/config/configure`), so set them in its UI (Settings → System →
-    /// Network) after a change of ingress.
+    /// `use_x_forwarded_for` and `trusted_proxies` for the Ingress. Before
+    /// Home Assistant 2026.8 (from the image tag; a tag that is no version
+    /// counts as current) they go into the package's `http:`. Since 2026.8
+    /// Home Assistant takes HTTP settings only through its WebSocket API, so
+    /// the config watcher applies them (`http_settings`): stored as pending,
+    /// Home Assistant restarts on trial, the watcher checks that it answers
+    /// and promotes them; settings that fail the check are not promoted and
+    /// Home Assistant returns to its previous ones within five minutes.
+    /// Needs `config_watcher.enabled` and `home_assistant.token_secret`.
     pub http: bool,
     /// `prometheus:`, Home Assistant's own `/api/prometheus` endpoint.
     pub prometheus: bool,
@@ -1075,6 +1077,19 @@ impl Values {
         }
         if self.ingress.enabled && self.ingress.host.is_empty() {
             return err("ingress.host", "is required with an Ingress".to_owned());
+        }
+        if crate::render::home_assistant::http_through_watcher(self)
+            && (!self.config_watcher.enabled || self.home_assistant.token_secret.is_none())
+        {
+            return err(
+                "home_assistant.package.http",
+                format!(
+                    "Home Assistant {} takes trusted_proxies only through its API: needs \
+                     `config_watcher.enabled` and `home_assistant.token_secret` to apply them \
+                     (or set `home_assistant.package.http: false` and set them in its UI)",
+                    self.home_assistant.image.tag
+                ),
+            );
         }
         if self.monitoring.home_assistant_token_secret.is_some()
             && !self.home_assistant.package.prometheus

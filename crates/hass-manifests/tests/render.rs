@@ -535,25 +535,34 @@ fn with_host_network_the_sidecars_listen_on_loopback_unless_opened() {
 
 /// `http:` is rendered into the package only for Home Assistant before
 /// 2026.8, which still reads it; later releases import it once into
-/// `.storage/http` and ignore it, and a tag that is no version is current.
+/// `.storage/http` and ignore it (a tag that is no version is current), so
+/// the config watcher applies the same settings through Home Assistant's API.
 #[test]
-fn http_settings_are_rendered_only_for_home_assistant_that_reads_them() {
-    let package = |tag: &str| {
+fn http_settings_reach_home_assistant_as_its_version_takes_them() {
+    let files = |tag: &str| {
         let ms = render(&format!(
             "home_assistant:\n  token_secret: {{ name: t, key: token }}\n  image: {{ repository: ghcr.io/home-assistant/home-assistant, tag: \"{tag}\" }}\ningress:\n  enabled: true\n  trusted_proxies: [10.42.0.0/16]\n"
         ));
-        let cm: ConfigMap = parse(find(&ms, "ConfigMap", "home-assistant-package"));
-        cm.data.unwrap()["hass_sidecars.yaml"].clone()
+        let package: ConfigMap = parse(find(&ms, "ConfigMap", "home-assistant-package"));
+        let watcher: ConfigMap = parse(find(&ms, "ConfigMap", "home-assistant-config-watcher"));
+        (
+            package.data.unwrap()["hass_sidecars.yaml"].clone(),
+            watcher.data.unwrap()["config-watcher.yaml"].clone(),
+        )
     };
+    let through_api =
+        "http_settings:\n  use_x_forwarded_for: true\n  trusted_proxies:\n  - 10.42.0.0/16\n";
     for tag in ["2025.1.4", "2026.7.3"] {
-        let text = package(tag);
+        let (package, watcher) = files(tag);
         assert!(
-            text.contains("trusted_proxies:\n    - 10.42.0.0/16"),
-            "{tag}: {text}"
+            package.contains("trusted_proxies:\n    - 10.42.0.0/16"),
+            "{tag}: {package}"
         );
+        assert!(!watcher.contains("http_settings"), "{tag}: {watcher}");
     }
     for tag in ["2026.8.0", "2026.11.0", "2027.1.0b1", "stable", "latest"] {
-        let text = package(tag);
-        assert!(!text.contains("http:"), "{tag}: {text}");
+        let (package, watcher) = files(tag);
+        assert!(!package.contains("http:"), "{tag}: {package}");
+        assert!(watcher.contains(through_api), "{tag}: {watcher}");
     }
 }

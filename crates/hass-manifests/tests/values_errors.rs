@@ -166,3 +166,15 @@ fn monitoring_a_host_network_pod_needs_its_admin_ports_opened() {
         "{e}"
     );
 }
+
+/// On current Home Assistant the Ingress's trusted proxies go through the
+/// config watcher, which needs the token: without it they would silently
+/// never arrive.
+#[test]
+fn http_settings_without_a_way_to_apply_them_are_refused() {
+    let e = load("ingress:\n  enabled: true\n  host: ha.example.com\n");
+    assert!(
+        e.contains("home_assistant.package.http") && e.contains("home_assistant.token_secret"),
+        "{e}"
+    );
+}

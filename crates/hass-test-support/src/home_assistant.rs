@@ -100,6 +100,16 @@ impl HomeAssistant {
         };
         ha.started_in = ha.launch()?;
         ha.api = HomeAssistantApi::onboard(ha.api.addr())?;
+        // 2026.8+ imports the YAML `http:` block as a pending trial and
+        // reverts to its defaults (port 8123) five minutes later unless it
+        // is promoted, as its repair notice asks the user to.
+        let http = ha.api.websocket(json!({"type": "http/config"}))?;
+        if !http["result"]["pending"].is_null() {
+            let promoted = ha.api.websocket(json!({"type": "http/config/promote"}))?;
+            if promoted["success"] != true {
+                return Err(format!("http/config/promote answered {promoted}"));
+            }
+        }
         Ok(ha)
     }
 
@@ -186,6 +196,91 @@ impl HomeAssistant {
         self.stop();
         self.started_in = self.launch()?;
         Ok(())
+    }
+
+    /// Hands it to a supervisor that starts it again whenever it exits with
+    /// 100, as its container's supervisor does (`homeassistant.restart`,
+    /// `http/config/configure`).
+    pub fn supervised(self) -> Supervised {
+        let api = self.api.clone();
+        let ha = std::sync::Arc::new(std::sync::Mutex::new(self));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let restarts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let thread = {
+            let (ha, stop, restarts) = (ha.clone(), stop.clone(), restarts.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    {
+                        let mut ha = ha.lock().unwrap_or_else(|e| e.into_inner());
+                        if ha.wait_exit(Duration::ZERO) == Some(100) {
+                            restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Err(e) = ha.start_again() {
+                                eprintln!(
+                                    "the supervisor could not start Home Assistant again: {e}"
+                                );
+                                return;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        Supervised {
+            ha,
+            api,
+            stop,
+            restarts,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// A Home Assistant started again after each of its own restarts.
+#[derive(Debug)]
+pub struct Supervised {
+    ha: std::sync::Arc<std::sync::Mutex<HomeAssistant>>,
+    api: HomeAssistantApi,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    restarts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervised {
+    /// How many times it restarted itself so far.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Home Assistant's log since its last start.
+    pub fn log(&self) -> String {
+        self.ha.lock().unwrap_or_else(|e| e.into_inner()).log()
+    }
+
+    /// The config folder, from the host.
+    pub fn config_dir(&self) -> PathBuf {
+        self.ha
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .config_dir()
+            .to_owned()
+    }
+}
+
+impl std::ops::Deref for Supervised {
+    type Target = HomeAssistantApi;
+
+    fn deref(&self) -> &HomeAssistantApi {
+        &self.api
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -285,7 +380,13 @@ impl HomeAssistantApi {
     /// `GET <path>` with the token: the status and the body as JSON
     /// (`Value::Null` when it is not JSON).
     pub fn get(&self, path: &str) -> Result<(u16, Value), String> {
-        self.request("GET", path, "", "")
+        self.get_with(path, &[])
+    }
+
+    /// `GET <path>` with the token and more headers (a proxy's
+    /// `X-Forwarded-For`).
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<(u16, Value), String> {
+        self.request("GET", path, headers, "", "")
     }
 
     /// `POST <path>` of `body` (JSON) with the token.
@@ -294,7 +395,7 @@ impl HomeAssistantApi {
     }
 
     fn send(&self, path: &str, content_type: &str, body: &str) -> Result<(u16, Value), String> {
-        self.request("POST", path, content_type, body)
+        self.request("POST", path, &[], content_type, body)
     }
 
     /// A request (with the token, when there is one); the status and the
@@ -303,6 +404,7 @@ impl HomeAssistantApi {
         &self,
         method: &str,
         path: &str,
+        headers: &[(&str, &str)],
         content_type: &str,
         body: &str,
     ) -> Result<(u16, Value), String> {
@@ -317,6 +419,9 @@ impl HomeAssistantApi {
             let mut request = agent.get(&url);
             if let Some(auth) = &auth {
                 request = request.header("Authorization", auth);
+            }
+            for (name, value) in headers {
+                request = request.header(*name, *value);
             }
             request.call()
         } else {

@@ -229,6 +229,15 @@ pub(crate) fn package_text(values: &Values) -> String {
     text
 }
 
+/// Whether the Ingress's HTTP settings reach Home Assistant through the
+/// config watcher's `http_settings` (2026.8 and later) rather than the
+/// package's `http:`.
+pub(crate) fn http_through_watcher(values: &Values) -> bool {
+    values.home_assistant.package.http
+        && values.ingress.enabled
+        && !http_in_yaml(&values.home_assistant.image.tag)
+}
+
 /// Whether Home Assistant of image `tag` still reads `http:` from YAML:
 /// releases before 2026.8 do; later ones import it into `.storage/http`
 /// once and ignore it. A tag that is no `YEAR.MONTH…` version (`stable`,
@@ -333,6 +342,13 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
             config["backup_interval"] = json!(watcher.backups.interval);
             config["backup_dir"] = json!(WATCHER_BACKUP_DIR);
             config["backup_keep"] = json!(watcher.backups.keep);
+        }
+        if http_through_watcher(values) {
+            // Home Assistant 2026.8+ takes these only through its API.
+            config["http_settings"] = json!({
+                "use_x_forwarded_for": true,
+                "trusted_proxies": values.ingress.trusted_proxies,
+            });
         }
         admin_section(values, &mut config, WATCHER_ADMIN);
         maps.push(config_map(

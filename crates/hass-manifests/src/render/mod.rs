@@ -4,7 +4,7 @@
 //! for custom resources); the order of the list is the order of the files in
 //! `kustomization.yaml` and of the documents in `--stdout`.
 
-mod home_assistant;
+pub(crate) mod home_assistant;
 mod monitoring;
 mod network;
 mod postgres;
