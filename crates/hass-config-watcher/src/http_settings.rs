@@ -79,7 +79,7 @@ impl HttpSettingsConfig {
         if let Some(proxies) = &self.trusted_proxies {
             let normalised = proxies
                 .iter()
-                .map(|p| network(p).map(Json::from))
+                .map(|p| hass_runtime::ip_network::ip_network(p).map(Json::from))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("trusted_proxies: {e}"))?;
             put("trusted_proxies", Some(Json::Array(normalised)));
@@ -117,24 +117,6 @@ impl HttpSettingsConfig {
         }
         Ok(keys)
     }
-}
-
-/// `10.0.0.0/8` or a single address, as Python's `str(ip_network(x))`
-/// writes it; host bits set are refused, as `ip_network` refuses them.
-fn network(text: &str) -> Result<String, String> {
-    let net: ipnet::IpNet = match text.parse::<IpAddr>() {
-        Ok(addr) => addr.into(),
-        Err(_) => text
-            .parse()
-            .map_err(|_| format!("{text:?} is not an address or a network"))?,
-    };
-    if net.trunc() != net {
-        return Err(format!(
-            "{text:?} has host bits set (did you mean {}?)",
-            net.trunc()
-        ));
-    }
-    Ok(net.to_string())
 }
 
 /// `http/config`'s answer, the parts the watcher reads.
@@ -488,7 +470,7 @@ mod tests {
         );
         for (yaml, why) in [
             ("trusted_proxies: [10.1.2.3/8]", "host bits set"),
-            ("trusted_proxies: [example.com]", "not an address"),
+            ("trusted_proxies: [example.com]", "not an IP address"),
             ("use_x_forwarded_for: true", "needs trusted_proxies"),
             ("interval: 5s", "names no setting"),
             ("login_attempts_threshold: 0", "neither a positive"),

@@ -947,19 +947,6 @@ const RESERVED_DEVICE_NAMES: &[&str] = &[
     "config-watcher",
 ];
 
-/// `10.0.0.0/8`, `fd00::/8` or a single address, as Home Assistant's
-/// `trusted_proxies` takes them (Python's `ip_network`).
-fn is_ip_or_network(text: &str) -> bool {
-    match text.split_once('/') {
-        Some((ip, prefix)) => match (ip.parse::<std::net::IpAddr>(), prefix.parse::<u8>()) {
-            (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 32 && prefix == bits.to_string(),
-            (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 128 && prefix == bits.to_string(),
-            _ => false,
-        },
-        None => text.parse::<std::net::IpAddr>().is_ok(),
-    }
-}
-
 fn is_dns_label(text: &str, max: usize) -> bool {
     !text.is_empty()
         && text.len() <= max
@@ -1037,12 +1024,13 @@ impl Values {
             );
         }
         // Written into Home Assistant's YAML: anything but an address or a
-        // network (a newline, a `: `) would be YAML of its own.
+        // network (a newline, a `: `) would be YAML of its own; and Home
+        // Assistant refuses a network with host bits set.
         for (i, proxy) in self.ingress.trusted_proxies.iter().enumerate() {
-            if !is_ip_or_network(proxy) {
+            if let Err(e) = hass_runtime::ip_network::ip_network(proxy) {
                 return err(
                     &format!("ingress.trusted_proxies[{i}]"),
-                    "must be an IP address or a network like 10.0.0.0/8".to_owned(),
+                    format!("must be an IP address or a network like 10.0.0.0/8: {e}"),
                 );
             }
         }

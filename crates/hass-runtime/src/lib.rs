@@ -13,6 +13,7 @@ pub mod component;
 pub mod config;
 pub mod exit;
 pub mod http_server;
+pub mod ip_network;
 pub mod liveness;
 pub mod logging;
 pub mod metrics;
