@@ -77,6 +77,25 @@ impl ApiError {
     }
 }
 
+/// What Home Assistant's `check_config` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HaCheck {
+    /// Set when it calls the config invalid.
+    pub(crate) errors: Option<String>,
+    /// Other integrations' schema errors, among real warnings.
+    pub(crate) warnings: Option<String>,
+}
+
+impl HaCheck {
+    /// Whether it found something wrong with `domain`'s config: an error, or
+    /// a warning in the form Home Assistant gives schema errors ("Invalid
+    /// config for 'domain' at …").
+    pub(crate) fn rejects(&self, domain: &str) -> bool {
+        let named = format!("Invalid config for '{domain}'");
+        self.errors.is_some() || self.warnings.as_deref().is_some_and(|w| w.contains(&named))
+    }
+}
+
 /// Whether a failed call may be sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Retry {
@@ -154,9 +173,11 @@ impl HaApi {
         .map(drop)
     }
 
-    /// Home Assistant's own check of the config on disk: `Ok(None)` when it
-    /// says valid, `Ok(Some(errors))` when not.
-    pub(crate) async fn check_config(&self) -> Result<Option<String>, ApiError> {
+    /// Home Assistant's own check of the config on disk. It calls the
+    /// config invalid only for errors of the core and the frontend's
+    /// dependencies; every other integration's schema errors come back as
+    /// warnings, with the config still "valid".
+    pub(crate) async fn check_config(&self) -> Result<HaCheck, ApiError> {
         let body = self
             .call(
                 Method::POST,
@@ -167,16 +188,21 @@ impl HaApi {
             .await?;
         let json: Json = serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadResponse(format!("check_config: {e}")))?;
+        let text = |key: &str| {
+            json.get(key).filter(|v| !v.is_null()).map(|e| match e {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        };
         match json.get("result").and_then(Json::as_str) {
-            Some("valid") => Ok(None),
-            Some(_) => Ok(Some(
-                json.get("errors")
-                    .map(|e| match e {
-                        Json::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_else(|| "no details".to_owned()),
-            )),
+            Some("valid") => Ok(HaCheck {
+                errors: None,
+                warnings: text("warnings"),
+            }),
+            Some(_) => Ok(HaCheck {
+                errors: Some(text("errors").unwrap_or_else(|| "no details".to_owned())),
+                warnings: text("warnings"),
+            }),
             None => Err(ApiError::BadResponse(format!(
                 "check_config: no \"result\" in {json}"
             ))),
@@ -528,6 +554,29 @@ mod tests {
             metrics,
             hass_runtime::shutdown::Shutdown::new(),
         )
+    }
+
+    /// Home Assistant 2026.11's answers: an integration's schema error is a
+    /// warning naming it; an error rejects every domain.
+    #[test]
+    fn a_check_rejects_the_domains_its_findings_name() {
+        let warned = HaCheck {
+            errors: None,
+            warnings: Some("Invalid config for 'input_boolean' at configuration.yaml, line 6: invalid boolean value".to_owned()),
+        };
+        assert!(warned.rejects("input_boolean"));
+        assert!(!warned.rejects("input_number"), "another domain's warning");
+        assert!(!warned.rejects("input"), "a prefix of the name");
+        let failed = HaCheck {
+            errors: Some("Integration error: http".to_owned()),
+            warnings: None,
+        };
+        assert!(failed.rejects("automation"));
+        let clean = HaCheck {
+            errors: None,
+            warnings: None,
+        };
+        assert!(!clean.rejects("automation"));
     }
 
     /// What a hostile server sends after auth.

@@ -9,19 +9,21 @@
 //! requests arrive meanwhile: the last reload then sees the final files.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hass_runtime::shutdown::Shutdown;
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::changes::CORE;
-use crate::ha_api::{ApiError, HaApi, Retry};
+use crate::ha_api::{ApiError, HaApi, HaCheck, Retry};
 use crate::watch_metrics::{
     ReloadResult, RestartLabels, RestartReason, RestartReasonLabels, RestartResult, WatchMetrics,
 };
+use hass_runtime::logging::Untrusted;
 
 /// The id of the persistent notification the watcher raises and dismisses.
 pub const NOTIFICATION_ID: &str = "hass_config_watcher";
@@ -67,6 +69,7 @@ impl Applier {
     pub(crate) fn start(
         api: Option<HaApi>,
         auto_restart: bool,
+        check_before_reload: bool,
         metrics: WatchMetrics,
         shutdown: Shutdown,
     ) -> Self {
@@ -74,6 +77,8 @@ impl Applier {
         let task = Task {
             api,
             auto_restart,
+            check_before_reload,
+            refused_notified: AtomicBool::new(false),
             metrics,
             shutdown: shutdown.clone(),
             slots: Arc::default(),
@@ -91,6 +96,10 @@ impl Applier {
 struct Task {
     api: Option<HaApi>,
     auto_restart: bool,
+    /// Ask Home Assistant's own `check_config` before any reload.
+    check_before_reload: bool,
+    /// A notification says Home Assistant's check refused the last change.
+    refused_notified: AtomicBool,
     metrics: WatchMetrics,
     shutdown: Shutdown,
     /// Domains with a reload in flight, and whether another was asked for.
@@ -222,8 +231,75 @@ impl Task {
                 return;
             }
         }
+        if !reloads.is_empty()
+            && self.check_before_reload
+            && !self.home_assistant_agrees(api, &reloads).await
+        {
+            return;
+        }
         for (domain, service) in reloads {
             self.request_reload(api, domain, service);
+        }
+    }
+
+    /// Home Assistant's own `check_config` on the files about to be
+    /// reloaded: it knows every integration's schema, where the watcher's
+    /// validator knows YAML. It reports another integration's schema errors
+    /// as warnings ("Invalid config for 'input_boolean' at …") while calling
+    /// the config valid; a domain named there is not reloaded. False when it
+    /// rejects a domain about to be reloaded or cannot be asked: nothing is
+    /// reloaded then, and Home Assistant keeps what it runs.
+    async fn home_assistant_agrees(&self, api: &HaApi, reloads: &[(String, &'static str)]) -> bool {
+        let refuse = |why: &str| {
+            for (domain, _) in reloads {
+                self.metrics.count_reload(domain, ReloadResult::Refused);
+            }
+            let domains: Vec<&str> = reloads.iter().map(|(d, _)| d.as_str()).collect();
+            warn!(?domains, "not reloading: {why}");
+        };
+        let started = std::time::Instant::now();
+        let verdict = api.check_config().await;
+        let rejected: Vec<&str> = match &verdict {
+            Ok(check) => reloads
+                .iter()
+                .map(|(d, _)| d.as_str())
+                .filter(|d| check.rejects(d))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        debug!(took = ?started.elapsed(), ?rejected, "Home Assistant's check_config before reloading");
+        match verdict {
+            Ok(_) if rejected.is_empty() => {
+                if self.refused_notified.swap(false, Ordering::Relaxed) {
+                    let data = json!({ "notification_id": NOTIFICATION_ID });
+                    self.notify(api, "dismiss", data).await;
+                }
+                true
+            }
+            Ok(check) => {
+                let findings = check.errors.or(check.warnings).unwrap_or_default();
+                refuse(&format!(
+                    "Home Assistant's check_config rejects the config of {rejected:?}: {}",
+                    Untrusted(&findings.chars().take(500).collect::<String>())
+                ));
+                // Home Assistant's wording can quote the files' values: the
+                // notification names the check, not its findings.
+                let data = json!({
+                    "notification_id": NOTIFICATION_ID,
+                    "title": "Configuration rejected by Home Assistant's check: changes not reloaded",
+                    "message": "The files are valid YAML, but Home Assistant's own configuration check found errors, so nothing was reloaded and Home Assistant keeps running the previous configuration. Run the check under Developer tools → YAML for its findings.",
+                });
+                self.notify(api, "create", data).await;
+                self.refused_notified.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(ApiError::ShuttingDown) => false,
+            Err(e) => {
+                refuse(&format!(
+                    "Home Assistant's check_config could not be asked: {e}"
+                ));
+                false
+            }
         }
     }
 
@@ -236,8 +312,11 @@ impl Task {
                 .inc();
         };
         match api.check_config().await {
-            Ok(None) => {}
-            Ok(Some(errors)) => {
+            Ok(HaCheck { errors: None, .. }) => {}
+            Ok(HaCheck {
+                errors: Some(errors),
+                ..
+            }) => {
                 count(RestartResult::Refused);
                 warn!(
                     "not restarting: Home Assistant's check_config says the config is invalid: {errors}"

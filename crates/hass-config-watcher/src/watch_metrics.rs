@@ -20,6 +20,8 @@ pub(crate) enum ValidationResult {
 pub(crate) enum ReloadResult {
     Ok,
     Error,
+    /// Not sent: Home Assistant's own `check_config` found errors.
+    Refused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -152,6 +154,7 @@ impl EncodeLabelValue for ReloadResult {
         encoder.write_str(match self {
             Self::Ok => "ok",
             Self::Error => "error",
+            Self::Refused => "refused",
         })
     }
 }

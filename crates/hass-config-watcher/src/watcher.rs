@@ -105,6 +105,7 @@ impl Component for ConfigWatcher {
         let applier = Applier::start(
             api,
             settings.auto_restart,
+            settings.check_before_reload,
             metrics.clone(),
             ctx.shutdown.clone(),
         );

@@ -557,8 +557,8 @@ async fn auto_restart_only_when_home_assistant_agrees() {
     ))
     .await;
 
-    // HA's own check says invalid: no restart, but the reloadable domain
-    // changed in the same edit is still reloaded.
+    // HA's own check says invalid: no restart, and the reloadable domain
+    // changed in the same edit is not reloaded either.
     ha.set_check_config_valid(false);
     let config = fs::read_to_string(fx.root.join("configuration.yaml")).unwrap();
     write(
@@ -578,10 +578,14 @@ async fn auto_restart_only_when_home_assistant_agrees() {
         ) == 1.0
     })
     .await;
-    eventually("input_boolean.reload", WAIT, || {
-        ha.count("input_boolean/reload") == 1
+    eventually("input_boolean.reload refused", WAIT, || {
+        w.metric(
+            "hass_config_watcher_reloads_total",
+            &[("domain", "input_boolean"), ("result", "refused")],
+        ) == 1.0
     })
     .await;
+    assert_eq!(ha.count("input_boolean/reload"), 0);
     assert_eq!(ha.count("homeassistant/restart"), 0);
 
     // Now it agrees: check_config, then restart, and no reloads (the restart

@@ -305,6 +305,30 @@ fn the_config_watcher_reloads_a_real_domain_and_never_a_broken_config() {
     let (status, _) = ha.get("/api/states/input_boolean.second").unwrap();
     assert_eq!(status, 200, "the last good config stays in force");
 
+    // Valid YAML with a value input_boolean's schema refuses (`initial` is
+    // a boolean): Home Assistant's own check_config finds it (as a warning:
+    // the config stays "valid" for it), so no reload is sent (2026.11 would
+    // answer it with a 400), and both entities stay.
+    replace_file(
+        &file,
+        &original.replace(
+            base,
+            &format!("{base}  second:\n    name: Second\n    initial: sometimes\n"),
+        ),
+    );
+    let refused = wait_for(Duration::from_secs(30), || {
+        (metric(
+            "hass_config_watcher_reloads_total",
+            &[("domain", "input_boolean"), ("result", "refused")],
+        ) == 1.0)
+            .then_some(())
+    });
+    assert!(refused.is_some(), "{}", watcher.logs());
+    for entity in ["input_boolean.first", "input_boolean.second"] {
+        let (status, _) = ha.get(&format!("/api/states/{entity}")).unwrap();
+        assert_eq!(status, 200, "{entity} after a rejected edit");
+    }
+
     // A domain Home Assistant cannot reload (system_log): a restart is
     // reported as needed, nothing is reloaded.
     replace_file(
