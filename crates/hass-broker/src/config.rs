@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hass_runtime::config::AdminConfig;
+use hass_runtime::ports;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,8 +107,8 @@ pub struct Listeners {
 impl Default for Listeners {
     fn default() -> Self {
         Self {
-            mqtt: Some(SocketAddr::from(([0, 0, 0, 0], 1883))),
-            ws: Some(SocketAddr::from(([0, 0, 0, 0], 1884))),
+            mqtt: Some(SocketAddr::from(([0, 0, 0, 0], ports::MQTT))),
+            ws: Some(SocketAddr::from(([0, 0, 0, 0], ports::MQTT_WS))),
             mqtts: None,
             wss: None,
         }

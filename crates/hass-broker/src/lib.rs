@@ -62,7 +62,7 @@ impl Component for Broker {
     const INFO: ComponentInfo = ComponentInfo {
         name: "broker",
         version: env!("CARGO_PKG_VERSION"),
-        admin_port: 9181,
+        admin_port: hass_runtime::ports::BROKER_ADMIN,
     };
     type Args = BrokerArgs;
     type Config = BrokerConfig;

@@ -133,7 +133,7 @@ pub struct HomeAssistantConfig {
 impl Default for HomeAssistantConfig {
     fn default() -> Self {
         Self {
-            url: "http://127.0.0.1:8123".to_owned(),
+            url: format!("http://127.0.0.1:{}", hass_runtime::ports::HOME_ASSISTANT),
             token: None,
             request_timeout: Duration::from_secs(60),
             retry_initial: Duration::from_millis(500),

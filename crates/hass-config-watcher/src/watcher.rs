@@ -51,7 +51,7 @@ impl Component for ConfigWatcher {
     const INFO: ComponentInfo = ComponentInfo {
         name: "config-watcher",
         version: env!("CARGO_PKG_VERSION"),
-        admin_port: 9183,
+        admin_port: hass_runtime::ports::WATCHER_ADMIN,
     };
     type Args = RunArgs;
     type Config = WatcherConfig;

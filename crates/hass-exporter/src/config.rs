@@ -222,7 +222,7 @@ pub struct BridgeConfig {
 }
 
 fn default_ha_url() -> String {
-    "http://127.0.0.1:8123".to_owned()
+    format!("http://127.0.0.1:{}", hass_runtime::ports::HOME_ASSISTANT)
 }
 
 fn default_health_topic() -> String {

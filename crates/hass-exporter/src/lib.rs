@@ -66,7 +66,7 @@ impl Component for Exporter {
     const INFO: ComponentInfo = ComponentInfo {
         name: "exporter",
         version: env!("CARGO_PKG_VERSION"),
-        admin_port: 9184,
+        admin_port: hass_runtime::ports::EXPORTER_ADMIN,
     };
     type Args = ExporterArgs;
     type Config = ExporterConfig;

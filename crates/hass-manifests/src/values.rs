@@ -624,7 +624,7 @@ pub struct Device {
 }
 
 fn default_device_port() -> u16 {
-    6638
+    hass_runtime::ports::SERIAL_DEVICE
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -1144,7 +1144,7 @@ impl Values {
                     ),
                 );
             }
-            if device.port == 9182 {
+            if device.port == hass_runtime::ports::BRIDGE_ADMIN {
                 return err(
                     &format!("{key}.port"),
                     "9182 is the bridge's admin port".to_owned(),

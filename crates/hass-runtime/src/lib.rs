@@ -18,6 +18,7 @@ pub mod liveness;
 pub mod logging;
 pub mod metrics;
 pub mod parent;
+pub mod ports;
 pub mod process;
 pub mod readiness;
 pub mod secret;

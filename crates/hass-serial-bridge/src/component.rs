@@ -48,7 +48,7 @@ impl Component for SerialBridge {
     const INFO: ComponentInfo = ComponentInfo {
         name: "serial-bridge",
         version: env!("CARGO_PKG_VERSION"),
-        admin_port: 9182,
+        admin_port: hass_runtime::ports::BRIDGE_ADMIN,
     };
     type Args = BridgeArgs;
     type Config = BridgeConfig;

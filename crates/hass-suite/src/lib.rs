@@ -19,6 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hass_runtime::ports;
 use hass_runtime::secret::{SecretSource, SecretString};
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
 use serde::Deserialize;
@@ -95,14 +96,14 @@ pub struct Ports {
 impl Default for Ports {
     fn default() -> Self {
         Self {
-            mqtt: 1883,
-            mqtt_ws: 1884,
-            serial: 6638,
-            broker_admin: 9181,
-            bridge_admin: 9182,
-            watcher_admin: 9183,
-            exporter_admin: 9184,
-            postgres: 5432,
+            mqtt: ports::MQTT,
+            mqtt_ws: ports::MQTT_WS,
+            serial: ports::SERIAL_DEVICE,
+            broker_admin: ports::BROKER_ADMIN,
+            bridge_admin: ports::BRIDGE_ADMIN,
+            watcher_admin: ports::WATCHER_ADMIN,
+            exporter_admin: ports::EXPORTER_ADMIN,
+            postgres: ports::POSTGRES,
         }
     }
 }
@@ -162,7 +163,7 @@ impl Component for Suite {
     const INFO: ComponentInfo = ComponentInfo {
         name: "suite",
         version: env!("CARGO_PKG_VERSION"),
-        admin_port: 9180,
+        admin_port: ports::SUITE_ADMIN,
     };
     type Args = SuiteArgs;
     type Config = SuiteConfig;
@@ -336,7 +337,7 @@ mod tests {
         let default = SuiteConfig::default();
         assert_eq!(
             listen(&default),
-            Some(SocketAddr::from(([127, 0, 0, 1], 9180)))
+            Some(SocketAddr::from(([127, 0, 0, 1], ports::SUITE_ADMIN)))
         );
         let open: SuiteConfig = hass_runtime::config::parse_yaml("listen_host: 0.0.0.0\n").unwrap();
         assert_eq!(listen(&open), Some(SocketAddr::from(([0, 0, 0, 0], 9180))));

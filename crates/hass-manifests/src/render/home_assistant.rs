@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use hass_runtime::ports;
 use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
     StatefulSetUpdateStrategy,
@@ -36,12 +37,13 @@ use crate::values::{ExtraVolume, HostNetworkPort, PostgresMode, RunAs, Storage, 
 use crate::yaml;
 
 pub(crate) const COMPONENT: &str = "home-assistant";
-pub(crate) const HA_PORT: i32 = 8123;
-pub(crate) const MQTT_PORT: i32 = 1883;
-pub(crate) const MQTT_WS_PORT: i32 = 1884;
-pub(crate) const BROKER_ADMIN: i32 = 9181;
-pub(crate) const WATCHER_ADMIN: i32 = 9183;
-pub(crate) const EXPORTER_ADMIN: i32 = 9184;
+// Kubernetes' ports are i32.
+pub(crate) const HA_PORT: i32 = ports::HOME_ASSISTANT as i32;
+pub(crate) const MQTT_PORT: i32 = ports::MQTT as i32;
+pub(crate) const MQTT_WS_PORT: i32 = ports::MQTT_WS as i32;
+pub(crate) const BROKER_ADMIN: i32 = ports::BROKER_ADMIN as i32;
+pub(crate) const WATCHER_ADMIN: i32 = ports::WATCHER_ADMIN as i32;
+pub(crate) const EXPORTER_ADMIN: i32 = ports::EXPORTER_ADMIN as i32;
 
 /// Where the package ConfigMap is mounted: a folder of its own, so the
 /// ConfigMap's `..data` swap reaches the watcher and the user's own packages

@@ -22,7 +22,7 @@ use crate::values::{Device, DeviceAccess, Values};
 use crate::yaml;
 
 pub(crate) const COMPONENT: &str = "serial-bridge";
-pub(crate) const ADMIN_PORT: i32 = 9182;
+pub(crate) const ADMIN_PORT: i32 = hass_runtime::ports::BRIDGE_ADMIN as i32;
 
 /// The devices of one node and the names derived from it.
 #[derive(Debug, Clone)]
