@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::changes::CORE;
-use crate::ha_api::{ApiError, HaApi, HaCheck, Retry};
+use crate::ha_api::{ApiError, HaApi, Retry};
 use crate::watch_metrics::{
     ReloadResult, RestartLabels, RestartReason, RestartReasonLabels, RestartResult, WatchMetrics,
 };
@@ -226,7 +226,7 @@ impl Task {
                 domains_without_reload = ?no_reload,
                 "Home Assistant must restart to apply this change"
             );
-            if self.auto_restart && self.restart(api).await {
+            if self.auto_restart && self.restart(api, &plan.domains).await {
                 // The restart loads everything; reloads would only race it.
                 return;
             }
@@ -303,8 +303,10 @@ impl Task {
         }
     }
 
-    /// Restarts Home Assistant if its own check passes; true when asked to.
-    async fn restart(&self, api: &HaApi) -> bool {
+    /// Restarts Home Assistant if its own check passes, and names no error
+    /// for a changed domain (an integration whose config fails its schema
+    /// is not set up at all after a restart); true when asked to.
+    async fn restart(&self, api: &HaApi, changed: &BTreeSet<String>) -> bool {
         let count = |result| {
             self.metrics
                 .restarts
@@ -312,14 +314,13 @@ impl Task {
                 .inc();
         };
         match api.check_config().await {
-            Ok(HaCheck { errors: None, .. }) => {}
-            Ok(HaCheck {
-                errors: Some(errors),
-                ..
-            }) => {
+            Ok(check) if !changed.iter().any(|d| check.rejects(d)) && check.errors.is_none() => {}
+            Ok(check) => {
                 count(RestartResult::Refused);
+                let findings = check.errors.or(check.warnings).unwrap_or_default();
                 warn!(
-                    "not restarting: Home Assistant's check_config says the config is invalid: {errors}"
+                    "not restarting: Home Assistant's check_config rejects the config: {}",
+                    Untrusted(&findings.chars().take(500).collect::<String>())
                 );
                 return false;
             }

@@ -544,8 +544,9 @@ async fn a_domain_without_reload_needs_a_restart() {
     w.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_restart_only_when_home_assistant_agrees() {
+/// A watcher with `auto_restart` over the sample config, its stand-in Home
+/// Assistant, and the sample `configuration.yaml`'s text.
+async fn auto_restarting() -> (Fixture, StandInHa, Running, String) {
     let fx = Fixture::new();
     sample_config(&fx.root);
     let ha = StandInHa::start().await;
@@ -556,11 +557,17 @@ async fn auto_restart_only_when_home_assistant_agrees() {
         "auto_restart: true\n",
     ))
     .await;
+    let config = fs::read_to_string(fx.root.join("configuration.yaml")).unwrap();
+    (fx, ha, w, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_restart_only_when_home_assistant_agrees() {
+    let (fx, ha, w, config) = auto_restarting().await;
 
     // HA's own check says invalid: no restart, and the reloadable domain
     // changed in the same edit is not reloaded either.
     ha.set_check_config_valid(false);
-    let config = fs::read_to_string(fx.root.join("configuration.yaml")).unwrap();
     write(
         &fx.root,
         "configuration.yaml",
@@ -619,6 +626,46 @@ async fn auto_restart_only_when_home_assistant_agrees() {
     })
     .await;
     ha.assert_all_authorized();
+    w.stop().await;
+}
+
+/// Home Assistant 2026.11 calls a config "valid" while warning that an
+/// integration's config fails its schema; after a restart that integration
+/// would not be set up at all. A warning about a changed domain refuses the
+/// restart; one about another domain does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_restart_waits_while_home_assistant_warns_about_a_changed_domain() {
+    let (fx, ha, w, config) = auto_restarting().await;
+
+    ha.set_check_config_warnings(Some(
+        "Invalid config for 'mqtt' at configuration.yaml, line 7: expected a dictionary",
+    ));
+    write(
+        &fx.root,
+        "configuration.yaml",
+        &config.replace("127.0.0.1", "10.0.0.1"),
+    );
+    eventually("refused restart", WAIT, || {
+        w.metric(
+            "hass_config_watcher_restarts_total",
+            &[("result", "refused")],
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(ha.count("homeassistant/restart"), 0);
+
+    ha.set_check_config_warnings(Some(
+        "Invalid config for 'zone' at zones.yaml, line 2: expected a float",
+    ));
+    write(
+        &fx.root,
+        "configuration.yaml",
+        &config.replace("127.0.0.1", "10.0.0.2"),
+    );
+    eventually("homeassistant.restart", WAIT, || {
+        ha.count("homeassistant/restart") == 1
+    })
+    .await;
     w.stop().await;
 }
 

@@ -52,6 +52,8 @@ struct HaState {
     max_in_flight: HashMap<String, usize>,
     /// `check_config`'s verdict.
     check_config_valid: bool,
+    /// `check_config`'s warnings (another integration's schema errors).
+    check_config_warnings: Option<String>,
 }
 
 /// A Home Assistant stand-in: serves `/api/services`, the reload services,
@@ -92,6 +94,7 @@ impl StandInHa {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(HaState {
             check_config_valid: true,
+            check_config_warnings: None,
             ..HaState::default()
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
@@ -146,6 +149,12 @@ impl StandInHa {
 
     pub fn set_check_config_valid(&self, valid: bool) {
         self.state.lock().unwrap().check_config_valid = valid;
+    }
+
+    /// Warnings in `check_config`'s answer, as Home Assistant 2026.11 gives an
+    /// integration's schema errors (the config still "valid").
+    pub fn set_check_config_warnings(&self, warnings: Option<&str>) {
+        self.state.lock().unwrap().check_config_warnings = warnings.map(str::to_owned);
     }
 
     pub fn in_flight(&self, domain: &str) -> usize {
@@ -222,9 +231,9 @@ async fn handle(
             }
             ("POST", "/api/config/core/check_config") => {
                 return json(if s.check_config_valid {
-                    serde_json::json!({"result": "valid", "errors": null})
+                    serde_json::json!({"result": "valid", "errors": null, "warnings": s.check_config_warnings})
                 } else {
-                    serde_json::json!({"result": "invalid", "errors": "Integration error: bogus"})
+                    serde_json::json!({"result": "invalid", "errors": "Integration error: bogus", "warnings": s.check_config_warnings})
                 });
             }
             ("POST", p) if p.starts_with("/api/services/") => {
