@@ -20,8 +20,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{
-    Fixture, StandInHa, WAIT, automation, metric_value, run_command, sample_config, spawn_ready,
-    write,
+    Fixture, StandInHa, WAIT, automation, run_command, sample_config, spawn_ready, write,
 };
 use hass_test_support::{http, wait_for};
 use nix::sys::signal::Signal;
@@ -49,7 +48,7 @@ impl Drop for QueueLength {
 
 fn metric(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     http::get(admin, "/metrics")
-        .map(|reply| metric_value(&reply.body, name, labels))
+        .map(|reply| hass_test_support::openmetrics::sum(&reply.body, name, labels).unwrap_or(0.0))
         .unwrap_or(0.0)
 }
 

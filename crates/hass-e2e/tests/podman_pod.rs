@@ -31,9 +31,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{
-    HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, Stick, metric_value, paho, read_exactly,
-};
+use common::{HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, Stick, paho, read_exactly};
 use hass_test_support::binary::workspace_binary;
 use hass_test_support::home_assistant::HomeAssistantApi;
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
@@ -237,7 +235,7 @@ fn wait_status(port: u16, path: &str, status: u16, pods: &[&PodmanPod]) {
 }
 
 fn exporter_metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metric_value(&http::get(local(9184), "/metrics").ok()?.body, name, labels)
+    openmetrics::sum(&http::get(local(9184), "/metrics").ok()?.body, name, labels)
 }
 
 fn wait_exporter(name: &str, labels: &[(&str, &str)], value: f64, pods: &[&PodmanPod]) {

@@ -1,6 +1,7 @@
 //! Parses an OpenMetrics exposition with the reference parser from the Python
 //! `prometheus_client` package, so tests check `/metrics` as a scraper reads
-//! it instead of matching strings.
+//! it instead of matching strings; [`sum`] reads one value quickly, for the
+//! tests that poll a metric until it changes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -106,4 +107,31 @@ fn sample(v: &serde_json::Value) -> Sample {
 /// The family named `name`, for assertions.
 pub fn find<'a>(families: &'a [Family], name: &str) -> Option<&'a Family> {
     families.iter().find(|f| f.name == name)
+}
+
+/// The sum of the samples `name{labels…}` in exposition text (`labels` may
+/// be a subset of a sample's); `None` when no sample matches. A line scan,
+/// not a parse: for polling, after [`parse`] has checked the format.
+pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        if labels.iter().all(|(k, v)| {
+            series_labels
+                .split(',')
+                .any(|l| l == format!("{k}=\"{v}\""))
+        }) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
 }

@@ -24,7 +24,7 @@ use hass_runtime::metrics::Metrics;
 use hass_runtime::readiness::Readiness;
 use hass_runtime::shutdown::Shutdown;
 use hass_runtime::{Component, Context, Fatal};
-use hass_test_support::{SpawnedBinary, free_addr, http};
+use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics};
 use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "test-token-abc123";
@@ -332,7 +332,7 @@ impl Running {
 
     /// The value of the sample `name{labels}`; 0 when absent.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.ctx.metrics.encode(), name, labels)
+        openmetrics::sum(&self.ctx.metrics.encode(), name, labels).unwrap_or(0.0)
     }
 
     /// Stops the watcher and waits for it to drain.
@@ -349,29 +349,6 @@ impl Running {
             .await
             .unwrap();
     }
-}
-
-/// Finds `name{labels…}` in OpenMetrics text (labels may be a subset).
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut total = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (series_name, series_labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        if labels.iter().all(|(k, v)| {
-            series_labels
-                .split(',')
-                .any(|l| l == format!("{k}=\"{v}\""))
-        }) {
-            total += value.parse::<f64>().unwrap();
-        }
-    }
-    total
 }
 
 /// A watcher config for `root` talking to `ha_url` with the test token, fast

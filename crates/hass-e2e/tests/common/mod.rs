@@ -134,7 +134,7 @@ impl Sidecar {
     /// or when the admin port does not answer.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let reply = http::get(self.admin, "/metrics").ok()?;
-        metric_value(&reply.body, name, labels)
+        hass_test_support::openmetrics::sum(&reply.body, name, labels)
     }
 
     /// Waits until `name{labels}` is `value`; returns how long it took.
@@ -158,31 +158,6 @@ impl Sidecar {
         );
         started.elapsed()
     }
-}
-
-/// Sums the samples `name{labels…}` in OpenMetrics text (labels may be a subset).
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (series_name, series_labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        if labels.iter().all(|(k, v)| {
-            series_labels
-                .split(',')
-                .any(|l| l == format!("{k}=\"{v}\""))
-        }) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
-        }
-    }
-    found
 }
 
 // ---------------------------------------------------------------------------
