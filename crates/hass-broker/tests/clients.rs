@@ -149,8 +149,7 @@ fn bad_credentials_get_a_connack_refusal_not_a_dropped_socket() {
 
 /// paho without the default credentials.
 fn paho_raw(broker: &TestBroker, protocol: u8, args: &[&str]) -> serde_json::Value {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/paho_client.py");
+    let script = hass_test_support::paho::script();
     let output = Command::new("python3")
         .arg(script)
         .args([

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, Sidecar, StandInHa, Stick, paho, read_exactly,
-    token_file, write,
+    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, Sidecar, StandInHa, Stick, paho_publish,
+    paho_subscribe, read_exactly, token_file, write,
 };
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
 
@@ -37,19 +37,7 @@ fn retained_discovery_and_state_survive_a_broker_kill_9() {
     let mut broker = Broker::start();
     let port = broker.mqtt.port();
     for (topic, payload) in [(DISCOVERY_TOPIC, DISCOVERY), (STATE_TOPIC, STATE)] {
-        paho(
-            port,
-            &[
-                "pub",
-                "--topic",
-                topic,
-                "--message",
-                payload,
-                "--qos",
-                "1",
-                "--retain",
-            ],
-        );
+        paho_publish(port, topic, payload, true);
     }
     let status = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
@@ -63,18 +51,7 @@ fn retained_discovery_and_state_survive_a_broker_kill_9() {
     broker.sidecar.kill9();
     broker.sidecar.restart();
 
-    let got = paho(
-        port,
-        &[
-            "sub",
-            "--topic",
-            "homeassistant/#",
-            "--topic",
-            "zigbee2mqtt/#",
-            "--wait",
-            "2",
-        ],
-    );
+    let got = paho_subscribe(port, &["homeassistant/#", "zigbee2mqtt/#"], 3);
     let mut got: Vec<(String, String, bool)> = got
         .as_array()
         .unwrap()

@@ -31,7 +31,10 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, Stick, paho, read_exactly};
+use common::{
+    HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, Stick, paho_publish, paho_subscribe,
+    read_exactly,
+};
 use hass_test_support::binary::workspace_binary;
 use hass_test_support::home_assistant::HomeAssistantApi;
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
@@ -343,19 +346,13 @@ fn the_generated_pods_run_under_podman_and_pass_the_same_health_checks() {
     // containers.conf, which conmon does not pass on.)
     let topic = "homeassistant/sensor/podtest/temperature/config";
     let config = r#"{"name":"Pod test","state_topic":"podtest/state"}"#;
-    paho(
-        1883,
-        &["pub", "--topic", topic, "--message", config, "--retain"],
-    );
+    paho_publish(1883, topic, config, true);
     let broker = ha_pod.container("broker");
     podman::podman(&["kill", "--signal", "KILL", &broker]).unwrap();
     podman::podman(&["wait", &broker]).unwrap();
     podman::podman(&["start", &broker]).unwrap();
     wait_status(9181, "/readyz", 200, &pods);
-    let got = paho(
-        1883,
-        &["sub", "--topic", "homeassistant/#", "--wait", "1.5"],
-    );
+    let got = paho_subscribe(1883, &["homeassistant/#"], 1);
     assert_eq!(
         got,
         serde_json::json!([{"topic": topic, "payload": config, "retain": true, "qos": 1}]),
@@ -589,28 +586,13 @@ fn home_assistant_2026_11_runs_in_the_generated_pod() {
     // config becomes an entity.
     api.add_mqtt_broker("127.0.0.1", 1883, MQTT_USER, MQTT_PASSWORD)
         .unwrap();
-    paho(
+    paho_publish(
         1883,
-        &[
-            "pub",
-            "--topic",
-            "homeassistant/sensor/podtest/temperature/config",
-            "--message",
-            r#"{"name":"Pod temperature","unique_id":"podtest_temp","state_topic":"podtest/state"}"#,
-            "--retain",
-        ],
+        "homeassistant/sensor/podtest/temperature/config",
+        r#"{"name":"Pod temperature","unique_id":"podtest_temp","state_topic":"podtest/state"}"#,
+        true,
     );
-    paho(
-        1883,
-        &[
-            "pub",
-            "--topic",
-            "podtest/state",
-            "--message",
-            "19.5",
-            "--retain",
-        ],
-    );
+    paho_publish(1883, "podtest/state", "19.5", true);
     let entity = wait_for(Duration::from_secs(60), || {
         let (_, states) = api.get("/api/states/sensor.pod_temperature").ok()?;
         (states["state"] == "19.5").then_some(states)

@@ -11,6 +11,7 @@ pub mod binary;
 pub mod home_assistant;
 pub mod http;
 pub mod openmetrics;
+pub mod paho;
 pub mod ports;
 pub mod postgres;
 pub mod pty;

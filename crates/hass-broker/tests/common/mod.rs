@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -150,7 +150,7 @@ impl TestBroker {
     /// Runs the paho helper against `port` (the WebSocket one, with
     /// `--transport websockets` in `args`).
     pub fn paho_on(&self, port: u16, protocol: u8, auth: bool, args: &[&str]) -> serde_json::Value {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/paho_client.py");
+        let script = hass_test_support::paho::script();
         let mut cmd = Command::new("python3");
         cmd.arg(script)
             .args(["--port", &port.to_string()])

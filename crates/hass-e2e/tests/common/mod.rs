@@ -199,14 +199,14 @@ impl Broker {
     }
 }
 
-/// Runs `tests/clients/paho_client.py` (paho-mqtt, as Home Assistant) and parses its JSON.
-pub fn paho(port: u16, args: &[&str]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/paho_client.py");
+/// Runs hass-test-support's paho client (paho-mqtt, as Home Assistant)
+/// with the e2e user; its JSON answer.
+fn paho(port: u16, args: &[&str]) -> serde_json::Value {
     let output = Command::new("python3")
-        .arg(script)
-        .args(args)
+        .arg(hass_test_support::paho::script())
         .args(["--port", &port.to_string()])
         .args(["--user", MQTT_USER, "--password", MQTT_PASSWORD])
+        .args(args)
         .output()
         .expect("python3");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -216,6 +216,45 @@ pub fn paho(port: u16, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("paho output {stdout:?}: {e}"))
+}
+
+/// Publishes `payload` at QoS 1 and returns once the broker acknowledged it.
+pub fn paho_publish(port: u16, topic: &str, payload: &str, retain: bool) {
+    let mut args = vec![
+        "publish-many",
+        "--topic",
+        topic,
+        "--payload",
+        payload,
+        "--qos",
+        "1",
+    ];
+    if retain {
+        args.push("--retain");
+    }
+    let answer = paho(port, &args);
+    assert_eq!(answer["acked"], 1, "{topic}: {answer}");
+}
+
+/// Subscribes to `filters` (each SUBACKed) and returns the messages once
+/// `expect` have arrived (or after 10 s, with what came):
+/// `[{"topic", "payload", "retain", "qos"}]`.
+pub fn paho_subscribe(port: u16, filters: &[&str], expect: usize) -> serde_json::Value {
+    let expect = expect.to_string();
+    let mut args = vec![
+        "subscribe",
+        "--qos",
+        "1",
+        "--expect",
+        &expect,
+        "--timeout",
+        "10",
+        "--show",
+    ];
+    for filter in filters {
+        args.extend(["--filter", filter]);
+    }
+    paho(port, &args)["messages"].clone()
 }
 
 // ---------------------------------------------------------------------------

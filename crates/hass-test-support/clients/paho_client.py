@@ -1,4 +1,4 @@
-"""paho-mqtt (the client Home Assistant uses) driven by hass-broker's tests.
+"""paho-mqtt (the client Home Assistant uses) driven by the tests.
 
 Each subcommand does one thing a real client does and prints one JSON object
 on stdout describing what it saw; the Rust test asserts on it.
@@ -133,8 +133,10 @@ def cmd_subscribe(args):
 
     client.on_subscribe = on_subscribe
     if not args.no_subscribe:
-        client.subscribe(args.filter, qos=args.qos)
-        suback.wait(10)
+        for topic_filter in args.filter:
+            suback.clear()
+            client.subscribe(topic_filter, qos=args.qos)
+            suback.wait(10)
     if args.expect > 0:
         enough.wait(args.timeout)
     else:
@@ -188,7 +190,8 @@ def main():
     p.add_argument("--retain", action="store_true")
 
     p = sub.add_parser("subscribe")
-    p.add_argument("--filter", required=True)
+    p.add_argument("--filter", action="append", required=True,
+                   help="a topic filter; repeat it for more, each waited for its SUBACK")
     p.add_argument("--qos", type=int, default=0)
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--timeout", type=float, default=10.0)
