@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hass_runtime::logging::Untrusted;
 use hass_runtime::secret::{ExposeSecret, SecretSource, SecretString};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -280,9 +281,11 @@ impl HaApi {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 Err(ApiError::Unauthorized(status.as_u16()))
             }
+            // Escaped and cut as any peer's text in a log line.
             s => Err(ApiError::Status {
                 status: s.as_u16(),
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+                body: Untrusted(&String::from_utf8_lossy(&bytes[..bytes.len().min(300)]))
+                    .to_string(),
             }),
         }
     }
