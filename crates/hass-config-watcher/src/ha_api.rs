@@ -174,6 +174,34 @@ impl HaApi {
         .map(drop)
     }
 
+    /// Raises (or replaces) the persistent notification `id`. A failure is
+    /// logged, not returned: a notification is never worth stopping for.
+    pub(crate) async fn notify(&self, id: &str, title: &str, message: &str) {
+        let data = serde_json::json!({"notification_id": id, "title": title, "message": message});
+        self.notification("create", data).await;
+    }
+
+    /// Dismisses the persistent notification `id`, if it is up.
+    pub(crate) async fn dismiss(&self, id: &str) {
+        self.notification("dismiss", serde_json::json!({"notification_id": id}))
+            .await;
+    }
+
+    async fn notification(&self, service: &str, data: Json) {
+        let called = self
+            .call_service(
+                "persistent_notification",
+                service,
+                Some(data),
+                Retry::Idempotent,
+            )
+            .await;
+        match called {
+            Ok(()) | Err(ApiError::ShuttingDown) => {}
+            Err(e) => tracing::warn!("persistent_notification.{service}: {e}"),
+        }
+    }
+
     /// Home Assistant's own check of the config on disk. It calls the
     /// config invalid only for errors of the core and the frontend's
     /// dependencies; every other integration's schema errors come back as

@@ -19,14 +19,10 @@ use gix::ObjectId;
 use gix::bstr::BString;
 use gix::objs::tree::{Entry, EntryKind};
 
+use crate::config_files::{Keep, read_files};
 use crate::ignore::IgnoreList;
 
-/// Folders committed whole, whatever their files are called.
-const WHOLE_FOLDERS: &[&str] = &["blueprints", "custom_templates"];
-const SECRETS_FILE: &str = "secrets.yaml";
 const GITIGNORE: &str = ".gitignore";
-/// Files bigger than this are not configuration; they are left out.
-const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 const AUTHOR: &str = "hass-config-watcher";
 const EMAIL: &str = "hass-config-watcher@localhost";
 
@@ -46,8 +42,6 @@ fn fail(what: impl std::fmt::Display, e: impl std::fmt::Display) -> HistoryError
 #[derive(Debug)]
 pub struct History {
     config_dir: PathBuf,
-    /// `config_dir` resolved: a link is followed only to a file in it.
-    root: PathBuf,
     /// The git dir of a separate repository; None: `config_dir/.git`.
     repo_dir: Option<PathBuf>,
     /// The repository is `config_dir/.git`: keep its index in step.
@@ -108,7 +102,6 @@ impl History {
         let ignore = IgnoreList::new(&[]).map_err(|e| fail("ignore list", e))?;
         Ok(Self {
             config_dir: config_dir.to_path_buf(),
-            root: fs::canonicalize(config_dir).map_err(|e| fail(config_dir.display(), e))?,
             repo_dir: repo.map(Path::to_path_buf),
             in_place,
             include_secrets,
@@ -120,8 +113,11 @@ impl History {
     /// equal the last commit's.
     pub fn commit(&self, message: &str) -> Result<Committed, HistoryError> {
         let repo = self.repo()?;
-        let mut files = BTreeMap::new();
-        self.collect(&self.config_dir, Path::new(""), false, &mut files)?;
+        let keep = Keep::Allowlist {
+            include_secrets: self.include_secrets,
+            gitignore: self.in_place,
+        };
+        let mut files = read_files(&self.config_dir, &self.ignore, keep).map_err(HistoryError)?;
         if !self.in_place {
             // A bare repository has no folder to hold the allowlist: it is
             // committed so a clone explains itself.
@@ -164,72 +160,6 @@ impl History {
                 .map_err(|e| fail("writing the index", e))?;
         }
         Ok(Committed::New(id))
-    }
-
-    /// Adds the allowlisted files under `dir` (`rel` inside the config folder).
-    fn collect(
-        &self,
-        dir: &Path,
-        rel: &Path,
-        whole: bool,
-        files: &mut BTreeMap<PathBuf, Vec<u8>>,
-    ) -> Result<(), HistoryError> {
-        let entries = fs::read_dir(dir).map_err(|e| fail(dir.display(), e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| fail(dir.display(), e))?;
-            let name = entry.file_name();
-            let Some(name_text) = name.to_str() else {
-                continue;
-            };
-            let rel = rel.join(&name);
-            // Dot-entries: .git, .storage, .cloud, ConfigMap's ..data; the
-            // in-place .gitignore is the one exception.
-            let is_gitignore = rel.as_os_str() == GITIGNORE && self.in_place;
-            if (name_text.starts_with('.') && !is_gitignore) || self.ignore.is_ignored(&rel) {
-                continue;
-            }
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else {
-                continue;
-            };
-            // Folders are entered only when real, never through a symlink
-            // (Home Assistant's include_dir_* rule too); files are read
-            // through symlinks, which is what a ConfigMap mounts.
-            if kind.is_dir() {
-                let whole = whole
-                    || (rel.parent() == Some(Path::new("")) && WHOLE_FOLDERS.contains(&name_text));
-                self.collect(&path, &rel, whole, files)?;
-                continue;
-            }
-            let wanted = whole || name_text.ends_with(".yaml") || is_gitignore;
-            if !wanted || (name_text == SECRETS_FILE && !self.include_secrets) {
-                continue;
-            }
-            // A link is read only when it resolves to a file in the config
-            // folder (a ConfigMap's `..data`): `evil.yaml -> /etc/shadow`
-            // would otherwise land in every clone of the history.
-            let path = if kind.is_symlink() {
-                match fs::canonicalize(&path) {
-                    Ok(target) if target.starts_with(&self.root) => target,
-                    _ => continue,
-                }
-            } else {
-                path
-            };
-            match fs::metadata(&path) {
-                Ok(meta) if meta.is_file() && meta.len() <= MAX_FILE_BYTES => {}
-                _ => continue,
-            }
-            match fs::read(&path) {
-                Ok(bytes) => {
-                    files.insert(rel, bytes);
-                }
-                // Deleted between listing and reading: the next change commits it.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(fail(path.display(), e)),
-            }
-        }
-        Ok(())
     }
 
     /// Opens the repository.
@@ -299,7 +229,6 @@ fn write_tree(
     }
 }
 
-/// The `.gitignore` that says, for the git command line, what [`History`]
 /// Writes the allowlist `.gitignore` unless something is already there: a
 /// file of the user's, or a link, dangling or not, which is never followed
 /// (writing through `.gitignore -> /elsewhere` would create a file there).
@@ -320,6 +249,7 @@ fn write_gitignore(path: &Path, include_secrets: bool) -> Result<(), HistoryErro
     }
 }
 
+/// The `.gitignore` that says, for the git command line, what [`History`]
 /// commits.
 pub fn gitignore_text(include_secrets: bool) -> String {
     let mut text = String::from(

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
 use tracing::{info, warn};
 
-use crate::ha_api::{ApiError, HaApi, Retry};
+use crate::ha_api::{ApiError, HaApi};
 use crate::watch_metrics::{HttpSettingsLabels, HttpSettingsResult, WatchMetrics};
 
 /// The persistent notification a failed trial raises.
@@ -400,14 +400,7 @@ async fn verify_and_promote(
         metrics.http_settings_in_sync.set(1);
         info!("HTTP settings verified and promoted to Home Assistant's stable config");
         // A notification of an earlier failure no longer applies.
-        let _ = api
-            .call_service(
-                "persistent_notification",
-                "dismiss",
-                Some(json!({"notification_id": NOTIFICATION_ID})),
-                Retry::Idempotent,
-            )
-            .await;
+        api.dismiss(NOTIFICATION_ID).await;
         return Ok(true);
     }
     count(metrics, HttpSettingsResult::NotPromoted);
@@ -428,22 +421,12 @@ fn count(metrics: &WatchMetrics, result: HttpSettingsResult) {
 }
 
 async fn notify(api: &HaApi, message: &str) {
-    let data = json!({
-        "notification_id": NOTIFICATION_ID,
-        "title": "hass-config-watcher: HTTP settings",
-        "message": message,
-    });
-    if let Err(e) = api
-        .call_service(
-            "persistent_notification",
-            "create",
-            Some(data),
-            Retry::Idempotent,
-        )
-        .await
-    {
-        warn!("could not raise the notification: {e}");
-    }
+    api.notify(
+        NOTIFICATION_ID,
+        "hass-config-watcher: HTTP settings",
+        message,
+    )
+    .await;
 }
 
 #[cfg(test)]

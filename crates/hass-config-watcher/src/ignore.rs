@@ -8,6 +8,8 @@ use std::path::{Component, Path};
 pub(crate) const BUILT_IN: &[&str] = &[
     "/.storage/",
     "/.cloud/",
+    // The watcher's own state (the Git source's applied revision).
+    "/.hass-config-watcher/",
     "/deps/",
     "/tts/",
     "/backups/",

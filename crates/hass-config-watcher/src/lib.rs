@@ -9,8 +9,10 @@
 pub mod backup;
 mod changes;
 mod config;
+mod config_files;
 mod diagnostic;
 mod fswatch;
+mod git_source;
 mod ha_api;
 pub mod history;
 pub mod http_settings;

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hass_runtime::shutdown::Shutdown;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -141,17 +140,10 @@ impl Task {
             }
             match notification {
                 Some(Work::NotifyInvalid(message)) => {
-                    let data = json!({
-                        "notification_id": NOTIFICATION_ID,
-                        "title": "Configuration invalid: changes not reloaded",
-                        "message": message,
-                    });
-                    self.notify(&api, "create", data).await;
+                    let title = "Configuration invalid: changes not reloaded";
+                    api.notify(NOTIFICATION_ID, title, &message).await;
                 }
-                Some(Work::DismissNotification) => {
-                    let data = json!({ "notification_id": NOTIFICATION_ID });
-                    self.notify(&api, "dismiss", data).await;
-                }
+                Some(Work::DismissNotification) => api.dismiss(NOTIFICATION_ID).await,
                 _ => {}
             }
             if !plan.is_empty() {
@@ -164,20 +156,6 @@ impl Task {
         tokio::select! {
             work = rx.recv() => work,
             () = self.shutdown.cancelled() => None,
-        }
-    }
-
-    async fn notify(&self, api: &HaApi, service: &str, data: serde_json::Value) {
-        if let Err(e) = api
-            .call_service(
-                "persistent_notification",
-                service,
-                Some(data),
-                Retry::Idempotent,
-            )
-            .await
-        {
-            warn!("persistent_notification.{service}: {e}");
         }
     }
 
@@ -271,8 +249,7 @@ impl Task {
         match verdict {
             Ok(_) if rejected.is_empty() => {
                 if self.refused_notified.swap(false, Ordering::Relaxed) {
-                    let data = json!({ "notification_id": NOTIFICATION_ID });
-                    self.notify(api, "dismiss", data).await;
+                    api.dismiss(NOTIFICATION_ID).await;
                 }
                 true
             }
@@ -280,16 +257,16 @@ impl Task {
                 let findings = check.errors.or(check.warnings).unwrap_or_default();
                 refuse(&format!(
                     "Home Assistant's check_config rejects the config of {rejected:?}: {}",
-                    Untrusted(&findings.chars().take(500).collect::<String>())
+                    Untrusted(&findings)
                 ));
                 // Home Assistant's wording can quote the files' values: the
                 // notification names the check, not its findings.
-                let data = json!({
-                    "notification_id": NOTIFICATION_ID,
-                    "title": "Configuration rejected by Home Assistant's check: changes not reloaded",
-                    "message": "The files are valid YAML, but Home Assistant's own configuration check found errors, so nothing was reloaded and Home Assistant keeps running the previous configuration. Run the check under Developer tools → YAML for its findings.",
-                });
-                self.notify(api, "create", data).await;
+                api.notify(
+                    NOTIFICATION_ID,
+                    "Configuration rejected by Home Assistant's check: changes not reloaded",
+                    "The files are valid YAML, but Home Assistant's own configuration check found errors, so nothing was reloaded and Home Assistant keeps running the previous configuration. Run the check under Developer tools → YAML for its findings.",
+                )
+                .await;
                 self.refused_notified.store(true, Ordering::Relaxed);
                 false
             }
@@ -320,7 +297,7 @@ impl Task {
                 let findings = check.errors.or(check.warnings).unwrap_or_default();
                 warn!(
                     "not restarting: Home Assistant's check_config rejects the config: {}",
-                    Untrusted(&findings.chars().take(500).collect::<String>())
+                    Untrusted(&findings)
                 );
                 return false;
             }

@@ -9,6 +9,7 @@ use hass_runtime::config::AdminConfig;
 use hass_runtime::secret::SecretSource;
 use serde::Deserialize;
 
+use crate::git_source::SourceConfig;
 use crate::http_settings::HttpSettingsConfig;
 use crate::ignore::IgnoreList;
 
@@ -63,6 +64,10 @@ pub struct WatcherConfig {
     /// after Home Assistant's restart before they are made stable. Needs
     /// `home_assistant.token` (an owner's).
     pub http_settings: Option<HttpSettingsConfig>,
+    /// Follow a branch of a Git repository: each new revision is validated
+    /// and written into `config_dir` only when valid. Absent: the folder is
+    /// edited in place.
+    pub source: Option<SourceConfig>,
 }
 
 /// `history:` — `{}` commits into `<config_dir>/.git`.
@@ -106,6 +111,7 @@ impl Default for WatcherConfig {
             backup_dir: None,
             backup_keep: 7,
             http_settings: None,
+            source: None,
         }
     }
 }
@@ -177,6 +183,7 @@ pub struct Settings {
         HttpSettingsConfig,
         serde_json::Map<String, serde_json::Value>,
     )>,
+    pub source: Option<SourceConfig>,
 }
 
 impl Settings {
@@ -259,6 +266,7 @@ impl Settings {
             None => None,
         };
         Ok(Self {
+            source: config.source,
             http_settings,
             history,
             backup_interval: config.backup_interval,

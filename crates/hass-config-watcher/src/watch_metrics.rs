@@ -129,6 +129,33 @@ pub(crate) struct HttpSettingsLabels {
     pub(crate) result: HttpSettingsResult,
 }
 
+/// What one new revision of the Git source came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SourceResult {
+    /// Valid: its changed files are written.
+    Applied,
+    /// Invalid, unsafe or force-pushed: nothing written.
+    Refused,
+    /// The repository could not be read, or the folder written.
+    Failed,
+}
+
+impl EncodeLabelValue for SourceResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self {
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct SourceLabels {
+    pub(crate) result: SourceResult,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ApiErrorKind {
     Unreachable,
@@ -274,6 +301,9 @@ pub(crate) struct WatchMetrics {
     pub(crate) history_commits: Family<CommitLabels, Counter>,
     pub(crate) http_settings_applies: Family<HttpSettingsLabels, Counter>,
     pub(crate) http_settings_in_sync: Gauge,
+    pub(crate) source_revisions: Family<SourceLabels, Counter>,
+    pub(crate) source_conflicts: Counter,
+    pub(crate) source_last_applied: Gauge<f64, AtomicU64>,
 }
 
 impl WatchMetrics {
@@ -301,6 +331,9 @@ impl WatchMetrics {
             history_commits: Family::default(),
             http_settings_applies: Family::default(),
             http_settings_in_sync: Gauge::default(),
+            source_revisions: Family::default(),
+            source_conflicts: Counter::default(),
+            source_last_applied: Gauge::default(),
         };
         let m = this.clone();
         metrics.register(move |r| {
@@ -403,6 +436,21 @@ impl WatchMetrics {
                 "http_settings_in_sync",
                 "Whether Home Assistant's stable HTTP config has the managed settings (1) or not (0)",
                 m.http_settings_in_sync,
+            );
+            r.register(
+                "source_revisions",
+                "New revisions of the Git source, by what came of them",
+                m.source_revisions,
+            );
+            r.register(
+                "source_conflicts",
+                "Files changed both in the Git source and in the folder, kept as the folder has them",
+                m.source_conflicts,
+            );
+            r.register(
+                "source_last_applied_timestamp_seconds",
+                "Unix time the last revision of the Git source was applied",
+                m.source_last_applied,
             );
         });
         this

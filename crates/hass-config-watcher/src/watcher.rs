@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::changes::{changed_domains, graph_fingerprint};
 use crate::fswatch::{self, Pending};
+use crate::git_source::{self, GitSource};
 use crate::ha_api::HaApi;
 use crate::history::{Committed, History};
 use crate::http_settings;
@@ -32,13 +33,14 @@ use crate::watch_metrics::{
 use crate::{Checked, Diagnostic, Severity};
 
 /// How many diagnostics a persistent notification lists.
-const NOTIFICATION_LINES: usize = 20;
+pub(crate) const NOTIFICATION_LINES: usize = 20;
 
 /// The prepared watcher: settings checked, token readable.
 #[derive(Debug)]
 pub struct ConfigWatcher {
     settings: Settings,
     history: Option<History>,
+    source: Option<GitSource>,
 }
 
 impl ConfigWatcher {
@@ -71,7 +73,19 @@ impl Component for ConfigWatcher {
             ),
             None => None,
         };
-        Ok(Self { settings, history })
+        let source = match &settings.source {
+            Some(source) => Some(
+                source
+                    .check(&settings.config_dir)
+                    .map_err(|e| Fatal::config(format!("source: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            settings,
+            history,
+            source,
+        })
     }
 
     async fn run(self, ctx: Context) -> Result<(), Fatal> {
@@ -97,6 +111,17 @@ impl Component for ConfigWatcher {
                 api.clone(),
                 config.clone(),
                 managed.clone(),
+                metrics.clone(),
+                ctx.shutdown.clone(),
+            ))),
+            _ => None,
+        };
+        let source = match (self.source, &settings.source) {
+            (Some(source), Some(config)) => Some(tokio::spawn(git_source::keep(
+                source,
+                config.interval,
+                settings.ignore.clone(),
+                api.clone(),
                 metrics.clone(),
                 ctx.shutdown.clone(),
             ))),
@@ -194,7 +219,7 @@ impl Component for ConfigWatcher {
         }
         drop(watcher);
         // It stops at the shutdown signal: a call in flight is cut short.
-        if let Some(task) = http_settings {
+        for task in [http_settings, source].into_iter().flatten() {
             let _ = task.await;
         }
         Ok(())
