@@ -28,6 +28,7 @@ use std::time::Duration;
 use gix::ObjectId;
 use gix::objs::tree::EntryKind;
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
 use hass_runtime::logging::Untrusted;
 use hass_runtime::shutdown::Shutdown;
@@ -37,6 +38,7 @@ use crate::config_files::{self, MAX_FILE_BYTES, OnDisk};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::ha_api::HaApi;
 use crate::ignore::IgnoreList;
+use crate::reloads::Verdict;
 use crate::watch_metrics::{SourceLabels, SourceResult, WatchMetrics};
 use crate::watcher::NOTIFICATION_LINES;
 
@@ -73,6 +75,26 @@ pub struct SourceConfig {
     /// Apply a tip that does not descend from the revision applied last.
     #[serde(default)]
     pub allow_force_push: bool,
+    /// Watch Home Assistant after each revision written, and put back the
+    /// files it changed when a reload fails, Home Assistant's check rejects
+    /// it, or Home Assistant is not RUNNING within the window of a restart.
+    #[serde(default = "yes")]
+    pub rollback: bool,
+    /// How long to watch; a revision is kept once every reload it caused
+    /// succeeded, or when the window ends without a failure.
+    #[serde(
+        default = "default_rollback_window",
+        with = "hass_runtime::config::duration"
+    )]
+    pub rollback_window: Duration,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_rollback_window() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_branch() -> String {
@@ -116,6 +138,9 @@ impl SourceConfig {
         if self.interval.is_zero() {
             return Err("interval: must be more than 0s".to_owned());
         }
+        if self.rollback && self.rollback_window.is_zero() {
+            return Err("rollback_window: must be more than 0s".to_owned());
+        }
         Ok(GitSource {
             repo,
             branch: self.branch.clone(),
@@ -125,6 +150,8 @@ impl SourceConfig {
                 .filter(|c| matches!(c, Component::Normal(_)))
                 .collect(),
             allow_force_push: self.allow_force_push,
+            interval: self.interval,
+            rollback_window: self.rollback.then_some(self.rollback_window),
             config_dir: config_dir.to_path_buf(),
             refused: None,
         })
@@ -138,6 +165,9 @@ pub(crate) struct GitSource {
     branch: String,
     path: PathBuf,
     allow_force_push: bool,
+    interval: Duration,
+    /// None: no rollback.
+    rollback_window: Option<Duration>,
     config_dir: PathBuf,
     /// The last tip refused: reported once, not again at every poll.
     refused: Option<ObjectId>,
@@ -158,10 +188,14 @@ pub(crate) enum Outcome {
 #[derive(Debug, Default)]
 pub(crate) struct Applied {
     pub(crate) commit: Option<ObjectId>,
+    /// The revision applied before it.
+    previous: Option<ObjectId>,
     pub(crate) written: Vec<PathBuf>,
     pub(crate) removed: Vec<PathBuf>,
     /// Changed on both sides, or not a plain file in the folder: kept.
     pub(crate) conflicts: Vec<PathBuf>,
+    /// Each file changed: as it was before, and as the revision made it.
+    undo: Vec<(PathBuf, OnDisk, OnDisk)>,
 }
 
 /// Why a revision was not applied.
@@ -225,6 +259,7 @@ impl GitSource {
             .map_err(|e| fail(format!("branch {}", self.branch), e))?
             .detach();
         let applied = read_state(&self.config_dir);
+        let applied_before = applied;
         if Some(tip) == applied || Some(tip) == self.refused {
             return Ok(Outcome::Unchanged);
         }
@@ -250,7 +285,8 @@ impl GitSource {
         if diagnostics.iter().any(|d| d.severity == Severity::Error) {
             return refuse(self, Refusal::Invalid(diagnostics));
         }
-        let applied = self.write(tip, steps)?;
+        let mut applied = self.write(tip, steps)?;
+        applied.previous = applied_before;
         self.refused = None;
         Ok(Outcome::Applied(applied))
     }
@@ -322,13 +358,15 @@ impl GitSource {
             commit: Some(tip),
             ..Applied::default()
         };
-        let mut undo: Vec<(PathBuf, OnDisk)> = Vec::new();
         let mut failure = None;
         for (rel, step) in steps {
             let before = config_files::on_disk(root, &rel);
-            let done = match &step {
-                Step::Write(bytes) => config_files::write_atomically(root, &rel, bytes),
-                Step::Remove => config_files::remove(root, &rel),
+            let (done, after) = match step {
+                Step::Write(bytes) => (
+                    config_files::write_atomically(root, &rel, &bytes),
+                    OnDisk::File(bytes),
+                ),
+                Step::Remove => (config_files::remove(root, &rel), OnDisk::Missing),
                 Step::Conflict => {
                     applied.conflicts.push(rel);
                     continue;
@@ -338,11 +376,11 @@ impl GitSource {
                 failure = Some(fail(rel.display(), e));
                 break;
             }
-            undo.push((rel.clone(), before));
-            match step {
-                Step::Write(_) => applied.written.push(rel),
-                _ => applied.removed.push(rel),
+            match after {
+                OnDisk::File(_) => applied.written.push(rel.clone()),
+                _ => applied.removed.push(rel.clone()),
             }
+            applied.undo.push((rel, before, after));
         }
         if failure.is_none()
             && let Err(e) = write_state(root, tip)
@@ -350,10 +388,10 @@ impl GitSource {
             failure = Some(e);
         }
         if let Some(failure) = failure {
-            for (rel, before) in undo.into_iter().rev() {
+            for (rel, before, _) in applied.undo.iter().rev() {
                 let _ = match before {
-                    OnDisk::File(bytes) => config_files::write_atomically(root, &rel, &bytes),
-                    _ => config_files::remove(root, &rel),
+                    OnDisk::File(bytes) => config_files::write_atomically(root, rel, bytes),
+                    _ => config_files::remove(root, rel),
                 };
             }
             return Err(failure);
@@ -367,14 +405,19 @@ impl GitSource {
 /// while a revision is refused or a file is in conflict.
 pub(crate) async fn keep(
     mut source: GitSource,
-    interval: Duration,
     ignore: IgnoreList,
     api: Option<HaApi>,
+    mut verdicts: broadcast::Receiver<Verdict>,
     metrics: WatchMetrics,
     shutdown: Shutdown,
 ) {
     let mut last_error = String::new();
     loop {
+        // Verdicts of changes before this poll are not this revision's.
+        while !matches!(
+            verdicts.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
         let ignore = ignore.clone();
         let started = std::time::Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
@@ -405,6 +448,23 @@ pub(crate) async fn keep(
                 metrics.source_last_applied.set(unix_now());
                 report_applied(&applied, started.elapsed(), api.as_ref(), &metrics).await;
                 last_error.clear();
+                if let (Some(window), Some(api)) = (source.rollback_window, &api)
+                    && !applied.undo.is_empty()
+                {
+                    match watch_over(window, &mut verdicts, api, &shutdown).await {
+                        Health::Healthy => {
+                            info!(commit = ?applied.commit, took = ?started.elapsed(), "git source: Home Assistant took the revision");
+                        }
+                        Health::ShuttingDown => return,
+                        Health::Unhealthy(why) => {
+                            let Some(back) = roll_back(source, applied, &why, api, &metrics).await
+                            else {
+                                return;
+                            };
+                            source = back;
+                        }
+                    }
+                }
             }
             Ok(Outcome::Refused { commit, why }) => {
                 count(SourceResult::Refused);
@@ -423,9 +483,66 @@ pub(crate) async fn keep(
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(source.interval) => {}
         }
     }
+}
+
+/// Rolls `applied` back and reports it; None when the blocking task failed.
+async fn roll_back(
+    mut source: GitSource,
+    applied: Applied,
+    why: &str,
+    api: &HaApi,
+    metrics: &WatchMetrics,
+) -> Option<GitSource> {
+    let commit = applied.commit.map(|c| c.to_string()).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let joined = tokio::task::spawn_blocking(move || {
+        let done = source.roll_back(&applied);
+        (source, done)
+    })
+    .await;
+    let (source, done) = match joined {
+        Ok(back) => back,
+        Err(e) => {
+            error!("git source: the rollback task failed, the source is stopped: {e}");
+            return None;
+        }
+    };
+    metrics
+        .source_revisions
+        .get_or_create(&SourceLabels {
+            result: SourceResult::RolledBack,
+        })
+        .inc();
+    let why = Untrusted(why).to_string();
+    let message = match done {
+        Ok(restored) => {
+            let shown: Vec<String> = restored
+                .iter()
+                .map(|p| Untrusted(&p.display().to_string()).to_string())
+                .collect();
+            error!(%commit, restored = ?shown, took = ?started.elapsed(), "git source: revision rolled back: {why}");
+            format!(
+                "Revision `{commit}` of the Git source was rolled back: {why}. The files it changed are back as they were ({}), and Home Assistant reloads them; the revision is not applied again until a new one is pushed.",
+                shown.join(", ")
+            )
+        }
+        Err(e) => {
+            error!(%commit, "git source: revision {commit} failed ({why}) and could not be rolled back: {e}");
+            format!(
+                "Revision `{commit}` of the Git source failed ({why}), and rolling it back failed too: {e}. The config folder needs a look."
+            )
+        }
+    };
+    api.notify(
+        NOTIFICATION_ID,
+        "Git source: revision rolled back",
+        &message,
+    )
+    .await;
+    Some(source)
 }
 
 async fn report_applied(
@@ -500,6 +617,110 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or_default()
+}
+
+impl GitSource {
+    /// Puts back the files `applied` changed, each only if it is still as
+    /// the revision left it, and makes the revision before it the applied
+    /// one again; the revision is not taken again. Returns the files put back.
+    pub(crate) fn roll_back(&mut self, applied: &Applied) -> Result<Vec<PathBuf>, SourceError> {
+        let root = &self.config_dir;
+        let mut restored = Vec::new();
+        for (rel, before, after) in applied.undo.iter().rev() {
+            if config_files::on_disk(root, rel) != *after {
+                // Changed since: someone else's now.
+                continue;
+            }
+            match before {
+                OnDisk::File(bytes) => config_files::write_atomically(root, rel, bytes),
+                _ => config_files::remove(root, rel),
+            }
+            .map_err(|e| fail(rel.display(), e))?;
+            restored.push(rel.clone());
+        }
+        match applied.previous {
+            Some(previous) => write_state(root, previous)?,
+            None => {
+                let state = root.join(STATE_DIR).join(STATE_FILE);
+                fs::remove_file(&state).map_err(|e| fail(state.display(), e))?;
+            }
+        }
+        self.refused = applied.commit;
+        Ok(restored)
+    }
+}
+
+/// How Home Assistant took a revision, watched for `window` after it was
+/// written, through the applier's verdicts.
+#[derive(Debug, PartialEq, Eq)]
+enum Health {
+    Healthy,
+    Unhealthy(String),
+    ShuttingDown,
+}
+
+async fn watch_over(
+    window: Duration,
+    verdicts: &mut broadcast::Receiver<Verdict>,
+    api: &HaApi,
+    shutdown: &Shutdown,
+) -> Health {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut expected: Option<BTreeSet<String>> = None;
+    let mut restart_needed = false;
+    loop {
+        let verdict = tokio::select! {
+            () = shutdown.cancelled() => return Health::ShuttingDown,
+            // Nothing failed within the window.
+            () = tokio::time::sleep_until(deadline) => return Health::Healthy,
+            verdict = verdicts.recv() => verdict,
+        };
+        match verdict {
+            Ok(Verdict::Planned { reloads, restart }) => {
+                restart_needed |= restart;
+                expected.get_or_insert_default().extend(reloads);
+            }
+            Ok(Verdict::Reloaded(domain)) => {
+                if let Some(expected) = &mut expected {
+                    expected.remove(&domain);
+                }
+            }
+            Ok(Verdict::Restarting) => return running_by(deadline, window, api, shutdown).await,
+            Ok(Verdict::Failed { why }) => return Health::Unhealthy(why),
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return Health::ShuttingDown,
+        }
+        // Every reload it caused succeeded, and no restart waits.
+        if expected.as_ref().is_some_and(BTreeSet::is_empty) && !restart_needed {
+            return Health::Healthy;
+        }
+    }
+}
+
+/// After a restart: RUNNING again by `deadline`, or unhealthy.
+async fn running_by(
+    deadline: tokio::time::Instant,
+    window: Duration,
+    api: &HaApi,
+    shutdown: &Shutdown,
+) -> Health {
+    loop {
+        match tokio::time::timeout_at(deadline, api.running()).await {
+            Ok(Ok(true)) => return Health::Healthy,
+            Ok(Err(crate::ha_api::ApiError::ShuttingDown)) => return Health::ShuttingDown,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Health::ShuttingDown,
+            () = tokio::time::sleep_until(deadline) => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    Health::Unhealthy(format!(
+        "Home Assistant was not RUNNING within {} of the restart",
+        humantime::format_duration(window)
+    ))
 }
 
 /// Adds the allowlisted blobs of `tree` under `rel`, refusing what cannot be

@@ -174,6 +174,17 @@ impl HaApi {
         .map(drop)
     }
 
+    /// Whether Home Assistant says it is RUNNING (`GET /api/config`'s
+    /// `state`); retried while it is unreachable, so bound it by a timeout.
+    pub(crate) async fn running(&self) -> Result<bool, ApiError> {
+        let body = self
+            .call(Method::GET, "/api/config", None, Retry::Idempotent)
+            .await?;
+        let config: Json = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadResponse(format!("/api/config: {e}")))?;
+        Ok(config.get("state").and_then(Json::as_str) == Some("RUNNING"))
+    }
+
     /// Raises (or replaces) the persistent notification `id`. A failure is
     /// logged, not returned: a notification is never worth stopping for.
     pub(crate) async fn notify(&self, id: &str, title: &str, message: &str) {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hass_runtime::shutdown::Shutdown;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::changes::CORE;
@@ -57,10 +57,33 @@ pub(crate) enum Work {
     DismissNotification,
 }
 
+/// What came of a change in Home Assistant, for whoever watches over it
+/// (the Git source's rollback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// These domains are about to be reloaded; `restart`: Home Assistant
+    /// is about to be restarted first (`auto_restart`), if its check agrees.
+    Planned {
+        reloads: BTreeSet<String>,
+        restart: bool,
+    },
+    Reloaded(String),
+    /// `homeassistant.restart` was called.
+    Restarting,
+    /// A reload failed, or Home Assistant's check refused the change.
+    Failed {
+        why: String,
+    },
+}
+
+/// How many verdicts a slow watcher may fall behind by.
+const VERDICTS: usize = 256;
+
 /// The sending end; the task stops at shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Applier {
     tx: mpsc::UnboundedSender<Work>,
+    verdicts: broadcast::Sender<Verdict>,
 }
 
 impl Applier {
@@ -73,7 +96,9 @@ impl Applier {
         shutdown: Shutdown,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (verdicts, _) = broadcast::channel(VERDICTS);
         let task = Task {
+            verdicts: verdicts.clone(),
             api,
             auto_restart,
             check_before_reload,
@@ -83,7 +108,12 @@ impl Applier {
             slots: Arc::default(),
         };
         shutdown.spawn(task.run(rx));
-        Self { tx }
+        Self { tx, verdicts }
+    }
+
+    /// Verdicts from now on.
+    pub(crate) fn verdicts(&self) -> broadcast::Receiver<Verdict> {
+        self.verdicts.subscribe()
     }
 
     pub(crate) fn send(&self, work: Work) {
@@ -94,6 +124,7 @@ impl Applier {
 
 struct Task {
     api: Option<HaApi>,
+    verdicts: broadcast::Sender<Verdict>,
     auto_restart: bool,
     /// Ask Home Assistant's own `check_config` before any reload.
     check_before_reload: bool,
@@ -152,6 +183,11 @@ impl Task {
         }
     }
 
+    /// Tells the watchers, if any.
+    fn tell(&self, verdict: Verdict) {
+        let _ = self.verdicts.send(verdict);
+    }
+
     async fn next(&self, rx: &mut mpsc::UnboundedReceiver<Work>) -> Option<Work> {
         tokio::select! {
             work = rx.recv() => work,
@@ -191,6 +227,10 @@ impl Task {
         if !no_reload.is_empty() {
             reasons.insert(RestartReason::NoReloadService);
         }
+        self.tell(Verdict::Planned {
+            reloads: reloads.iter().map(|(d, _)| d.clone()).collect(),
+            restart: !reasons.is_empty() && self.auto_restart,
+        });
         if !reasons.is_empty() {
             self.metrics.restart_required.set(1);
             for reason in &reasons {
@@ -234,6 +274,9 @@ impl Task {
             }
             let domains: Vec<&str> = reloads.iter().map(|(d, _)| d.as_str()).collect();
             warn!(?domains, "not reloading: {why}");
+            self.tell(Verdict::Failed {
+                why: format!("not reloaded ({}): {why}", domains.join(", ")),
+            });
         };
         let started = std::time::Instant::now();
         let verdict = api.check_config().await;
@@ -294,6 +337,9 @@ impl Task {
             Ok(check) if !changed.iter().any(|d| check.rejects(d)) && check.errors.is_none() => {}
             Ok(check) => {
                 count(RestartResult::Refused);
+                self.tell(Verdict::Failed {
+                    why: "Home Assistant's check_config refuses the restart".to_owned(),
+                });
                 let findings = check.errors.or(check.warnings).unwrap_or_default();
                 warn!(
                     "not restarting: Home Assistant's check_config rejects the config: {}",
@@ -315,6 +361,7 @@ impl Task {
             // A connection dropped after sending is Home Assistant going down.
             Ok(()) | Err(ApiError::Unreachable(_)) => {
                 count(RestartResult::Requested);
+                self.tell(Verdict::Restarting);
                 self.metrics.restart_required.set(0);
                 info!("Home Assistant is restarting to apply the change");
                 true
@@ -342,6 +389,7 @@ impl Task {
         let api = api.clone();
         let slots = self.slots.clone();
         let metrics = self.metrics.clone();
+        let verdicts = self.verdicts.clone();
         self.shutdown.spawn(async move {
             loop {
                 let started = std::time::Instant::now();
@@ -357,11 +405,14 @@ impl Task {
                             .unwrap_or_default();
                         metrics.last_reload.set(now);
                         info!(%domain, service, took = ?started.elapsed(), "reloaded");
+                        let _ = verdicts.send(Verdict::Reloaded(domain.clone()));
                     }
                     Err(ApiError::ShuttingDown) => return,
                     Err(e) => {
                         metrics.count_reload(&domain, ReloadResult::Error);
                         error!(%domain, service, "reload failed: {e}");
+                        let why = format!("{domain}.{service} failed: {e}");
+                        let _ = verdicts.send(Verdict::Failed { why });
                     }
                 }
                 let mut slots = lock(&slots);

@@ -138,6 +138,8 @@ pub(crate) enum SourceResult {
     Refused,
     /// The repository could not be read, or the folder written.
     Failed,
+    /// Applied, then put back: Home Assistant did not take it.
+    RolledBack,
 }
 
 impl EncodeLabelValue for SourceResult {
@@ -147,6 +149,7 @@ impl EncodeLabelValue for SourceResult {
             Self::Applied => "applied",
             Self::Refused => "refused",
             Self::Failed => "failed",
+            Self::RolledBack => "rolled_back",
         })
     }
 }

@@ -116,24 +116,23 @@ impl Component for ConfigWatcher {
             ))),
             _ => None,
         };
-        let source = match (self.source, &settings.source) {
-            (Some(source), Some(config)) => Some(tokio::spawn(git_source::keep(
-                source,
-                config.interval,
-                settings.ignore.clone(),
-                api.clone(),
-                metrics.clone(),
-                ctx.shutdown.clone(),
-            ))),
-            _ => None,
-        };
         let applier = Applier::start(
-            api,
+            api.clone(),
             settings.auto_restart,
             settings.check_before_reload,
             metrics.clone(),
             ctx.shutdown.clone(),
         );
+        let source = self.source.map(|source| {
+            tokio::spawn(git_source::keep(
+                source,
+                settings.ignore.clone(),
+                api,
+                applier.verdicts(),
+                metrics.clone(),
+                ctx.shutdown.clone(),
+            ))
+        });
         let mut state = State {
             root: root.clone(),
             notify_invalid: settings.notify_invalid,

@@ -129,7 +129,8 @@ impl Setup {
     /// A repository holding the sample config under `ha/`, the config folder
     /// holding `local`, and a watcher following `main` that has applied the
     /// first revision.
-    async fn start(local: &[(&str, &str)], extra: &str) -> Self {
+    /// `top`: more top-level YAML lines; `more`: more `source:` keys.
+    async fn start(local: &[(&str, &str)], top: &str, more: &str) -> Self {
         let fx = Fixture::new();
         let repo = Repo::new(fx.dir.path());
         repo.push(&sample(), "the sample config");
@@ -138,7 +139,7 @@ impl Setup {
         }
         let ha = StandInHa::start().await;
         let source = format!(
-            "source:\n  git: file://{}\n  path: ha\n  interval: 50ms\n{extra}",
+            "{top}source:\n  git: file://{}\n  path: ha\n  interval: 50ms\n{more}",
             repo.remote.display()
         );
         let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, &source)).await;
@@ -188,7 +189,7 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_revision_is_written_then_reloaded() {
     // First sync into an empty folder: every file comes from Git.
-    let s = Setup::start(&[], "").await;
+    let s = Setup::start(&[], "", "").await;
     assert_eq!(s.read("configuration.yaml"), CONFIGURATION);
     assert_eq!(s.read("input_boolean.yaml"), "guest_mode:\n  name: Guest\n");
     let state = fs::read_to_string(s.fx.root.join(".hass-config-watcher/git-source")).unwrap();
@@ -235,7 +236,7 @@ async fn a_valid_revision_is_written_then_reloaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_revision_is_never_written() {
-    let s = Setup::start(&[], "").await;
+    let s = Setup::start(&[], "", "").await;
     let before = snapshot(&s.fx.root);
     let bad = s.repo.push(
         &[
@@ -288,7 +289,7 @@ async fn an_edit_made_in_home_assistant_is_kept() {
     // The folder already has an automation made in the UI: the first sync
     // keeps it and writes the rest.
     let ui = automation("made_in_the_ui");
-    let s = Setup::start(&[("automations.yaml", &ui)], "").await;
+    let s = Setup::start(&[("automations.yaml", &ui)], "", "").await;
     assert_eq!(s.read("automations.yaml"), ui);
     assert_eq!(s.read("configuration.yaml"), CONFIGURATION);
     assert_eq!(
@@ -348,7 +349,7 @@ async fn back_to_sample(s: &Setup, applied: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_revisions_write_nothing() {
-    let s = Setup::start(&[], "").await;
+    let s = Setup::start(&[], "", "").await;
     refused(
         &s,
         &[("configuration.yaml", None)],
@@ -427,4 +428,78 @@ async fn an_unreachable_repository_is_reported_until_it_appears() {
         CONFIGURATION
     );
     w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_home_assistant_rejects_is_rolled_back() {
+    let s = Setup::start(&[], "", "").await;
+    let good = s.read("input_boolean.yaml");
+    // Valid YAML that Home Assistant's own check rejects: it warns about
+    // the domain, so the reload is refused and the revision rolled back.
+    s.ha.set_check_config_warnings(Some(
+        "Invalid config for 'input_boolean' at input_boolean.yaml, line 2: expected str",
+    ));
+    let pushed = Instant::now();
+    let bad = s.repo.push(
+        &[
+            ("input_boolean.yaml", Some("guest_mode:\n  name: [1, 2]\n")),
+            (
+                "scripts.yaml",
+                Some("hello:\n  sequence: []\nbye:\n  sequence: []\n"),
+            ),
+        ],
+        "a schema error",
+    );
+    s.wait_for("rolled_back", 1).await;
+    eprintln!("push to rolled back: {:?}", pushed.elapsed());
+    s.ha.set_check_config_warnings(None);
+    assert_eq!(s.read("input_boolean.yaml"), good);
+    assert_eq!(s.read("scripts.yaml"), "hello:\n  sequence: []\n");
+    let notes = s.notifications();
+    let note = notes.last().unwrap();
+    assert!(
+        note.contains(&bad) && note.contains("rolled back"),
+        "{note}"
+    );
+    // Home Assistant gets the old files back: reloaded as they were.
+    eventually("the rolled-back files reloaded", WAIT, || {
+        s.ha.count("input_boolean/reload") >= 1
+    })
+    .await;
+    assert_eq!(s.revisions("applied"), 2.0);
+
+    // The rolled-back revision is not applied again; the next one is.
+    s.repo.push(
+        &[("input_boolean.yaml", Some("guest_mode:\n  name: Guests\n"))],
+        "the fix",
+    );
+    s.wait_for("applied", 3).await;
+    assert_eq!(
+        s.read("input_boolean.yaml"),
+        "guest_mode:\n  name: Guests\n"
+    );
+    assert!(s.read("scripts.yaml").contains("bye:"));
+    assert_eq!(s.revisions("rolled_back"), 1.0);
+    s.w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_after_which_home_assistant_does_not_come_back_is_rolled_back() {
+    let s = Setup::start(&[], "auto_restart: true\n", "  rollback_window: 1s\n").await;
+    // `mqtt:` has no reload service: the change needs a restart, after
+    // which Home Assistant never says RUNNING.
+    let restarts = s.ha.count("homeassistant/restart");
+    s.ha.set_core_state("NOT_RUNNING");
+    let config = format!("{CONFIGURATION}mqtt:\n  sensor: []\n");
+    s.repo
+        .push(&[("configuration.yaml", Some(&config))], "mqtt");
+    s.wait_for("rolled_back", 1).await;
+    assert_eq!(s.ha.count("homeassistant/restart"), restarts + 1);
+    assert_eq!(s.read("configuration.yaml"), CONFIGURATION);
+    let notes = s.notifications();
+    assert!(
+        notes.last().unwrap().contains("not RUNNING within 1s"),
+        "{notes:?}"
+    );
+    s.w.stop().await;
 }

@@ -54,6 +54,8 @@ struct HaState {
     check_config_valid: bool,
     /// `check_config`'s warnings (another integration's schema errors).
     check_config_warnings: Option<String>,
+    /// `GET /api/config`'s `state`.
+    core_state: &'static str,
 }
 
 /// A Home Assistant stand-in: serves `/api/services`, the reload services,
@@ -95,6 +97,7 @@ impl StandInHa {
         let state = Arc::new(Mutex::new(HaState {
             check_config_valid: true,
             check_config_warnings: None,
+            core_state: "RUNNING",
             ..HaState::default()
         }));
         let app = Router::new().fallback(handle).with_state(state.clone());
@@ -155,6 +158,11 @@ impl StandInHa {
     /// integration's schema errors (the config still "valid").
     pub fn set_check_config_warnings(&self, warnings: Option<&str>) {
         self.state.lock().unwrap().check_config_warnings = warnings.map(str::to_owned);
+    }
+
+    /// What `GET /api/config` says Home Assistant's state is.
+    pub fn set_core_state(&self, state: &'static str) {
+        self.state.lock().unwrap().core_state = state;
     }
 
     pub fn in_flight(&self, domain: &str) -> usize {
@@ -228,6 +236,9 @@ async fn handle(
                     })
                     .collect();
                 return json(serde_json::Value::Array(list));
+            }
+            ("GET", "/api/config") => {
+                return json(serde_json::json!({"state": s.core_state, "version": "2026.11.0"}));
             }
             ("POST", "/api/config/core/check_config") => {
                 return json(if s.check_config_valid {
