@@ -11,80 +11,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use common::{Fixture, Running, StandInHa, WAIT, automation, eventually, watcher_yaml, write};
-
-/// A bare repository (`remote.git`) and a clone to commit in.
-struct Repo {
-    remote: PathBuf,
-    work: PathBuf,
-}
-
-impl Repo {
-    fn new(dir: &Path) -> Self {
-        let remote = dir.join("remote.git");
-        let work = dir.join("work");
-        git(dir, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
-        git(dir, &["clone", "-q", "remote.git", "work"]);
-        git(&work, &["checkout", "-q", "-b", "main"]);
-        Self { remote, work }
-    }
-
-    /// Writes (Some) or deletes (None) files under `ha/`, commits and pushes;
-    /// returns the commit id.
-    fn push(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
-        for (rel, text) in files {
-            let path = self.work.join("ha").join(rel);
-            match text {
-                Some(text) => {
-                    fs::create_dir_all(path.parent().unwrap()).unwrap();
-                    fs::write(&path, text).unwrap();
-                }
-                None => fs::remove_file(&path).unwrap(),
-            }
-        }
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "-q", "-m", message]);
-        git(&self.work, &["push", "-q", "-f", "origin", "main"]);
-        self.head()
-    }
-
-    fn head(&self) -> String {
-        let out = Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(&self.work)
-            .envs(GIT_ENV)
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-/// Keeps the user's and the system's git config out of the tests.
-const GIT_ENV: [(&str, &str); 5] = [
-    ("GIT_CONFIG_GLOBAL", "/dev/null"),
-    ("GIT_CONFIG_NOSYSTEM", "1"),
-    ("GIT_AUTHOR_NAME", "test"),
-    ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
-    ("GIT_COMMITTER_NAME", "test"),
-];
-
-fn git(dir: &Path, args: &[&str]) {
-    let status = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .envs(GIT_ENV)
-        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
-}
+use hass_test_support::GitRemote;
 
 const CONFIGURATION: &str = "homeassistant:\n  name: Home\nautomation: !include automations.yaml\nscript: !include scripts.yaml\ninput_boolean: !include input_boolean.yaml\n";
 
-/// The sample config, as files for [`Repo::push`].
+/// The sample config, as files for [`GitRemote::push`].
 fn sample() -> Vec<(&'static str, Option<&'static str>)> {
     vec![
         ("configuration.yaml", Some(CONFIGURATION)),
@@ -120,7 +54,7 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 struct Setup {
     fx: Fixture,
-    repo: Repo,
+    repo: GitRemote,
     ha: StandInHa,
     w: Running,
 }
@@ -132,7 +66,7 @@ impl Setup {
     /// `top`: more top-level YAML lines; `more`: more `source:` keys.
     async fn start(local: &[(&str, &str)], top: &str, more: &str) -> Self {
         let fx = Fixture::new();
-        let repo = Repo::new(fx.dir.path());
+        let repo = GitRemote::new(fx.dir.path(), "ha");
         repo.push(&sample(), "the sample config");
         for (rel, text) in local {
             write(&fx.root, rel, text);
@@ -341,8 +275,8 @@ async fn refused(s: &Setup, files: &[(&str, Option<&str>)], what: &str, n: u32) 
 }
 
 async fn back_to_sample(s: &Setup, applied: u32) {
-    let _ = fs::remove_file(s.repo.work.join("ha/passwd.yaml"));
-    let _ = fs::remove_file(s.repo.work.join("ha/huge.yaml"));
+    let _ = fs::remove_file(s.repo.path("passwd.yaml"));
+    let _ = fs::remove_file(s.repo.path("huge.yaml"));
     s.repo.push(&sample(), "back");
     s.wait_for("applied", applied).await;
 }
@@ -363,7 +297,7 @@ async fn hostile_revisions_write_nothing() {
     refused(&s, &[("huge.yaml", Some(&huge))], "a 9 MiB file", 2).await;
     back_to_sample(&s, 3).await;
 
-    std::os::unix::fs::symlink("/etc/passwd", s.repo.work.join("ha/passwd.yaml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", s.repo.path("passwd.yaml")).unwrap();
     refused(&s, &[], "a link to /etc/passwd", 3).await;
     assert!(!s.fx.root.join("passwd.yaml").exists());
     back_to_sample(&s, 4).await;
@@ -371,7 +305,7 @@ async fn hostile_revisions_write_nothing() {
     // A force-push: the branch rewritten to a tip that does not descend from
     // the revision applied.
     let applied = s.repo.head();
-    git(&s.repo.work, &["reset", "-q", "--hard", "HEAD~3"]);
+    s.repo.git(&["reset", "-q", "--hard", "HEAD~3"]);
     refused(
         &s,
         &[(
@@ -414,7 +348,7 @@ async fn an_unreachable_repository_is_reported_until_it_appears() {
     eventually("two failed polls", WAIT, || failed() >= 2.0).await;
     assert_eq!(snapshot(&fx.root), before);
 
-    let repo = Repo::new(fx.dir.path());
+    let repo = GitRemote::new(fx.dir.path(), "ha");
     repo.push(&sample(), "the sample config");
     eventually("applied once the repository is there", WAIT, || {
         w.metric(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Broker, MQTT_PASSWORD, MQTT_USER};
 use hass_test_support::home_assistant::{HomeAssistant, HomeAssistantApi, Supervised};
-use hass_test_support::wait_for;
+use hass_test_support::{GitRemote, wait_for};
 use serde_json::{Value, json};
 
 const DISCOVERY_TOPIC: &str = "homeassistant/sensor/e2e_kitchen/temperature/config";
@@ -230,6 +230,47 @@ fn replace_file(path: &std::path::Path, text: &str) {
     std::fs::rename(&temp, path).unwrap();
 }
 
+/// Waits for `entity` to exist in Home Assistant; the time since `since`.
+fn entity_appears(
+    ha: &HomeAssistant,
+    entity: &str,
+    since: Instant,
+    watcher: &common::Sidecar,
+) -> Duration {
+    let appeared = wait_for(Duration::from_secs(30), || {
+        let (status, _) = ha.get(&format!("/api/states/{entity}")).unwrap();
+        (status == 200).then(|| since.elapsed())
+    });
+    appeared.unwrap_or_else(|| panic!("no {entity}\n{}", watcher.logs()))
+}
+
+/// hass-config-watcher for the Home Assistant at `url` with config folder
+/// `config_dir`, its token in `dir`, and `extra` YAML lines.
+fn start_watcher(
+    config_dir: &std::path::Path,
+    url: &str,
+    token: &str,
+    dir: &std::path::Path,
+    extra: &str,
+) -> common::Sidecar {
+    let token_file = dir.join("ha-token");
+    std::fs::write(&token_file, token).unwrap();
+    let config = dir.join("watcher.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "config_dir: {}\nhome_assistant:\n  url: {url}\n  token: {{ file: {} }}\nnotify_invalid: false\n{extra}",
+            config_dir.display(),
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    common::Sidecar::start(
+        "config-watcher",
+        &["run", "--config", config.to_str().unwrap()],
+    )
+}
+
 /// hass-config-watcher against a real Home Assistant: an edit of a domain
 /// Home Assistant can reload is reloaded and the new entity appears; a
 /// broken edit causes no reload and Home Assistant keeps running the old
@@ -241,22 +282,12 @@ fn the_config_watcher_reloads_a_real_domain_and_never_a_broken_config() {
     let ha = HomeAssistant::start(base).unwrap();
     ha.wait_running(Duration::from_secs(120)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("ha-token");
-    std::fs::write(&token, ha.token()).unwrap();
-    let config = dir.path().join("watcher.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "config_dir: {}\nhome_assistant:\n  url: {}\n  token: {{ file: {} }}\ndebounce: 200ms\nnotify_invalid: false\n",
-            ha.config_dir().display(),
-            ha.url(),
-            token.display()
-        ),
-    )
-    .unwrap();
-    let watcher = common::Sidecar::start(
-        "config-watcher",
-        &["run", "--config", config.to_str().unwrap()],
+    let watcher = start_watcher(
+        ha.config_dir(),
+        &ha.url(),
+        ha.token(),
+        dir.path(),
+        "debounce: 200ms\n",
     );
     let metric = |name: &str, labels: &[(&str, &str)]| watcher.metric(name, labels).unwrap_or(0.0);
     let file = ha.config_dir().join("configuration.yaml");
@@ -268,12 +299,7 @@ fn the_config_watcher_reloads_a_real_domain_and_never_a_broken_config() {
         &file,
         &original.replace(base, &format!("{base}  second:\n    name: Second\n")),
     );
-    let appeared = wait_for(Duration::from_secs(30), || {
-        let (status, _) = ha.get("/api/states/input_boolean.second").unwrap();
-        (status == 200).then(|| edited.elapsed())
-    });
-    let appeared =
-        appeared.unwrap_or_else(|| panic!("no input_boolean.second\n{}", watcher.logs()));
+    let appeared = entity_appears(&ha, "input_boolean.second", edited, &watcher);
     eprintln!("edit to entity in Home Assistant: {appeared:?}");
     let reloads = metric(
         "hass_config_watcher_reloads_total",
@@ -344,6 +370,90 @@ fn the_config_watcher_reloads_a_real_domain_and_never_a_broken_config() {
     assert!(waiting.is_some(), "{}", watcher.logs());
 }
 
+/// The config watcher's Git source against a real Home Assistant: a push
+/// becomes an entity; a push that Home Assistant's own check rejects is
+/// rolled back, and the files it changed are reloaded as they were.
+#[test]
+fn the_git_source_applies_a_push_and_rolls_back_what_home_assistant_rejects() {
+    let base = "input_boolean:\n  first:\n    name: First\n";
+    let second = format!("{base}  second:\n    name: Second\n");
+    let ha = HomeAssistant::start(base).unwrap();
+    ha.wait_running(Duration::from_secs(120)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let remote = GitRemote::new(dir.path(), "ha");
+    let file = ha.config_dir().join("configuration.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    remote.push(
+        &[("configuration.yaml", Some(&original))],
+        "as Home Assistant runs it",
+    );
+    let source = format!(
+        "debounce: 200ms\nsource:\n  git: file://{}\n  path: ha\n  interval: 200ms\n  rollback_window: 60s\n",
+        remote.remote.display()
+    );
+    let watcher = start_watcher(ha.config_dir(), &ha.url(), ha.token(), dir.path(), &source);
+    let metric = |name: &str, labels: &[(&str, &str)]| watcher.metric(name, labels).unwrap_or(0.0);
+    let revisions = |result: &str| {
+        metric(
+            "hass_config_watcher_source_revisions_total",
+            &[("result", result)],
+        )
+    };
+    let first = wait_for(Duration::from_secs(30), || {
+        (revisions("applied") == 1.0).then_some(())
+    });
+    assert!(first.is_some(), "{}", watcher.logs());
+
+    // A push: the new switch is in Home Assistant.
+    let pushed = Instant::now();
+    remote.push(
+        &[("configuration.yaml", Some(&original.replace(base, &second)))],
+        "a second switch",
+    );
+    let appeared = entity_appears(&ha, "input_boolean.second", pushed, &watcher);
+    eprintln!("push to entity in Home Assistant: {appeared:?}");
+
+    // Valid YAML that input_boolean's schema refuses (`initial` is a
+    // boolean): Home Assistant's check rejects it, nothing is reloaded, and
+    // the revision is rolled back.
+    let reloaded = || {
+        metric(
+            "hass_config_watcher_reloads_total",
+            &[("domain", "input_boolean"), ("result", "ok")],
+        )
+    };
+    let reloads_before = reloaded();
+    let pushed = Instant::now();
+    let bad = original.replace(base, &format!("{second}    initial: sometimes\n"));
+    remote.push(&[("configuration.yaml", Some(&bad))], "a schema error");
+    let rolled_back = wait_for(Duration::from_secs(60), || {
+        (revisions("rolled_back") == 1.0).then(|| pushed.elapsed())
+    });
+    let rolled_back = rolled_back.unwrap_or_else(|| panic!("not rolled back\n{}", watcher.logs()));
+    let healthy = wait_for(Duration::from_secs(30), || {
+        (reloaded() > reloads_before).then(|| pushed.elapsed())
+    });
+    let healthy = healthy
+        .unwrap_or_else(|| panic!("the restored files were not reloaded\n{}", watcher.logs()));
+    eprintln!(
+        "bad push to rolled back: {rolled_back:?}; to the restored files reloaded: {healthy:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        original.replace(base, &second)
+    );
+    assert_eq!(ha.core_state().as_deref(), Some("RUNNING"));
+    for entity in ["input_boolean.first", "input_boolean.second"] {
+        let (status, _) = ha.get(&format!("/api/states/{entity}")).unwrap();
+        assert_eq!(status, 200, "{entity} after the rollback");
+    }
+    assert!(
+        watcher.logs().contains("revision rolled back"),
+        "{}",
+        watcher.logs()
+    );
+}
+
 /// A request as the ingress controller sends it, from 127.0.0.1.
 fn through_proxy(ha: &HomeAssistantApi) -> u16 {
     ha.get_with("/api/", &[("X-Forwarded-For", "203.0.113.7")])
@@ -365,24 +475,10 @@ fn watcher_with_http_settings(
     dir: &std::path::Path,
     settings: &str,
 ) -> common::Sidecar {
-    let token = dir.join("ha-token");
-    std::fs::write(&token, ha.token()).unwrap();
-    let config = dir.join("watcher.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "config_dir: {}\nhome_assistant:\n  url: {}\n  token: {{ file: {} }}\nnotify_invalid: false\n\
-             http_settings:\n  verify_forwarded_for: 203.0.113.7\n  interval: 1s\n  restart_timeout: 3m\n{settings}",
-            ha.config_dir().display(),
-            ha.url(),
-            token.display()
-        ),
-    )
-    .unwrap();
-    common::Sidecar::start(
-        "config-watcher",
-        &["run", "--config", config.to_str().unwrap()],
-    )
+    let extra = format!(
+        "http_settings:\n  verify_forwarded_for: 203.0.113.7\n  interval: 1s\n  restart_timeout: 3m\n{settings}"
+    );
+    start_watcher(&ha.config_dir(), &ha.url(), ha.token(), dir, &extra)
 }
 
 /// Home Assistant 2026.8+ takes `trusted_proxies` only through its API: the

@@ -8,6 +8,7 @@
 //! never skips because a tool is missing.
 
 pub mod binary;
+pub mod git;
 pub mod home_assistant;
 pub mod http;
 pub mod openmetrics;
@@ -17,6 +18,7 @@ pub mod postgres;
 pub mod pty;
 
 pub use binary::SpawnedBinary;
+pub use git::GitRemote;
 pub use ports::{free_addr, free_port};
 pub use postgres::TempPostgres;
 pub use pty::PtyPair;

@@ -1,0 +1,93 @@
+//! A real Git remote for tests of the config watcher's Git source: a bare
+//! repository on disk and a clone that the `git` command line commits and
+//! pushes from, with the user's and the system's git config kept out.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Keeps the user's and the system's git config out of the tests.
+const GIT_ENV: [(&str, &str); 6] = [
+    ("GIT_CONFIG_GLOBAL", "/dev/null"),
+    ("GIT_CONFIG_NOSYSTEM", "1"),
+    ("GIT_AUTHOR_NAME", "test"),
+    ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
+    ("GIT_COMMITTER_NAME", "test"),
+    ("GIT_COMMITTER_EMAIL", "test@example.invalid"),
+];
+
+/// A bare repository (`remote.git`) and a clone (`work`) inside a folder,
+/// on branch `main`; files live under `prefix` in the clone.
+#[derive(Debug)]
+pub struct GitRemote {
+    pub remote: PathBuf,
+    pub work: PathBuf,
+    prefix: PathBuf,
+}
+
+impl GitRemote {
+    /// Creates both in `dir`; commits go under `prefix` (`""`: the top).
+    pub fn new(dir: &Path, prefix: &str) -> Self {
+        let remote = dir.join("remote.git");
+        let work = dir.join("work");
+        git(dir, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
+        git(dir, &["clone", "-q", "remote.git", "work"]);
+        git(&work, &["checkout", "-q", "-b", "main"]);
+        Self {
+            remote,
+            work,
+            prefix: PathBuf::from(prefix),
+        }
+    }
+
+    /// The path of `rel` in the clone.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.work.join(&self.prefix).join(rel)
+    }
+
+    /// Writes (Some) or deletes (None) files, commits everything in the
+    /// clone and force-pushes it; returns the commit id.
+    pub fn push(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
+        for (rel, text) in files {
+            let path = self.path(rel);
+            match text {
+                Some(text) => {
+                    fs::create_dir_all(path.parent().expect("a file has a folder"))
+                        .expect("create the folder");
+                    fs::write(&path, text).expect("write the file");
+                }
+                None => fs::remove_file(&path).expect("delete the file"),
+            }
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-m", message]);
+        self.git(&["push", "-q", "-f", "origin", "main"]);
+        self.head()
+    }
+
+    /// The clone's HEAD commit id.
+    pub fn head(&self) -> String {
+        let out = Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(&self.work)
+            .envs(GIT_ENV)
+            .output()
+            .expect("git rev-parse");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs git in the clone.
+    pub fn git(&self, args: &[&str]) {
+        git(&self.work, args);
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .envs(GIT_ENV)
+        .status()
+        .expect("git is installed (the README's test command installs it)");
+    assert!(status.success(), "git {args:?} in {}", dir.display());
+}
