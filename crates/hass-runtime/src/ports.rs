@@ -8,6 +8,8 @@ pub const BROKER_ADMIN: u16 = 9181;
 pub const BRIDGE_ADMIN: u16 = 9182;
 pub const WATCHER_ADMIN: u16 = 9183;
 pub const EXPORTER_ADMIN: u16 = 9184;
+/// hass-git-mirror, beside the config watcher in Home Assistant's pod.
+pub const GIT_MIRROR_ADMIN: u16 = 9185;
 /// MQTT over TCP.
 pub const MQTT: u16 = 1883;
 /// MQTT over WebSocket.

@@ -91,3 +91,85 @@ fn git(dir: &Path, args: &[&str]) {
         .expect("git is installed (the README's test command installs it)");
     assert!(status.success(), "git {args:?} in {}", dir.display());
 }
+
+/// git's own `git http-backend` over HTTPS on loopback, asking for basic
+/// auth with a token, serving the repositories under a folder; its
+/// certificate, for `SSL_CERT_FILE`, is self-signed for 127.0.0.1.
+#[derive(Debug)]
+pub struct GitHttpsServer {
+    child: std::process::Child,
+    pub port: u16,
+    /// The server's certificate: the one root a client must trust.
+    pub cert: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GitHttpsServer {
+    pub fn start(root: &Path, token: &str) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("temp folder");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        let made = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl is installed (the README's test command installs it)");
+        assert!(
+            made.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/clients/git_https_server.py"
+            ))
+            .arg("--root")
+            .arg(root)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .args(["--token", token])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the server's first line");
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("git_https_server.py said {line:?}"));
+        Self {
+            child,
+            port,
+            cert,
+            _dir: dir,
+        }
+    }
+
+    /// The URL of the repository `name` under the served folder.
+    pub fn url(&self, name: &str) -> String {
+        format!("https://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for GitHttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

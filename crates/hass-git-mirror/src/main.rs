@@ -1,0 +1,6 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    hass_git_mirror::install_crypto();
+    hass_runtime::run::<hass_git_mirror::GitMirror>()
+}
