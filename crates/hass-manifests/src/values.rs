@@ -463,7 +463,9 @@ impl Default for Broker {
 }
 
 /// hass-config-watcher: validates `/config` on every change and reloads what changed.
-/// It mounts `/config` read-only: its history and backups go to volumes of their own.
+/// It mounts `/config` read-only (its history and backups go to volumes of
+/// their own), unless `source` is enabled: then it writes the revisions it
+/// validated into `/config`, and reads-write.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfigWatcher {
@@ -472,7 +474,61 @@ pub struct ConfigWatcher {
     pub auto_restart: bool,
     pub history: ConfigHistory,
     pub backups: ConfigBackups,
+    pub source: ConfigSource,
     pub resources: Resources,
+}
+
+/// The config follows a branch of a Git repository: hass-git-mirror (a
+/// container of its own in the pod, the only one holding the Git token)
+/// mirrors the branch; the watcher validates each new revision and writes it
+/// into `/config` only when valid, keeps edits made in Home Assistant's UI,
+/// and rolls a revision back when Home Assistant does not take it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigSource {
+    pub enabled: bool,
+    /// The repository, `https://…` (`http://` with `allow_plain_http`).
+    pub git: String,
+    pub branch: String,
+    /// The folder in the repository that holds `configuration.yaml`.
+    pub path: String,
+    /// How often the remote is fetched.
+    pub interval: String,
+    /// A token for HTTP basic auth (a GitHub fine-grained token with read
+    /// access to contents, a Gitea or GitLab access token).
+    pub token_secret: Option<SecretKey>,
+    /// The user name sent with the token: GitHub takes any, Gitea wants the
+    /// account's, GitLab `oauth2` for its tokens.
+    pub username: String,
+    /// Put back a revision Home Assistant does not take (a failed reload,
+    /// its check refusing it, no RUNNING within the window of a restart).
+    pub rollback: bool,
+    pub rollback_window: String,
+    /// Apply a tip that does not descend from the revision applied last.
+    pub allow_force_push: bool,
+    /// Fetch over plain HTTP (a Git server inside the cluster).
+    pub allow_plain_http: bool,
+    /// hass-git-mirror's container.
+    pub resources: Resources,
+}
+
+impl Default for ConfigSource {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            git: String::new(),
+            branch: "main".to_owned(),
+            path: String::new(),
+            interval: "60s".to_owned(),
+            token_secret: None,
+            username: "git".to_owned(),
+            rollback: true,
+            rollback_window: "2m".to_owned(),
+            allow_force_push: false,
+            allow_plain_http: false,
+            resources: Resources::new("5m", "16Mi", "500m", "128Mi"),
+        }
+    }
 }
 
 impl Default for ConfigWatcher {
@@ -482,6 +538,7 @@ impl Default for ConfigWatcher {
             auto_restart: false,
             history: ConfigHistory::default(),
             backups: ConfigBackups::default(),
+            source: ConfigSource::default(),
             resources: Resources::new("10m", "32Mi", "500m", "256Mi"),
         }
     }
@@ -1032,6 +1089,49 @@ impl Values {
                     &format!("ingress.trusted_proxies[{i}]"),
                     format!("must be an IP address or a network like 10.0.0.0/8: {e}"),
                 );
+            }
+        }
+        let source = &self.config_watcher.source;
+        if source.enabled {
+            if !self.config_watcher.enabled {
+                return err(
+                    "config_watcher.source.enabled",
+                    "needs `config_watcher.enabled`: the watcher validates and writes each revision"
+                        .to_owned(),
+                );
+            }
+            let scheme_ok = source.git.starts_with("https://")
+                || (source.allow_plain_http && source.git.starts_with("http://"));
+            if !scheme_ok {
+                return err(
+                    "config_watcher.source.git",
+                    "must be an https:// URL (http:// needs `allow_plain_http`)".to_owned(),
+                );
+            }
+            let authority = source.git.split('/').nth(2).unwrap_or_default();
+            if authority.is_empty() || authority.contains('@') {
+                return err(
+                    "config_watcher.source.git",
+                    "needs a host and no credentials: put the token in a Secret and name it in `token_secret`"
+                        .to_owned(),
+                );
+            }
+            for (key, value) in [
+                ("interval", &source.interval),
+                ("rollback_window", &source.rollback_window),
+            ] {
+                match hass_runtime::config::duration::deserialize(serde_json::Value::String(
+                    value.clone(),
+                )) {
+                    Ok(d) if d.is_zero() => {
+                        return err(
+                            &format!("config_watcher.source.{key}"),
+                            "must be more than 0s".to_owned(),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => return err(&format!("config_watcher.source.{key}"), e.to_string()),
+                }
             }
         }
         let backups = &self.config_watcher.backups;

@@ -138,7 +138,9 @@ fn history_and_backups_go_to_writable_persistent_volumes_with_config_read_only()
 
         let config_mount = r.mount_holding(r.watcher(), Path::new("/config/configuration.yaml"));
         assert_eq!(config_mount.mount_path, "/config");
-        assert_eq!(config_mount.read_only, Some(true), "{name}");
+        // Writable only for a Git source's revisions.
+        let source = r.values.config_watcher.source.enabled;
+        assert_eq!(config_mount.read_only, Some(!source), "{name}");
 
         // History: a repository outside /config, on a volume of its own.
         let history = config
@@ -227,4 +229,80 @@ fn a_backup_interval_the_watcher_cannot_parse_is_a_values_error() {
         .to_string();
     assert!(err.contains("config_watcher.backups.interval"), "{err}");
     assert!(err.contains("daily"), "{err}");
+}
+
+/// With a Git source the pod runs hass-git-mirror: it alone holds the Git
+/// token and writes the mirror; the watcher reads the mirror, never the
+/// token, and writes /config; each reads its config with its own type.
+#[test]
+fn a_git_source_adds_the_mirror_and_makes_config_writable_for_the_watcher_only() {
+    let r = from_text(
+        "config_watcher:\n  source:\n    enabled: true\n    git: https://git.example.com/me/ha-config.git\n\
+         \x20   path: home-assistant\n    token_secret: { name: ha-config-git, key: token }\n",
+    );
+    let config = r.watcher_config();
+    let source = config
+        .source
+        .as_ref()
+        .unwrap_or_else(|| panic!("no source:\n{}", r.config_text));
+    assert_eq!(source.git, "file:///var/lib/hass-git-mirror/repo.git");
+    assert_eq!(source.path, Path::new("home-assistant"));
+    assert!(source.rollback);
+
+    let watcher = r.watcher();
+    let config_mount = r.mount_holding(watcher, Path::new("/config/configuration.yaml"));
+    assert_eq!(config_mount.read_only, Some(false));
+    let repo = r.mount_holding(watcher, Path::new("/var/lib/hass-git-mirror/repo.git"));
+    assert_eq!(
+        (repo.name.as_str(), repo.read_only),
+        ("git-mirror", Some(true))
+    );
+    let mounts = |c: &Container| -> Vec<String> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect()
+    };
+    assert!(!mounts(watcher).contains(&"git-token".to_owned()));
+
+    let mirror = r.container("git-mirror");
+    assert!(mounts(mirror).contains(&"git-token".to_owned()));
+    assert!(
+        !mounts(mirror).contains(&"config".to_owned()),
+        "the mirror never sees /config"
+    );
+    let written = r.mount_holding(mirror, Path::new("/var/lib/hass-git-mirror/repo.git"));
+    assert_eq!(
+        (written.name.as_str(), written.read_only),
+        ("git-mirror", Some(false))
+    );
+
+    let ms = hass_manifests::render(&r.values).unwrap();
+    let cm = ms
+        .iter()
+        .find(|m| m.kind == "ConfigMap" && m.name == format!("{}-git-mirror", r.values.name))
+        .unwrap();
+    let cm: ConfigMap = serde_saphyr::from_str(&cm.yaml).unwrap();
+    let text = cm.data.unwrap()["git-mirror.yaml"].clone();
+    let mirror_config: hass_git_mirror::MirrorConfig = hass_runtime::config::parse_yaml(&text)
+        .unwrap_or_else(|e| panic!("the mirror rejects its config: {e}\n{text}"));
+    assert_eq!(
+        mirror_config.remote,
+        "https://git.example.com/me/ha-config.git"
+    );
+    assert_eq!(
+        mirror_config.mirror,
+        Path::new("/var/lib/hass-git-mirror/repo.git")
+    );
+    assert!(mirror_config.token.is_some(), "{text}");
+}
+
+#[test]
+fn without_a_git_source_config_stays_read_only_and_there_is_no_mirror() {
+    let r = example("homelab");
+    let config_mount = r.mount_holding(r.watcher(), Path::new("/config/configuration.yaml"));
+    assert_eq!(config_mount.read_only, Some(true));
+    let pod = r.sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert!(!pod.containers.iter().any(|c| c.name == "git-mirror"));
 }

@@ -179,3 +179,29 @@ fn http_settings_without_a_way_to_apply_them_are_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn a_git_source_needs_an_https_url_without_credentials() {
+    for (git, says) in [
+        ("http://git.example.com/r.git", "must be an https:// URL"),
+        ("git@github.com:me/r.git", "must be an https:// URL"),
+        (
+            "https://me:ghp_secret@github.com/me/r.git",
+            "no credentials",
+        ),
+    ] {
+        let e = load(&format!(
+            "config_watcher:\n  source:\n    enabled: true\n    git: {git}\n"
+        ));
+        assert!(e.contains("config_watcher.source.git"), "{git}: {e}");
+        assert!(e.contains(says), "{git}: {e}");
+        assert!(!e.contains("ghp_secret"), "{e}");
+    }
+    let e = load(
+        "config_watcher:\n  source:\n    enabled: true\n    git: https://github.com/me/r.git\n    interval: 0s\n",
+    );
+    assert!(
+        e.contains("config_watcher.source.interval: must be more than 0s"),
+        "{e}"
+    );
+}

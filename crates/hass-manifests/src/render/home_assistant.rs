@@ -44,6 +44,7 @@ pub(crate) const MQTT_WS_PORT: i32 = ports::MQTT_WS as i32;
 pub(crate) const BROKER_ADMIN: i32 = ports::BROKER_ADMIN as i32;
 pub(crate) const WATCHER_ADMIN: i32 = ports::WATCHER_ADMIN as i32;
 pub(crate) const EXPORTER_ADMIN: i32 = ports::EXPORTER_ADMIN as i32;
+pub(crate) const GIT_MIRROR_ADMIN: i32 = ports::GIT_MIRROR_ADMIN as i32;
 
 /// Where the package ConfigMap is mounted: a folder of its own, so the
 /// ConfigMap's `..data` swap reaches the watcher and the user's own packages
@@ -77,6 +78,16 @@ const MQTT_PASSWORD_FILE: &str = "/run/secrets/mqtt-exporter/password";
 /// read-only `/config`.
 pub(crate) const WATCHER_STATE_DIR: &str = "/var/lib/hass-config-watcher";
 const HISTORY_REPO: &str = "/var/lib/hass-config-watcher/history.git";
+/// The mirror's volume, written by hass-git-mirror, read by the watcher.
+const GIT_MIRROR_DIR: &str = "/var/lib/hass-git-mirror";
+const GIT_MIRROR_REPO: &str = "/var/lib/hass-git-mirror/repo.git";
+const GIT_TOKEN_FILE: &str = "/run/secrets/git-token/token";
+
+/// Whether the pod runs hass-git-mirror (and the watcher writes `/config`).
+pub(crate) fn git_source(values: &Values) -> bool {
+    values.config_watcher.enabled && values.config_watcher.source.enabled
+}
+
 /// Where the watcher sees the backup volume (Home Assistant sees it at
 /// `/config/backups`).
 pub(crate) const WATCHER_BACKUP_DIR: &str = "/backups";
@@ -94,6 +105,9 @@ pub(crate) fn admin_ports(values: &Values) -> Vec<(&'static str, i32)> {
     }
     if values.config_watcher.enabled {
         ports.push(("watcher-admin", WATCHER_ADMIN));
+    }
+    if git_source(values) {
+        ports.push(("mirror-admin", GIT_MIRROR_ADMIN));
     }
     if values.exporter.enabled {
         ports.push(("exporter-admin", EXPORTER_ADMIN));
@@ -345,6 +359,20 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
             config["backup_dir"] = json!(WATCHER_BACKUP_DIR);
             config["backup_keep"] = json!(watcher.backups.keep);
         }
+        if git_source(values) {
+            let source = &watcher.source;
+            config["source"] = json!({
+                "git": format!("file://{GIT_MIRROR_REPO}"),
+                "branch": source.branch,
+                "path": source.path,
+                // The mirror fetches every `interval`; reading the local
+                // mirror is cheap, so the watcher looks more often.
+                "interval": "10s",
+                "rollback": source.rollback,
+                "rollback_window": source.rollback_window,
+                "allow_force_push": source.allow_force_push,
+            });
+        }
         if http_through_watcher(values) {
             // Home Assistant 2026.8+ takes these only through its API.
             config["http_settings"] = json!({
@@ -359,6 +387,28 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
             "config-watcher",
             "config-watcher.yaml",
             yaml_text("hass-config-watcher run", &config),
+        ));
+    }
+    if git_source(values) {
+        let source = &values.config_watcher.source;
+        let mut config = json!({
+            "remote": source.git,
+            "branch": source.branch,
+            "mirror": GIT_MIRROR_REPO,
+            "interval": source.interval,
+            "username": source.username,
+            "allow_plain_http": source.allow_plain_http,
+        });
+        if source.token_secret.is_some() {
+            config["token"] = json!({ "file": GIT_TOKEN_FILE });
+        }
+        admin_section(values, &mut config, GIT_MIRROR_ADMIN);
+        maps.push(config_map(
+            values,
+            &format!("{name}-git-mirror"),
+            "git-mirror",
+            "git-mirror.yaml",
+            yaml_text("hass-git-mirror", &config),
         ));
     }
     if values.exporter.enabled {
@@ -749,12 +799,16 @@ fn stateful_set(values: &Values) -> StatefulSet {
         if let Some(env) = c.env.as_mut() {
             env.extend(recorder_env(values));
         }
-        // /config is read-only here: the watcher only reads it, and writes
-        // history and backups to volumes of their own.
+        // /config is read-only here unless the watcher follows a Git
+        // source: then it writes the revisions it validated. History and
+        // backups go to volumes of their own either way.
         let mut mounts = vec![
             mount("config-watcher-config", "/etc/hass-config-watcher", true),
-            mount("config", "/config", true),
+            mount("config", "/config", !git_source(values)),
         ];
+        if git_source(values) {
+            mounts.push(mount("git-mirror", GIT_MIRROR_DIR, true));
+        }
         if package_wanted(values) {
             mounts.push(mount("package", PACKAGE_DIR, true));
         }
@@ -777,6 +831,50 @@ fn stateful_set(values: &Values) -> StatefulSet {
             "config-watcher-config",
             &format!("{name}-config-watcher"),
         ));
+    }
+
+    if git_source(values) {
+        let source = &values.config_watcher.source;
+        let mut c = sidecar(
+            values,
+            "hass-git-mirror",
+            vec![
+                "--config".to_owned(),
+                "/etc/hass-git-mirror/git-mirror.yaml".to_owned(),
+            ],
+        );
+        c.ports = Some(vec![tcp_port("mirror-admin", GIT_MIRROR_ADMIN)]);
+        c.resources = Some(meta::resources(&source.resources));
+        admin_probes(values, &mut c, GIT_MIRROR_ADMIN);
+        // The only container with the Git token; it never sees /config.
+        let mut mounts = vec![
+            mount("git-mirror-config", "/etc/hass-git-mirror", true),
+            mount("git-mirror", GIT_MIRROR_DIR, false),
+        ];
+        if let Some(token) = &source.token_secret {
+            mounts.push(mount("git-token", "/run/secrets/git-token", true));
+            volumes.push(secret_volume(
+                "git-token",
+                &token.name,
+                &[(&token.key, "token")],
+            ));
+        }
+        c.volume_mounts = Some(mounts);
+        containers.push(c);
+        volumes.push(config_map_volume(
+            "git-mirror-config",
+            &format!("{name}-git-mirror"),
+        ));
+        // A configuration repository is kilobytes; the mirror abandons a
+        // fetch past 256 MiB, and the kubelet evicts past this.
+        volumes.push(Volume {
+            name: "git-mirror".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(meta::quantity("512Mi")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
     }
 
     if values.exporter.enabled {
