@@ -36,8 +36,9 @@ use common::{
     read_exactly,
 };
 use hass_test_support::binary::workspace_binary;
+use hass_test_support::git::GitHttpsServer;
 use hass_test_support::home_assistant::HomeAssistantApi;
-use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
+use hass_test_support::{GitRemote, TempPostgres, http, openmetrics, wait_for};
 use podman::{Cluster, PodmanPod, RenderedTree, volume_mountpoint};
 
 const NAME: &str = "hass-podtest";
@@ -46,6 +47,10 @@ const DEVICE_PATH: &str = "/dev/serial/by-id/usb-hass-sidecars_pod-test-if00-por
 const PLUGIN_RESOURCE: &str = "squat.ai/serial";
 const EXPORTER_PASSWORD: &str = "exporter-Pa55";
 const DB_PASSWORD: &str = "recorderpw42";
+const GIT_TOKEN: &str = "git-token-pod-test";
+/// The config the operator installs, and the Git source's first revision.
+const POD_CONFIGURATION: &str = "homeassistant:\n  name: Pod test\n  packages: !include_dir_named packages\n\
+     automation: !include automations.yaml\npodcheck:\n";
 /// The generated exporter config keeps the default intervals (15 s for the
 /// database), not the 1 s of the binaries' end-to-end tests.
 const EXPORTER_FLIP: Duration = Duration::from_secs(45);
@@ -444,7 +449,26 @@ fn home_assistant_2026_11_runs_in_the_generated_pod() {
     let ha_image = home_assistant_image();
     let dir = tempfile::tempdir().unwrap();
     let postgres = recorder_database();
-    let tree = render(dir.path(), &values_yaml(postgres.port(), ""));
+    // The config also lives in Git, behind HTTPS with a token and a
+    // private CA: the pod's hass-git-mirror fetches it, its watcher applies it.
+    let git_dir = dir.path().join("git");
+    std::fs::create_dir(&git_dir).unwrap();
+    let git = GitRemote::new(&git_dir, "");
+    git.push(
+        &[
+            ("configuration.yaml", Some(POD_CONFIGURATION)),
+            ("automations.yaml", Some("[]\n")),
+        ],
+        "as installed",
+    );
+    let git_server = GitHttpsServer::start(&git_dir, GIT_TOKEN);
+    let source = format!(
+        "config_watcher:\n  source:\n    enabled: true\n    git: {}\n    interval: 1s\n\
+         \x20   token_secret: {{ name: ha-config-git, key: token }}\n\
+         \x20   ca_secret: {{ name: ha-config-git, key: ca.crt }}\n",
+        git_server.url("remote.git")
+    );
+    let tree = render(dir.path(), &values_yaml(postgres.port(), &source));
     let statefulset = tree.find("StatefulSet", NAME).unwrap();
     let ha_container = &statefulset["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(ha_container["name"], "home-assistant");
@@ -463,6 +487,16 @@ fn home_assistant_2026_11_runs_in_the_generated_pod() {
         .insert("token".to_owned(), "not-onboarded-yet".to_owned());
     // A custom integration that needs a Python package Home Assistant
     // does not ship, from a package index on loopback.
+    secrets.insert(
+        "ha-config-git".to_owned(),
+        BTreeMap::from([
+            ("token".to_owned(), GIT_TOKEN.to_owned()),
+            (
+                "ca.crt".to_owned(),
+                std::fs::read_to_string(&git_server.cert).unwrap(),
+            ),
+        ]),
+    );
     let index = PackageIndex::serve(dir.path(), "hass-sidecars-podcheck", "1.0.0");
     let cluster = Cluster {
         secrets,
@@ -480,17 +514,13 @@ fn home_assistant_2026_11_runs_in_the_generated_pod() {
             format!("{NAME}-home-assistant"),
             format!("{NAME}-broker"),
             format!("{NAME}-config-watcher"),
+            format!("{NAME}-git-mirror"),
             format!("{NAME}-exporter")
         ]
     );
     // configuration.yaml with the one line the install asks for.
     let config_dir = volume_mountpoint(&format!("config-{NAME}-0"));
-    std::fs::write(
-        config_dir.join("configuration.yaml"),
-        "homeassistant:\n  name: Pod test\n  packages: !include_dir_named packages\n\
-         automation: !include automations.yaml\npodcheck:\n",
-    )
-    .unwrap();
+    std::fs::write(config_dir.join("configuration.yaml"), POD_CONFIGURATION).unwrap();
     std::fs::write(config_dir.join("automations.yaml"), "[]\n").unwrap();
     let custom = config_dir.join("custom_components/podcheck");
     std::fs::create_dir_all(&custom).unwrap();
@@ -604,6 +634,29 @@ fn home_assistant_2026_11_runs_in_the_generated_pod() {
     );
     wait_exporter("hass_exporter_ha_up", &[], 1.0, &[&pod]);
     wait_exporter("hass_exporter_postgres_up", &[], 1.0, &[&pod]);
+
+    // A push to the Git remote: fetched by the mirror, validated and written
+    // by the watcher, reloaded in Home Assistant.
+    let pushed = Instant::now();
+    git.push(
+        &[(
+            "automations.yaml",
+            Some("- id: from_git\n  alias: From Git\n  triggers: []\n  actions: []\n"),
+        )],
+        "an automation from Git",
+    );
+    let from_git = wait_for(Duration::from_secs(60), || {
+        let (status, _) = api.get("/api/states/automation.from_git").ok()?;
+        (status == 200).then(|| pushed.elapsed())
+    });
+    let from_git = from_git.unwrap_or_else(|| {
+        panic!(
+            "no automation.from_git\n{}\n{}",
+            pod.logs("git-mirror"),
+            pod.logs("config-watcher")
+        )
+    });
+    eprintln!("git push to entity, through the pod's mirror and watcher: {from_git:?}");
 
     // Home Assistant's own restart (the UI's, and how HTTP settings are
     // applied) exits with 100; it must start again inside its container,

@@ -500,6 +500,10 @@ pub struct ConfigSource {
     /// The user name sent with the token: GitHub takes any, Gitea wants the
     /// account's, GitLab `oauth2` for its tokens.
     pub username: String,
+    /// The CA certificates (PEM) the Git host's certificate is verified
+    /// against, for a server with a private CA; absent: the public roots
+    /// in the image.
+    pub ca_secret: Option<SecretKey>,
     /// Put back a revision Home Assistant does not take (a failed reload,
     /// its check refusing it, no RUNNING within the window of a restart).
     pub rollback: bool,
@@ -522,6 +526,7 @@ impl Default for ConfigSource {
             interval: "60s".to_owned(),
             token_secret: None,
             username: "git".to_owned(),
+            ca_secret: None,
             rollback: true,
             rollback_window: "2m".to_owned(),
             allow_force_push: false,

@@ -82,6 +82,7 @@ const HISTORY_REPO: &str = "/var/lib/hass-config-watcher/history.git";
 const GIT_MIRROR_DIR: &str = "/var/lib/hass-git-mirror";
 const GIT_MIRROR_REPO: &str = "/var/lib/hass-git-mirror/repo.git";
 const GIT_TOKEN_FILE: &str = "/run/secrets/git-token/token";
+const GIT_CA_FILE: &str = "/run/secrets/git-ca/ca.crt";
 
 /// Whether the pod runs hass-git-mirror (and the watcher writes `/config`).
 pub(crate) fn git_source(values: &Values) -> bool {
@@ -365,9 +366,8 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
                 "git": format!("file://{GIT_MIRROR_REPO}"),
                 "branch": source.branch,
                 "path": source.path,
-                // The mirror fetches every `interval`; reading the local
-                // mirror is cheap, so the watcher looks more often.
-                "interval": "10s",
+                // Reading the local mirror costs a few file reads.
+                "interval": source.interval,
                 "rollback": source.rollback,
                 "rollback_window": source.rollback_window,
                 "allow_force_push": source.allow_force_push,
@@ -858,6 +858,17 @@ fn stateful_set(values: &Values) -> StatefulSet {
                 &token.name,
                 &[(&token.key, "token")],
             ));
+        }
+        if let Some(ca) = &source.ca_secret {
+            mounts.push(mount("git-ca", "/run/secrets/git-ca", true));
+            volumes.push(secret_volume("git-ca", &ca.name, &[(&ca.key, "ca.crt")]));
+            if let Some(env) = c.env.as_mut() {
+                env.push(EnvVar {
+                    name: "SSL_CERT_FILE".to_owned(),
+                    value: Some(GIT_CA_FILE.to_owned()),
+                    ..Default::default()
+                });
+            }
         }
         c.volume_mounts = Some(mounts);
         containers.push(c);
