@@ -322,29 +322,50 @@ impl GitSource {
         Ok(files)
     }
 
-    /// Lays `steps` over a copy of the folder and validates the copy.
+    /// Lays `steps` over a copy of the folder and validates the copy. The
+    /// copy is made in the watcher's state folder inside the config folder:
+    /// writable whenever a Git source is (the container's root is not), and
+    /// ignored by the watch.
     fn validate_with(
         &self,
         ignore: &IgnoreList,
         steps: &BTreeMap<PathBuf, Step>,
     ) -> Result<Vec<Diagnostic>, SourceError> {
+        let state = self.config_dir.join(STATE_DIR);
+        // Never through a link: the copy holds secrets.yaml.
+        match fs::symlink_metadata(&state) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(SourceError(format!(
+                    "{STATE_DIR} in the config folder is not a folder"
+                )));
+            }
+            Err(_) => fs::create_dir(&state)
+                .map_err(|e| fail(format!("creating {STATE_DIR}"), e.kind()))?,
+        }
+        // Without the random name in the text: an error said once stays one.
         let scratch = tempfile::Builder::new()
-            .prefix("hass-config-watcher-source-")
-            .tempdir()
-            .map_err(|e| fail("scratch folder", e))?;
+            .prefix("scratch-")
+            .tempdir_in(&state)
+            .map_err(|e| fail("a scratch folder in the state folder", e.kind()))?;
         let current =
             config_files::read_files(&self.config_dir, ignore, config_files::Keep::Readable)
                 .map_err(SourceError)?;
+        let copy = |rel: &Path, bytes: &[u8]| -> Result<(), SourceError> {
+            let path = scratch.path().join(rel);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| fail("the scratch copy", e.kind()))?;
+            }
+            fs::write(&path, bytes).map_err(|e| fail("the scratch copy", e.kind()))
+        };
         for (rel, bytes) in &current {
             if !matches!(steps.get(rel), Some(Step::Write(_) | Step::Remove)) {
-                config_files::write_atomically(scratch.path(), rel, bytes)
-                    .map_err(|e| fail("scratch folder", e))?;
+                copy(rel, bytes)?;
             }
         }
         for (rel, step) in steps {
             if let Step::Write(bytes) = step {
-                config_files::write_atomically(scratch.path(), rel, bytes)
-                    .map_err(|e| fail("scratch folder", e))?;
+                copy(rel, bytes)?;
             }
         }
         Ok(crate::load(scratch.path()).diagnostics)

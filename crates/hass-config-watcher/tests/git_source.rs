@@ -109,6 +109,21 @@ impl Setup {
         fs::read_to_string(self.fx.root.join(rel)).unwrap()
     }
 
+    /// The first notification that names `commit`: raised just after the
+    /// count the tests wait for, so waited for in turn.
+    async fn notification_about(&self, commit: &str) -> String {
+        let mut found = None;
+        eventually(&format!("a notification naming {commit}"), WAIT, || {
+            found = self
+                .notifications()
+                .into_iter()
+                .find(|n| n.contains(commit));
+            found.is_some()
+        })
+        .await;
+        found.unwrap()
+    }
+
     /// The bodies of the notifications raised so far.
     fn notifications(&self) -> Vec<String> {
         self.ha
@@ -191,9 +206,7 @@ async fn an_invalid_revision_is_never_written() {
         before,
         "nothing of the revision is written"
     );
-    let notes = s.notifications();
-    let note = notes.last().expect("a notification");
-    assert!(note.contains(&bad), "{note}");
+    let note = s.notification_about(&bad).await;
     assert!(note.contains("`input_boolean.yaml:3:1: error: "), "{note}");
 
     // Refused once, not at every poll; the fix is applied.
@@ -233,7 +246,7 @@ async fn an_edit_made_in_home_assistant_is_kept() {
 
     // Git changes the automations and the scripts; the folder's automations
     // stay, the scripts are written.
-    s.repo.push(
+    let both = s.repo.push(
         &[
             ("automations.yaml", Some(&automation("from_git"))),
             (
@@ -250,28 +263,24 @@ async fn an_edit_made_in_home_assistant_is_kept() {
         s.w.metric("hass_config_watcher_source_conflicts_total", &[]),
         2.0
     );
-    let notes = s.notifications();
-    assert!(
-        notes.last().unwrap().contains("automations.yaml"),
-        "{notes:?}"
-    );
+    let note = s.notification_about(&both).await;
+    assert!(note.contains("automations.yaml"), "{note}");
     s.w.stop().await;
 }
 
 /// Pushes `files`, waits for the refusal, checks that the folder is as it
 /// was, then pushes the applied tree back and waits for that to apply.
-async fn refused(s: &Setup, files: &[(&str, Option<&str>)], what: &str, n: u32) {
+/// Returns the notification about it.
+async fn refused(s: &Setup, files: &[(&str, Option<&str>)], what: &str, n: u32) -> String {
     let before = snapshot(&s.fx.root);
     let started = Instant::now();
-    s.repo.push(files, what);
+    let commit = s.repo.push(files, what);
     s.wait_for("refused", n).await;
+    let took = started.elapsed();
     assert_eq!(snapshot(&s.fx.root), before, "{what}: nothing written");
-    let notes = s.notifications();
-    eprintln!(
-        "{what}: refused {:?} after the push: {}",
-        started.elapsed(),
-        notes.last().unwrap()
-    );
+    let note = s.notification_about(&commit).await;
+    eprintln!("{what}: refused {took:?} after the push: {note}");
+    note
 }
 
 async fn back_to_sample(s: &Setup, applied: u32) {
@@ -306,7 +315,7 @@ async fn hostile_revisions_write_nothing() {
     // the revision applied.
     let applied = s.repo.head();
     s.repo.git(&["reset", "-q", "--hard", "HEAD~3"]);
-    refused(
+    let note = refused(
         &s,
         &[(
             "input_boolean.yaml",
@@ -316,7 +325,7 @@ async fn hostile_revisions_write_nothing() {
         4,
     )
     .await;
-    assert!(s.notifications().last().unwrap().contains(&applied));
+    assert!(note.contains(&applied), "{note}");
     // Nothing was reloaded for any of them, and the folder is the sample.
     assert!(s.ha.reloads().is_empty(), "{:?}", s.ha.reloads());
     assert_eq!(s.read("input_boolean.yaml"), "guest_mode:\n  name: Guest\n");
@@ -389,12 +398,8 @@ async fn a_revision_home_assistant_rejects_is_rolled_back() {
     s.ha.set_check_config_warnings(None);
     assert_eq!(s.read("input_boolean.yaml"), good);
     assert_eq!(s.read("scripts.yaml"), "hello:\n  sequence: []\n");
-    let notes = s.notifications();
-    let note = notes.last().unwrap();
-    assert!(
-        note.contains(&bad) && note.contains("rolled back"),
-        "{note}"
-    );
+    let note = s.notification_about(&bad).await;
+    assert!(note.contains("rolled back"), "{note}");
     // Home Assistant gets the old files back: reloaded as they were.
     eventually("the rolled-back files reloaded", WAIT, || {
         s.ha.count("input_boolean/reload") >= 1
@@ -425,15 +430,13 @@ async fn a_revision_after_which_home_assistant_does_not_come_back_is_rolled_back
     let restarts = s.ha.count("homeassistant/restart");
     s.ha.set_core_state("NOT_RUNNING");
     let config = format!("{CONFIGURATION}mqtt:\n  sensor: []\n");
-    s.repo
+    let mqtt = s
+        .repo
         .push(&[("configuration.yaml", Some(&config))], "mqtt");
     s.wait_for("rolled_back", 1).await;
     assert_eq!(s.ha.count("homeassistant/restart"), restarts + 1);
     assert_eq!(s.read("configuration.yaml"), CONFIGURATION);
-    let notes = s.notifications();
-    assert!(
-        notes.last().unwrap().contains("not RUNNING within 1s"),
-        "{notes:?}"
-    );
+    let note = s.notification_about(&mqtt).await;
+    assert!(note.contains("not RUNNING within 1s"), "{note}");
     s.w.stop().await;
 }

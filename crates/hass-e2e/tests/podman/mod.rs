@@ -198,7 +198,8 @@ impl PodmanPod {
     }
 
     /// Materialises each pod volume: ConfigMaps and Secrets as files, PVCs
-    /// and volumeClaimTemplates as named podman volumes, emptyDir as tmpfs.
+    /// and volumeClaimTemplates as named podman volumes, emptyDir as a host
+    /// folder every container mounting it shares, as in a pod.
     fn volumes(
         &mut self,
         tree: &RenderedTree,
@@ -241,10 +242,14 @@ impl PodmanPod {
             } else if let Some(claim) = volume.get("persistentVolumeClaim") {
                 let claim = claim["claimName"].as_str().unwrap();
                 self.named_volume(claim, fs_group)
-            } else if let Some(empty) = volume.get("emptyDir") {
-                VolumeSource::Tmpfs {
-                    size: empty["sizeLimit"].as_str().map(quantity_bytes),
-                }
+            } else if volume.get("emptyDir").is_some() {
+                // One folder for the pod, world-writable as the kubelet makes
+                // it (its sizeLimit is an eviction threshold, not a mount
+                // size, so it is not modelled).
+                let dir = self.files_dir.path().join(format!("emptydir-{name}"));
+                std::fs::create_dir(&dir).unwrap();
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+                VolumeSource::Bind(dir)
             } else if let Some(host) = volume.get("hostPath") {
                 VolumeSource::Bind(PathBuf::from(host["path"].as_str().unwrap()))
             } else {
@@ -389,7 +394,6 @@ impl Drop for PodmanPod {
 #[derive(Debug, Clone)]
 enum VolumeSource {
     Bind(PathBuf),
-    Tmpfs { size: Option<u64> },
 }
 
 impl VolumeSource {
@@ -399,11 +403,6 @@ impl VolumeSource {
             Self::Bind(path) => format!(
                 "--mount=type=bind,source={},destination={target}{ro}",
                 path.display()
-            ),
-            // emptyDir is writable by every container user.
-            Self::Tmpfs { size } => format!(
-                "--mount=type=tmpfs,destination={target},tmpfs-mode=1777{}",
-                size.map(|s| format!(",tmpfs-size={s}")).unwrap_or_default()
             ),
         }
     }
