@@ -141,6 +141,8 @@ impl GitHttpsServer {
             .args(["--token", token])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            // Its request log is noise beside a test's own output.
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python3");
         let stdout = child.stdout.take().expect("piped stdout");
