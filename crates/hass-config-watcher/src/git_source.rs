@@ -39,6 +39,7 @@ use crate::diagnostic::{Diagnostic, Severity};
 use crate::ha_api::HaApi;
 use crate::ignore::IgnoreList;
 use crate::reloads::Verdict;
+use crate::rollback::{Health, watch_over};
 use crate::watch_metrics::{SourceLabels, SourceResult, WatchMetrics};
 use crate::watcher::NOTIFICATION_LINES;
 
@@ -669,79 +670,6 @@ impl GitSource {
         self.refused = applied.commit;
         Ok(restored)
     }
-}
-
-/// How Home Assistant took a revision, watched for `window` after it was
-/// written, through the applier's verdicts.
-#[derive(Debug, PartialEq, Eq)]
-enum Health {
-    Healthy,
-    Unhealthy(String),
-    ShuttingDown,
-}
-
-async fn watch_over(
-    window: Duration,
-    verdicts: &mut broadcast::Receiver<Verdict>,
-    api: &HaApi,
-    shutdown: &Shutdown,
-) -> Health {
-    let deadline = tokio::time::Instant::now() + window;
-    let mut expected: Option<BTreeSet<String>> = None;
-    let mut restart_needed = false;
-    loop {
-        let verdict = tokio::select! {
-            () = shutdown.cancelled() => return Health::ShuttingDown,
-            // Nothing failed within the window.
-            () = tokio::time::sleep_until(deadline) => return Health::Healthy,
-            verdict = verdicts.recv() => verdict,
-        };
-        match verdict {
-            Ok(Verdict::Planned { reloads, restart }) => {
-                restart_needed |= restart;
-                expected.get_or_insert_default().extend(reloads);
-            }
-            Ok(Verdict::Reloaded(domain)) => {
-                if let Some(expected) = &mut expected {
-                    expected.remove(&domain);
-                }
-            }
-            Ok(Verdict::Restarting) => return running_by(deadline, window, api, shutdown).await,
-            Ok(Verdict::Failed { why }) => return Health::Unhealthy(why),
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => return Health::ShuttingDown,
-        }
-        // Every reload it caused succeeded, and no restart waits.
-        if expected.as_ref().is_some_and(BTreeSet::is_empty) && !restart_needed {
-            return Health::Healthy;
-        }
-    }
-}
-
-/// After a restart: RUNNING again by `deadline`, or unhealthy.
-async fn running_by(
-    deadline: tokio::time::Instant,
-    window: Duration,
-    api: &HaApi,
-    shutdown: &Shutdown,
-) -> Health {
-    loop {
-        match tokio::time::timeout_at(deadline, api.running()).await {
-            Ok(Ok(true)) => return Health::Healthy,
-            Ok(Err(crate::ha_api::ApiError::ShuttingDown)) => return Health::ShuttingDown,
-            Ok(_) => {}
-            Err(_) => break,
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return Health::ShuttingDown,
-            () = tokio::time::sleep_until(deadline) => break,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-    Health::Unhealthy(format!(
-        "Home Assistant was not RUNNING within {} of the restart",
-        humantime::format_duration(window)
-    ))
 }
 
 /// Adds the allowlisted blobs of `tree` under `rel`, refusing what cannot be

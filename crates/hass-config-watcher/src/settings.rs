@@ -64,6 +64,14 @@ pub struct WatcherConfig {
     /// after Home Assistant's restart before they are made stable. Needs
     /// `home_assistant.token` (an owner's).
     pub http_settings: Option<HttpSettingsConfig>,
+    /// Put back a local edit Home Assistant does not take (a failed reload,
+    /// its check refusing it, no RUNNING within `rollback_window` of a
+    /// restart). Off: such an edit stays on disk, unreloaded. Needs
+    /// `home_assistant.token`; the Git source rolls back its own revisions.
+    pub rollback_local_edits: bool,
+    /// How long a local edit is watched (`rollback_local_edits`).
+    #[serde(with = "hass_runtime::config::duration")]
+    pub rollback_window: Duration,
     /// Follow a branch of a Git repository: each new revision is validated
     /// and written into `config_dir` only when valid. Absent: the folder is
     /// edited in place.
@@ -111,6 +119,8 @@ impl Default for WatcherConfig {
             backup_dir: None,
             backup_keep: 7,
             http_settings: None,
+            rollback_local_edits: false,
+            rollback_window: Duration::from_secs(120),
             source: None,
         }
     }
@@ -184,6 +194,8 @@ pub struct Settings {
         serde_json::Map<String, serde_json::Value>,
     )>,
     pub source: Option<SourceConfig>,
+    /// The window of `rollback_local_edits`; None: off.
+    pub local_rollback: Option<Duration>,
 }
 
 impl Settings {
@@ -265,7 +277,26 @@ impl Settings {
             }
             None => None,
         };
+        let local_rollback = if config.rollback_local_edits {
+            if config.home_assistant.token.is_none() {
+                return Err(Fatal::config(
+                    "rollback_local_edits: needs home_assistant.token, to see what Home Assistant makes of an edit",
+                ));
+            }
+            if config.source.is_some() {
+                return Err(Fatal::config(
+                    "rollback_local_edits: with a Git source, the source rolls back its own revisions (source.rollback); turn one off",
+                ));
+            }
+            if config.rollback_window.is_zero() {
+                return Err(Fatal::config("rollback_window: must be more than 0s"));
+            }
+            Some(config.rollback_window)
+        } else {
+            None
+        };
         Ok(Self {
+            local_rollback,
             source: config.source,
             http_settings,
             history,

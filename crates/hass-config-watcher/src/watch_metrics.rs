@@ -307,6 +307,7 @@ pub(crate) struct WatchMetrics {
     pub(crate) source_revisions: Family<SourceLabels, Counter>,
     pub(crate) source_conflicts: Counter,
     pub(crate) source_last_applied: Gauge<f64, AtomicU64>,
+    pub(crate) local_rollbacks: Counter,
 }
 
 impl WatchMetrics {
@@ -337,6 +338,7 @@ impl WatchMetrics {
             source_revisions: Family::default(),
             source_conflicts: Counter::default(),
             source_last_applied: Gauge::default(),
+            local_rollbacks: Counter::default(),
         };
         let m = this.clone();
         metrics.register(move |r| {
@@ -454,6 +456,11 @@ impl WatchMetrics {
                 "source_last_applied_timestamp_seconds",
                 "Unix time the last revision of the Git source was applied",
                 m.source_last_applied,
+            );
+            r.register(
+                "local_rollbacks",
+                "Local edits put back because Home Assistant did not take them (rollback_local_edits)",
+                m.local_rollbacks,
             );
         });
         this

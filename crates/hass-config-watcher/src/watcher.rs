@@ -23,6 +23,7 @@ use crate::git_source::{self, GitSource};
 use crate::ha_api::HaApi;
 use crate::history::{Committed, History};
 use crate::http_settings;
+use crate::local_rollback::LocalRollback;
 use crate::reloads::{Applier, Plan, Work};
 use crate::settings::{RunArgs, Settings, WatcherConfig};
 use crate::value::Mapping;
@@ -127,13 +128,25 @@ impl Component for ConfigWatcher {
             tokio::spawn(git_source::keep(
                 source,
                 settings.ignore.clone(),
-                api,
+                api.clone(),
                 applier.verdicts(),
                 metrics.clone(),
                 ctx.shutdown.clone(),
             ))
         });
+        let local_rollback = match (settings.local_rollback, &api) {
+            (Some(window), Some(api)) => Some(LocalRollback::new(
+                root.clone(),
+                settings.ignore.clone(),
+                window,
+                api.clone(),
+                metrics.clone(),
+                ctx.shutdown.clone(),
+            )),
+            _ => None,
+        };
         let mut state = State {
+            local_rollback,
             root: root.clone(),
             notify_invalid: settings.notify_invalid,
             metrics: metrics.clone(),
@@ -285,6 +298,8 @@ struct State {
     custom_components: bool,
     /// Where valid configs are committed.
     history: Option<Arc<Mutex<History>>>,
+    /// `rollback_local_edits`.
+    local_rollback: Option<LocalRollback>,
 }
 
 impl State {
@@ -292,6 +307,9 @@ impl State {
         let checked = self.validate().await;
         if let Some(config) = checked.config {
             self.baseline = Some(config);
+            if let Some(rollback) = &mut self.local_rollback {
+                rollback.take_as_good().await;
+            }
             self.record("Valid config at startup".to_owned()).await;
         }
     }
@@ -355,9 +373,17 @@ impl State {
         };
         if plan.is_empty() {
             info!("valid; nothing Home Assistant sees has changed");
+            if let Some(rollback) = &mut self.local_rollback {
+                rollback.take_as_good().await;
+            }
         } else {
             info!(domains = ?plan.domains, restart = ?plan.restart_reasons, "valid; applying the change");
+            // Subscribed before the plan is sent: no verdict of it is missed.
+            let verdicts = self.applier.verdicts();
             self.applier.send(Work::Apply(plan));
+            if let Some(rollback) = &mut self.local_rollback {
+                rollback.watch(verdicts).await;
+            }
         }
         self.record(message).await;
     }

@@ -762,3 +762,48 @@ async fn no_token_no_calls() {
     assert!(ha.calls().is_empty(), "{:?}", ha.calls());
     w.stop().await;
 }
+
+/// `rollback_local_edits`: an edit Home Assistant takes stays and becomes the
+/// state to return to; an edit its check rejects is put back to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_edits_home_assistant_rejects_are_put_back_when_asked() {
+    let fx = Fixture::new();
+    sample_config(&fx.root);
+    let ha = StandInHa::start().await;
+    let extra = "rollback_local_edits: true\nrollback_window: 5s\n";
+    let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, extra)).await;
+    let taken = "guest_mode:\n  name: Guests\n";
+    write(&fx.root, "input_boolean.yaml", taken);
+    eventually("input_boolean.reload", WAIT, || {
+        ha.count("input_boolean/reload") == 1
+    })
+    .await;
+
+    ha.set_check_config_warnings(Some(
+        "Invalid config for 'input_boolean' at input_boolean.yaml, line 2: expected str",
+    ));
+    write(&fx.root, "input_boolean.yaml", "guest_mode:\n  name: [1]\n");
+    eventually("the edit put back", WAIT, || {
+        w.metric("hass_config_watcher_local_rollbacks_total", &[]) == 1.0
+    })
+    .await;
+    ha.set_check_config_warnings(None);
+    assert_eq!(
+        fs::read_to_string(fx.root.join("input_boolean.yaml")).unwrap(),
+        taken
+    );
+    eventually("the notification", WAIT, || {
+        ha.calls().iter().any(|c| {
+            c.path == "/api/services/persistent_notification/create"
+                && c.body.contains("input_boolean.yaml")
+                && c.body.contains("put back")
+        })
+    })
+    .await;
+    // Untouched files stay as they are.
+    assert_eq!(
+        fs::read_to_string(fx.root.join("scripts.yaml")).unwrap(),
+        "hello:\n  sequence: []\n"
+    );
+    w.stop().await;
+}
