@@ -475,6 +475,12 @@ pub struct ConfigWatcher {
     pub history: ConfigHistory,
     pub backups: ConfigBackups,
     pub source: ConfigSource,
+    /// Put back a local edit Home Assistant does not take (a failed reload,
+    /// its check refusing it, no RUNNING after a restart). It rewrites the
+    /// editor's file, so it is off unless asked for; `/config` is then
+    /// writable for the watcher. Needs `home_assistant.token_secret`; a Git
+    /// source rolls back its own revisions instead.
+    pub rollback_local_edits: bool,
     pub resources: Resources,
 }
 
@@ -544,6 +550,7 @@ impl Default for ConfigWatcher {
             history: ConfigHistory::default(),
             backups: ConfigBackups::default(),
             source: ConfigSource::default(),
+            rollback_local_edits: false,
             resources: Resources::new("10m", "32Mi", "500m", "256Mi"),
         }
     }
@@ -1093,6 +1100,22 @@ impl Values {
                 return err(
                     &format!("ingress.trusted_proxies[{i}]"),
                     format!("must be an IP address or a network like 10.0.0.0/8: {e}"),
+                );
+            }
+        }
+        if self.config_watcher.rollback_local_edits {
+            if self.config_watcher.source.enabled {
+                return err(
+                    "config_watcher.rollback_local_edits",
+                    "the Git source rolls back its own revisions (`source.rollback`); turn one off"
+                        .to_owned(),
+                );
+            }
+            if self.home_assistant.token_secret.is_none() {
+                return err(
+                    "config_watcher.rollback_local_edits",
+                    "needs `home_assistant.token_secret`, to see what Home Assistant makes of an edit"
+                        .to_owned(),
                 );
             }
         }

@@ -306,3 +306,16 @@ fn without_a_git_source_config_stays_read_only_and_there_is_no_mirror() {
     let pod = r.sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
     assert!(!pod.containers.iter().any(|c| c.name == "git-mirror"));
 }
+
+#[test]
+fn putting_back_local_edits_makes_config_writable_for_the_watcher() {
+    let r = from_text(
+        "home_assistant:\n  token_secret: { name: ha-token, key: token }\n\
+         config_watcher:\n  rollback_local_edits: true\n",
+    );
+    assert!(r.watcher_config().rollback_local_edits, "{}", r.config_text);
+    let config_mount = r.mount_holding(r.watcher(), Path::new("/config/configuration.yaml"));
+    assert_eq!(config_mount.read_only, Some(false));
+    let pod = r.sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert!(!pod.containers.iter().any(|c| c.name == "git-mirror"));
+}

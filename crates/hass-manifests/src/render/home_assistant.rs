@@ -89,6 +89,12 @@ pub(crate) fn git_source(values: &Values) -> bool {
     values.config_watcher.enabled && values.config_watcher.source.enabled
 }
 
+/// Whether the watcher writes into `/config`: a Git source's revisions, or
+/// local edits put back.
+fn watcher_writes_config(values: &Values) -> bool {
+    git_source(values) || values.config_watcher.rollback_local_edits
+}
+
 /// Where the watcher sees the backup volume (Home Assistant sees it at
 /// `/config/backups`).
 pub(crate) const WATCHER_BACKUP_DIR: &str = "/backups";
@@ -359,6 +365,9 @@ fn config_maps(values: &Values) -> Vec<ConfigMap> {
             config["backup_interval"] = json!(watcher.backups.interval);
             config["backup_dir"] = json!(WATCHER_BACKUP_DIR);
             config["backup_keep"] = json!(watcher.backups.keep);
+        }
+        if watcher.rollback_local_edits {
+            config["rollback_local_edits"] = json!(true);
         }
         if git_source(values) {
             let source = &watcher.source;
@@ -800,11 +809,11 @@ fn stateful_set(values: &Values) -> StatefulSet {
             env.extend(recorder_env(values));
         }
         // /config is read-only here unless the watcher follows a Git
-        // source: then it writes the revisions it validated. History and
-        // backups go to volumes of their own either way.
+        // source or puts back local edits: then it writes files there.
+        // History and backups go to volumes of their own either way.
         let mut mounts = vec![
             mount("config-watcher-config", "/etc/hass-config-watcher", true),
-            mount("config", "/config", !git_source(values)),
+            mount("config", "/config", !watcher_writes_config(values)),
         ];
         if git_source(values) {
             mounts.push(mount("git-mirror", GIT_MIRROR_DIR, true));
