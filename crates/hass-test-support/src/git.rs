@@ -31,8 +31,9 @@ impl GitRemote {
         let remote = dir.join("remote.git");
         let work = dir.join("work");
         git(dir, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
-        git(dir, &["clone", "-q", "remote.git", "work"]);
-        git(&work, &["checkout", "-q", "-b", "main"]);
+        // Not a clone: cloning an empty repository warns on every test.
+        git(dir, &["init", "-q", "-b", "main", "work"]);
+        git(&work, &["remote", "add", "origin", "../remote.git"]);
         Self {
             remote,
             work,
