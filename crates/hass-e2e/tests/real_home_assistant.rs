@@ -301,11 +301,16 @@ fn the_config_watcher_reloads_a_real_domain_and_never_a_broken_config() {
     );
     let appeared = entity_appears(&ha, "input_boolean.second", edited, &watcher);
     eprintln!("edit to entity in Home Assistant: {appeared:?}");
-    let reloads = metric(
-        "hass_config_watcher_reloads_total",
-        &[("domain", "input_boolean")],
-    );
-    assert_eq!(reloads, 1.0, "{}", watcher.logs());
+    // The entity can be there before the reload's answer is: wait for the
+    // count rather than read it.
+    let counted = wait_for(Duration::from_secs(30), || {
+        let reloads = metric(
+            "hass_config_watcher_reloads_total",
+            &[("domain", "input_boolean")],
+        );
+        (reloads == 1.0).then_some(())
+    });
+    assert!(counted.is_some(), "{}", watcher.logs());
 
     // A broken edit: found invalid, nothing reloaded, the old config runs.
     let runs = metric("hass_config_watcher_validation_runs_total", &[]);
