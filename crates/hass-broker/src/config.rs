@@ -39,7 +39,7 @@ pub struct BrokerConfig {
     pub limits: LimitsConfig,
     /// How often the `$SYS/broker/...` topics are refreshed; `null` turns
     /// them off.
-    #[serde(with = "optional_duration")]
+    #[serde(with = "hass_runtime::config::optional_duration")]
     pub sys_interval: Option<Duration>,
     /// Certificate for the `mqtts` and `wss` listeners.
     pub tls: Option<TlsConfig>,
@@ -191,26 +191,5 @@ impl Default for LimitsConfig {
             max_handshakes: 1_024,
             max_handshakes_per_address: 32,
         }
-    }
-}
-
-/// `Option<Duration>` from `"10s"` or `null`.
-mod optional_duration {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        de: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(de)?
-            .map(|text| {
-                humantime::parse_duration(&text).map_err(|e| {
-                    serde::de::Error::custom(format!(
-                        "{text:?} is not a duration like \"10s\": {e}"
-                    ))
-                })
-            })
-            .transpose()
     }
 }

@@ -52,7 +52,7 @@ pub struct WatcherConfig {
     pub history: Option<HistoryConfig>,
     /// How often to write a backup (`24h`); absent: only on demand
     /// (`hass-config-watcher backup`).
-    #[serde(with = "optional_duration")]
+    #[serde(with = "hass_runtime::config::optional_duration")]
     pub backup_interval: Option<Duration>,
     /// Where backups go; default `<config_dir>/backups`, where Home
     /// Assistant's own UI lists them.
@@ -87,19 +87,6 @@ pub struct HistoryConfig {
     pub repo: Option<PathBuf>,
     /// Commit `secrets.yaml` too. Off: it never enters the repository.
     pub include_secrets: bool,
-}
-
-/// `Option<Duration>` written as `"24h"`.
-mod optional_duration {
-    use std::time::Duration;
-
-    use serde::Deserializer;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        de: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        hass_runtime::config::duration::deserialize(de).map(Some)
-    }
 }
 
 impl Default for WatcherConfig {

@@ -37,7 +37,7 @@ pub struct CommonArgs {
 
     /// How long SIGTERM may take to drain before the process exits anyway
     /// (keep it under the pod's terminationGracePeriodSeconds).
-    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = crate::config::duration::parse)]
     pub drain_timeout: Duration,
 }
 

@@ -97,11 +97,29 @@ pub mod duration {
 
     use serde::{Deserialize, Deserializer};
 
+    /// `10s`, `1m 30s`, `24h`: the one parser and error text for every
+    /// config file and flag.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("{text:?} is not a duration like \"10s\": {e}"))
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(de)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("{text:?} is not a duration like \"10s\": {e}"))
-        })
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `Option<Duration>`: a duration as [`duration`] reads it, or `null`.
+pub mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(de)?
+            .map(|text| super::duration::parse(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

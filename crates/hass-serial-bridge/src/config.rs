@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hass_runtime::config::AdminConfig;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::usb::UsbMatch;
 
@@ -145,7 +145,10 @@ pub struct PinStep {
     pub dtr: Option<bool>,
     #[serde(default)]
     pub rts: Option<bool>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(
+        default,
+        deserialize_with = "hass_runtime::config::duration::deserialize"
+    )]
     pub wait: Duration,
 }
 
@@ -166,15 +169,15 @@ pub enum SecondClient {
 #[serde(deny_unknown_fields, default)]
 pub struct KeepaliveConfig {
     /// Silence before the first keepalive probe.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "hass_runtime::config::duration::deserialize")]
     pub idle: Duration,
     /// Time between unanswered probes.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "hass_runtime::config::duration::deserialize")]
     pub interval: Duration,
     /// Unanswered probes before the client is dropped.
     pub count: u32,
     /// `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "hass_runtime::config::duration::deserialize")]
     pub user_timeout: Duration,
 }
 
@@ -188,12 +191,6 @@ impl Default for KeepaliveConfig {
             user_timeout: Duration::from_secs(25),
         }
     }
-}
-
-fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(de)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration `{text}`: {e}")))
 }
 
 /// Where a device is found: a fixed path, or whatever tty a USB match names.
@@ -411,7 +408,7 @@ keepalive: { idle: 2s, interval: 1s, count: 4, user_timeout: 6s }
             ),
             (
                 "keepalive: { idle: soon }\n".to_owned(),
-                "invalid duration `soon`",
+                "\"soon\" is not a duration like \"10s\"",
             ),
             ("keepalive: { count: 0 }\n".to_owned(), "keepalive"),
         ];
