@@ -20,12 +20,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{
-    Exporter, StandInBridge, StandInHa, TOKEN, percentile, psql, scrape_latencies, signal_postgres,
-    value,
-};
+use common::{Exporter, StandInBridge, StandInHa, TOKEN, percentile, scrape_latencies, value};
 use hass_test_support::{SpawnedBinary, TempPostgres, free_addr, wait_for};
-use nix::sys::signal::Signal;
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs bench
@@ -42,15 +38,15 @@ fn main() {
 
     let ha = StandInHa::start("RUNNING");
     let pg = TempPostgres::start().expect("PostgreSQL");
-    psql(
-        pg.port(),
-        include_str!("../tests/fixtures/recorder_schema_2024_3_3.sql"),
-    );
-    psql(
-        pg.port(),
+    pg.psql(include_str!(
+        "../tests/fixtures/recorder_schema_2024_3_3.sql"
+    ))
+    .expect("psql");
+    pg.psql(
         "INSERT INTO schema_changes (schema_version, changed) VALUES (42, now());
          INSERT INTO states (state, last_updated_ts) VALUES ('on', extract(epoch FROM now()));",
-    );
+    )
+    .expect("psql");
     let bridge = StandInBridge::start(200, "ready\nok device:zigbee\nok device:zwave\n");
     let mqtt = free_addr();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -102,7 +98,7 @@ fn main() {
     scrape_latencies(exporter.admin, 50); // warm-up
     report("all targets up", &paced_scrapes(exporter.admin, scrapes));
 
-    signal_postgres(&pg.data_dir(), Signal::SIGSTOP);
+    pg.pause();
     exporter.wait_metric("database down", Duration::from_secs(10), |m| {
         value(m, "hass_exporter_postgres_up", &[]) == Some(0.0)
     });
@@ -110,7 +106,7 @@ fn main() {
         "database hung (query/connect timeout 1s)",
         &paced_scrapes(exporter.admin, scrapes),
     );
-    signal_postgres(&pg.data_dir(), Signal::SIGCONT);
+    pg.resume();
     exporter.wait_metric("database back", Duration::from_secs(40), |m| {
         value(m, "hass_exporter_postgres_up", &[]) == Some(1.0)
     });

@@ -8,19 +8,15 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    Exporter, StandInBridge, StandInHa, TOKEN, percentile, psql, scrape_latencies, value,
-};
+use common::{Exporter, StandInBridge, StandInHa, TOKEN, percentile, scrape_latencies, value};
 use hass_test_support::{SpawnedBinary, TempPostgres, free_addr, wait_for};
 
 #[test]
 fn every_target_at_once() {
     let ha = StandInHa::start("RUNNING");
     let pg = TempPostgres::start().expect("PostgreSQL");
-    psql(
-        pg.port(),
-        include_str!("fixtures/recorder_schema_2024_3_3.sql"),
-    );
+    pg.psql(include_str!("fixtures/recorder_schema_2024_3_3.sql"))
+        .expect("psql");
     let bridge = StandInBridge::start(200, "ready\nok device:zigbee\n");
     let mqtt = free_addr();
     let dir = tempfile::tempdir().unwrap();

@@ -7,9 +7,8 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Exporter, percentile, psql, scrape_latencies, signal_postgres, value};
+use common::{Exporter, percentile, scrape_latencies, value};
 use hass_test_support::TempPostgres;
-use nix::sys::signal::Signal;
 
 const SCHEMA: &str = include_str!("fixtures/recorder_schema_2024_3_3.sql");
 
@@ -34,9 +33,8 @@ const TABLES: [&str; 11] = [
 
 fn recorder_database() -> TempPostgres {
     let pg = TempPostgres::start().expect("PostgreSQL");
-    psql(pg.port(), SCHEMA);
-    psql(
-        pg.port(),
+    pg.psql(SCHEMA).expect("psql");
+    pg.psql(
         &format!(
             "INSERT INTO schema_changes (schema_version, changed) VALUES (41, now() - interval '1 day'), (42, now());
              INSERT INTO recorder_runs (start, \"end\", closed_incorrect, created) VALUES
@@ -54,7 +52,8 @@ fn recorder_database() -> TempPostgres {
                (1, {SHORT_TERM_STATS} - 300, {SHORT_TERM_STATS}, 20.5), (1, {SHORT_TERM_STATS}, {SHORT_TERM_STATS}, 21.0);
              INSERT INTO statistics (metadata_id, start_ts, created_ts, mean) VALUES (1, {LONG_TERM_STATS}, {LONG_TERM_STATS}, 20.7);"
         ),
-    );
+    )
+    .expect("psql");
     pg
 }
 
@@ -132,10 +131,8 @@ fn recorder_metrics_from_the_real_schema() {
     }
 
     // A new row moves "last written" on the next probe.
-    psql(
-        pg.port(),
-        "INSERT INTO states (state, last_updated_ts) VALUES ('22.0', 1700007200.75)",
-    );
+    pg.psql("INSERT INTO states (state, last_updated_ts) VALUES ('22.0', 1700007200.75)")
+        .expect("psql");
     exporter.wait_metric("newer state row", Duration::from_secs(5), |m| {
         value(
             m,
@@ -147,10 +144,10 @@ fn recorder_metrics_from_the_real_schema() {
     // A row written now: the age alert's input reads (near) zero after the
     // next probe, and keeps growing between probes.
     let written = now();
-    psql(
-        pg.port(),
+    pg.psql(
         "INSERT INTO states (state, last_updated_ts) VALUES ('22.5', extract(epoch FROM clock_timestamp()))",
-    );
+    )
+    .expect("psql");
     exporter.wait_metric("fresh state row", Duration::from_secs(5), |m| {
         value(
             m,
@@ -209,7 +206,7 @@ fn database_killed_goes_down_within_an_interval_and_recovers_after_restart() {
 
     // TempPostgres runs with fsync and synchronous_commit off; a checkpoint
     // makes the fixture survive the kill as committed data would.
-    psql(pg.port(), "CHECKPOINT");
+    pg.psql("CHECKPOINT").expect("psql");
     pg.kill();
     let down = exporter.wait_metric("postgres down", Duration::from_secs(5), |m| {
         value(m, "hass_exporter_postgres_up", &[]) == Some(0.0)
@@ -285,7 +282,7 @@ fn hung_database_never_slows_a_scrape_and_is_down_after_the_query_timeout() {
         value(m, "hass_exporter_postgres_up", &[]) == Some(1.0)
     });
 
-    signal_postgres(&pg.data_dir(), Signal::SIGSTOP);
+    pg.pause();
     let down = exporter.wait_metric("postgres down while hung", Duration::from_secs(5), |m| {
         value(m, "hass_exporter_postgres_up", &[]) == Some(0.0)
     });
@@ -302,7 +299,7 @@ fn hung_database_never_slows_a_scrape_and_is_down_after_the_query_timeout() {
             .is_some_and(|n| n >= 1.0)
     );
 
-    signal_postgres(&pg.data_dir(), Signal::SIGCONT);
+    pg.resume();
     let up = exporter.wait_metric("postgres back", Duration::from_secs(40), |m| {
         value(m, "hass_exporter_postgres_up", &[]) == Some(1.0)
     });

@@ -161,6 +161,41 @@ impl TempPostgres {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
+    /// A hung database: every process of the server stopped (SIGSTOP):
+    /// connections open, nothing answers, until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// `signal` to the postmaster (first line of `postmaster.pid`) and its
+    /// children.
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let Ok(pid_file) = std::fs::read_to_string(self.data_dir().join("postmaster.pid")) else {
+            return;
+        };
+        let Some(postmaster) = pid_file
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let children =
+            std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"))
+                .unwrap_or_default();
+        let pids = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .chain([postmaster]);
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
     /// Stops the server the way an outage would: no clean shutdown.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

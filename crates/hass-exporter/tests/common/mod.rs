@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -378,61 +378,6 @@ impl StandInBridge {
     pub fn paths(&self) -> Vec<String> {
         self.paths.lock().expect("lock").clone()
     }
-}
-
-// ---------------------------------------------------------------------------
-// PostgreSQL outages
-
-/// Every process of the PostgreSQL server whose data dir is `data`:
-/// the postmaster (first line of postmaster.pid) and its children.
-pub fn postgres_pids(data: &Path) -> Vec<i32> {
-    let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).expect("postmaster.pid");
-    let postmaster: i32 = pid_file
-        .lines()
-        .next()
-        .and_then(|l| l.trim().parse().ok())
-        .expect("pid");
-    let children =
-        std::fs::read_to_string(format!("/proc/{postmaster}/task/{postmaster}/children"))
-            .unwrap_or_default();
-    let mut pids: Vec<i32> = children
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    pids.push(postmaster);
-    pids
-}
-
-/// Sends `signal` to every process of the server (SIGSTOP: a hung database).
-pub fn signal_postgres(data: &Path, signal: nix::sys::signal::Signal) {
-    for pid in postgres_pids(data) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-    }
-}
-
-/// Runs SQL with psql against `port` (the fixture is plain SQL text).
-pub fn psql(port: u16, sql: &str) {
-    let output = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-X"])
-        .arg("-c")
-        .arg(sql)
-        .output()
-        .expect("psql (Debian's postgresql-client, installed with postgresql)");
-    assert!(
-        output.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 pub fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
