@@ -424,7 +424,14 @@ async fn a_revision_home_assistant_rejects_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_after_which_home_assistant_does_not_come_back_is_rolled_back() {
-    let s = Setup::start(&[], "auto_restart: true\n", "  rollback_window: 1s\n").await;
+    // The folder already holds what Git has: the first sync writes nothing,
+    // so no restart (and no watch of it) is under way when Home Assistant
+    // stops saying RUNNING below.
+    let local: Vec<(&str, &str)> = sample()
+        .into_iter()
+        .map(|(rel, text)| (rel, text.unwrap()))
+        .collect();
+    let s = Setup::start(&local, "auto_restart: true\n", "  rollback_window: 1s\n").await;
     // `mqtt:` has no reload service: the change needs a restart, after
     // which Home Assistant never says RUNNING.
     let restarts = s.ha.count("homeassistant/restart");
