@@ -8,8 +8,11 @@
 //!   resources → YAML documents, plus the `kustomization.yaml`.
 //! - [`yaml`]: the YAML writer and the commented defaults file.
 //! - [`output`]: writing a rendered tree to a folder.
+//! - [`images`]: image references, the kustomization's `images:` list and
+//!   the lock file that pins the sidecars' images by digest.
 
 pub mod crd;
+pub mod images;
 pub mod meta;
 pub mod output;
 mod positions;

@@ -35,6 +35,10 @@ enum Command {
         /// Print one multi-document YAML stream instead.
         #[arg(long)]
         stdout: bool,
+        /// Pin the hass-sidecars images to the registry, tag and digests of
+        /// this lock file (what `images/build --push` writes).
+        #[arg(long, value_name = "FILE", env = "HASS_MANIFESTS_IMAGES_LOCK")]
+        images_lock: Option<PathBuf>,
     },
     /// Print the JSON Schema of the values file.
     Schema,
@@ -68,13 +72,21 @@ fn run(command: Command) -> Result<(), (u8, String)> {
             values,
             output,
             stdout,
+            images_lock,
         } => {
-            let values = match values {
+            let mut values = match values {
                 Some(path) => {
                     hass_manifests::values::load(&path).map_err(|e| (2, e.to_string()))?
                 }
                 None => hass_manifests::Values::default(),
             };
+            if let Some(path) = images_lock {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| (2, format!("{}: {e}", path.display())))?;
+                let lock = hass_manifests::images::Lock::parse(&text)
+                    .map_err(|e| (2, format!("{}: {e}", path.display())))?;
+                lock.apply(&mut values.sidecar_images);
+            }
             let manifests = hass_manifests::render(&values).map_err(|e| (1, e.to_string()))?;
             match output {
                 Some(dir) if !stdout => hass_manifests::output::write_dir(&dir, &manifests)

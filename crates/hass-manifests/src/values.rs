@@ -125,6 +125,16 @@ impl Default for SidecarImages {
     }
 }
 
+/// The hass-sidecars binaries that have an image.
+pub const SIDECAR_BINARIES: [&str; 6] = [
+    "hass-broker",
+    "hass-serial-bridge",
+    "hass-config-watcher",
+    "hass-git-mirror",
+    "hass-exporter",
+    "hass-manifests",
+];
+
 impl SidecarImages {
     /// The image of one binary, e.g. `hass-broker`.
     pub fn image(&self, binary: &str) -> Image {
@@ -1046,6 +1056,43 @@ impl Values {
             return err(
                 "namespace",
                 format!("{:?} must be a DNS label", self.namespace),
+            );
+        }
+        let digests = self
+            .sidecar_images
+            .digests
+            .iter()
+            .map(|(binary, digest)| (format!("sidecar_images.digests.{binary}"), Some(digest)));
+        let digests = digests.chain([
+            (
+                "home_assistant.image.digest".to_owned(),
+                self.home_assistant.image.digest.as_ref(),
+            ),
+            (
+                "postgres.image.digest".to_owned(),
+                self.postgres.image.digest.as_ref(),
+            ),
+        ]);
+        for (key, digest) in digests {
+            if let Some(digest) = digest.filter(|d| !crate::images::is_digest(d)) {
+                return err(
+                    &key,
+                    format!("{digest:?} is not a digest: sha256:<64 lowercase hex digits>"),
+                );
+            }
+        }
+        if let Some(binary) = self
+            .sidecar_images
+            .digests
+            .keys()
+            .find(|b| !SIDECAR_BINARIES.contains(&b.as_str()))
+        {
+            return err(
+                &format!("sidecar_images.digests.{binary}"),
+                format!(
+                    "is not an image of the suite ({})",
+                    SIDECAR_BINARIES.join(", ")
+                ),
             );
         }
         if self.home_assistant.startup_budget_seconds < 60 {

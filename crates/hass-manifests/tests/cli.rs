@@ -4,6 +4,8 @@
 // exempts test fns).
 #![allow(clippy::unwrap_used)]
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 
 fn bin() -> Command {
@@ -156,6 +158,46 @@ fn schema_closes_every_struct_and_types_every_map() {
     assert_eq!(required, ["name", "node", "path"]);
 }
 
+/// `kustomization.yaml`'s resources and images (name → (newTag, digest)).
+type Kustomization = (Vec<String>, BTreeMap<String, (String, Option<String>)>);
+
+fn read_kustomization(dir: &Path) -> Kustomization {
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let parsed: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let resources = parsed["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    let images = parsed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| {
+            (
+                image["name"].as_str().unwrap().to_owned(),
+                (
+                    image["newTag"].as_str().unwrap().to_owned(),
+                    image["digest"].as_str().map(str::to_owned),
+                ),
+            )
+        })
+        .collect();
+    (resources, images)
+}
+
+/// Every container's `image:` in the rendered files, split at the tag.
+fn images_in_files(dir: &Path, files: &[String]) -> BTreeSet<String> {
+    let mut images = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let object: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        images.extend(hass_manifests::images::container_images(&object));
+    }
+    images
+}
+
 #[test]
 fn render_writes_a_kustomization_and_stdout_the_same_objects() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,15 +211,26 @@ fn render_writes_a_kustomization_and_stdout_the_same_objects() {
         .status()
         .unwrap();
     assert!(status.success());
-    let kustomization = std::fs::read_to_string(dir.path().join("kustomization.yaml")).unwrap();
-    let files: Vec<&str> = kustomization
-        .lines()
-        .filter_map(|l| l.strip_prefix("  - "))
-        .collect();
-    assert!(files.contains(&"statefulset-hass.yaml"), "{kustomization}");
+    let (files, images) = read_kustomization(dir.path());
+    assert!(
+        files.contains(&"statefulset-hass.yaml".to_owned()),
+        "{files:?}"
+    );
     for file in &files {
         assert!(dir.path().join(file).is_file(), "{file}");
     }
+    // Every image the files use is listed, with its tag, for Renovate.
+    let used = images_in_files(dir.path(), &files);
+    let listed: BTreeSet<String> = images
+        .iter()
+        .map(|(name, (tag, _))| format!("{name}:{tag}"))
+        .collect();
+    assert_eq!(listed, used);
+    assert!(
+        used.iter()
+            .any(|i| i.starts_with("ghcr.io/hass-sidecars/hass-broker:")),
+        "{used:?}"
+    );
     let out = bin()
         .args(["render", "-f", values, "--stdout"])
         .output()
@@ -185,6 +238,106 @@ fn render_writes_a_kustomization_and_stdout_the_same_objects() {
     assert!(out.status.success());
     let stream = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stream.matches("---\n").count(), files.len());
+}
+
+const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const DIGEST_B: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn an_images_lock_pins_every_sidecar_by_digest_and_renders_the_same_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("images.lock");
+    let mut text = String::from("# written by images/build --push\n");
+    for binary in hass_manifests::values::SIDECAR_BINARIES {
+        let digest = if binary == "hass-broker" {
+            DIGEST_B
+        } else {
+            DIGEST_A
+        };
+        text.push_str(&format!(
+            "{binary} 127.0.0.1:5000/hass-sidecars/{binary}:0.2.0@{digest}\n"
+        ));
+    }
+    std::fs::write(&lock, text).unwrap();
+    let values = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/everything.values.yaml"
+    );
+    let render = |out: &str| {
+        let status = bin()
+            .args(["render", "-f", values, "--images-lock"])
+            .arg(&lock)
+            .arg("-o")
+            .arg(dir.path().join(out))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        dir.path().join(out)
+    };
+    let first = render("first");
+    let (files, images) = read_kustomization(&first);
+    let used = images_in_files(&first, &files);
+    let sidecars: Vec<&String> = used
+        .iter()
+        .filter(|i| i.contains("/hass-sidecars/"))
+        .collect();
+    assert_eq!(sidecars.len(), 5, "{used:?}");
+    for image in sidecars {
+        let (name, digest) = image.split_once(":0.2.0@").unwrap();
+        assert!(
+            name.starts_with("127.0.0.1:5000/hass-sidecars/hass-"),
+            "{image}"
+        );
+        let expected = if name.ends_with("/hass-broker") {
+            DIGEST_B
+        } else {
+            DIGEST_A
+        };
+        assert_eq!(digest, expected, "{image}");
+        assert_eq!(
+            images[name],
+            ("0.2.0".to_owned(), Some(expected.to_owned())),
+            "{name}"
+        );
+    }
+    let second = render("second");
+    for file in files
+        .iter()
+        .map(String::as_str)
+        .chain(["kustomization.yaml"])
+    {
+        assert_eq!(
+            std::fs::read(first.join(file)).unwrap(),
+            std::fs::read(second.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_images_lock_exits_2_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("images.lock");
+    std::fs::write(
+        &lock,
+        format!(
+            "hass-broker r/hass-broker:1@{DIGEST_A}\nhass-exporter r/hass-exporter:1@sha256:00\n"
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["render", "--stdout", "--images-lock"])
+        .arg(&lock)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "images.lock: line 2: hass-exporter: the digest is not sha256:<64 hex digits>"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]
