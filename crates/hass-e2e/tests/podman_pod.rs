@@ -165,14 +165,19 @@ fn render(dir: &std::path::Path, values: &str) -> RenderedTree {
     let file = dir.join("values.yaml");
     std::fs::write(&file, values).unwrap();
     let rendered = dir.join("rendered");
-    let render = Command::new(workspace_binary("hass-manifests").unwrap())
+    let mut render = Command::new(workspace_binary("hass-manifests").unwrap());
+    render
         .arg("render")
         .arg("-f")
         .arg(&file)
         .arg("-o")
-        .arg(&rendered)
-        .output()
-        .unwrap();
+        .arg(&rendered);
+    // images/test pins the sidecars to what it pushed to its registry, so
+    // podman pulls them by digest as a node would.
+    if let Some(lock) = std::env::var_os("HASS_E2E_IMAGES_LOCK") {
+        render.arg("--images-lock").arg(lock);
+    }
+    let render = render.output().unwrap();
     assert!(
         render.status.success(),
         "{}",

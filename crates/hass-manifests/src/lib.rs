@@ -8,9 +8,11 @@
 //!   resources → YAML documents, plus the `kustomization.yaml`.
 //! - [`yaml`]: the YAML writer and the commented defaults file.
 //! - [`output`]: writing a rendered tree to a folder.
+//! - [`artifact`]: the tree as the OCI artifact Flux reads, and its push.
 //! - [`images`]: image references, the kustomization's `images:` list and
 //!   the lock file that pins the sidecars' images by digest.
 
+pub mod artifact;
 pub mod crd;
 pub mod images;
 pub mod meta;
@@ -22,6 +24,12 @@ pub mod yaml;
 
 pub use render::{Manifest, render};
 pub use values::Values;
+
+/// TLS for `render --push` through rustls with ring, as the other
+/// binaries' (reqwest is built without a default provider).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// The JSON Schema of the values file.
 pub fn schema() -> serde_json::Value {

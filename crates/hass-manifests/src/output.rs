@@ -24,8 +24,19 @@ pub fn write_dir(dir: &Path, manifests: &[Manifest]) -> io::Result<()> {
             }
         }
     }
-    for m in manifests {
-        std::fs::write(dir.join(m.file_name()), format!("{HEADER}{}", m.yaml))?;
+    for (name, content) in files(manifests) {
+        std::fs::write(dir.join(name), content)?;
     }
-    std::fs::write(dir.join("kustomization.yaml"), kustomization(manifests))
+    Ok(())
+}
+
+/// Every file of the tree, as (name, content): one per object, then
+/// `kustomization.yaml`.
+pub fn files(manifests: &[Manifest]) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = manifests
+        .iter()
+        .map(|m| (m.file_name(), format!("{HEADER}{}", m.yaml)))
+        .collect();
+    files.push(("kustomization.yaml".to_owned(), kustomization(manifests)));
+    files
 }

@@ -393,3 +393,94 @@ fn defaults_file_shows_the_package_include_for_configuration_yaml() {
     let folder = std::path::Path::new(&package.mount_path).parent().unwrap();
     assert_eq!(folder, std::path::Path::new("/config/packages"));
 }
+
+/// The tree pushed as Flux's OCI artifact and read back with skopeo: the
+/// layer holds exactly the files `-o` wrote, the media types are Flux's, and
+/// pushing the same tree again gives the same digest.
+#[test]
+fn render_push_stores_the_tree_as_the_artifact_flux_reads() {
+    let registry = hass_test_support::TempRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let values = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/homelab.values.yaml"
+    );
+    let target = format!("oci://{}/hass-sidecars/manifests:v1", registry.address);
+    let push = |out: &str| {
+        let output = bin()
+            .args(["render", "-f", values, "--push", &target, "-o"])
+            .arg(dir.path().join(out))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        stderr
+            .trim()
+            .rsplit_once('@')
+            .map(|(_, digest)| digest.to_owned())
+            .unwrap_or_else(|| panic!("{stderr}"))
+    };
+    let digest = push("first");
+    assert_eq!(digest, registry.digest("hass-sidecars/manifests:v1"));
+
+    let layout = registry.pull_layout("hass-sidecars/manifests:v1");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+    assert_eq!(manifest_digest, digest);
+    let blob = |digest: &str| hass_test_support::registry::layout_blob(&layout, digest);
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(manifest_digest)).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.cncf.flux.config.v1+json"
+    );
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(
+        layers[0]["mediaType"],
+        "application/vnd.cncf.flux.content.v1.tar+gzip"
+    );
+    let layer = blob(layers[0]["digest"].as_str().unwrap());
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer.as_slice()));
+    let mut pulled = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        pulled.insert(name, bytes);
+    }
+    let written: BTreeMap<String, Vec<u8>> = std::fs::read_dir(dir.path().join("first"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pulled, written);
+    assert!(pulled.contains_key("kustomization.yaml"));
+
+    // Unchanged values: the same artifact, nothing for Flux to apply.
+    assert_eq!(push("second"), digest);
+}
+
+#[test]
+fn render_push_refuses_a_target_without_a_tag() {
+    let out = bin()
+        .args([
+            "render",
+            "--push",
+            "oci://127.0.0.1:1/hass-sidecars/manifests",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is not oci://REGISTRY/REPOSITORY:TAG"),
+        "{stderr}"
+    );
+}

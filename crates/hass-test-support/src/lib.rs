@@ -2,7 +2,7 @@
 //! ports, a throwaway PostgreSQL, socat pty pairs standing in for a USB stick,
 //! spawned binaries probed over their admin port, and Python's OpenMetrics
 //! parser for checking `/metrics` the way Prometheus reads it, and a real
-//! Home Assistant in a cached root filesystem.
+//! Home Assistant in a cached root filesystem, and an OCI registry.
 //!
 //! Everything here fails loudly with a message saying what to install; a test
 //! never skips because a tool is missing.
@@ -16,12 +16,14 @@ pub mod paho;
 pub mod ports;
 pub mod postgres;
 pub mod pty;
+pub mod registry;
 
 pub use binary::SpawnedBinary;
 pub use git::GitRemote;
 pub use ports::{free_addr, free_port};
 pub use postgres::TempPostgres;
 pub use pty::PtyPair;
+pub use registry::TempRegistry;
 
 use std::time::{Duration, Instant};
 
