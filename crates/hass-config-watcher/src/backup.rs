@@ -15,7 +15,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use flate2::Compression;
 use flate2::read::GzDecoder;
@@ -188,10 +188,7 @@ fn write_archive(
     };
     let mut tar = tar::Builder::new(BufWriter::new(file));
     let json = serde_json::to_vec(metadata).map_err(|e| fail("backup.json", e))?;
-    let mtime = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let mtime = hass_runtime::clock::unix_seconds();
     tar.append(
         &outer_header(METADATA, json.len() as u64, mtime),
         json.as_slice(),

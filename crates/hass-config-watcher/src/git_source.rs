@@ -467,7 +467,9 @@ pub(crate) async fn keep(
             Ok(Outcome::Unchanged) => {}
             Ok(Outcome::Applied(applied)) => {
                 count(SourceResult::Applied);
-                metrics.source_last_applied.set(unix_now());
+                metrics
+                    .source_last_applied
+                    .set(hass_runtime::clock::unix_seconds_f64());
                 report_applied(&applied, started.elapsed(), api.as_ref(), &metrics).await;
                 last_error.clear();
                 if let (Some(window), Some(api)) = (source.rollback_window, &api)
@@ -632,13 +634,6 @@ async fn report_refused(commit: ObjectId, why: &Refusal, api: Option<&HaApi>) {
     );
     api.notify(NOTIFICATION_ID, "Git source: revision refused", &message)
         .await;
-}
-
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
 }
 
 impl GitSource {

@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use gix::ObjectId;
 use gix::bstr::BString;
@@ -280,8 +279,5 @@ pub fn gitignore_text(include_secrets: bool) -> String {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    hass_runtime::clock::unix_seconds()
 }

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hass_runtime::shutdown::Shutdown;
 use tokio::sync::{broadcast, mpsc};
@@ -399,11 +398,9 @@ impl Task {
                 {
                     Ok(()) => {
                         metrics.count_reload(&domain, ReloadResult::Ok);
-                        let now = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map(|d| d.as_secs_f64())
-                            .unwrap_or_default();
-                        metrics.last_reload.set(now);
+                        metrics
+                            .last_reload
+                            .set(hass_runtime::clock::unix_seconds_f64());
                         info!(%domain, service, took = ?started.elapsed(), "reloaded");
                         let _ = verdicts.send(Verdict::Reloaded(domain.clone()));
                     }

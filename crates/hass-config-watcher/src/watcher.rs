@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
 use tokio::time::{MissedTickBehavior, interval_at, sleep_until};
@@ -247,11 +247,9 @@ fn record_backup(
 ) {
     let result = match done {
         Ok(Ok(written)) => {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
-            metrics.last_backup.set(now);
+            metrics
+                .last_backup
+                .set(hass_runtime::clock::unix_seconds_f64());
             metrics
                 .backup_size
                 .set(i64::try_from(written.size).unwrap_or(i64::MAX));

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hass_runtime::liveness::Heartbeat;
 use hass_runtime::readiness::ReadinessCheck;
@@ -627,11 +627,9 @@ impl HaProbe {
             view.last_answer = Some(Instant::now());
             view.answering = true;
         }
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or_default();
-        self.metrics.last_answer.set(unix);
+        self.metrics
+            .last_answer
+            .set(hass_runtime::clock::unix_seconds_f64());
     }
 
     fn record_state(&self, reply: CoreStateReply) {

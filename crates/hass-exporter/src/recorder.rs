@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hass_runtime::liveness::Heartbeat;
 use hass_runtime::readiness::ReadinessCheck;
@@ -93,13 +93,6 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
     g.encode(metric)
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default()
-}
-
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(s) = self
@@ -110,7 +103,7 @@ impl Collector for SnapshotCollector {
         else {
             return Ok(());
         };
-        let now = unix_now();
+        let now = hass_runtime::clock::unix_seconds_f64();
         let e = &mut encoder;
         gauge(
             e,

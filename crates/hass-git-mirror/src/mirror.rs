@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use hass_runtime::logging::Untrusted;
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
@@ -73,11 +73,9 @@ impl Component for GitMirror {
             metrics.duration.observe(started.elapsed().as_secs_f64());
             match fetched {
                 Ok(Ok(fetched)) => {
-                    let now = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs_f64())
-                        .unwrap_or_default();
-                    metrics.last_success.set(now);
+                    metrics
+                        .last_success
+                        .set(hass_runtime::clock::unix_seconds_f64());
                     last_error.clear();
                     match fetched {
                         Fetched::Updated { from, to } => {

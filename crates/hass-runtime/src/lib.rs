@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod admission;
 pub mod cli;
+pub mod clock;
 pub mod component;
 pub mod config;
 pub mod exit;
