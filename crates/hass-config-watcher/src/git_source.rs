@@ -433,7 +433,7 @@ pub(crate) async fn keep(
     metrics: WatchMetrics,
     shutdown: Shutdown,
 ) {
-    let mut last_error = String::new();
+    let mut lasting = hass_runtime::logging::LastingError::default();
     loop {
         // Verdicts of changes before this poll are not this revision's.
         while !matches!(
@@ -471,7 +471,7 @@ pub(crate) async fn keep(
                     .source_last_applied
                     .set(hass_runtime::clock::unix_seconds_f64());
                 report_applied(&applied, started.elapsed(), api.as_ref(), &metrics).await;
-                last_error.clear();
+                lasting.clear();
                 if let (Some(window), Some(api)) = (source.rollback_window, &api)
                     && !applied.undo.is_empty()
                 {
@@ -493,15 +493,13 @@ pub(crate) async fn keep(
             Ok(Outcome::Refused { commit, why }) => {
                 count(SourceResult::Refused);
                 report_refused(commit, &why, api.as_ref()).await;
-                last_error.clear();
+                lasting.clear();
             }
             Err(e) => {
                 count(SourceResult::Failed);
-                // Said once while it lasts, not at every poll.
                 let text = e.to_string();
-                if text != last_error {
+                if lasting.is_new(&text) {
                     error!("git source: {}", Untrusted(&text));
-                    last_error = text;
                 }
             }
         }

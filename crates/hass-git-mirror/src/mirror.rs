@@ -56,7 +56,7 @@ impl Component for GitMirror {
             .register("fetch-loop", config.interval + config.timeout * 2);
         let stop = Arc::new(AtomicBool::new(false));
         info!(remote = %config.remote, branch = %config.branch, mirror = %config.mirror.display(), "mirroring");
-        let mut last_error = String::new();
+        let mut lasting = hass_runtime::logging::LastingError::default();
         loop {
             heartbeat.beat();
             let started = Instant::now();
@@ -76,7 +76,7 @@ impl Component for GitMirror {
                     metrics
                         .last_success
                         .set(hass_runtime::clock::unix_seconds_f64());
-                    last_error.clear();
+                    lasting.clear();
                     match fetched {
                         Fetched::Updated { from, to } => {
                             metrics.count(FetchResult::Updated);
@@ -88,11 +88,9 @@ impl Component for GitMirror {
                 }
                 Ok(Err(e)) => {
                     metrics.count(FetchResult::Failed);
-                    // Said once while it lasts, not at every interval.
                     let text = e.to_string();
-                    if text != last_error {
+                    if lasting.is_new(&text) {
                         error!("fetch failed: {}", Untrusted(&text));
-                        last_error = text;
                     }
                 }
                 Err(e) => {

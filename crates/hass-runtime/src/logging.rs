@@ -64,9 +64,43 @@ impl std::fmt::Display for Untrusted<'_> {
     }
 }
 
+/// An error a retry loop meets again and again (a Git host down, a fetch
+/// refused): said once while it lasts, not at every attempt, and again
+/// once it changes or comes back after a success.
+#[derive(Debug, Default)]
+pub struct LastingError {
+    last: Option<String>,
+}
+
+impl LastingError {
+    /// Whether `text` is new and should be logged; remembers it.
+    pub fn is_new(&mut self, text: &str) -> bool {
+        if self.last.as_deref() == Some(text) {
+            return false;
+        }
+        self.last = Some(text.to_owned());
+        true
+    }
+
+    /// After a success: the next error is new, even the same one.
+    pub fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Untrusted;
+    use super::{LastingError, Untrusted};
+
+    #[test]
+    fn a_lasting_error_is_new_once_until_it_changes_or_clears() {
+        let mut lasting = LastingError::default();
+        assert!(lasting.is_new("refused"));
+        assert!(!lasting.is_new("refused"));
+        assert!(lasting.is_new("timed out"));
+        lasting.clear();
+        assert!(lasting.is_new("timed out"));
+    }
 
     #[test]
     fn control_characters_are_escaped_and_long_strings_cut() {
