@@ -269,6 +269,15 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Config-folder paths as a log line or a notification shows them: a file
+/// name is the folder's (or a Git push's), so each is escaped and cut.
+pub(crate) fn shown_paths(paths: &[PathBuf]) -> Vec<String> {
+    paths
+        .iter()
+        .map(|p| hass_runtime::logging::Untrusted(&p.display().to_string()).to_string())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

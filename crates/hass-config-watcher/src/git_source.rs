@@ -34,7 +34,7 @@ use hass_runtime::logging::Untrusted;
 use hass_runtime::shutdown::Shutdown;
 use tracing::{error, info, warn};
 
-use crate::config_files::{self, MAX_FILE_BYTES, OnDisk};
+use crate::config_files::{self, MAX_FILE_BYTES, OnDisk, shown_paths};
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::ha_api::HaApi;
 use crate::ignore::IgnoreList;
@@ -541,10 +541,7 @@ async fn roll_back(
     let why = Untrusted(why).to_string();
     let message = match done {
         Ok(restored) => {
-            let shown: Vec<String> = restored
-                .iter()
-                .map(|p| Untrusted(&p.display().to_string()).to_string())
-                .collect();
+            let shown = shown_paths(&restored);
             error!(%commit, restored = ?shown, took = ?started.elapsed(), "git source: revision rolled back: {why}");
             format!(
                 "Revision `{commit}` of the Git source was rolled back: {why}. The files it changed are back as they were ({}), and Home Assistant reloads them; the revision is not applied again until a new one is pushed.",
@@ -574,20 +571,14 @@ async fn report_applied(
     metrics: &WatchMetrics,
 ) {
     let commit = applied.commit.map(|c| c.to_string()).unwrap_or_default();
-    let shown = |paths: &[PathBuf]| -> Vec<String> {
-        paths
-            .iter()
-            .map(|p| Untrusted(&p.display().to_string()).to_string())
-            .collect()
-    };
     info!(
         %commit,
-        written = ?shown(&applied.written),
-        removed = ?shown(&applied.removed),
+        written = ?shown_paths(&applied.written),
+        removed = ?shown_paths(&applied.removed),
         ?took,
         "git source: revision applied"
     );
-    for path in shown(&applied.conflicts) {
+    for path in shown_paths(&applied.conflicts) {
         metrics.source_conflicts.inc();
         warn!(%commit, "git source: {path} changed both in Git and in the folder (or is not a plain file there): the folder's version is kept");
     }
@@ -600,7 +591,7 @@ async fn report_applied(
     }
     let message = format!(
         "Revision `{commit}` of the Git source is applied, except for these files, which were changed both in Git and in the config folder (an edit in Home Assistant's UI, say). The folder's versions are kept and recorded in the history; bring Git in line with them to resolve this.\n\n{}",
-        shown(&applied.conflicts)
+        shown_paths(&applied.conflicts)
             .iter()
             .map(|p| format!("- `{p}`"))
             .collect::<Vec<_>>()

@@ -172,10 +172,7 @@ async fn report(
     let message = match restored {
         Ok(Ok(files)) => {
             metrics.local_rollbacks.inc();
-            let shown: Vec<String> = files
-                .iter()
-                .map(|p| Untrusted(&p.display().to_string()).to_string())
-                .collect();
+            let shown = crate::config_files::shown_paths(&files);
             error!(restored = ?shown, "rollback: a local edit put back: {why}");
             format!(
                 "A change to the config folder was put back because Home Assistant did not take it: {why}. Restored as Home Assistant last ran them: {}.",
