@@ -60,26 +60,23 @@ fn subscriptions_outside_the_acl_get_a_failure_code() {
 fn denied_publishes_reach_nobody_and_denied_topics_are_never_delivered() {
     let broker = start_with_acl();
     broker.set_password("zigbee2mqtt", "z2m-pass");
-    std::thread::scope(|s| {
-        let ha = s.spawn(|| {
-            broker.paho(
-                5,
-                true,
-                &[
-                    "subscribe",
-                    "--filter",
-                    "zigbee2mqtt/#",
-                    "--qos",
-                    "1",
-                    "--expect",
-                    "2",
-                    "--timeout",
-                    "3",
-                    "--show",
-                ],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(700));
+    {
+        let ha = broker.paho_subscribed(
+            5,
+            true,
+            &[
+                "subscribe",
+                "--filter",
+                "zigbee2mqtt/#",
+                "--qos",
+                "1",
+                "--expect",
+                "2",
+                "--timeout",
+                "3",
+                "--show",
+            ],
+        );
         // Home Assistant may not write under zigbee2mqtt/: dropped.
         broker.paho(
             5,
@@ -118,7 +115,7 @@ fn denied_publishes_reach_nobody_and_denied_topics_are_never_delivered() {
                 "on",
             ],
         );
-        let got = ha.join().expect("ha");
+        let got = ha.finish();
         let payloads: Vec<&str> = got["messages"]
             .as_array()
             .expect("messages")
@@ -126,7 +123,7 @@ fn denied_publishes_reach_nobody_and_denied_topics_are_never_delivered() {
             .map(|m| m["payload"].as_str().unwrap_or_default())
             .collect();
         assert_eq!(payloads, ["on"], "{got}");
-    });
+    }
     assert_eq!(
         broker.metric("hass_broker_acl_denied", Some(("action", "publish"))),
         1.0

@@ -68,39 +68,36 @@ fn delivery_qos_is_the_lower_of_publish_and_subscription() {
     let broker = TestBroker::start("");
     for (sub_qos, pub_qos, want) in [("1", "0", 0), ("1", "2", 1), ("2", "2", 2), ("0", "2", 0)] {
         let topic = format!("qos/{sub_qos}/{pub_qos}");
-        std::thread::scope(|s| {
-            let subscriber = s.spawn(|| {
-                broker.paho(
-                    5,
-                    true,
-                    &[
-                        "subscribe",
-                        "--filter",
-                        &topic,
-                        "--qos",
-                        sub_qos,
-                        "--expect",
-                        "1",
-                        "--timeout",
-                        "10",
-                    ],
-                )
-            });
-            std::thread::sleep(std::time::Duration::from_millis(700));
+        {
+            let subscriber = broker.paho_subscribed(
+                5,
+                true,
+                &[
+                    "subscribe",
+                    "--filter",
+                    &topic,
+                    "--qos",
+                    sub_qos,
+                    "--expect",
+                    "1",
+                    "--timeout",
+                    "10",
+                ],
+            );
             let sent = broker.paho(
                 4,
                 true,
                 &["publish-many", "--topic", &topic, "--qos", pub_qos],
             );
             assert_eq!(sent["rc"], 0);
-            let got = subscriber.join().expect("subscriber");
+            let got = subscriber.finish();
             assert_eq!(got["count"], 1, "sub {sub_qos} pub {pub_qos}: {got}");
             assert_eq!(
                 got["qos"],
                 serde_json::json!([want]),
                 "sub {sub_qos} pub {pub_qos}: {got}"
             );
-        });
+        }
     }
 }
 
@@ -294,23 +291,20 @@ fn websockets_carry_both_versions_on_mqtt_and_root_paths() {
         }
     }
     // And publishing over a WebSocket reaches a TCP subscriber.
-    std::thread::scope(|s| {
-        let tcp = s.spawn(|| {
-            broker.paho(
-                4,
-                true,
-                &[
-                    "subscribe",
-                    "--filter",
-                    "ws/test",
-                    "--expect",
-                    "1",
-                    "--timeout",
-                    "10",
-                ],
-            )
-        });
-        std::thread::sleep(std::time::Duration::from_millis(700));
+    {
+        let tcp = broker.paho_subscribed(
+            4,
+            true,
+            &[
+                "subscribe",
+                "--filter",
+                "ws/test",
+                "--expect",
+                "1",
+                "--timeout",
+                "10",
+            ],
+        );
         broker.paho_on(
             broker.ws.port(),
             5,
@@ -323,8 +317,8 @@ fn websockets_carry_both_versions_on_mqtt_and_root_paths() {
                 "ws/test",
             ],
         );
-        assert_eq!(tcp.join().expect("tcp")["count"], 1);
-    });
+        assert_eq!(tcp.finish()["count"], 1);
+    }
 }
 
 /// The Python client's `counted_payload`: hex counters, `size` bytes.

@@ -173,26 +173,23 @@ fn a_subscribe_to_an_invalid_filter_closes_the_connection() {
 #[test]
 fn a_vanished_client_has_its_will_published() {
     let broker = TestBroker::start("");
-    std::thread::scope(|s| {
-        let watcher = s.spawn(|| {
-            broker.paho(
-                5,
-                true,
-                &[
-                    "subscribe",
-                    "--filter",
-                    "zigbee2mqtt/bridge/state",
-                    "--qos",
-                    "1",
-                    "--expect",
-                    "1",
-                    "--timeout",
-                    "10",
-                    "--show",
-                ],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(700));
+    {
+        let watcher = broker.paho_subscribed(
+            5,
+            true,
+            &[
+                "subscribe",
+                "--filter",
+                "zigbee2mqtt/bridge/state",
+                "--qos",
+                "1",
+                "--expect",
+                "1",
+                "--timeout",
+                "10",
+                "--show",
+            ],
+        );
         broker.paho(
             4,
             true,
@@ -207,10 +204,10 @@ fn a_vanished_client_has_its_will_published() {
                 "--abort",
             ],
         );
-        let got = watcher.join().expect("watcher");
+        let got = watcher.finish();
         assert_eq!(got["count"], 1, "{got}");
         assert_eq!(got["messages"][0]["payload"], "offline");
-    });
+    }
     assert_eq!(broker.metric("hass_broker_wills_published", None), 1.0);
 }
 
@@ -248,7 +245,7 @@ fn a_flood_towards_a_stalled_subscriber_stays_within_the_memory_budget() {
     stalled
         .write_all(&common::subscribe_packet("flood/#", 0))
         .expect("subscribe");
-    std::thread::sleep(Duration::from_millis(300));
+    common::await_packet(&stalled, 9);
 
     let payload = vec![0x5a; 10 * 1024];
     let count = 20_000;
@@ -304,27 +301,24 @@ fn a_stalled_client_over_the_memory_budget_does_not_starve_the_others() {
         .write_all(&common::subscribe_packet("load/#", 1))
         .expect("subscribe");
     let count = 3000;
-    std::thread::scope(|s| {
-        let ha = s.spawn(|| {
-            broker.paho(
-                4,
-                true,
-                &[
-                    "--client-id",
-                    "homeassistant",
-                    "subscribe",
-                    "--filter",
-                    "load/#",
-                    "--qos",
-                    "1",
-                    "--expect",
-                    &count.to_string(),
-                    "--timeout",
-                    "60",
-                ],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(700));
+    {
+        let ha = broker.paho_subscribed(
+            4,
+            true,
+            &[
+                "--client-id",
+                "homeassistant",
+                "subscribe",
+                "--filter",
+                "load/#",
+                "--qos",
+                "1",
+                "--expect",
+                &count.to_string(),
+                "--timeout",
+                "60",
+            ],
+        );
         let sent = broker.paho(
             4,
             true,
@@ -341,9 +335,9 @@ fn a_stalled_client_over_the_memory_budget_does_not_starve_the_others() {
             ],
         );
         assert_eq!(sent["acked"], count);
-        let ha = ha.join().expect("subscriber");
+        let ha = ha.finish();
         assert_eq!(ha["count"], count, "{ha}\n{}", broker.stderr());
-    });
+    }
     // The stalled client's backlog paid for it.
     assert!(broker.metric("hass_broker_dropped_memory_budget", None) > 1000.0);
     assert!(broker.metric("hass_broker_queued_bytes", None) <= 1048576.0);
@@ -365,7 +359,7 @@ fn a_slow_consumer_is_disconnected_when_its_queue_fills_with_qos1() {
     body.push(1);
     slow.write_all(&common::frame(0x82, body))
         .expect("subscribe");
-    std::thread::sleep(Duration::from_millis(300));
+    common::await_packet(&slow, 9);
     let sent = broker.paho(
         4,
         true,
@@ -405,7 +399,7 @@ fn by_default_a_slow_consumer_only_loses_messages() {
         .expect("connect");
     slow.write_all(&common::subscribe_packet("load/#", 1))
         .expect("subscribe");
-    std::thread::sleep(Duration::from_millis(300));
+    common::await_packet(&slow, 9);
     broker.paho(
         4,
         true,
@@ -438,7 +432,7 @@ fn a_session_taken_over_is_told_so_before_it_is_closed() {
     first
         .write_all(&connect_packet(b"MQTT", 5, "zigbee2mqtt"))
         .expect("connect");
-    std::thread::sleep(Duration::from_millis(200));
+    common::await_packet(&first, 2);
     let mut second = TcpStream::connect(broker.mqtt).expect("connect");
     second
         .write_all(&connect_packet(b"MQTT", 5, "zigbee2mqtt"))
@@ -461,7 +455,7 @@ fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
     client
         .write_all(&connect_packet(b"MQTT", 5, "ha"))
         .expect("connect");
-    std::thread::sleep(Duration::from_millis(200));
+    common::await_packet(&client, 2);
     assert_eq!(broker.stop(), Some(0));
     client
         .set_read_timeout(Some(Duration::from_secs(5)))

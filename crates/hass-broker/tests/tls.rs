@@ -182,18 +182,24 @@ fn a_rotated_certificate_is_served_without_a_restart_or_dropped_connections() {
     let first = fingerprint(&dir.join("tls.crt"));
     assert_eq!(presented_cert(tls.mqtts, &dir.join("ca.crt")), first);
 
-    std::thread::scope(|s| {
+    {
         let ca = dir.join("ca.crt");
         let ca = ca.to_str().expect("utf-8").to_owned();
-        let live = s.spawn(move || {
-            broker.paho_on(
-                tls.mqtts,
-                4,
-                true,
-                &["--tls-ca", &ca, "connect", "--hold", "2"],
-            )
-        });
-        std::thread::sleep(Duration::from_millis(600));
+        // Connected and subscribed over TLS, for 6 s: across the rotation.
+        let live = broker.paho_subscribed_on(
+            tls.mqtts,
+            4,
+            true,
+            &[
+                "--tls-ca",
+                &ca,
+                "subscribe",
+                "--filter",
+                "tls/live",
+                "--timeout",
+                "6",
+            ],
+        );
         make_cert(dir, "second");
         std::fs::copy(dir.join("second.key"), dir.join("tls.key")).expect("key");
         std::fs::copy(dir.join("second.crt"), dir.join("tls.crt")).expect("crt");
@@ -207,8 +213,8 @@ fn a_rotated_certificate_is_served_without_a_restart_or_dropped_connections() {
             "new certificate not served\n{}",
             broker.stderr()
         );
-        assert_eq!(live.join().expect("live")["still_connected"], true);
-    });
+        assert_eq!(live.finish()["still_connected"], true);
+    }
     assert!(broker.metric("hass_broker_tls_reloads", Some(("reason", "ok"))) >= 1.0);
 }
 

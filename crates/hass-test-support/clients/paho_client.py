@@ -137,6 +137,9 @@ def cmd_subscribe(args):
             suback.clear()
             client.subscribe(topic_filter, qos=args.qos)
             suback.wait(10)
+    # Said on stderr once every SUBACK is in (or none was asked for): what a
+    # test waits for before it publishes (hass_test_support::paho::Subscribed).
+    print("subscribed " + json.dumps(granted), file=sys.stderr, flush=True)
     if args.expect > 0:
         enough.wait(args.timeout)
     else:
@@ -144,6 +147,7 @@ def cmd_subscribe(args):
     time.sleep(args.linger)
     with lock:
         messages = list(got)
+    still_connected = client.is_connected()
     client.disconnect()
     client.loop_stop()
     summary = {
@@ -153,6 +157,7 @@ def cmd_subscribe(args):
         "count": len(messages),
         "retained": sum(1 for m in messages if m["retain"]),
         "qos": sorted({m["qos"] for m in messages}),
+        "still_connected": still_connected,
     }
     if args.show:
         summary["messages"] = messages

@@ -150,15 +150,10 @@ impl TestBroker {
     /// Runs the paho helper against `port` (the WebSocket one, with
     /// `--transport websockets` in `args`).
     pub fn paho_on(&self, port: u16, protocol: u8, auth: bool, args: &[&str]) -> serde_json::Value {
-        let script = hass_test_support::paho::script();
-        let mut cmd = Command::new("python3");
-        cmd.arg(script)
-            .args(["--port", &port.to_string()])
-            .args(["--protocol", &protocol.to_string()]);
-        if auth {
-            cmd.args(["--user", USER, "--password", PASSWORD]);
-        }
-        let output = cmd.args(args).output().expect("python3");
+        let output = self
+            .paho_command(port, protocol, auth, args)
+            .output()
+            .expect("python3");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -167,6 +162,40 @@ impl TestBroker {
         );
         serde_json::from_str(stdout.trim())
             .unwrap_or_else(|e| panic!("paho output {stdout:?}: {e}"))
+    }
+
+    /// Starts a paho `subscribe` (`args`) and returns once every filter
+    /// is acknowledged; `finish()` gives what it received.
+    pub fn paho_subscribed(
+        &self,
+        protocol: u8,
+        auth: bool,
+        args: &[&str],
+    ) -> hass_test_support::paho::Subscribed {
+        self.paho_subscribed_on(self.mqtt.port(), protocol, auth, args)
+    }
+
+    /// [`TestBroker::paho_subscribed`] on `port` (TLS, WebSockets).
+    pub fn paho_subscribed_on(
+        &self,
+        port: u16,
+        protocol: u8,
+        auth: bool,
+        args: &[&str],
+    ) -> hass_test_support::paho::Subscribed {
+        hass_test_support::paho::Subscribed::spawn(self.paho_command(port, protocol, auth, args))
+    }
+
+    fn paho_command(&self, port: u16, protocol: u8, auth: bool, args: &[&str]) -> Command {
+        let mut cmd = Command::new("python3");
+        cmd.arg(hass_test_support::paho::script())
+            .args(["--port", &port.to_string()])
+            .args(["--protocol", &protocol.to_string()]);
+        if auth {
+            cmd.args(["--user", USER, "--password", PASSWORD]);
+        }
+        cmd.args(args);
+        cmd
     }
 
     /// The broker's metrics, parsed by the reference OpenMetrics parser.
@@ -425,6 +454,25 @@ impl RawClient {
             }
         }
         reason
+    }
+}
+
+/// Reads what the broker sent on `stream` up to the first packet of `kind`
+/// (the type nibble: 2 CONNACK, 9 SUBACK), so the next step starts after the
+/// broker acted on what came before. Sets a 10 s read timeout on the socket.
+pub fn await_packet(stream: &std::net::TcpStream, kind: u8) {
+    let stream = stream.try_clone().expect("clone");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut reader = RawClient { stream, level: 4 };
+    loop {
+        let (got, _) = reader
+            .read_packet()
+            .expect("the broker closed the connection");
+        if got >> 4 == kind {
+            return;
+        }
     }
 }
 
