@@ -215,7 +215,7 @@ impl Component for Broker {
             if let Some(check) = &mqtt_check {
                 check.set_ready();
             }
-            info!(address = %listener.local_addr().map_err(|e| Fatal::runtime(e.to_string()))?, "MQTT listener up");
+            info!(address = %bound(&listener, addr), "MQTT listener up");
             ctx.shutdown.spawn(listener::accept_loop(
                 listener,
                 conn_ctx.clone(),
@@ -238,6 +238,7 @@ impl Component for Broker {
             ));
             if let Some(addr) = self.config.listeners.mqtts {
                 let listener = listener::bind(addr, "mqtts").await?;
+                let local = bound(&listener, addr);
                 let (tx, rx) = tokio::sync::mpsc::channel(64);
                 ctx.shutdown.spawn(tls::accept_handshakes(
                     listener,
@@ -252,7 +253,7 @@ impl Component for Broker {
                 if let Some(check) = &mqtts_check {
                     check.set_ready();
                 }
-                info!(address = %addr, "MQTT over TLS listener up");
+                info!(address = %local, "MQTT over TLS listener up");
             }
             if let Some(addr) = self.config.listeners.wss {
                 let listener = listener::bind(addr, "wss").await?;
@@ -279,7 +280,7 @@ impl Component for Broker {
                 if let Some(check) = &wss_check {
                     check.set_ready();
                 }
-                info!(address = %addr, "MQTT over secure WebSocket listener up");
+                info!(address = %local, "MQTT over secure WebSocket listener up");
             }
         }
         if let Some(addr) = self.config.listeners.ws {
@@ -287,7 +288,7 @@ impl Component for Broker {
             if let Some(check) = &ws_check {
                 check.set_ready();
             }
-            info!(address = %addr, "MQTT over WebSocket listener up (paths /mqtt and /)");
+            info!(address = %bound(&listener, addr), "MQTT over WebSocket listener up (paths /mqtt and /)");
             let stop = ctx.shutdown.clone();
             ctx.shutdown.spawn(websocket::serve(
                 listener,
@@ -340,4 +341,13 @@ async fn expiry_loop(router: Arc<Router>, shutdown: hass_runtime::shutdown::Shut
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// The address a listener is bound to: with port 0 in the config the
+/// kernel's choice, which the log says (tests and operators read it there).
+fn bound(
+    listener: &tokio::net::TcpListener,
+    configured: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    listener.local_addr().unwrap_or(configured)
 }

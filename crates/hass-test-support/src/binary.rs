@@ -71,6 +71,42 @@ impl SpawnedBinary {
         }
     }
 
+    /// The address a log line says was bound: the first stderr line
+    /// containing `message`, its `field=ADDR` (`admin` of the runtime's
+    /// "started" line, `address` of a listener's). For binaries started on
+    /// port 0, which the kernel picks, so no two tests race for a port.
+    pub fn logged_addr(
+        &mut self,
+        message: &str,
+        field: &str,
+        timeout: Duration,
+    ) -> Result<SocketAddr, String> {
+        let key = format!("{field}=");
+        let found = wait_for(timeout, || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(Err(format!(
+                    "exited with {status} before logging {message:?}"
+                )));
+            }
+            self.stderr()
+                .lines()
+                .filter(|line| line.contains(message))
+                .find_map(|line| {
+                    let at = line.find(&key)? + key.len();
+                    line[at..].split_whitespace().next()?.parse().ok()
+                })
+                .map(Ok)
+        });
+        match found {
+            Some(Ok(addr)) => Ok(addr),
+            Some(Err(e)) => Err(format!("{e}; stderr:\n{}", self.stderr())),
+            None => Err(format!(
+                "no {message:?} line with {field}= within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            )),
+        }
+    }
+
     pub fn signal(&self, signal: Signal) {
         let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
     }

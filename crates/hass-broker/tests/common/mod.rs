@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics};
+use hass_test_support::{SpawnedBinary, http, openmetrics};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
@@ -48,19 +48,20 @@ impl TestBroker {
             .status()
             .expect("mosquitto_passwd (Debian's mosquitto package; the README test command installs it)");
         assert!(status.success());
-        let mqtt = free_addr();
-        let ws = free_addr();
+        // Port 0: the kernel picks each port, the broker logs it, and the
+        // first launch writes them into the config for restarts to keep.
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
         let config = format!(
-            "data_dir: {data}\npassword_file: {passwd}\nlisteners:\n  mqtt: {mqtt}\n  ws: {ws}\n{listeners}{extra}",
+            "data_dir: {data}\npassword_file: {passwd}\nlisteners:\n  mqtt: {any}\n  ws: {any}\n{listeners}{extra}",
             data = dir.path().join("data").display(),
             passwd = passwd.display(),
         );
         std::fs::write(dir.path().join("broker.yaml"), config).expect("config");
         let mut broker = Self {
             dir,
-            mqtt,
-            ws,
-            admin: free_addr(),
+            mqtt: any,
+            ws: any,
+            admin: any,
             process: None,
             logs: String::new(),
         };
@@ -80,6 +81,25 @@ impl TestBroker {
             .arg(self.admin.to_string())
             .env("RUST_LOG", "info");
         let mut process = SpawnedBinary::spawn(cmd).expect("spawn hass-broker");
+        if self.admin.port() == 0 {
+            let logged = |process: &mut SpawnedBinary, message: &str, field: &str| {
+                process
+                    .logged_addr(message, field, Duration::from_secs(20))
+                    .expect("the broker logs where it listens")
+            };
+            self.admin = logged(&mut process, " started ", "admin");
+            self.mqtt = logged(&mut process, "MQTT listener up", "address");
+            self.ws = logged(&mut process, "MQTT over WebSocket listener up", "address");
+            let config = std::fs::read_to_string(self.config_path()).expect("config");
+            let config = config
+                .replacen(
+                    "  mqtt: 127.0.0.1:0\n",
+                    &format!("  mqtt: {}\n", self.mqtt),
+                    1,
+                )
+                .replacen("  ws: 127.0.0.1:0\n", &format!("  ws: {}\n", self.ws), 1);
+            std::fs::write(self.config_path(), config).expect("config");
+        }
         process
             .wait_ready(self.admin, Duration::from_secs(20))
             .expect("broker ready");
