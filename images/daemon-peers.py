@@ -54,13 +54,19 @@ def bridge_both_ways(port, pty):
         with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as client:
             client.sendall(b"\x1a\xc0to-stick")
             def read_pty(n):
-                select.select([host], [], [], 1)
-                return os.read(host, n)
+                ready, _, _ = select.select([host], [], [], 1)
+                return os.read(host, n) if ready else b""
             got = read_exactly(read_pty, 10, "client to stick")
             if got != b"\x1a\xc0to-stick":
                 raise SystemExit(f"serial bridge: stick got {got!r}")
             os.write(host, b"\x7eto-client")
-            got = read_exactly(client.recv, 10, "stick to client")
+            def read_client(n):
+                try:
+                    return client.recv(n)
+                except socket.timeout:
+                    return b""
+            client.settimeout(1)
+            got = read_exactly(read_client, 10, "stick to client")
             if got != b"\x7eto-client":
                 raise SystemExit(f"serial bridge: client got {got!r}")
     finally:

@@ -31,7 +31,9 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
-    /// The default port is the binary's own (DESIGN.md).
+    /// The default port is the binary's own (9181 broker, 9182 serial bridge,
+    /// 9183 config watcher, 9184 exporter, 9185 Git mirror); port 0 lets the
+    /// kernel pick one, which the "started" log line names.
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
@@ -58,6 +60,7 @@ pub enum LogFormat {
 
 /// The whole command line of a [`crate::Component`]: shared flags plus its own.
 #[derive(Debug, Parser)]
+#[command(about = None, long_about = None)]
 pub struct ComponentCli<A: Args> {
     #[command(flatten)]
     pub common: CommonArgs,

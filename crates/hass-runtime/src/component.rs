@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::shutdown::Shutdown;
 
-/// Names and defaults that tie a binary to the conventions in DESIGN.md.
+/// Names and defaults that tie a binary to the conventions in docs/design.md.
 #[derive(Debug, Clone, Copy)]
 pub struct ComponentInfo {
     /// Short name without the `hass-` prefix, e.g. `broker` or `serial-bridge`.

@@ -1,4 +1,4 @@
-//! Errors that end the process, and the exit codes DESIGN.md assigns them.
+//! Errors that end the process, and the exit codes docs/design.md assigns them.
 
 use std::fmt;
 use std::process::ExitCode;

@@ -78,7 +78,7 @@ impl Default for SuiteConfig {
     }
 }
 
-/// Every port the suite's children listen on; the defaults are DESIGN.md's.
+/// Every port the suite's children listen on; the defaults are docs/design.md's.
 /// The suite's own admin port is `--admin-listen` (9180).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -152,8 +152,6 @@ impl PodmanPod {
                 name.to_owned(),
                 "--name".to_owned(),
                 full.clone(),
-                // Images come from the local build, never a registry.
-                "--pull=never".to_owned(),
             ];
             args.extend(hosts.iter().cloned());
             let policy = spec["restartPolicy"].as_str().unwrap_or("Always");
@@ -182,9 +180,14 @@ impl PodmanPod {
             }
             let image = container["image"].as_str().unwrap();
             let image = cluster.images.get(image).map_or(image, String::as_str);
-            // A test's registry on loopback speaks plain HTTP.
             if image.starts_with("127.0.0.1:") {
+                // Pulled by digest from images/test's registry on loopback,
+                // as a node would (plain HTTP there).
+                args.push("--pull=missing".to_owned());
                 args.push("--tls-verify=false".to_owned());
+            } else {
+                // Otherwise from the local build, never a registry.
+                args.push("--pull=never".to_owned());
             }
             args.push(image.to_owned());
             for arg in container["args"].as_array().into_iter().flatten() {
