@@ -174,7 +174,8 @@ fn render(dir: &std::path::Path, values: &str) -> RenderedTree {
         .arg(&rendered);
     // images/test pins the sidecars to what it pushed to its registry, so
     // podman pulls them by digest as a node would.
-    if let Some(lock) = std::env::var_os("HASS_E2E_IMAGES_LOCK") {
+    let lock = std::env::var_os("HASS_E2E_IMAGES_LOCK");
+    if let Some(lock) = &lock {
         render.arg("--images-lock").arg(lock);
     }
     let render = render.output().unwrap();
@@ -183,6 +184,21 @@ fn render(dir: &std::path::Path, values: &str) -> RenderedTree {
         "{}",
         String::from_utf8_lossy(&render.stderr)
     );
+    if lock.is_some() {
+        // Every sidecar comes from the registry, by digest.
+        let kustomization = std::fs::read_to_string(rendered.join("kustomization.yaml")).unwrap();
+        for line in kustomization
+            .lines()
+            .filter(|l| l.contains("/hass-sidecars/"))
+        {
+            assert!(
+                line.contains("127.0.0.1:"),
+                "not the test's registry: {line}"
+            );
+        }
+        let pinned = kustomization.matches("    digest: sha256:").count();
+        assert!(pinned >= 3, "{kustomization}");
+    }
     RenderedTree::load(&rendered)
 }
 
