@@ -3,8 +3,8 @@
 //!
 //! - [`values`]: the values file (serde + JSON Schema), parsed with
 //!   hass-runtime's `parse_yaml` so errors carry file, line, column and key;
-//!   checks after parsing point at the offending key too ([`positions`]).
-//! - [`render`]: values → typed `k8s-openapi` objects and [`crd`] custom
+//!   checks after parsing point at the offending key too (`positions`).
+//! - [`mod@render`]: values → typed `k8s-openapi` objects and [`crd`] custom
 //!   resources → YAML documents, plus the `kustomization.yaml`.
 //! - [`yaml`]: the YAML writer and the commented defaults file.
 //! - [`output`]: writing a rendered tree to a folder.

@@ -1,6 +1,6 @@
 //! A throwaway PostgreSQL server per test: `initdb` into a temp dir, started on
 //! a free loopback port, stopped and deleted when dropped. Uses Debian's
-//! postgresql binaries (PATH first, then /usr/lib/postgresql/<newest>/bin).
+//! postgresql binaries (PATH first, then `/usr/lib/postgresql/<newest>/bin`).
 //!
 //! PostgreSQL refuses to run as root, and CI runs as root, so under root the
 //! server runs as the `postgres` user that Debian's package creates.
