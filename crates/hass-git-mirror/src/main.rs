@@ -1,3 +1,5 @@
+//! `hass-git-mirror`: the Git mirror; the logic lives in the library ([`hass_git_mirror::GitMirror`]).
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,3 +1,5 @@
+//! `hass-serial-bridge`: the daemon, and its `list` command; the logic lives in the library.
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,3 +1,5 @@
+//! `hass-suite`: the launcher; the logic lives in the library ([`hass_suite::Suite`]).
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,0 +1,103 @@
+//! Tidy checks over the whole workspace: what rots silently gets a test.
+//! Every Rust file says what it is for in its first line; every ignored
+//! test says why; every benchmark without the test harness returns at once
+//! when run as a test (`cargo test --all-targets` runs it without `--bench`).
+
+use std::path::{Path, PathBuf};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every `.rs` file under `crates/`, fuzz crates and build output aside.
+fn rust_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable folder") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            if path.is_dir() {
+                if !matches!(name, "target" | "node_modules" | "fuzz") {
+                    walk(&path, out);
+                }
+            } else if name.ends_with(".rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&workspace().join("crates"), &mut files);
+    assert!(files.len() > 100, "found only {} files", files.len());
+    files
+}
+
+fn shown(path: &Path) -> String {
+    path.strip_prefix(workspace())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn every_rust_file_opens_with_a_comment_saying_what_it_is() {
+    let bare: Vec<String> = rust_files()
+        .into_iter()
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).expect("utf-8 source");
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            !first.starts_with("//")
+        })
+        .map(|path| shown(&path))
+        .collect();
+    assert!(
+        bare.is_empty(),
+        "files without an opening comment: {bare:?}"
+    );
+}
+
+#[test]
+fn every_ignored_test_says_why() {
+    let mut bare = Vec::new();
+    for path in rust_files() {
+        let text = std::fs::read_to_string(&path).expect("utf-8 source");
+        for (n, line) in text.lines().enumerate() {
+            if line.trim() == "#[ignore]" {
+                bare.push(format!("{}:{}", shown(&path), n + 1));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "#[ignore] without a reason: {bare:?}");
+}
+
+#[test]
+fn every_benchmark_without_the_harness_returns_unless_asked_to_bench() {
+    let mut benches = 0;
+    for entry in std::fs::read_dir(workspace().join("crates")).expect("crates") {
+        let krate = entry.expect("entry").path();
+        let Ok(manifest) = std::fs::read_to_string(krate.join("Cargo.toml")) else {
+            continue;
+        };
+        for block in manifest.split("[[bench]]").skip(1) {
+            let block = block.split("\n[").next().unwrap_or(block);
+            if !block.contains("harness = false") {
+                continue;
+            }
+            let name = block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("name = "))
+                .map(|n| n.trim_matches('"'))
+                .expect("a [[bench]] has a name");
+            let source = krate.join("benches").join(format!("{name}.rs"));
+            let text = std::fs::read_to_string(&source).expect("the bench's source");
+            assert!(
+                text.contains(r#"any(|a| a == "--bench")"#),
+                "{} runs as a test under `cargo test --all-targets`: return unless --bench",
+                shown(&source)
+            );
+            benches += 1;
+        }
+    }
+    assert!(benches >= 3, "found {benches} benches");
+}
