@@ -24,7 +24,7 @@ use hass_runtime::metrics::Metrics;
 use hass_runtime::readiness::Readiness;
 use hass_runtime::shutdown::Shutdown;
 use hass_runtime::{Component, Context, Fatal};
-use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics};
+use hass_test_support::{SpawnedBinary, http, openmetrics};
 use tokio::task::JoinHandle;
 
 pub const TOKEN: &str = "test-token-abc123";
@@ -423,26 +423,20 @@ pub fn run_command(config: &Path, admin: SocketAddr) -> std::process::Command {
     command
 }
 
-/// Spawns the binary on a free admin port until it is ready there. The
-/// "free" port can be taken by another process before the binary binds it;
-/// then someone else's /readyz may answer, so readiness must name our check.
+/// Spawns the binary with its admin port on port 0, reads the port the
+/// kernel gave it from its "started" line, and waits until it is ready there.
 pub fn spawn_ready(
     command: impl Fn(SocketAddr) -> std::process::Command,
 ) -> (SpawnedBinary, SocketAddr) {
-    let mut last = String::new();
-    for _ in 0..3 {
-        let admin = free_addr();
-        let mut watcher = SpawnedBinary::spawn(command(admin)).unwrap();
-        match watcher.wait_ready(admin, Duration::from_secs(20)) {
-            Ok(()) => {
-                let readyz = http::get(admin, "/readyz").unwrap();
-                if readyz.body.contains("ok watch") && watcher.wait_exit(Duration::ZERO).is_none() {
-                    return (watcher, admin);
-                }
-                last = format!("someone else answered on {admin}: {}", readyz.body);
-            }
-            Err(e) => last = e,
-        }
-    }
-    panic!("the watcher never became ready: {last}");
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut watcher = SpawnedBinary::spawn(command(any)).unwrap();
+    let admin = watcher
+        .logged_addr(" started ", "admin", Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the watcher never said where it listens: {e}"));
+    watcher
+        .wait_ready(admin, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("the watcher never became ready: {e}"));
+    let readyz = http::get(admin, "/readyz").unwrap();
+    assert!(readyz.body.contains("ok watch"), "{}", readyz.body);
+    (watcher, admin)
 }

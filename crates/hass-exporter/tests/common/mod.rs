@@ -40,14 +40,17 @@ impl Exporter {
         let yaml = yaml.replace("{dir}", &dir.path().display().to_string());
         let config = dir.path().join("exporter.yaml");
         std::fs::write(&config, yaml).expect("write config");
-        let admin = free_addr();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hass-exporter"));
+        // Port 0: the kernel picks the admin port; the "started" line names it.
         cmd.arg("--config")
             .arg(&config)
             .arg("--admin-listen")
-            .arg(admin.to_string())
+            .arg("127.0.0.1:0")
             .env("RUST_LOG", "info,hass_exporter=debug");
-        let process = SpawnedBinary::spawn(cmd).expect("spawn hass-exporter");
+        let mut process = SpawnedBinary::spawn(cmd).expect("spawn hass-exporter");
+        let admin = process
+            .logged_addr(" started ", "admin", Duration::from_secs(20))
+            .expect("the exporter logs its admin address");
         let up = wait_for(Duration::from_secs(20), || {
             http::get(admin, "/healthz")
                 .ok()
@@ -345,10 +348,10 @@ impl StandInBridge {
             .enable_all()
             .build()
             .expect("runtime");
-        let addr = free_addr();
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(addr))
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind bridge stand-in");
+        let addr = listener.local_addr().expect("bound address");
         let (r, p) = (reply.clone(), paths.clone());
         let app = Router::new().fallback(move |request: Request| {
             let (r, p) = (r.clone(), p.clone());
