@@ -43,6 +43,35 @@ pub struct BrokerConfig {
     pub sys_interval: Option<Duration>,
     /// Certificate for the `mqtts` and `wss` listeners.
     pub tls: Option<TlsConfig>,
+    /// Who is connected and what is retained, on the admin port.
+    pub operator_view: OperatorViewConfig,
+}
+
+/// The operator's view: `/` (a page) and `/api/clients`, `/api/sessions`,
+/// `/api/retained` on the admin port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorViewConfig {
+    /// Serve it (default); `false` leaves the admin port to probes and metrics.
+    pub enabled: bool,
+    /// Show retained payloads. Off by default: payloads can hold secrets.
+    pub payloads: bool,
+    /// A token every request to the view must carry, as
+    /// `Authorization: Bearer` or as the password of HTTP Basic (what a
+    /// browser asks for): `{file: PATH}` or `{env: NAME}`. Without one the
+    /// view is as open as `/metrics`; the generated NetworkPolicy admits
+    /// only the monitoring namespace to the admin port.
+    pub token: Option<hass_runtime::secret::SecretSource>,
+}
+
+impl Default for OperatorViewConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            payloads: false,
+            token: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +109,7 @@ impl Default for BrokerConfig {
             limits: LimitsConfig::default(),
             tls: None,
             sys_interval: Some(Duration::from_secs(10)),
+            operator_view: OperatorViewConfig::default(),
         }
     }
 }

@@ -321,6 +321,7 @@ where
             })
             .filter(|_| version == Version::V5),
             publisher: Some(client_id.clone()),
+            received_at: Some(SystemTime::now()),
         })
     });
     let attached = ctx.router.connect(ConnectRequest {
@@ -334,6 +335,7 @@ where
         version,
         username,
         acl,
+        peer: Some(peer),
     });
     let attached = match attached {
         Ok(attached) => attached,
@@ -1113,6 +1115,7 @@ fn message_from(
         properties: props.filter(|p| *p != PublishProperties::default()),
         expires_at,
         publisher: Some(client_id.clone()),
+        received_at: Some(SystemTime::now()),
     }
 }
 

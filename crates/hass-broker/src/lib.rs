@@ -13,9 +13,11 @@ pub mod auth_gate;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod inspect;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod operator_view;
 pub mod policy;
 pub mod properties;
 pub mod retained;
@@ -39,6 +41,7 @@ use crate::auth::AccessPolicy;
 use crate::config::{BrokerConfig, FsyncPolicy};
 use crate::connection::ConnectionContext;
 use crate::metrics::{BrokerMetrics, StateCollector};
+use crate::operator_view::OperatorView;
 use crate::policy::PolicySource;
 use crate::router::{Limits, Router};
 use crate::store::{Durability, Store, StoreStats};
@@ -56,6 +59,8 @@ pub struct Broker {
     policy: AccessPolicy,
     /// Loaded when a TLS listener is configured.
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The operator's view, unless `operator_view.enabled: false`.
+    operator_view: Option<Arc<OperatorView>>,
 }
 
 impl Component for Broker {
@@ -107,12 +112,33 @@ impl Component for Broker {
                 "limits.max_packet_size must be at least 1024 bytes",
             ));
         }
+        let operator_view = if config.operator_view.enabled {
+            let token = config
+                .operator_view
+                .token
+                .as_ref()
+                .map(|source| source.load())
+                .transpose()
+                .map_err(|e| Fatal::config(format!("operator_view.token: {e}")))?;
+            Some(Arc::new(OperatorView::new(
+                config.operator_view.payloads,
+                token.as_ref(),
+            )))
+        } else {
+            None
+        };
         Ok(Self {
             config,
             policy_source,
             policy,
             tls,
+            operator_view,
         })
+    }
+
+    /// `/`, `/api/clients`, `/api/sessions`, `/api/retained`.
+    fn admin_routes(&self) -> Option<axum::Router> {
+        self.operator_view.clone().map(operator_view::routes)
     }
 
     async fn run(self, ctx: Context) -> Result<(), Fatal> {
@@ -187,7 +213,17 @@ impl Component for Broker {
                 router: router.clone(),
                 store: Some(stats.clone()),
             }));
+            if let Some(view) = &self.operator_view {
+                registry.register(
+                    "operator_view_unauthorized",
+                    "Requests to the operator view refused for a missing or wrong token",
+                    view.unauthorized.clone(),
+                );
+            }
         });
+        if let Some(view) = &self.operator_view {
+            view.attach(router.clone());
+        }
 
         let mut conn_ctx = ConnectionContext::new(
             router.clone(),

@@ -21,6 +21,9 @@ pub struct Message {
     pub expires_at: Option<SystemTime>,
     /// Client id of the publisher, for MQTT 5 No Local.
     pub publisher: Option<Arc<str>>,
+    /// When the broker received it; `None` for the broker's own `$SYS`
+    /// messages and for retained messages stored before this was kept.
+    pub received_at: Option<SystemTime>,
 }
 
 impl Message {

@@ -76,11 +76,16 @@ impl RetainedStore {
         now: SystemTime,
     ) -> impl Iterator<Item = &'a Arc<Message>> + 'a {
         let literal_end = filter.find(['+', '#']).unwrap_or(filter.len());
-        let prefix = &filter[..literal_end];
+        self.under(&filter[..literal_end])
+            .filter(move |m| topic::matches(&m.topic, filter) && !m.is_expired(now))
+    }
+
+    /// Every retained message whose topic starts with `prefix`, in topic
+    /// order, expired or not.
+    pub fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Arc<Message>> + 'a {
         self.by_topic
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(move |(t, _)| t.starts_with(prefix))
-            .filter(move |(t, m)| topic::matches(t, filter) && !m.is_expired(now))
             .map(|(_, m)| m)
     }
 
@@ -114,6 +119,7 @@ mod tests {
             properties: None,
             expires_at: None,
             publisher: None,
+            received_at: None,
         })
     }
 

@@ -168,6 +168,14 @@ impl SharedGroup {
     }
 }
 
+/// Read-only access to the state, for [`crate::inspect`].
+#[derive(Debug)]
+pub struct Inspect<'a> {
+    pub sessions: &'a HashMap<Arc<str>, Box<Session>>,
+    pub retained: &'a RetainedStore,
+    pub queued_bytes: usize,
+}
+
 /// A point-in-time count of the router's state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RouterSnapshot {
@@ -195,6 +203,8 @@ pub struct ConnectRequest {
     pub version: Version,
     pub username: Option<String>,
     pub acl: Option<Arc<ClientAcl>>,
+    /// Where the client connected from, for the operator's view.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// A connection's handle on its session.
@@ -294,6 +304,17 @@ impl Router {
         }
     }
 
+    /// Runs `read` under the lock. It holds up every connection meanwhile:
+    /// copy out one page and return.
+    pub fn inspect<T>(&self, read: impl FnOnce(&Inspect<'_>) -> T) -> T {
+        let state = self.lock();
+        read(&Inspect {
+            sessions: &state.sessions,
+            retained: &state.retained,
+            queued_bytes: state.queued_bytes,
+        })
+    }
+
     /// Attaches a connection to its session, creating or resuming it, and
     /// closes any connection that held it before.
     pub fn connect(&self, request: ConnectRequest) -> Result<Attached, SessionOwnedByAnother> {
@@ -360,6 +381,8 @@ impl Router {
             version: request.version,
             username: request.username,
             acl: request.acl,
+            peer: request.peer,
+            connected_at: SystemTime::now(),
         });
         if session.is_persistent() {
             let record = session.record();
@@ -591,6 +614,8 @@ impl Router {
             self.stats
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
+            // One message is lost either way: the oldest or this one.
+            session.dropped += 1;
             let policy = self.limits.slow_consumer;
             // Shed QoS 0 first: a new QoS 1/2 message displaces an old
             // QoS 0 one, never the other way round.
@@ -668,6 +693,7 @@ impl Router {
             };
             if let Some(shed) = largest.evict_oldest() {
                 self.stats.dropped_budget.fetch_add(1, Ordering::Relaxed);
+                largest.dropped += 1;
                 self.forget(largest, queued_bytes, &shed);
                 continue;
             }
@@ -893,6 +919,7 @@ impl Router {
                     &self.stats.dropped_expired
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                session.dropped += 1;
                 if delivery.queued_id > 0 {
                     self.submit(Op::DeleteQueued {
                         client_id: session.client_id.clone(),
@@ -1245,6 +1272,7 @@ mod tests {
             version: Version::V5,
             username: None,
             acl: None,
+            peer: None,
         }
     }
 
@@ -1319,6 +1347,7 @@ mod tests {
             properties: None,
             expires_at: None,
             publisher: None,
+            received_at: None,
         }
     }
 

@@ -127,6 +127,11 @@ impl LinkSignal {
         }
     }
 
+    /// The Keep Alive in force, seconds; 0: none.
+    pub fn keep_alive(&self) -> u16 {
+        self.keep_alive
+    }
+
     /// Notes that the client sent something (any bytes count for Keep Alive).
     pub fn heard_from(&self, at: Instant) {
         self.last_heard.store(millis(at), Ordering::Relaxed);
@@ -183,6 +188,9 @@ pub struct Link {
     pub username: Option<String>,
     /// What the client may read; `None` when no ACL file is configured.
     pub acl: Option<Arc<ClientAcl>>,
+    /// Where the client connected from; `None` for in-process callers.
+    pub peer: Option<std::net::SocketAddr>,
+    pub connected_at: SystemTime,
 }
 
 #[derive(Debug)]
@@ -213,6 +221,9 @@ pub struct Session {
     /// anonymous client); `None` for a session recovered from a store
     /// written before owners were kept, claimed by the next to attach.
     pub owner: Option<Arc<str>>,
+    /// Messages meant for this session and lost: shed under a limit,
+    /// expired while queued, or no longer readable under the ACL.
+    pub dropped: u64,
 }
 
 impl Session {
@@ -233,6 +244,7 @@ impl Session {
             will: None,
             will_delay: 0,
             owner: None,
+            dropped: 0,
         }
     }
 

@@ -30,6 +30,10 @@ use crate::message::Message;
 const RETAINED: TableDefinition<&str, &[u8]> = TableDefinition::new("retained");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const QUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queued");
+/// When each retained message arrived (unix seconds), for the operator's
+/// view. A table of its own rather than a field in the message's record, so
+/// an older broker still reads every retained message after a rollback.
+const RETAINED_AT: TableDefinition<&str, u64> = TableDefinition::new("retained_at");
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,13 +256,20 @@ fn recover(db: &Database) -> Result<Recovered, redb::Error> {
     txn.open_table(RETAINED)?;
     txn.open_table(SESSIONS)?;
     txn.open_table(QUEUED)?;
+    txn.open_table(RETAINED_AT)?;
     txn.commit()?;
 
     let txn = db.begin_read()?;
+    let received = txn.open_table(RETAINED_AT)?;
     for entry in txn.open_table(RETAINED)?.iter()? {
-        let (_, value) = entry?;
+        let (key, value) = entry?;
         match decode_message(value.value()) {
-            Some(message) => recovered.retained.push(message),
+            Some(mut message) => {
+                message.received_at = received
+                    .get(key.value())?
+                    .map(|at| UNIX_EPOCH + Duration::from_secs(at.value()));
+                recovered.retained.push(message);
+            }
             None => recovered.corrupt += 1,
         }
     }
@@ -380,13 +391,19 @@ fn commit(db: &Database, batch: &[(u64, Op)], fsync: bool) -> Result<(), redb::E
         let mut retained = txn.open_table(RETAINED)?;
         let mut sessions = txn.open_table(SESSIONS)?;
         let mut queued = txn.open_table(QUEUED)?;
+        let mut retained_at = txn.open_table(RETAINED_AT)?;
         for (_, op) in batch {
             match op {
                 Op::PutRetained(message) => {
                     retained.insert(&*message.topic, &encode_message(message)[..])?;
+                    match message.received_at {
+                        Some(at) => retained_at.insert(&*message.topic, unix_secs(at))?,
+                        None => retained_at.remove(&*message.topic)?,
+                    };
                 }
                 Op::DeleteRetained(topic) => {
                     retained.remove(&**topic)?;
+                    retained_at.remove(&**topic)?;
                 }
                 Op::PutSession { client_id, record } => {
                     sessions.insert(&**client_id, &encode_session(record)[..])?;
@@ -470,6 +487,7 @@ fn decode_message(mut raw: &[u8]) -> Option<Message> {
         properties,
         expires_at: (expires > 0).then(|| UNIX_EPOCH + Duration::from_secs(expires)),
         publisher: (!publisher.is_empty()).then(|| publisher.into()),
+        received_at: None,
     })
 }
 
@@ -579,6 +597,7 @@ mod tests {
             }),
             expires_at: Some(UNIX_EPOCH + Duration::from_secs(4_000_000_000)),
             publisher: Some("zigbee2mqtt".into()),
+            received_at: Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
         }
     }
 
@@ -655,6 +674,11 @@ mod tests {
         let (store, recovered) = Store::open(dir.path(), Durability::Always, stats).unwrap();
         let topics: Vec<&str> = recovered.retained.iter().map(|m| &*m.topic).collect();
         assert_eq!(topics, ["a/2"]);
+        assert_eq!(
+            recovered.retained[0].received_at,
+            message("a/2", b"").received_at,
+            "when it arrived is kept beside it"
+        );
         assert_eq!(recovered.sessions.len(), 1);
         assert_eq!(recovered.sessions[0].1.subscriptions[0].filter, "a/#");
         assert_eq!(

@@ -37,6 +37,7 @@ pub async fn publish_loop(
                 properties: None,
                 expires_at: None,
                 publisher: None,
+                received_at: None,
             });
         }
     }
