@@ -191,6 +191,13 @@ pub struct LimitsConfig {
     pub max_handshakes: usize,
     /// The same, from one source address.
     pub max_handshakes_per_address: usize,
+    /// The longest Keep Alive a client may use, seconds (Mosquitto's
+    /// `max_keepalive`); `null` (default): any. An MQTT 5 client asking for
+    /// more, or for none, is told this one as Server Keep Alive; an MQTT
+    /// 3.1.1 client asking for more is refused (rc 2, identifier rejected,
+    /// as Mosquitto does), since 3.1.1 cannot be told. A 3.1.1 client asking
+    /// for none keeps none.
+    pub max_keepalive: Option<u16>,
 }
 
 impl LimitsConfig {
@@ -220,6 +227,7 @@ impl Default for LimitsConfig {
             max_connections_per_address: 1_000,
             max_handshakes: 1_024,
             max_handshakes_per_address: 32,
+            max_keepalive: None,
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct ConnectionContext {
     /// far smaller than `max_packet_size`.
     pub max_connect_size: usize,
     pub connect_timeout: Duration,
+    /// `limits.max_keepalive`: the longest Keep Alive allowed, seconds.
+    pub max_keepalive: Option<u16>,
     /// How long a write may wait for the client to read.
     pub write_timeout: Duration,
     /// Caps on connections and handshakes, in all and per address.
@@ -78,6 +80,7 @@ impl ConnectionContext {
             max_packet_size: limits.max_packet_size,
             max_connect_size: limits.max_connect_size,
             connect_timeout: limits.connect_timeout,
+            max_keepalive: limits.max_keepalive,
             write_timeout: limits.write_timeout,
             admission: hass_runtime::admission::Admission::new(limits.admission()),
             auth_gate: crate::auth_gate::AuthGate::for_this_machine(),
@@ -248,6 +251,13 @@ where
             Some((ConnectReturnCode::NotAuthorized, "not_authorized")),
         ),
     };
+    let keep_alive = granted_keep_alive(ctx.max_keepalive, version, connect.keep_alive);
+    let refusal = refusal.or_else(|| {
+        keep_alive.is_none().then_some((
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "keepalive_over_max",
+        ))
+    });
     let acl = policy.client_acl(username.as_deref(), &connect.client_id);
     // A will the client may not publish is refused at CONNECT, as Mosquitto does.
     let refusal = refusal.or_else(|| {
@@ -263,7 +273,8 @@ where
         info!(%peer, client_id = %Untrusted(&connect.client_id), reason, "refused CONNECT");
         // MQTT 3.1.1 clients read rc 5 as "not authorised" (Home Assistant's
         // "invalid auth"); MQTT 5 gets the precise 0x86/0x87.
-        let code = if version == Version::V4 {
+        let code = if version == Version::V4 && code != ConnectReturnCode::ClientIdentifierNotValid
+        {
             ConnectReturnCode::NotAuthorized
         } else {
             code
@@ -331,7 +342,7 @@ where
         will,
         will_delay,
         receive_maximum: props.receive_maximum.unwrap_or(u16::MAX),
-        keep_alive: connect.keep_alive,
+        keep_alive: keep_alive.unwrap_or(connect.keep_alive),
         version,
         username,
         acl,
@@ -359,6 +370,7 @@ where
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
         topic_alias_max: Some(TOPIC_ALIAS_MAX),
+        server_keep_alive: keep_alive.filter(|k| *k != connect.keep_alive),
         ..empty_connack_properties()
     });
     if write_now(
@@ -1116,6 +1128,18 @@ fn message_from(
         expires_at,
         publisher: Some(client_id.clone()),
         received_at: Some(SystemTime::now()),
+    }
+}
+
+/// The Keep Alive a client gets under `limits.max_keepalive`; `None`
+/// refuses it: an MQTT 3.1.1 client asking for more, which 3.1.1 has no way
+/// to tell otherwise. MQTT 5 is told the maximum (Server Keep Alive) when it
+/// asks for more or for none.
+fn granted_keep_alive(max: Option<u16>, version: Version, asked: u16) -> Option<u16> {
+    match (max, version) {
+        (Some(max), Version::V5) if asked == 0 || asked > max => Some(max),
+        (Some(max), Version::V4) if asked > max => None,
+        _ => Some(asked),
     }
 }
 

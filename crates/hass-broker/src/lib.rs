@@ -107,6 +107,11 @@ impl Component for Broker {
             }
             (_, false) => None,
         };
+        if config.limits.max_keepalive == Some(0) {
+            return Err(Fatal::config(
+                "limits.max_keepalive must be at least 1 second (null: no limit)",
+            ));
+        }
         if config.limits.max_packet_size < 1024 {
             return Err(Fatal::config(
                 "limits.max_packet_size must be at least 1024 bytes",

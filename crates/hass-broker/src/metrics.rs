@@ -99,7 +99,8 @@ impl BrokerMetrics {
         );
         registry.register(
             "auth_failures",
-            "CONNECTs refused, by reason (bad_credentials, not_authorized)",
+            "CONNECTs refused, by reason (bad_credentials, not_authorized, \
+             will_not_authorized, client_id_owned, keepalive_over_max)",
             self.auth_failures.clone(),
         );
         registry.register(

@@ -175,3 +175,15 @@ fn the_clients_receive_maximum_bounds_unacknowledged_deliveries() {
         other => panic!("a fourth delivery or a close while 3 are in flight: {other:?}"),
     }
 }
+
+/// Mosquitto's `max_keepalive`, as Eclipse Paho's interoperability suite
+/// checks it (`test_server_keep_alive`: 120 asked, 60 told).
+#[test]
+fn max_keepalive_is_told_as_server_keep_alive() {
+    let broker = TestBroker::start("limits:\n  max_keepalive: 60\n");
+    assert_eq!(
+        scenario(&broker, "server_keep_alive"),
+        json!({"120": 60, "0": 60, "30": null}),
+        "over the maximum or none: told the maximum; within it: told nothing"
+    );
+}

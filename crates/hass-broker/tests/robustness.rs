@@ -468,23 +468,103 @@ fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
     );
 }
 
-/// CONNECT (MQTT 5) with a Keep Alive of `seconds`, and its CONNACK read.
-fn connected_with_keepalive(broker: &TestBroker, client_id: &str, seconds: u8) -> TcpStream {
-    let mut packet = connect_packet(b"MQTT", 5, client_id);
+/// CONNECT at protocol `level` with a Keep Alive of `seconds`: the stream
+/// and the CONNACK's body (flags, reason code, MQTT 5 properties).
+fn connect_with_keepalive(
+    broker: &TestBroker,
+    level: u8,
+    client_id: &str,
+    seconds: u16,
+) -> (TcpStream, Vec<u8>) {
+    let mut packet = connect_packet(b"MQTT", level, client_id);
     // Fixed header (2), protocol name (6), level, flags, then Keep Alive.
-    packet[10] = 0;
-    packet[11] = seconds;
+    packet[10..12].copy_from_slice(&seconds.to_be_bytes());
     let mut stream = TcpStream::connect(broker.mqtt).expect("connect");
     stream.write_all(&packet).expect("CONNECT");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let mut connack = [0u8; 2];
-    stream.read_exact(&mut connack).expect("CONNACK header");
-    let mut rest = vec![0u8; usize::from(connack[1])];
-    stream.read_exact(&mut rest).expect("CONNACK");
-    assert_eq!((connack[0], rest[1]), (0x20, 0), "CONNACK refused");
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).expect("CONNACK header");
+    assert_eq!(header[0], 0x20, "expected CONNACK");
+    let mut body = vec![0u8; usize::from(header[1])];
+    stream.read_exact(&mut body).expect("CONNACK");
+    (stream, body)
+}
+
+/// MQTT 5 CONNECT with a Keep Alive of `seconds`, accepted.
+fn connected_with_keepalive(broker: &TestBroker, client_id: &str, seconds: u8) -> TcpStream {
+    let (stream, connack) = connect_with_keepalive(broker, 5, client_id, u16::from(seconds));
+    assert_eq!(connack[1], 0, "CONNACK refused");
     stream
+}
+
+/// The two-byte property `id` of an MQTT 5 CONNACK body, walking the
+/// property list (ids from MQTT 5 §3.2.2.3).
+fn connack_u16_property(connack: &[u8], id: u8) -> Option<u16> {
+    let (mut at, end) = (3, 3 + usize::from(connack[2]));
+    while at < end {
+        let kind = connack[at];
+        at += 1;
+        let string =
+            |at: usize| 2 + usize::from(u16::from_be_bytes([connack[at], connack[at + 1]]));
+        let len = match kind {
+            0x24 | 0x25 | 0x28 | 0x29 | 0x2a => 1,
+            0x13 | 0x21 | 0x22 => 2,
+            0x11 | 0x27 => 4,
+            0x12 | 0x15 | 0x16 | 0x1a | 0x1c | 0x1f => string(at),
+            0x26 => string(at) + string(at + string(at)),
+            other => panic!("unknown CONNACK property {other:#x}"),
+        };
+        if kind == id {
+            return Some(u16::from_be_bytes([connack[at], connack[at + 1]]));
+        }
+        at += len;
+    }
+    None
+}
+
+#[test]
+fn max_keepalive_holds_mqtt5_clients_to_it_and_refuses_311_clients_over_it() {
+    let broker = TestBroker::start("limits:\n  max_keepalive: 1\n");
+    // MQTT 5 asking for 120 s: told 1 s (Server Keep Alive) and held to it.
+    let started = Instant::now();
+    let (mut asked_long, connack) = connect_with_keepalive(&broker, 5, "asked-long", 120);
+    assert_eq!(connack[1], 0);
+    assert_eq!(connack_u16_property(&connack, 0x13), Some(1));
+    asked_long
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
+    let mut all = Vec::new();
+    let _ = asked_long.read_to_end(&mut all);
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(1400) && closed_after <= Duration::from_millis(3500),
+        "closed after {closed_after:?}: not after 1.5 s of the 1 s told"
+    );
+    assert!(
+        all.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x8d),
+        "no DISCONNECT 0x8D (keep alive timeout) in {all:02x?}"
+    );
+    let (_none, connack) = connect_with_keepalive(&broker, 5, "asked-none", 0);
+    assert_eq!(connack_u16_property(&connack, 0x13), Some(1));
+    let (_within, connack) = connect_with_keepalive(&broker, 5, "asked-within", 1);
+    assert_eq!(connack_u16_property(&connack, 0x13), None);
+
+    // MQTT 3.1.1 cannot be told: over the maximum is refused (rc 2), as
+    // Mosquitto does; none is what it asked for.
+    let (mut over, connack) = connect_with_keepalive(&broker, 4, "v311-over", 120);
+    assert_eq!(connack, [0, 2]);
+    assert_eq!(over.read(&mut [0u8; 8]).expect("closed"), 0);
+    let (_zero, connack) = connect_with_keepalive(&broker, 4, "v311-none", 0);
+    assert_eq!(connack, [0, 0]);
+    assert_eq!(
+        broker.metric(
+            "hass_broker_auth_failures",
+            Some(("reason", "keepalive_over_max"))
+        ),
+        1.0
+    );
 }
 
 #[test]

@@ -19,12 +19,14 @@ PORT, USER, PASSWORD = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 class Client:
     """A connected MQTT 5 client that records what it receives."""
 
-    def __init__(self, client_id="", clean_start=True, expiry=None, props=None, will=None):
+    def __init__(self, client_id="", clean_start=True, expiry=None, props=None, will=None,
+                 keepalive=60):
         self.messages = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.session_present = None
+        self.connack = None
         self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
                              client_id=client_id, protocol=mqtt.MQTTv5)
         self.c.username_pw_set(USER, PASSWORD)
@@ -36,12 +38,14 @@ class Client:
         connect_props = props or Properties(PacketTypes.CONNECT)
         if expiry is not None:
             connect_props.SessionExpiryInterval = expiry
-        self.c.connect("127.0.0.1", PORT, clean_start=clean_start, properties=connect_props)
+        self.c.connect("127.0.0.1", PORT, keepalive=keepalive, clean_start=clean_start,
+                       properties=connect_props)
         self.c.loop_start()
         assert self.connected.wait(10), "no CONNACK"
 
-    def _on_connect(self, _c, _u, flags, rc, _p):
+    def _on_connect(self, _c, _u, flags, rc, props):
         self.session_present = bool(flags.session_present)
+        self.connack = props
         self.connected.set()
 
     def _on_message(self, _c, _u, msg):
@@ -197,7 +201,18 @@ def max_packet_size():
     return {"payloads": [m["payload"] for m in small.got()]}
 
 
+def server_keep_alive():
+    """Keep Alive asked for against `max_keepalive`: what CONNACK says back."""
+    told = {}
+    for asked in (120, 0, 30):
+        c = Client(keepalive=asked)
+        told[str(asked)] = getattr(c.connack, "ServerKeepAlive", None)
+        c.c.disconnect()
+    return told
+
+
 SCENARIOS = {
+    "server_keep_alive": server_keep_alive,
     "shared": shared, "topic_alias": topic_alias, "no_local": no_local,
     "retain_handling": retain_handling, "retain_as_published": retain_as_published,
     "subscription_ids": subscription_ids, "message_expiry": message_expiry,
