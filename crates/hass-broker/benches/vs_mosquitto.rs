@@ -7,6 +7,7 @@
 //! Run: `cargo bench -p hass-broker --bench vs_mosquitto` (needs `mosquitto`
 //! and `mosquitto_passwd` on PATH). `-- --quick` shortens each scenario;
 //! `-- --idle-only` measures only the idle connections (a few seconds);
+//! `-- --subscribe-only` only SUBSCRIBE→SUBACK on one connection;
 //! `-- --only TEXT` runs the scenarios whose name contains TEXT (and skips
 //! the idle and restore parts); `-- --repeat N` runs each scenario N times,
 //! the brokers taking turns, and compares the medians: a p99 from one short
@@ -193,12 +194,16 @@ fn usage(pid: u32) -> (f64, u64, u64) {
 // A minimal MQTT 3.1.1 client on hass-broker's codec module.
 
 fn connect_packet(client_id: &str) -> BytesMut {
+    connect_packet_with(client_id, true)
+}
+
+fn connect_packet_with(client_id: &str, clean_session: bool) -> BytesMut {
     let mut out = BytesMut::new();
     let connect = Packet::Connect(
         Connect {
             keep_alive: 0,
             client_id: client_id.to_owned(),
-            clean_session: true,
+            clean_session,
         },
         None,
         None,
@@ -712,6 +717,77 @@ fn restore_time(dir: &Path, retained: usize) -> (Duration, String) {
     )
 }
 
+/// SUBSCRIBE→SUBACK on one connection, as Home Assistant subscribes at
+/// start: `count` distinct filters, each sent once the last is acknowledged.
+/// Microseconds per SUBSCRIBE.
+async fn subscribe_latencies(addr: SocketAddr, count: usize, clean: bool) -> Vec<u64> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    stream
+        .write_all(&connect_packet_with("subscribe-latency", clean))
+        .await
+        .expect("CONNECT");
+    let mut ack = [0u8; 4];
+    stream.read_exact(&mut ack).await.expect("CONNACK");
+    assert_eq!(ack[3], 0, "CONNACK refused");
+    let (mut read, mut write) = stream.into_split();
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let filter = format!("homeassistant/sensor/dev{i}/state");
+        let started = Instant::now();
+        subscribe(&mut read, &mut write, &filter, QoS::AtLeastOnce).await;
+        latencies.push(started.elapsed().as_micros() as u64);
+    }
+    latencies
+}
+
+fn print_subscribe_latency(rt: &tokio::runtime::Runtime, dir: &Path, count: usize, repeat: usize) {
+    for clean in [true, false] {
+        print_subscribe_latency_for(rt, dir, count, repeat, clean);
+    }
+}
+
+fn print_subscribe_latency_for(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    count: usize,
+    repeat: usize,
+    clean: bool,
+) {
+    let mut all: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..repeat {
+        for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+            let data = dir.join(format!("subscribe-{i}"));
+            let _ = std::fs::remove_dir_all(&data);
+            let broker = start(kind, dir, &data);
+            all[i].extend(rt.block_on(subscribe_latencies(broker.addr, count, clean)));
+        }
+    }
+    let session = if clean {
+        "clean session"
+    } else {
+        "persistent session"
+    };
+    let quantile = |v: &mut Vec<u64>, q: f64| {
+        v.sort_unstable();
+        v[((v.len() - 1) as f64 * q) as usize] as f64
+    };
+    let mut summary = Vec::new();
+    for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+        let (p50, p99) = (quantile(&mut all[i], 0.5), quantile(&mut all[i], 0.99));
+        println!(
+            "SUBSCRIBE→SUBACK, {session}, {count} filters one after another × {repeat} on {}: p50 {p50:.0} µs, p99 {p99:.0} µs",
+            kind.name()
+        );
+        summary.push((p50, p99));
+    }
+    println!(
+        "ratio hass-broker / mosquitto, {session}: p50 {:.2}×, p99 {:.2}×",
+        summary[0].0 / summary[1].0,
+        summary[0].1 / summary[1].1
+    );
+}
+
 fn print_idle_connections(rt: &tokio::runtime::Runtime, dir: &Path) {
     let idle = 1000;
     for transport in [Transport::Tcp, Transport::WebSocket, Transport::Tls] {
@@ -830,6 +906,10 @@ fn main() {
         print_idle_connections(&rt, dir.path());
         return;
     }
+    if args.iter().any(|a| a == "--subscribe-only") {
+        print_subscribe_latency(&rt, dir.path(), 2000, repeat);
+        return;
+    }
     println!(
         "# hass-broker vs Mosquitto ({} s per scenario, 64-byte payloads)",
         seconds
@@ -894,6 +974,8 @@ fn main() {
     if only.is_some() {
         return;
     }
+    println!();
+    print_subscribe_latency(&rt, dir.path(), 2000, repeat);
     println!();
     print_idle_connections(&rt, dir.path());
     drop(rt);

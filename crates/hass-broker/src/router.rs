@@ -17,7 +17,8 @@ use crate::codec::{Version, min_qos};
 use crate::message::Message;
 use crate::retained::RetainedStore;
 use crate::session::{
-    CloseRequest, Delivery, Inflight, InflightState, Link, LinkSignal, Session, SubscriptionOptions,
+    CloseRequest, Delivery, Inflight, InflightState, Link, LinkSignal, Session,
+    SubscriptionOptions, stored_subscription,
 };
 use crate::store::{Op, QueuedRecord, Recovered, Store};
 use crate::topic;
@@ -384,15 +385,7 @@ impl Router {
             peer: request.peer,
             connected_at: SystemTime::now(),
         });
-        if session.is_persistent() {
-            let record = session.record();
-            self.submit(Op::PutSession {
-                client_id: request.client_id.clone(),
-                record,
-            });
-        } else if was_persistent {
-            self.submit(Op::DeleteSession(request.client_id.clone()));
-        }
+        self.persist(session, was_persistent);
         if let Some((will, acl)) = old_will {
             self.publish_will(state, *will, acl.as_deref());
         }
@@ -426,6 +419,7 @@ impl Router {
             return;
         }
         let link = session.link.take();
+        let was_persistent = session.is_persistent();
         let will = match departure {
             Departure::Clean { publish_will, .. } => session.will.take().filter(|_| publish_will),
             Departure::Abnormal => session.will.take(),
@@ -440,10 +434,12 @@ impl Router {
         }
         if session.is_persistent() {
             session.disconnected_at = Some(SystemTime::now());
-            let record = session.record();
-            let client_id = session.client_id.clone();
-            self.submit(Op::PutSession { client_id, record });
-        } else if let Some(session) = state.sessions.remove(client_id) {
+        }
+        // A DISCONNECT may set the expiry to 0: the stored session goes too.
+        self.persist(session, was_persistent);
+        if !session.is_persistent()
+            && let Some(session) = state.sessions.remove(client_id)
+        {
             self.forget_session(state, session);
         }
         let delay = state
@@ -775,6 +771,12 @@ impl Router {
             }
             let existed = session.subscriptions.insert(raw.clone(), options).is_some();
             results.push(SubscribeResult::Granted(options.qos));
+            if session.is_persistent() {
+                self.submit(Op::PutSubscription {
+                    client_id: session.client_id.clone(),
+                    subscription: stored_subscription(&raw, options),
+                });
+            }
             if is_shared {
                 join_group(shared, &raw, inner, &session.client_id);
                 // Retained messages are not sent on shared subscriptions.
@@ -817,13 +819,6 @@ impl Router {
                 }
             }
         }
-        if session.is_persistent() {
-            let record = session.record();
-            self.submit(Op::PutSession {
-                client_id: session.client_id.clone(),
-                record,
-            });
-        }
         self.trim_to_budget(sessions, queued_bytes);
         results
     }
@@ -841,13 +836,14 @@ impl Router {
             .iter()
             .map(|f| session.subscriptions.remove(f).is_some())
             .collect();
-        for filter in filters {
+        for (filter, existed) in filters.iter().zip(&existed) {
             leave_group(shared, filter, client_id);
-        }
-        if session.is_persistent() {
-            let record = session.record();
-            let client_id = session.client_id.clone();
-            self.submit(Op::PutSession { client_id, record });
+            if *existed && session.is_persistent() {
+                self.submit(Op::DeleteSubscription {
+                    client_id: session.client_id.clone(),
+                    filter: filter.clone(),
+                });
+            }
         }
         existed
     }
@@ -1123,6 +1119,34 @@ impl Router {
         guard.closing = true;
         for link in guard.sessions.values().filter_map(|s| s.link.as_ref()) {
             link.signal.close(CloseRequest::ShuttingDown);
+        }
+    }
+
+    /// Brings the store in line with `session` after a change: its record
+    /// while it is persistent (and every subscription, when it has just
+    /// become so), nothing once it is not.
+    fn persist(&self, session: &Session, was_persistent: bool) {
+        let client_id = session.client_id.clone();
+        match (was_persistent, session.is_persistent()) {
+            (_, true) => {
+                let record = session.record();
+                self.submit(Op::PutSession {
+                    client_id: client_id.clone(),
+                    record,
+                });
+                if !was_persistent {
+                    for (filter, options) in &session.subscriptions {
+                        self.submit(Op::PutSubscription {
+                            client_id: client_id.clone(),
+                            subscription: stored_subscription(filter, *options),
+                        });
+                    }
+                }
+            }
+            (true, false) => {
+                self.submit(Op::DeleteSession(client_id));
+            }
+            (false, false) => {}
         }
     }
 

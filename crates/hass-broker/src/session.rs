@@ -360,25 +360,26 @@ impl Session {
         }
     }
 
+    /// The session as stored, without its subscriptions: those are stored
+    /// one by one ([`stored_subscription`]).
     pub fn record(&self) -> SessionRecord {
-        let mut subscriptions: Vec<StoredSubscription> = self
-            .subscriptions
-            .iter()
-            .map(|(filter, options)| StoredSubscription {
-                filter: filter.clone(),
-                options: options.to_byte(),
-                identifier: options.identifier,
-            })
-            .collect();
-        subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
         SessionRecord {
             expiry_interval: self.expiry_interval,
             disconnected_at: self.disconnected_at.map_or(0, |t| {
                 t.duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())
             }),
-            subscriptions,
+            subscriptions: Vec::new(),
             owner: self.owner.as_deref().map(str::to_owned),
         }
+    }
+}
+
+/// One subscription as stored.
+pub fn stored_subscription(filter: &str, options: SubscriptionOptions) -> StoredSubscription {
+    StoredSubscription {
+        filter: filter.to_owned(),
+        options: options.to_byte(),
+        identifier: options.identifier,
     }
 }

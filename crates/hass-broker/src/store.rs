@@ -34,6 +34,13 @@ const QUEUED: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queued
 /// view. A table of its own rather than a field in the message's record, so
 /// an older broker still reads every retained message after a rollback.
 const RETAINED_AT: TableDefinition<&str, u64> = TableDefinition::new("retained_at");
+/// A persistent session's subscriptions, one row each, keyed by (client id,
+/// filter): a SUBSCRIBE writes one row, not the whole session (Home
+/// Assistant subscribes hundreds of filters). Value: the options byte and
+/// the subscription identifier. Session records written before this table
+/// carry their subscriptions inline; `recover` moves them here.
+const SUBSCRIPTIONS: TableDefinition<(&str, &str), (u8, u32)> =
+    TableDefinition::new("subscriptions");
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,8 +62,17 @@ pub enum Op {
         client_id: Arc<str>,
         record: SessionRecord,
     },
-    /// Deletes the session and every queued message of it.
+    /// Deletes the session, its subscriptions and every queued message of it.
     DeleteSession(Arc<str>),
+    /// Adds or changes one subscription of a persistent session.
+    PutSubscription {
+        client_id: Arc<str>,
+        subscription: StoredSubscription,
+    },
+    DeleteSubscription {
+        client_id: Arc<str>,
+        filter: String,
+    },
     PutQueued {
         client_id: Arc<str>,
         id: u64,
@@ -74,6 +90,8 @@ pub struct SessionRecord {
     pub expiry_interval: u32,
     /// Unix seconds when its client disconnected; 0 while connected.
     pub disconnected_at: u64,
+    /// Empty when written: subscriptions live in their own table. Filled on
+    /// recovery from that table (and from records of older versions).
     pub subscriptions: Vec<StoredSubscription>,
     /// The user that owns the session (`""`: anonymous); `None` in records
     /// written before owners were kept, which end at the subscriptions.
@@ -257,7 +275,9 @@ fn recover(db: &Database) -> Result<Recovered, redb::Error> {
     txn.open_table(SESSIONS)?;
     txn.open_table(QUEUED)?;
     txn.open_table(RETAINED_AT)?;
+    txn.open_table(SUBSCRIPTIONS)?;
     txn.commit()?;
+    move_inline_subscriptions(db)?;
 
     let txn = db.begin_read()?;
     let received = txn.open_table(RETAINED_AT)?;
@@ -273,12 +293,32 @@ fn recover(db: &Database) -> Result<Recovered, redb::Error> {
             None => recovered.corrupt += 1,
         }
     }
+    let mut subscriptions: std::collections::HashMap<String, Vec<StoredSubscription>> =
+        std::collections::HashMap::new();
+    for entry in txn.open_table(SUBSCRIPTIONS)?.iter()? {
+        let (key, value) = entry?;
+        let (client, filter) = key.value();
+        let (options, identifier) = value.value();
+        subscriptions
+            .entry(client.to_owned())
+            .or_default()
+            .push(StoredSubscription {
+                filter: filter.to_owned(),
+                options,
+                identifier,
+            });
+    }
     for entry in txn.open_table(SESSIONS)?.iter()? {
         let (key, value) = entry?;
-        match decode_session(value.value()) {
-            Some(record) => recovered.sessions.push((key.value().to_owned(), record)),
-            None => recovered.corrupt += 1,
-        }
+        let client = key.value();
+        let Some(mut record) = decode_session(value.value()) else {
+            recovered.corrupt += 1;
+            continue;
+        };
+        record
+            .subscriptions
+            .extend(subscriptions.remove(client).unwrap_or_default());
+        recovered.sessions.push((client.to_owned(), record));
     }
     for entry in txn.open_table(QUEUED)?.iter()? {
         let (key, value) = entry?;
@@ -392,6 +432,7 @@ fn commit(db: &Database, batch: &[(u64, Op)], fsync: bool) -> Result<(), redb::E
         let mut sessions = txn.open_table(SESSIONS)?;
         let mut queued = txn.open_table(QUEUED)?;
         let mut retained_at = txn.open_table(RETAINED_AT)?;
+        let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
         for (_, op) in batch {
             match op {
                 Op::PutRetained(message) => {
@@ -412,6 +453,19 @@ fn commit(db: &Database, batch: &[(u64, Op)], fsync: bool) -> Result<(), redb::E
                     sessions.remove(&**client_id)?;
                     let client: &str = client_id;
                     queued.retain_in((client, 0)..=(client, u64::MAX), |_, _| false)?;
+                    remove_subscriptions(&mut subscriptions, client)?;
+                }
+                Op::PutSubscription {
+                    client_id,
+                    subscription,
+                } => {
+                    subscriptions.insert(
+                        (&**client_id, subscription.filter.as_str()),
+                        (subscription.options, subscription.identifier),
+                    )?;
+                }
+                Op::DeleteSubscription { client_id, filter } => {
+                    subscriptions.remove((&**client_id, filter.as_str()))?;
                 }
                 Op::PutQueued {
                     client_id,
@@ -427,6 +481,25 @@ fn commit(db: &Database, batch: &[(u64, Op)], fsync: bool) -> Result<(), redb::E
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Removes every subscription row of `client`.
+fn remove_subscriptions(
+    table: &mut redb::Table<'_, (&'static str, &'static str), (u8, u32)>,
+    client: &str,
+) -> Result<(), redb::Error> {
+    let filters: Vec<String> = table
+        .range((client, "")..)?
+        .map_while(|entry| {
+            let (key, _) = entry.ok()?;
+            let (owner, filter) = key.value();
+            (owner == client).then(|| filter.to_owned())
+        })
+        .collect();
+    for filter in filters {
+        table.remove((client, filter.as_str()))?;
+    }
     Ok(())
 }
 
@@ -489,6 +562,45 @@ fn decode_message(mut raw: &[u8]) -> Option<Message> {
         publisher: (!publisher.is_empty()).then(|| publisher.into()),
         received_at: None,
     })
+}
+
+/// Moves subscriptions that session records of older versions carry inline
+/// into the subscriptions table, once: such a record is rewritten without
+/// them in the same transaction.
+fn move_inline_subscriptions(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    let mut moved = 0usize;
+    {
+        let mut sessions = txn.open_table(SESSIONS)?;
+        let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
+        let mut inline = Vec::new();
+        for entry in sessions.iter()? {
+            let (key, value) = entry?;
+            if let Some(record) = decode_session(value.value())
+                && !record.subscriptions.is_empty()
+            {
+                inline.push((key.value().to_owned(), record));
+            }
+        }
+        for (client, mut record) in inline {
+            for sub in std::mem::take(&mut record.subscriptions) {
+                subscriptions.insert(
+                    (client.as_str(), sub.filter.as_str()),
+                    (sub.options, sub.identifier),
+                )?;
+                moved += 1;
+            }
+            sessions.insert(client.as_str(), &encode_session(&record)[..])?;
+        }
+    }
+    txn.commit()?;
+    if moved > 0 {
+        info!(
+            subscriptions = moved,
+            "moved subscriptions out of session records"
+        );
+    }
+    Ok(())
 }
 
 fn encode_session(record: &SessionRecord) -> Vec<u8> {
@@ -705,5 +817,84 @@ mod tests {
             recovered.queued.is_empty(),
             "queued messages go with their session"
         );
+    }
+
+    fn reopen(dir: &Path) -> (Store, Recovered) {
+        Store::open(dir, Durability::Always, Arc::new(StoreStats::default())).unwrap()
+    }
+
+    fn filters(recovered: &Recovered) -> Vec<(&str, Vec<&str>)> {
+        recovered
+            .sessions
+            .iter()
+            .map(|(client, record)| {
+                let mut filters: Vec<&str> =
+                    record.subscriptions.iter().map(|s| &*s.filter).collect();
+                filters.sort_unstable();
+                (client.as_str(), filters)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn subscriptions_are_stored_one_row_each_and_inline_ones_move_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = reopen(dir.path());
+        // A record as older versions wrote it, subscriptions inline.
+        let subscription = |filter: &str| StoredSubscription {
+            filter: filter.into(),
+            options: 1,
+            identifier: 0,
+        };
+        store.submit(Op::PutSession {
+            client_id: "old".into(),
+            record: SessionRecord {
+                expiry_interval: u32::MAX,
+                disconnected_at: 5,
+                subscriptions: vec![subscription("a/#"), subscription("b/+")],
+                owner: Some(String::new()),
+            },
+        });
+        store.submit(Op::PutSession {
+            client_id: "new".into(),
+            record: SessionRecord {
+                expiry_interval: 60,
+                disconnected_at: 0,
+                subscriptions: Vec::new(),
+                owner: Some(String::new()),
+            },
+        });
+        for filter in ["x/1", "x/2", "x/3"] {
+            store.submit(Op::PutSubscription {
+                client_id: "new".into(),
+                subscription: subscription(filter),
+            });
+        }
+        store.submit(Op::DeleteSubscription {
+            client_id: "new".into(),
+            filter: "x/2".into(),
+        });
+        store.close();
+
+        let (store, recovered) = reopen(dir.path());
+        assert_eq!(
+            filters(&recovered),
+            [("new", vec!["x/1", "x/3"]), ("old", vec!["a/#", "b/+"])]
+        );
+        // Moved: a later rewrite of the record without them keeps them.
+        store.submit(Op::PutSession {
+            client_id: "old".into(),
+            record: SessionRecord {
+                expiry_interval: u32::MAX,
+                disconnected_at: 9,
+                subscriptions: Vec::new(),
+                owner: Some(String::new()),
+            },
+        });
+        store.submit(Op::DeleteSession("new".into()));
+        store.close();
+
+        let (_store, recovered) = reopen(dir.path());
+        assert_eq!(filters(&recovered), [("old", vec!["a/#", "b/+"])]);
     }
 }

@@ -54,6 +54,27 @@ fn ha_returns(broker: &TestBroker, expect: usize, timeout: &str) -> serde_json::
     )
 }
 
+/// Whether the broker has a session for `client_id`: CONNACK's Session
+/// Present when it connects asking to keep one, subscribing to nothing.
+fn session_present(broker: &TestBroker, protocol: u8, client_id: &str) -> serde_json::Value {
+    let got = broker.paho(
+        protocol,
+        true,
+        &[
+            "--client-id",
+            client_id,
+            "subscribe",
+            "--filter",
+            "x",
+            "--persistent",
+            "--no-subscribe",
+            "--timeout",
+            "0",
+        ],
+    );
+    got["session_present"].clone()
+}
+
 fn payloads(summary: &serde_json::Value) -> Vec<String> {
     summary["messages"]
         .as_array()
@@ -201,22 +222,7 @@ fn a_clean_session_leaves_nothing_behind() {
     broker.kill9();
     broker.restart();
     assert_eq!(broker.metric("hass_broker_sessions", None), 0.0);
-    let got = broker.paho(
-        4,
-        true,
-        &[
-            "--client-id",
-            "transient",
-            "subscribe",
-            "--filter",
-            "x",
-            "--persistent",
-            "--no-subscribe",
-            "--timeout",
-            "0.3",
-        ],
-    );
-    assert_eq!(got["session_present"], false, "{got}");
+    assert_eq!(session_present(&broker, 4, "transient"), false);
 }
 
 #[test]
@@ -300,4 +306,35 @@ fn drop_newest_keeps_the_oldest_messages_across_sigkill() {
     );
     let oldest: Vec<String> = (0..50).map(|i| i.to_string()).collect();
     assert_eq!(got, oldest);
+}
+
+/// MQTT 5 lets a client end its session by setting the Session Expiry
+/// Interval to 0 in DISCONNECT: the stored session goes with it and a
+/// restart does not bring it back.
+#[test]
+fn a_session_ended_by_disconnect_stays_ended_across_sigkill() {
+    let mut broker = TestBroker::start("");
+    for (client_id, end) in [("ends", Some("0")), ("stays", None)] {
+        let mut args = vec![
+            "--client-id",
+            client_id,
+            "subscribe",
+            "--filter",
+            "zigbee2mqtt/#",
+            "--persistent",
+            "--timeout",
+            "0",
+        ];
+        if let Some(expiry) = end {
+            args.extend(["--expiry-on-disconnect", expiry]);
+        }
+        assert_eq!(
+            broker.paho(5, true, &args)["granted"],
+            serde_json::json!([0])
+        );
+    }
+    broker.kill9();
+    broker.restart();
+    assert_eq!(session_present(&broker, 5, "ends"), false);
+    assert_eq!(session_present(&broker, 5, "stays"), true);
 }

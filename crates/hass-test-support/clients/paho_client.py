@@ -148,7 +148,13 @@ def cmd_subscribe(args):
     with lock:
         messages = list(got)
     still_connected = client.is_connected()
-    client.disconnect()
+    if args.expiry_on_disconnect is not None:
+        # MQTT 5: the DISCONNECT changes the Session Expiry Interval.
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = args.expiry_on_disconnect
+        client.disconnect(properties=props)
+    else:
+        client.disconnect()
     client.loop_stop()
     summary = {
         "rc": rc,
@@ -202,6 +208,7 @@ def main():
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--linger", type=float, default=0.0)
     p.add_argument("--persistent", action="store_true")
+    p.add_argument("--expiry-on-disconnect", type=int)
     p.add_argument("--no-subscribe", action="store_true")
     p.add_argument("--show", action="store_true")
 
