@@ -160,6 +160,11 @@ pub struct LimitsConfig {
     pub memory_budget: usize,
     /// QoS 1/2 messages in flight per client.
     pub max_inflight: u16,
+    /// QoS 1/2 PUBLISHes an MQTT 5 client may have unacknowledged (told as
+    /// Receive Maximum); one over it is disconnected (0x93). Default 65 535,
+    /// the protocol's own: MQTT.js (Zigbee2MQTT's client) publishes without
+    /// waiting for a lower one, and would be cut off.
+    pub receive_maximum: u16,
     /// Which message a full queue loses: `drop_oldest` (default),
     /// `drop_newest` (Mosquitto's way) or `disconnect` (drop the new one and
     /// disconnect the client).
@@ -198,6 +203,10 @@ pub struct LimitsConfig {
     /// as Mosquitto does), since 3.1.1 cannot be told. A 3.1.1 client asking
     /// for none keeps none.
     pub max_keepalive: Option<u16>,
+    /// Topic aliases an MQTT 5 client may set (told in CONNACK), and the
+    /// most the broker assigns on what it sends to a client that allows
+    /// them (Mosquitto's `max_topic_alias`, which is only the former).
+    pub max_topic_alias: u16,
 }
 
 impl LimitsConfig {
@@ -228,6 +237,8 @@ impl Default for LimitsConfig {
             max_handshakes: 1_024,
             max_handshakes_per_address: 32,
             max_keepalive: None,
+            max_topic_alias: 64,
+            receive_maximum: u16::MAX,
         }
     }
 }

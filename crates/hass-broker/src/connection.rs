@@ -36,7 +36,7 @@ use crate::router::{
     AckKind, ConnectRequest, Departure, Outgoing, Router, SessionOwnedByAnother, SubscribeResult,
 };
 use crate::session::{CloseRequest, LinkSignal, SubscriptionOptions};
-use crate::topic;
+use crate::{topic, topic_alias};
 
 /// Settings every connection shares.
 #[derive(Debug)]
@@ -53,6 +53,10 @@ pub struct ConnectionContext {
     pub connect_timeout: Duration,
     /// `limits.max_keepalive`: the longest Keep Alive allowed, seconds.
     pub max_keepalive: Option<u16>,
+    /// `limits.max_topic_alias`.
+    pub max_topic_alias: u16,
+    /// `limits.receive_maximum`.
+    pub receive_maximum: u16,
     /// How long a write may wait for the client to read.
     pub write_timeout: Duration,
     /// Caps on connections and handshakes, in all and per address.
@@ -81,6 +85,8 @@ impl ConnectionContext {
             max_connect_size: limits.max_connect_size,
             connect_timeout: limits.connect_timeout,
             max_keepalive: limits.max_keepalive,
+            max_topic_alias: limits.max_topic_alias,
+            receive_maximum: limits.receive_maximum.max(1),
             write_timeout: limits.write_timeout,
             admission: hass_runtime::admission::Admission::new(limits.admission()),
             auth_gate: crate::auth_gate::AuthGate::for_this_machine(),
@@ -362,6 +368,13 @@ where
         }
     };
     let client_max_packet = props.max_packet_size.unwrap_or(u32::MAX);
+    let outgoing_aliases = match version {
+        Version::V5 => {
+            topic_alias::Outgoing::new(props.topic_alias_max.unwrap_or(0).min(ctx.max_topic_alias))
+                .map(Box::new)
+        }
+        Version::V4 => None,
+    };
     let connack_props = (version == Version::V5).then(|| ConnAckProperties {
         assigned_client_identifier: assigned,
         max_packet_size: u32::try_from(ctx.max_packet_size).ok(),
@@ -369,7 +382,9 @@ where
         shared_subscription_available: Some(1),
         wildcard_subscription_available: Some(1),
         subscription_identifiers_available: Some(1),
-        topic_alias_max: Some(TOPIC_ALIAS_MAX),
+        topic_alias_max: Some(ctx.max_topic_alias),
+        // Absent means 65 535 (MQTT 5 §3.2.2.3.3).
+        receive_max: Some(ctx.receive_maximum).filter(|m| *m != u16::MAX),
         server_keep_alive: keep_alive.filter(|k| *k != connect.keep_alive),
         ..empty_connack_properties()
     });
@@ -405,7 +420,9 @@ where
         rbuf,
         wbuf: BytesMut::new(),
         pending_acks: VecDeque::new(),
+        incoming_qos2: 0,
         topic_aliases: None,
+        outgoing_aliases,
     };
     Some((stream, conn))
 }
@@ -423,16 +440,16 @@ struct Connection {
     /// Acknowledgements in the order their PUBLISHes arrived, each with the
     /// store sequence number it must wait for (0: none).
     pending_acks: VecDeque<(u64, Packet)>,
-    /// MQTT 5 topic aliases the client has set (client to broker only).
-    /// Boxed on purpose: an empty map is 48 bytes in every connection's
-    /// task, a `None` is 8, and few clients use aliases.
-    #[allow(clippy::box_collection)]
-    topic_aliases: Option<Box<std::collections::HashMap<u16, Arc<str>>>>,
+    /// QoS 2 PUBLISHes received and not yet released (PUBREL), as the
+    /// session last counted them: with the QoS 1 PUBACKs still pending,
+    /// what the client has in flight against its Receive Maximum.
+    incoming_qos2: usize,
+    /// MQTT 5 topic aliases, each way. Boxed on purpose: an empty map is 48
+    /// bytes in every connection's task, a `None` is 8, and few clients use
+    /// aliases.
+    topic_aliases: Option<Box<topic_alias::Incoming>>,
+    outgoing_aliases: Option<Box<topic_alias::Outgoing>>,
 }
-
-/// Topic aliases a client may use towards the broker (CONNACK's Topic Alias
-/// Maximum). Zigbee2MQTT-scale publishers cycle through few topics.
-const TOPIC_ALIAS_MAX: u16 = 64;
 
 impl Connection {
     async fn run<S>(&mut self, stream: &mut S) -> Close
@@ -604,8 +621,22 @@ impl Connection {
                     &self.client_id,
                 );
                 // QoS 2: a resend after a lost PUBREC is acknowledged, not routed again.
-                let fresh = header.qos != QoS::ExactlyOnce
-                    || router.receive_qos2(&self.client_id, header.pkid);
+                let fresh = match header.qos {
+                    QoS::ExactlyOnce => {
+                        let (fresh, outstanding) =
+                            router.receive_qos2(&self.client_id, header.pkid);
+                        self.incoming_qos2 = outstanding;
+                        fresh
+                    }
+                    _ => true,
+                };
+                if self.over_receive_maximum(header.qos) {
+                    // MQTT 5 §3.3.4: more unacknowledged QoS 1/2 PUBLISHes
+                    // than the Receive Maximum it was told.
+                    self.ctx.metrics.malformed_kind("receive_maximum_exceeded");
+                    self.disconnect_packet(DisconnectReasonCode::ReceiveMaximumExceeded);
+                    return Some(Close::Protocol("receive maximum exceeded".into()));
+                }
                 let routed = if fresh {
                     router.publish_from(&self.client_id, message)
                 } else {
@@ -670,7 +701,8 @@ impl Connection {
                 let _ = router.acknowledge(&self.client_id, comp.pkid, AckKind::PubComp);
             }
             Packet::PubRel(rel, _) => {
-                let known = router.release_qos2(&self.client_id, rel.pkid);
+                let (known, outstanding) = router.release_qos2(&self.client_id, rel.pkid);
+                self.incoming_qos2 = outstanding;
                 let reason = if known || self.version == Version::V4 {
                     PubCompReason::Success
                 } else {
@@ -810,6 +842,23 @@ impl Connection {
         None
     }
 
+    /// Whether an MQTT 5 client's QoS `qos` PUBLISH, just received, puts
+    /// more of its PUBLISHes in flight than its Receive Maximum: QoS 1 ones
+    /// whose PUBACK waits (this one included) and QoS 2 ones not yet
+    /// released. MQTT 3.1.1 has no such limit.
+    fn over_receive_maximum(&self, qos: QoS) -> bool {
+        if self.version != Version::V5 || qos == QoS::AtMostOnce {
+            return false;
+        }
+        let qos1 = self
+            .pending_acks
+            .iter()
+            .filter(|(_, ack)| matches!(ack, Packet::PubAck(..)))
+            .count();
+        let in_flight = self.incoming_qos2 + qos1 + usize::from(qos == QoS::AtLeastOnce);
+        in_flight > usize::from(self.ctx.receive_maximum)
+    }
+
     /// The topic a PUBLISH is for, applying MQTT 5 topic aliases: a topic
     /// with an alias (re)binds it; an empty topic with an alias uses it.
     fn resolve_topic(
@@ -818,7 +867,7 @@ impl Connection {
         alias: Option<u16>,
     ) -> Result<Arc<str>, DisconnectReasonCode> {
         if let Some(alias) = alias
-            && (alias == 0 || alias > TOPIC_ALIAS_MAX)
+            && (alias == 0 || alias > self.ctx.max_topic_alias)
         {
             return Err(DisconnectReasonCode::TopicAliasInvalid);
         }
@@ -827,7 +876,7 @@ impl Connection {
             return self
                 .topic_aliases
                 .as_ref()
-                .and_then(|aliases| aliases.get(&alias))
+                .and_then(|aliases| aliases.topic(alias))
                 .cloned()
                 .ok_or(DisconnectReasonCode::ProtocolError);
         }
@@ -839,7 +888,7 @@ impl Connection {
         if let Some(alias) = alias {
             self.topic_aliases
                 .get_or_insert_default()
-                .insert(alias, topic.clone());
+                .bind(alias, topic.clone());
         }
         Ok(topic)
     }
@@ -894,8 +943,17 @@ impl Connection {
                 dup,
             } => {
                 let message = &delivery.message;
+                let naming = self
+                    .outgoing_aliases
+                    .as_ref()
+                    .map_or(topic_alias::Naming::Topic, |a| a.naming(&message.topic));
+                let (topic, alias) = match naming {
+                    topic_alias::Naming::Topic => (message.topic.as_bytes(), None),
+                    topic_alias::Naming::Bind(alias) => (message.topic.as_bytes(), Some(alias)),
+                    topic_alias::Naming::Alias(alias) => (&b""[..], Some(alias)),
+                };
                 let publish = codec::outgoing_publish(
-                    message.topic.as_bytes(),
+                    topic,
                     &message.payload,
                     delivery.qos,
                     pkid,
@@ -911,6 +969,7 @@ impl Connection {
                             .iter()
                             .map(|id| *id as usize)
                             .collect();
+                        props.topic_alias = alias;
                         props
                     })
                     .filter(|p| *p != PublishProperties::default());
@@ -938,6 +997,11 @@ impl Connection {
                     }
                 } else {
                     self.ctx.metrics.publish_sent(delivery.qos, size);
+                    if let (topic_alias::Naming::Bind(alias), Some(aliases)) =
+                        (naming, self.outgoing_aliases.as_mut())
+                    {
+                        aliases.bound(message.topic.clone(), alias);
+                    }
                 }
             }
         }
@@ -950,6 +1014,9 @@ impl Connection {
     }
 
     fn disconnect_packet(&mut self, reason: DisconnectReasonCode) {
+        // What earlier PUBLISHes earned and the store has made durable goes
+        // out first: the client need not send those again.
+        self.release_acks();
         // MQTT 3.1.1 servers never send DISCONNECT; they just close.
         if self.version == Version::V5 {
             self.encode(codec::disconnect(reason));

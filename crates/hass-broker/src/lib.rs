@@ -27,6 +27,7 @@ pub mod store;
 pub mod sys;
 pub mod tls;
 pub mod topic;
+pub mod topic_alias;
 pub mod websocket;
 
 use std::path::Path;

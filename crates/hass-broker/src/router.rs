@@ -1004,23 +1004,23 @@ impl Router {
         Ok(None)
     }
 
-    /// Notes an incoming QoS 2 packet id; false if it was already received
-    /// (a resend after a lost PUBREC: acknowledge, do not route again).
-    pub fn receive_qos2(&self, client_id: &str, pkid: u16) -> bool {
+    /// Notes an incoming QoS 2 packet id: whether it is new (false for a
+    /// resend after a lost PUBREC: acknowledge, do not route again), and how
+    /// many QoS 2 PUBLISHes of the client now wait for their PUBREL.
+    pub fn receive_qos2(&self, client_id: &str, pkid: u16) -> (bool, usize) {
         let mut guard = self.lock();
-        guard
-            .sessions
-            .get_mut(client_id)
-            .is_some_and(|s| s.incoming_qos2.insert(pkid))
+        guard.sessions.get_mut(client_id).map_or((false, 0), |s| {
+            (s.incoming_qos2.insert(pkid), s.incoming_qos2.len())
+        })
     }
 
-    /// Releases an incoming QoS 2 packet id (PUBREL); false if unknown.
-    pub fn release_qos2(&self, client_id: &str, pkid: u16) -> bool {
+    /// Releases an incoming QoS 2 packet id (PUBREL): whether it was
+    /// waiting (false if unknown), and how many still wait.
+    pub fn release_qos2(&self, client_id: &str, pkid: u16) -> (bool, usize) {
         let mut guard = self.lock();
-        guard
-            .sessions
-            .get_mut(client_id)
-            .is_some_and(|s| s.incoming_qos2.remove(&pkid))
+        guard.sessions.get_mut(client_id).map_or((false, 0), |s| {
+            (s.incoming_qos2.remove(&pkid), s.incoming_qos2.len())
+        })
     }
 
     /// Ends disconnected sessions past their expiry and drops expired

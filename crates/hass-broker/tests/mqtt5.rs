@@ -187,3 +187,17 @@ fn max_keepalive_is_told_as_server_keep_alive() {
         "over the maximum or none: told the maximum; within it: told nothing"
     );
 }
+
+/// Eclipse Paho's interoperability `test_server_topic_alias`: the broker
+/// assigns aliases on what it sends, only to a client that allows them.
+#[test]
+fn the_broker_assigns_topic_aliases_to_clients_that_allow_them() {
+    let broker = TestBroker::start("");
+    assert_eq!(
+        scenario(&broker, "server_topic_alias"),
+        json!({
+            "allowed": [["alias/topic", 1], ["", 1], ["", 1]],
+            "not_allowed": [["alias/topic", null], ["alias/topic", null], ["alias/topic", null]],
+        })
+    );
+}

@@ -1092,3 +1092,37 @@ fn protocol_violations_close_the_connection() {
     }
     still_serving(&broker);
 }
+
+/// Eclipse Paho's interoperability `test_flow_control2`: an MQTT 5 client
+/// told a Receive Maximum that publishes more QoS 2 messages without
+/// releasing them is disconnected with 0x93, after the broker acknowledged
+/// as many as it allowed.
+#[test]
+fn a_client_over_its_receive_maximum_is_disconnected() {
+    let broker = TestBroker::start("limits:\n  receive_maximum: 5\n");
+    let (mut stream, connack) = connect_with_keepalive(&broker, 5, "flooder", 60);
+    assert_eq!(connack[1], 0);
+    assert_eq!(
+        connack_u16_property(&connack, 0x21),
+        Some(5),
+        "Receive Maximum"
+    );
+    let mut flood = Vec::new();
+    for pkid in 1..=6u16 {
+        // PUBLISH QoS 2, topic "flood", packet id, no properties, payload "x".
+        let mut body = vec![0, 5];
+        body.extend_from_slice(b"flood");
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.extend_from_slice(&[0, b'x']);
+        flood.extend(common::frame(0x34, body));
+    }
+    stream.write_all(&flood).expect("PUBLISHes");
+    let mut all = Vec::new();
+    let _ = stream.read_to_end(&mut all);
+    let pubrecs = all.windows(2).filter(|w| *w == [0x50, 0x02]).count();
+    assert_eq!(pubrecs, 5, "{all:02x?}");
+    assert!(
+        all.windows(3).any(|w| w[0] == 0xe0 && w[2] == 0x93),
+        "no DISCONNECT 0x93 (receive maximum exceeded) in {all:02x?}"
+    );
+}

@@ -23,6 +23,7 @@ class Client:
                  keepalive=60):
         self.messages = []
         self.lock = threading.Lock()
+        self.arrived = threading.Condition(self.lock)
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.session_present = None
@@ -58,7 +59,9 @@ class Client:
                 "qos": msg.qos,
                 "sub_ids": list(getattr(props, "SubscriptionIdentifier", []) or []),
                 "expiry": getattr(props, "MessageExpiryInterval", None),
+                "alias": getattr(props, "TopicAlias", None),
             })
+            self.arrived.notify_all()
 
     def subscribe(self, topic, qos=1, sub_id=None, **options):
         self.subscribed.clear()
@@ -71,6 +74,12 @@ class Client:
 
     def publish(self, topic, payload, qos=1, retain=False, props=None):
         self.c.publish(topic, payload, qos=qos, retain=retain, properties=props).wait_for_publish(10)
+
+    def wait_for(self, count, timeout=10):
+        """The first `count` messages, once they are in."""
+        with self.lock:
+            self.arrived.wait_for(lambda: len(self.messages) >= count, timeout)
+            return list(self.messages)
 
     def got(self, settle=0.5):
         time.sleep(settle)
@@ -201,6 +210,24 @@ def max_packet_size():
     return {"payloads": [m["payload"] for m in small.got()]}
 
 
+def server_topic_alias():
+    """Eclipse Paho's test_server_topic_alias: with Topic Alias Maximum 1 in
+    CONNECT, the first delivery binds an alias and the next two use it with
+    an empty topic; without one, no alias is used."""
+    seen = {}
+    for name, maximum in (("allowed", 1), ("not_allowed", None)):
+        props = Properties(PacketTypes.CONNECT)
+        if maximum is not None:
+            props.TopicAliasMaximum = maximum
+        c = Client(props=props)
+        c.subscribe("alias/topic", qos=2)
+        for qos in range(3):
+            c.publish("alias/topic", "topic alias %d" % qos, qos=qos)
+        seen[name] = [[m["topic"], m["alias"]] for m in c.wait_for(3)]
+        c.close()
+    return seen
+
+
 def server_keep_alive():
     """Keep Alive asked for against `max_keepalive`: what CONNACK says back."""
     told = {}
@@ -212,7 +239,7 @@ def server_keep_alive():
 
 
 SCENARIOS = {
-    "server_keep_alive": server_keep_alive,
+    "server_keep_alive": server_keep_alive, "server_topic_alias": server_topic_alias,
     "shared": shared, "topic_alias": topic_alias, "no_local": no_local,
     "retain_handling": retain_handling, "retain_as_published": retain_as_published,
     "subscription_ids": subscription_ids, "message_expiry": message_expiry,
