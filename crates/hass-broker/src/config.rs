@@ -45,6 +45,12 @@ pub struct BrokerConfig {
     pub tls: Option<TlsConfig>,
     /// Who is connected and what is retained, on the admin port.
     pub operator_view: OperatorViewConfig,
+    /// A `mosquitto.db` (Mosquitto 1.6/2.0 persistence) to take retained
+    /// messages and persistent sessions from, once: on the first start with
+    /// it set, into a store that never imported one. What the store already
+    /// holds (a topic, a client id) is kept. Messages queued for sessions
+    /// are not taken.
+    pub import_mosquitto_db: Option<PathBuf>,
 }
 
 /// The operator's view: `/` (a page) and `/api/clients`, `/api/sessions`,
@@ -110,6 +116,7 @@ impl Default for BrokerConfig {
             tls: None,
             sys_interval: Some(Duration::from_secs(10)),
             operator_view: OperatorViewConfig::default(),
+            import_mosquitto_db: None,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! in it came from a client and is escaped by whoever renders it (JSON by
 //! serde, HTML by maud).
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde::Serialize;
@@ -118,9 +118,15 @@ pub struct Summary {
     pub queued_bytes: usize,
 }
 
-/// `2026-12-06T17:20:00Z`.
+/// `2026-12-06T17:20:00Z`; clamped to 1970..=9999, which is all RFC 3339
+/// can say (a time from a corrupt store must not panic the formatter).
 pub fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(at).to_string()
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .min(LAST_SECOND_OF_9999);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 pub fn summary(state: &Inspect<'_>) -> Summary {
@@ -267,10 +273,25 @@ fn session(session: &Session) -> SessionView {
         expires_at: session
             .disconnected_at
             .filter(|_| !forever)
-            .map(|at| timestamp(at + Duration::from_secs(u64::from(session.expiry_interval)))),
+            .and_then(|at| at.checked_add(Duration::from_secs(u64::from(session.expiry_interval))))
+            .map(timestamp),
         subscriptions: session.subscriptions.len(),
         queued: session.queue.len(),
         inflight: session.inflight.len(),
         dropped: session.dropped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_outside_rfc_3339_are_clamped_not_panicked_on() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let before = UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(timestamp(before), "1970-01-01T00:00:00Z");
+        let far = UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 1000);
+        assert_eq!(timestamp(far), "9999-12-31T23:59:59Z");
     }
 }

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod listener;
 pub mod message;
 pub mod metrics;
+pub mod mosquitto_db;
 pub mod operator_view;
 pub mod policy;
 pub mod properties;
@@ -184,7 +185,7 @@ impl Component for Broker {
         })
         .await
         .map_err(|e| Fatal::runtime(format!("store: {e}")))?;
-        let (store, recovered) = opened.map_err(Fatal::runtime)?;
+        let (store, mut recovered) = opened.map_err(Fatal::runtime)?;
         info!(
             retained = recovered.retained.len(),
             sessions = recovered.sessions.len(),
@@ -194,6 +195,10 @@ impl Component for Broker {
             path = %store.path().display(),
             "store restored"
         );
+        let metrics = BrokerMetrics::default();
+        if let Some(path) = &self.config.import_mosquitto_db {
+            import_mosquitto_db(path, &store, &mut recovered, &metrics);
+        }
         store_check.set_ready();
 
         let limits = Limits {
@@ -206,7 +211,6 @@ impl Component for Broker {
         };
         let committed = store.committed();
         let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));
-        let metrics = BrokerMetrics::default();
         ctx.metrics.register(|registry| {
             metrics.register(registry);
             registry.register_with_unit(
@@ -392,4 +396,37 @@ fn bound(
     configured: std::net::SocketAddr,
 ) -> std::net::SocketAddr {
     listener.local_addr().unwrap_or(configured)
+}
+
+/// The one-shot import `import_mosquitto_db` asks for. A file that cannot
+/// be read or parsed is logged and counted, and the broker starts without
+/// it: the next start tries again.
+fn import_mosquitto_db(
+    path: &Path,
+    store: &Store,
+    recovered: &mut store::Recovered,
+    metrics: &BrokerMetrics,
+) {
+    match mosquitto_db::import(path, store, recovered) {
+        Ok(None) => {}
+        Ok(Some(done)) => {
+            metrics.mosquitto_imports.get_or_create(&"ok".into()).inc();
+            info!(
+                path = %path.display(),
+                retained = done.retained,
+                sessions = done.sessions,
+                subscriptions = done.subscriptions,
+                already_here = done.kept,
+                queued_not_imported = done.queued_skipped,
+                "imported mosquitto.db"
+            );
+        }
+        Err(e) => {
+            metrics
+                .mosquitto_imports
+                .get_or_create(&"failed".into())
+                .inc();
+            warn!("mosquitto.db not imported: {e}");
+        }
+    }
 }

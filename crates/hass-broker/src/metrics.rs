@@ -66,6 +66,7 @@ pub struct BrokerMetrics {
     pub dropped_too_large: Counter,
     pub acl_denied: Family<ActionLabels, Counter>,
     pub policy_reloads: Family<ReasonLabels, Counter>,
+    pub mosquitto_imports: Family<ReasonLabels, Counter>,
     pub tls_reloads: Family<ReasonLabels, Counter>,
 }
 
@@ -139,6 +140,11 @@ impl BrokerMetrics {
             "policy_reloads",
             "Reloads of the password and ACL files after they changed, by reason (ok, failed)",
             self.policy_reloads.clone(),
+        );
+        registry.register(
+            "mosquitto_imports",
+            "One-shot imports of import_mosquitto_db, by result (ok, failed)",
+            self.mosquitto_imports.clone(),
         );
         registry.register(
             "tls_reloads",

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use hass_runtime::logging::Untrusted;
 use rumqttd::protocol::QoS;
@@ -1245,7 +1245,8 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
             // It was connected when the broker stopped: it disconnected then.
             SystemTime::now()
         } else {
-            UNIX_EPOCH + Duration::from_secs(record.disconnected_at)
+            hass_runtime::clock::from_unix_seconds(record.disconnected_at)
+                .unwrap_or_else(SystemTime::now)
         });
         for sub in record.subscriptions {
             if let Some(options) = SubscriptionOptions::from_byte(sub.options, sub.identifier) {

@@ -41,6 +41,8 @@ const RETAINED_AT: TableDefinition<&str, u64> = TableDefinition::new("retained_a
 /// carry their subscriptions inline; `recover` moves them here.
 const SUBSCRIPTIONS: TableDefinition<(&str, &str), (u8, u32)> =
     TableDefinition::new("subscriptions");
+/// Facts about the store itself, such as a one-shot import having run.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +74,11 @@ pub enum Op {
     DeleteSubscription {
         client_id: Arc<str>,
         filter: String,
+    },
+    /// Records a fact about the store (`META`).
+    PutMeta {
+        key: &'static str,
+        value: String,
     },
     PutQueued {
         client_id: Arc<str>,
@@ -125,6 +132,8 @@ pub struct Recovered {
     pub queued: Vec<(String, u64, QueuedRecord)>,
     /// Records that could not be decoded, skipped and counted.
     pub corrupt: usize,
+    /// Facts recorded with [`Op::PutMeta`].
+    pub meta: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,10 +285,17 @@ fn recover(db: &Database) -> Result<Recovered, redb::Error> {
     txn.open_table(QUEUED)?;
     txn.open_table(RETAINED_AT)?;
     txn.open_table(SUBSCRIPTIONS)?;
+    txn.open_table(META)?;
     txn.commit()?;
     move_inline_subscriptions(db)?;
 
     let txn = db.begin_read()?;
+    for entry in txn.open_table(META)?.iter()? {
+        let (key, value) = entry?;
+        recovered
+            .meta
+            .insert(key.value().to_owned(), value.value().to_owned());
+    }
     let received = txn.open_table(RETAINED_AT)?;
     for entry in txn.open_table(RETAINED)?.iter()? {
         let (key, value) = entry?;
@@ -287,7 +303,7 @@ fn recover(db: &Database) -> Result<Recovered, redb::Error> {
             Some(mut message) => {
                 message.received_at = received
                     .get(key.value())?
-                    .map(|at| UNIX_EPOCH + Duration::from_secs(at.value()));
+                    .and_then(|at| hass_runtime::clock::from_unix_seconds(at.value()));
                 recovered.retained.push(message);
             }
             None => recovered.corrupt += 1,
@@ -433,6 +449,7 @@ fn commit(db: &Database, batch: &[(u64, Op)], fsync: bool) -> Result<(), redb::E
         let mut queued = txn.open_table(QUEUED)?;
         let mut retained_at = txn.open_table(RETAINED_AT)?;
         let mut subscriptions = txn.open_table(SUBSCRIPTIONS)?;
+        let mut meta = txn.open_table(META)?;
         for (_, op) in batch {
             match op {
                 Op::PutRetained(message) => {
@@ -466,6 +483,9 @@ fn commit(db: &Database, batch: &[(u64, Op)], fsync: bool) -> Result<(), redb::E
                 }
                 Op::DeleteSubscription { client_id, filter } => {
                     subscriptions.remove((&**client_id, filter.as_str()))?;
+                }
+                Op::PutMeta { key, value } => {
+                    meta.insert(*key, value.as_str())?;
                 }
                 Op::PutQueued {
                     client_id,
@@ -558,7 +578,9 @@ fn decode_message(mut raw: &[u8]) -> Option<Message> {
         qos: incoming.publish?.qos,
         retain: publish.retain,
         properties,
-        expires_at: (expires > 0).then(|| UNIX_EPOCH + Duration::from_secs(expires)),
+        expires_at: (expires > 0)
+            .then(|| hass_runtime::clock::from_unix_seconds(expires))
+            .flatten(),
         publisher: (!publisher.is_empty()).then(|| publisher.into()),
         received_at: None,
     })

@@ -11,79 +11,15 @@ use std::time::Duration;
 
 use common::{Exporter, StandInBridge, value};
 use hass_test_support::binary::run;
-use hass_test_support::{SpawnedBinary, free_addr, http, wait_for};
+use hass_test_support::{Mosquitto, free_addr, http};
 use nix::sys::signal::Signal;
 
 const USER: &str = "exporter";
 const PASSWORD: &str = "mqtt-Pa55-word";
 
-/// A Mosquitto on a free port with a password file and `$SYS` every second.
-struct Mosquitto {
-    dir: tempfile::TempDir,
-    addr: SocketAddr,
-    process: Option<SpawnedBinary>,
-}
-
-impl Mosquitto {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let passwd = dir.path().join("passwd");
-        std::fs::write(&passwd, "").expect("passwd");
-        let status = Command::new("mosquitto_passwd")
-            .arg("-b")
-            .arg(&passwd)
-            .args([USER, PASSWORD])
-            .status()
-            .expect("mosquitto_passwd (Debian's mosquitto package; scripts/test installs it)");
-        assert!(status.success());
-        let addr = free_addr();
-        std::fs::write(
-            dir.path().join("mosquitto.conf"),
-            format!(
-                "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\nsys_interval 1\n\
-                 persistence false\nlog_dest stderr\nuser root\n",
-                addr.port(),
-                passwd.display()
-            ),
-        )
-        .expect("mosquitto.conf");
-        let mut m = Self {
-            dir,
-            addr,
-            process: None,
-        };
-        m.launch();
-        m
-    }
-
-    fn launch(&mut self) {
-        let mut cmd = Command::new("mosquitto");
-        cmd.arg("-c").arg(self.dir.path().join("mosquitto.conf"));
-        let process = SpawnedBinary::spawn(cmd).expect("mosquitto");
-        let addr = self.addr;
-        let listening = wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(addr).ok()
-        });
-        assert!(
-            listening.is_some(),
-            "mosquitto not listening: {}",
-            process.stderr()
-        );
-        self.process = Some(process);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.signal(Signal::SIGKILL);
-            p.wait_exit(Duration::from_secs(5));
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A Mosquitto with the exporter's user and `$SYS` every second.
+fn mosquitto() -> Mosquitto {
+    Mosquitto::start(USER, PASSWORD, "sys_interval 1\npersistence false\n")
 }
 
 fn broker_config(addr: SocketAddr) -> String {
@@ -95,7 +31,7 @@ fn broker_config(addr: SocketAddr) -> String {
 
 #[test]
 fn broker_round_trip_against_mosquitto_with_outage_and_recovery() {
-    let mut mosquitto = Mosquitto::start();
+    let mut mosquitto = mosquitto();
     let exporter = Exporter::start(
         &broker_config(mosquitto.addr),
         &[("mqtt-password", &format!("{PASSWORD}\n"))],
@@ -147,7 +83,7 @@ fn broker_round_trip_against_mosquitto_with_outage_and_recovery() {
 
 #[test]
 fn broker_username_and_password_from_files() {
-    let mosquitto = Mosquitto::start();
+    let mosquitto = mosquitto();
     let exporter = Exporter::start(
         &format!(
             "broker:\n  address: {}\n  username: {{ file: {{dir}}/mqtt-username }}\n  \
@@ -167,7 +103,7 @@ fn broker_username_and_password_from_files() {
 
 #[test]
 fn wrong_broker_password_is_down_not_a_crash() {
-    let mosquitto = Mosquitto::start();
+    let mosquitto = mosquitto();
     let exporter = Exporter::start(
         &broker_config(mosquitto.addr),
         &[("mqtt-password", "wrong-Pa55")],

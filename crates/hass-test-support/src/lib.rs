@@ -2,7 +2,8 @@
 //! ports, a throwaway PostgreSQL, socat pty pairs standing in for a USB stick,
 //! spawned binaries probed over their admin port, and Python's OpenMetrics
 //! parser for checking `/metrics` the way Prometheus reads it, and a real
-//! Home Assistant in a cached root filesystem, and an OCI registry.
+//! Home Assistant in a cached root filesystem, an OCI registry, and a
+//! real Mosquitto.
 //!
 //! Everything here fails loudly with a message saying what to install; a test
 //! never skips because a tool is missing.
@@ -11,6 +12,7 @@ pub mod binary;
 pub mod git;
 pub mod home_assistant;
 pub mod http;
+pub mod mosquitto;
 pub mod openmetrics;
 pub mod paho;
 pub mod ports;
@@ -20,6 +22,7 @@ pub mod registry;
 
 pub use binary::SpawnedBinary;
 pub use git::GitRemote;
+pub use mosquitto::Mosquitto;
 pub use ports::{free_addr, free_port};
 pub use postgres::TempPostgres;
 pub use pty::PtyPair;

@@ -40,14 +40,7 @@ impl TestBroker {
         }
         let extra = extra.replace("{dir}", &dir.path().display().to_string());
         let passwd = dir.path().join("passwd");
-        std::fs::write(&passwd, "").expect("passwd file");
-        let status = Command::new("mosquitto_passwd")
-            .arg("-b")
-            .arg(&passwd)
-            .args([USER, PASSWORD])
-            .status()
-            .expect("mosquitto_passwd (Debian's mosquitto package; the README test command installs it)");
-        assert!(status.success());
+        hass_test_support::mosquitto::add_user(&passwd, USER, PASSWORD);
         // Port 0: the kernel picks each port, the broker logs it, and the
         // first launch writes them into the config for restarts to keep.
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
@@ -140,13 +133,7 @@ impl TestBroker {
 
     /// Adds or changes a user in the password file with `mosquitto_passwd`.
     pub fn set_password(&self, user: &str, password: &str) {
-        let status = Command::new("mosquitto_passwd")
-            .arg("-b")
-            .arg(self.dir.path().join("passwd"))
-            .args([user, password])
-            .status()
-            .expect("mosquitto_passwd");
-        assert!(status.success());
+        hass_test_support::mosquitto::add_user(&self.dir.path().join("passwd"), user, password);
     }
 
     /// Runs the paho helper as `user`.

@@ -175,14 +175,7 @@ impl Broker {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let passwd = dir.path().join("passwd");
-        std::fs::write(&passwd, "").unwrap();
-        let status = Command::new("mosquitto_passwd")
-            .arg("-b")
-            .arg(&passwd)
-            .args([MQTT_USER, MQTT_PASSWORD])
-            .status()
-            .expect("mosquitto_passwd (Debian's mosquitto package; scripts/test installs it)");
-        assert!(status.success());
+        hass_test_support::mosquitto::add_user(&passwd, MQTT_USER, MQTT_PASSWORD);
         let mqtt = free_addr();
         let config = dir.path().join("broker.yaml");
         std::fs::write(
