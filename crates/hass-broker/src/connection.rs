@@ -1178,10 +1178,11 @@ fn message_from(
     client_id: &Arc<str>,
 ) -> Message {
     let mut props = props;
+    let now = SystemTime::now();
     let expires_at = props
         .as_mut()
         .and_then(|p| p.message_expiry_interval.take())
-        .map(|secs| SystemTime::now() + Duration::from_secs(u64::from(secs)));
+        .map(|secs| now + Duration::from_secs(u64::from(secs)));
     if let Some(p) = props.as_mut() {
         p.topic_alias = None;
         p.subscription_identifiers.clear();
@@ -1194,7 +1195,7 @@ fn message_from(
         properties: props.filter(|p| *p != PublishProperties::default()),
         expires_at,
         publisher: Some(client_id.clone()),
-        received_at: Some(SystemTime::now()),
+        received_at: Some(now),
     }
 }
 

@@ -10,23 +10,16 @@ use common::{PASSWORD, TestBroker, USER};
 use hass_test_support::Mosquitto;
 use serde_json::json;
 
-/// A retained message published to Mosquitto with mosquitto_pub;
-/// `extra` adds flags (`-V mqttv5`, a content type).
+/// A retained message published to Mosquitto; `extra` adds flags
+/// (`-V mqttv5`, a content type).
 fn retain_on(mosquitto: &Mosquitto, topic: &str, payload: &str, extra: &[&str]) {
-    let status = Command::new("mosquitto_pub")
-        .args([
-            "-p",
-            &mosquitto.addr.port().to_string(),
-            "-u",
-            USER,
-            "-P",
-            PASSWORD,
-        ])
-        .args(extra)
-        .args(["-q", "1", "-r", "-t", topic, "-m", payload])
-        .status()
-        .expect("mosquitto_pub");
-    assert!(status.success());
+    common::mosquitto_pub_retained(
+        mosquitto.path(),
+        mosquitto.addr.port(),
+        topic,
+        payload.as_bytes(),
+        extra,
+    );
 }
 
 /// Runs the paho helper against `port` as the test user.

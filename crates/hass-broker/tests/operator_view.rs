@@ -8,28 +8,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{PASSWORD, TestBroker, USER};
+use common::{TestBroker, USER};
 use hass_test_support::http;
 use serde_json::Value;
 
-/// Publishes a retained message as the test user with mosquitto_pub.
+/// Publishes a retained message to `broker` as the test user.
 fn retain(broker: &TestBroker, topic: &str, payload: &[u8]) {
-    let file = broker.dir.path().join("payload");
-    std::fs::write(&file, payload).expect("payload file");
-    let status = Command::new("mosquitto_pub")
-        .args([
-            "-p",
-            &broker.mqtt.port().to_string(),
-            "-u",
-            USER,
-            "-P",
-            PASSWORD,
-        ])
-        .args(["-q", "1", "-r", "-t", topic, "-f"])
-        .arg(&file)
-        .status()
-        .expect("mosquitto_pub");
-    assert!(status.success(), "mosquitto_pub {topic}");
+    common::mosquitto_pub_retained(broker.dir.path(), broker.mqtt.port(), topic, payload, &[]);
 }
 
 fn get_json(broker: &TestBroker, path: &str) -> Value {

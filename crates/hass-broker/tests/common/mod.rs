@@ -505,3 +505,26 @@ pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::net::TcpSt
     connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).expect("connect");
     std::net::TcpStream::from(fd)
 }
+
+/// Publishes a retained QoS 1 message with mosquitto_pub as the test user
+/// to the broker on `port` (hass-broker or Mosquitto); the payload goes
+/// through a file in `dir` so any bytes pass. `extra` adds flags
+/// (`-V mqttv5`, a content type).
+pub fn mosquitto_pub_retained(
+    dir: &std::path::Path,
+    port: u16,
+    topic: &str,
+    payload: &[u8],
+    extra: &[&str],
+) {
+    let file = dir.join("payload");
+    std::fs::write(&file, payload).expect("payload file");
+    let status = Command::new("mosquitto_pub")
+        .args(["-p", &port.to_string(), "-u", USER, "-P", PASSWORD])
+        .args(extra)
+        .args(["-q", "1", "-r", "-t", topic, "-f"])
+        .arg(&file)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(status.success(), "mosquitto_pub {topic}");
+}
