@@ -2,16 +2,22 @@
 # root filesystem built once into the cache, then reused by later runs (CI
 # included). $HASS_SIDECARS_CACHE, default /var/cache/hass-sidecars.
 #
-#   sid_rootfs_begin NAME   sets $root; exits 0 printing it when already built;
+#   sid_rootfs_begin NAME FAMILY
+#                           sets $root; exits 0 printing it when already built;
 #                           otherwise debootstraps into $work (flock-held)
 #   inside CMD...           runs CMD in $work with a clean environment
 #   sid_rootfs_finish       marks $work complete, moves it to $root, prints it
+#
+# Either way the other trees of FAMILY (older recipes or versions, 2-3 GB
+# each) are deleted: CI machines keep the cache and can be short of disk.
 
 sid_cache="${HASS_SIDECARS_CACHE:-/var/cache/hass-sidecars}"
 
 sid_rootfs_begin() {
     root="$sid_cache/$1"
+    family="$2"
     if [ -f "$root/.complete" ]; then
+        sid_rootfs_prune
         echo "$root"
         exit 0
     fi
@@ -49,5 +55,21 @@ sid_rootfs_finish() {
     touch "$work/.complete"
     rm -rf "$root"
     mv "$work" "$root"
+    sid_rootfs_prune
     echo "$root"
+}
+
+sid_rootfs_prune() {
+    local stale
+    for stale in "$sid_cache"/$family; do
+        [ "$stale" != "$root" ] && [ -d "$stale" ] || continue
+        # Another run may be building that one right now.
+        case "$stale" in *.partial) continue ;; esac
+        # Never recurse into a tree something is still mounted in.
+        if grep -q " $stale/" /proc/self/mounts; then continue; fi
+        [ -w "$stale" ] || continue
+        echo "==> removing $stale (superseded by $root)" >&2
+        rm -rf "$stale"
+        rm -f "$sid_cache/.$(basename "$stale").lock"
+    done
 }
