@@ -539,8 +539,7 @@ async fn run_scenario(addr: SocketAddr, pid: u32, s: Scenario, seconds: f64) -> 
     while ready.load(Ordering::SeqCst) < s.subscribers as u64 {
         assert!(
             Instant::now() < deadline,
-            "{} of {} subscribers connected and subscribed within 30 s (with \
-             --default-limits, 32 handshakes at once per address is hass-broker's cap)",
+            "{} of {} subscribers connected and subscribed within 30 s",
             ready.load(Ordering::SeqCst),
             s.subscribers
         );

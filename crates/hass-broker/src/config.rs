@@ -201,7 +201,10 @@ pub struct LimitsConfig {
     /// Connections that have not yet sent a complete CONNECT, in all: with
     /// `max_connect_size`, what unauthenticated peers can make the broker hold.
     pub max_handshakes: usize,
-    /// The same, from one source address.
+    /// The same, from one source address. A TCP connection over either cap
+    /// waits, unread, up to `connect_timeout` for a slot (a burst of devices
+    /// behind one NAT address gets in a cap's worth at a time); a WebSocket
+    /// upgrade over it is refused.
     pub max_handshakes_per_address: usize,
     /// The longest Keep Alive a client may use, seconds (Mosquitto's
     /// `max_keepalive`); `null` (default): any. An MQTT 5 client asking for

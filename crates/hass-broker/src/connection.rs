@@ -121,22 +121,31 @@ pub fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let admitted = ctx.admission.admit(peer.ip());
-    if let Err(refusal) = &admitted {
-        ctx.metrics
-            .connections_refused
-            .get_or_create(&refusal.label().into())
-            .inc();
-        debug!(%peer, reason = refusal.label(), "connection refused on arrival");
-    }
-    let handshake = admitted
-        .ok()
-        .map(|admitted| (Box::pin(handshake(stream, peer, ctx)), admitted));
-    async move {
-        let Some((handshake, mut admitted)) = handshake else {
-            return;
+    let handshake = Box::pin(async move {
+        // Over a handshake cap, a connection waits its turn (as long as it
+        // would have for CONNECT) rather than being closed: devices behind
+        // one NAT address all reconnect at once after a restart.
+        let admitted = ctx
+            .admission
+            .admit_patiently(peer.ip(), ctx.connect_timeout)
+            .await;
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                ctx.metrics
+                    .connections_refused
+                    .get_or_create(&refusal.label().into())
+                    .inc();
+                debug!(%peer, reason = refusal.label(), "connection refused on arrival");
+                return None;
+            }
         };
-        let Some((mut stream, mut conn)) = handshake.await else {
+        handshake(stream, peer, ctx)
+            .await
+            .map(|(stream, conn)| (stream, conn, admitted))
+    });
+    async move {
+        let Some((mut stream, mut conn, mut admitted)) = handshake.await else {
             return;
         };
         admitted.handshake_done();

@@ -4,10 +4,18 @@
 //! and per address. A handshake holds a bounded buffer, so these caps bound
 //! what unauthenticated peers can make a server hold, and the per-address
 //! ones keep one peer from taking every slot.
+//!
+//! A connection over a handshake cap can also wait for a slot
+//! ([`Admission::admit_patiently`]) instead of being closed: a burst of
+//! devices behind one NAT address reconnecting at once then gets in, one
+//! cap's worth at a time, and a waiting connection holds no buffer yet.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 /// The caps.
 #[derive(Debug, Clone, Copy)]
@@ -42,6 +50,9 @@ impl Refusal {
 struct Counts {
     connections: usize,
     handshakes: usize,
+    /// Connections waiting for a handshake slot: at most `max_handshakes`,
+    /// so a flood cannot make every release wake thousands of tasks.
+    waiting: usize,
     by_address: HashMap<IpAddr, (usize, usize)>,
 }
 
@@ -50,6 +61,8 @@ struct Counts {
 pub struct Admission {
     limits: AdmissionLimits,
     counts: Mutex<Counts>,
+    /// Told whenever a handshake slot comes free.
+    handshake_freed: Notify,
 }
 
 /// A connection that was let in; dropping it lets the next one in.
@@ -65,50 +78,109 @@ impl Admission {
         Arc::new(Self {
             limits,
             counts: Mutex::new(Counts::default()),
+            handshake_freed: Notify::new(),
         })
     }
 
     /// Lets a new connection from `address` in, in its handshake, or says
     /// which cap it hit.
     pub fn admit(self: &Arc<Self>, address: IpAddr) -> Result<Admitted, Refusal> {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let limits = &self.limits;
-        let (at_address, handshakes_at_address) =
-            counts.by_address.get(&address).copied().unwrap_or_default();
-        let refusal = if counts.connections >= limits.max_connections {
+        let mut counts = self.lock();
+        self.connection_cap(&counts, address)
+            .or_else(|| self.handshake_cap(&counts, address))
+            .map_or(Ok(()), Err)?;
+        Ok(self.take(&mut counts, address))
+    }
+
+    /// Like [`Self::admit`], but a connection over a handshake cap waits up
+    /// to `patience` for a slot instead of being refused at once, while at
+    /// most `max_handshakes` others wait (so waiting sockets are bounded,
+    /// though not counted as connections). The connection caps still
+    /// refuse at once.
+    pub async fn admit_patiently(
+        self: &Arc<Self>,
+        address: IpAddr,
+        patience: Duration,
+    ) -> Result<Admitted, Refusal> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            let freed = self.handshake_freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a slot freed after it wakes us.
+            freed.as_mut().enable();
+            {
+                let mut counts = self.lock();
+                if let Some(refusal) = self.connection_cap(&counts, address) {
+                    return Err(refusal);
+                }
+                let Some(refusal) = self.handshake_cap(&counts, address) else {
+                    return Ok(self.take(&mut counts, address));
+                };
+                if waiting.is_none() {
+                    if counts.waiting >= self.limits.max_handshakes {
+                        return Err(refusal);
+                    }
+                    counts.waiting += 1;
+                    waiting = Some(Waiting(self));
+                }
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                let counts = self.lock();
+                return Err(self
+                    .handshake_cap(&counts, address)
+                    .unwrap_or(Refusal::MaxHandshakesPerAddress));
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connection_cap(&self, counts: &Counts, address: IpAddr) -> Option<Refusal> {
+        let at_address = counts.by_address.get(&address).map_or(0, |e| e.0);
+        if counts.connections >= self.limits.max_connections {
             Some(Refusal::MaxConnections)
-        } else if at_address >= limits.max_connections_per_address {
+        } else if at_address >= self.limits.max_connections_per_address {
             Some(Refusal::MaxConnectionsPerAddress)
-        } else if counts.handshakes >= limits.max_handshakes {
+        } else {
+            None
+        }
+    }
+
+    fn handshake_cap(&self, counts: &Counts, address: IpAddr) -> Option<Refusal> {
+        let at_address = counts.by_address.get(&address).map_or(0, |e| e.1);
+        if counts.handshakes >= self.limits.max_handshakes {
             Some(Refusal::MaxHandshakes)
-        } else if handshakes_at_address >= limits.max_handshakes_per_address {
+        } else if at_address >= self.limits.max_handshakes_per_address {
             Some(Refusal::MaxHandshakesPerAddress)
         } else {
             None
-        };
-        if let Some(refusal) = refusal {
-            return Err(refusal);
         }
+    }
+
+    fn take(self: &Arc<Self>, counts: &mut Counts, address: IpAddr) -> Admitted {
         counts.connections += 1;
         counts.handshakes += 1;
         let entry = counts.by_address.entry(address).or_default();
         entry.0 += 1;
         entry.1 += 1;
-        Ok(Admitted {
+        Admitted {
             admission: self.clone(),
             address,
             in_handshake: true,
-        })
+        }
     }
 
     /// Connections now, and how many are in their handshake.
     pub fn counts(&self) -> (usize, usize) {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = self.lock();
         (counts.connections, counts.handshakes)
     }
 
     fn release(&self, address: IpAddr, connection: bool, handshake: bool) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self.lock();
         counts.connections -= usize::from(connection);
         counts.handshakes -= usize::from(handshake);
         if let Some(entry) = counts.by_address.get_mut(&address) {
@@ -118,6 +190,20 @@ impl Admission {
                 counts.by_address.remove(&address);
             }
         }
+        if handshake && counts.waiting > 0 {
+            drop(counts);
+            self.handshake_freed.notify_waiters();
+        }
+    }
+}
+
+/// One connection counted as waiting for a handshake slot, until dropped
+/// (admitted, refused, or its task cancelled).
+struct Waiting<'a>(&'a Admission);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
     }
 }
 
@@ -170,5 +256,79 @@ mod tests {
         drop(first);
         assert_eq!(admission.admit(b).unwrap_err(), Refusal::MaxHandshakes);
         assert_eq!(admission.counts(), (3, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_patient_connection_gets_the_next_handshake_slot() {
+        let admission = Admission::new(AdmissionLimits {
+            max_connections: 10,
+            max_connections_per_address: 5,
+            max_handshakes: 2,
+            max_handshakes_per_address: 1,
+        });
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let mut first = admission.admit(a).expect("first");
+        let waiter = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.admit_patiently(a, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "waits while the slot is taken");
+        first.handshake_done();
+        let second = waiter
+            .await
+            .expect("task")
+            .expect("admitted when the slot came free");
+        assert_eq!(admission.counts(), (2, 1));
+        // Nobody frees the slot: refused when patience runs out, and no
+        // longer counted as waiting.
+        let refused = admission.admit_patiently(a, Duration::from_secs(10)).await;
+        assert_eq!(refused.unwrap_err(), Refusal::MaxHandshakesPerAddress);
+        assert_eq!(admission.lock().waiting, 0);
+        drop(second);
+        drop(first);
+        assert_eq!(admission.counts(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_is_capped_and_connection_caps_refuse_at_once() {
+        let admission = Admission::new(AdmissionLimits {
+            max_connections: 10,
+            max_connections_per_address: 2,
+            max_handshakes: 1,
+            max_handshakes_per_address: 1,
+        });
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let mut b_connections = Vec::new();
+        for _ in 0..2 {
+            let mut connected = admission.admit(b).expect("b");
+            connected.handshake_done();
+            b_connections.push(connected);
+        }
+        let _first = admission.admit(a).expect("first");
+        let waiter = tokio::spawn({
+            let admission = admission.clone();
+            async move { admission.admit_patiently(a, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(admission.lock().waiting, 1);
+        // max_handshakes (1) already wait: the next is refused at once.
+        let c: IpAddr = [10, 0, 0, 3].into();
+        let started = tokio::time::Instant::now();
+        let refused = admission.admit_patiently(c, Duration::from_secs(10)).await;
+        assert_eq!(refused.unwrap_err(), Refusal::MaxHandshakes);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(
+            admission.lock().waiting,
+            0,
+            "a cancelled waiter stops counting"
+        );
+        // The connection caps never wait.
+        let refused = admission.admit_patiently(b, Duration::from_secs(10)).await;
+        assert_eq!(refused.unwrap_err(), Refusal::MaxConnectionsPerAddress);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }
