@@ -508,6 +508,13 @@ impl Connection {
                     if let Some(close) = self.handle_packets() {
                         return self.goodbye(stream, close).await;
                     }
+                    // A full read means more is waiting: let the other
+                    // connections (the subscribers this one floods among
+                    // them) take a turn first, instead of routing up to
+                    // tokio's budget of 128 reads (1 MiB) in one go.
+                    if n == READ_CHUNK {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Event::Read(Err(e)) => return Close::Io(e),
                 Event::Signal | Event::Committed => {}

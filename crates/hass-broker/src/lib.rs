@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hass_runtime::{Component, ComponentInfo, Context, Fatal};
+use hass_runtime::{Component, ComponentInfo, Context, Fatal, Scheduling};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -66,6 +66,12 @@ pub struct Broker {
 }
 
 impl Component for Broker {
+    // Packets are applied in the order they arrive across connections, as
+    // Mosquitto does: a SUBSCRIBE sent before another client's PUBLISH is in
+    // place for it. Store writes and password hashing have threads of their
+    // own, so one thread for the connections is not what limits throughput
+    // (BENCHMARKS.md).
+    const SCHEDULING: Scheduling = Scheduling::InArrivalOrder;
     const INFO: ComponentInfo = ComponentInfo {
         name: "broker",
         version: env!("CARGO_PKG_VERSION"),

@@ -201,3 +201,17 @@ fn the_broker_assigns_topic_aliases_to_clients_that_allow_them() {
         })
     );
 }
+
+/// Eclipse Paho's interoperability `test_request_response`: the responder's
+/// SUBSCRIBE, not yet acknowledged, then the request on another connection;
+/// the request reaches the responder with its Response Topic and the
+/// response comes back with its Correlation Data. (The same race, sent
+/// microseconds apart: `clients.rs`, `packets_from_two_connections_…`.)
+#[test]
+fn requests_and_responses_carry_response_topic_and_correlation_data() {
+    let broker = TestBroker::start("");
+    assert_eq!(
+        scenario(&broker, "request_response"),
+        json!({"rounds": 10, "answered": 10})
+    );
+}

@@ -40,12 +40,28 @@ impl ComponentInfo {
     }
 }
 
+/// How a component's async tasks share the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduling {
+    /// Up to two worker threads (two are plenty for a sidecar; tokio's
+    /// default of one per core would start dozens on a big node).
+    Parallel,
+    /// One thread that runs woken tasks first come, first served, so what
+    /// arrives on two sockets is handled in the order it arrived. (The
+    /// multi-thread scheduler runs the task woken last first, to favour
+    /// message passing.) Blocking work still goes to the blocking pool.
+    InArrivalOrder,
+}
+
 /// A long-running binary: parse, prepare, then run until shutdown.
 ///
 /// [`crate::run`] drives the phases so that every binary handles flags, env,
 /// config errors, `--check-config`, signals and exit codes the same way.
 pub trait Component: Sized + Send + std::fmt::Debug + 'static {
     const INFO: ComponentInfo;
+
+    /// How the runtime schedules the component's tasks.
+    const SCHEDULING: Scheduling = Scheduling::Parallel;
 
     /// The binary's own flags, beside the shared ones in [`crate::cli::CommonArgs`].
     type Args: clap::Args + Send;

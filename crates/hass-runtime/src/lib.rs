@@ -25,6 +25,6 @@ pub mod readiness;
 pub mod secret;
 pub mod shutdown;
 
-pub use component::{Component, ComponentInfo, Context};
+pub use component::{Component, ComponentInfo, Context, Scheduling};
 pub use exit::Fatal;
 pub use process::run;

@@ -13,7 +13,7 @@ use crate::cli::{self, CommonArgs, ComponentCli};
 use crate::config;
 use crate::logging;
 use crate::shutdown::{Shutdown, StopSignal, StopSignals};
-use crate::{Component, Context, Fatal};
+use crate::{Component, Context, Fatal, Scheduling};
 
 /// The readiness check that covers the time before the component runs.
 pub const STARTUP_CHECK: &str = "startup";
@@ -64,11 +64,16 @@ fn start<C: Component>(cli: ComponentCli<C::Args>) -> Result<ExitCode, Fatal> {
         info!(config = %source, "configuration is valid");
         return Ok(ExitCode::SUCCESS);
     }
-    // Two workers are plenty for a sidecar; tokio's default of one per host
-    // core would start dozens of threads on a big node for nothing.
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    let mut builder = match C::SCHEDULING {
+        Scheduling::Parallel => {
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        Scheduling::InArrivalOrder => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| Fatal::runtime(format!("cannot start the async runtime: {e}")))?;

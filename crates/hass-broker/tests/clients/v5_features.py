@@ -20,8 +20,9 @@ class Client:
     """A connected MQTT 5 client that records what it receives."""
 
     def __init__(self, client_id="", clean_start=True, expiry=None, props=None, will=None,
-                 keepalive=60):
+                 keepalive=60, threaded=True):
         self.messages = []
+        self.props = []
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         self.connected = threading.Event()
@@ -41,7 +42,14 @@ class Client:
             connect_props.SessionExpiryInterval = expiry
         self.c.connect("127.0.0.1", PORT, keepalive=keepalive, clean_start=clean_start,
                        properties=connect_props)
-        self.c.loop_start()
+        if threaded:
+            self.c.loop_start()
+        else:
+            # No network thread yet: what the caller sends next is written
+            # by the calling thread, before the call returns.
+            deadline = time.monotonic() + 10
+            while not self.connected.is_set() and time.monotonic() < deadline:
+                self.c.loop(0.1)
         assert self.connected.wait(10), "no CONNACK"
 
     def _on_connect(self, _c, _u, flags, rc, props):
@@ -61,6 +69,7 @@ class Client:
                 "expiry": getattr(props, "MessageExpiryInterval", None),
                 "alias": getattr(props, "TopicAlias", None),
             })
+            self.props.append(props)
             self.arrived.notify_all()
 
     def subscribe(self, topic, qos=1, sub_id=None, **options):
@@ -228,6 +237,38 @@ def server_topic_alias():
     return seen
 
 
+def request_response(rounds=10):
+    """Eclipse Paho's test_request_response, repeated: the responder's
+    SUBSCRIBE goes out unacknowledged and the request is published right
+    after it on another connection; the request arrives with its Response
+    Topic, and the response comes back with its Correlation Data."""
+    answered = 0
+    for i in range(rounds):
+        topic = "rr/%d" % i
+        a, b = Client(), Client(threaded=False)
+        a.subscribe(topic, qos=2, noLocal=True)
+        # On the wire before the request below (see Client's `threaded`);
+        # its SUBACK is not waited for.
+        b.c.subscribe(topic, options=SubscribeOptions(qos=2, noLocal=True))
+        b.c.loop_start()
+        request = Properties(PacketTypes.PUBLISH)
+        request.ResponseTopic = topic
+        request.CorrelationData = b"334-%d" % i
+        a.publish(topic, "request", props=request)
+        got = b.wait_for(1, timeout=3)
+        if got and got[0]["payload"] == "request":
+            asked = b.props[0]
+            response = Properties(PacketTypes.PUBLISH)
+            response.CorrelationData = asked.CorrelationData
+            b.publish(asked.ResponseTopic, "response", props=response)
+            back = a.wait_for(1, timeout=3)
+            if back and a.props[0].CorrelationData == request.CorrelationData:
+                answered += 1
+        a.close()
+        b.close()
+    return {"rounds": rounds, "answered": answered}
+
+
 def server_keep_alive():
     """Keep Alive asked for against `max_keepalive`: what CONNACK says back."""
     told = {}
@@ -240,6 +281,7 @@ def server_keep_alive():
 
 SCENARIOS = {
     "server_keep_alive": server_keep_alive, "server_topic_alias": server_topic_alias,
+    "request_response": request_response,
     "shared": shared, "topic_alias": topic_alias, "no_local": no_local,
     "retain_handling": retain_handling, "retain_as_published": retain_as_published,
     "subscription_ids": subscription_ids, "message_expiry": message_expiry,
