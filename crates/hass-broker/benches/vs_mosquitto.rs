@@ -41,7 +41,7 @@ const PAYLOAD: usize = 64;
 
 /// `--default-limits`: each broker with its own default limits, as a user
 /// who sets none gets them (Mosquitto's defaults are the equal limits
-/// above: 20 in flight, 1 000 queued; hass-broker's are 32 and 100 000
+/// above: 20 in flight, 1 000 queued; hass-broker's are 32 and 1 000
 /// within a 256 MiB budget).
 static DEFAULT_LIMITS: AtomicBool = AtomicBool::new(false);
 

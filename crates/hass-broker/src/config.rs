@@ -160,7 +160,9 @@ pub struct LimitsConfig {
     pub max_packet_size: usize,
     /// Messages queued per session before one is dropped (QoS 0 first, then
     /// as `slow_consumer` says). Retained messages sent on subscribe do not
-    /// count.
+    /// count. Default 1 000, Mosquitto's: under a sustained flood each
+    /// delivered message waits behind at most that many (BENCHMARKS.md);
+    /// raise it for a persistent session that must outlast a long absence.
     pub max_queued_messages: usize,
     /// Bytes queued across all sessions; over it, the largest queue sheds
     /// its oldest messages (retained replays excepted).
@@ -234,7 +236,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_packet_size: 8 * 1024 * 1024,
-            max_queued_messages: 100_000,
+            max_queued_messages: 1_000,
             memory_budget: 256 * 1024 * 1024,
             max_inflight: 32,
             slow_consumer: crate::router::SlowConsumer::DropOldest,

@@ -88,7 +88,7 @@ pub enum SlowConsumer {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_queued_messages: 100_000,
+            max_queued_messages: 1_000,
             memory_budget: 256 * 1024 * 1024,
             max_inflight: 32,
             slow_consumer: SlowConsumer::DropOldest,
