@@ -1,5 +1,5 @@
-//! hass-broker and Mosquitto side by side, in one run, under the same load
-//! from the same generator: fan-in (50 publishers → 1 subscriber) and
+//! hass-broker, Mosquitto and (when `rmqttd` is installed) rmqtt side by
+//! side, in one run, under the same load from the same generator: fan-in (50 publishers → 1 subscriber) and
 //! fan-out (1 publisher → 100 subscribers), QoS 0 and 1, at a fixed rate and
 //! unthrottled; then 1000 idle connections; then (hass-broker only) the time
 //! to restore 100 000 retained messages at start.
@@ -19,7 +19,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,6 +49,10 @@ static DEFAULT_LIMITS: AtomicBool = AtomicBool::new(false);
 enum Kind {
     Hass,
     Mosquitto,
+    /// rmqtt's server, `rmqttd` (crates.io; `cargo install rmqttd` needs
+    /// cmake and protoc), from `$RMQTTD` or `PATH`; left out, with a note,
+    /// when there is none. TCP scenarios only.
+    Rmqtt,
 }
 
 impl Kind {
@@ -56,8 +60,28 @@ impl Kind {
         match self {
             Kind::Hass => "hass-broker",
             Kind::Mosquitto => "mosquitto",
+            Kind::Rmqtt => "rmqtt",
         }
     }
+}
+
+/// `rmqttd`'s path, if there is one.
+fn rmqttd() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RMQTTD") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("rmqttd"))
+        .find(|path| path.is_file())
+}
+
+/// The brokers each scenario runs on: hass-broker first, the peers after.
+fn scenario_brokers() -> Vec<Kind> {
+    let mut kinds = vec![Kind::Hass, Kind::Mosquitto];
+    if rmqttd().is_some() {
+        kinds.push(Kind::Rmqtt);
+    }
+    kinds
 }
 
 struct Broker {
@@ -155,6 +179,17 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
                 .spawn()
                 .expect("spawn mosquitto (Debian's mosquitto package)")
         }
+        Kind::Rmqtt => {
+            let child = start_rmqtt(dir, addr);
+            wait_listening(addr);
+            return Broker {
+                child,
+                addr,
+                ws: addr,
+                tls: addr,
+                admin: None,
+            };
+        }
     };
     wait_listening(addr);
     wait_listening(ws);
@@ -166,6 +201,50 @@ fn start(kind: Kind, dir: &Path, data: &Path) -> Broker {
         tls,
         admin: None,
     }
+}
+
+/// rmqttd on `addr` (TCP only), logging off, with the bench's user and
+/// password checked by its ACL plugin and everything else allowed; its
+/// cluster RPC port on loopback, its HTTP API off.
+fn start_rmqtt(dir: &Path, addr: SocketAddr) -> Child {
+    let plugins = dir.join("rmqtt-plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    std::fs::write(
+        plugins.join("rmqtt-acl.toml"),
+        format!(
+            "disconnect_if_pub_rejected = true\nrules = [\n  [\"allow\", {{ user = \"{USER}\", password = \"{PASSWORD}\" }}, \"connect\"],\n  [\"deny\", \"all\", \"connect\"],\n  [\"allow\", \"all\"],\n]\n"
+        ),
+    )
+    .expect("acl");
+    for plugin in ["rmqtt-retainer", "rmqtt-counter"] {
+        let path = plugins.join(format!("{plugin}.toml"));
+        if !path.exists() {
+            std::fs::write(path, "").expect("plugin config");
+        }
+    }
+    let limits = if DEFAULT_LIMITS.load(Ordering::Relaxed) {
+        ""
+    } else {
+        "max_inflight = 20\nmax_mqueue_len = 1000\n"
+    };
+    let config = dir.join("rmqtt.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nid = 1\n[rpc]\nserver_addr = \"{rpc}\"\n[log]\nto = \"off\"\nlevel = \"error\"\n[plugins]\ndir = \"{plugins}\"\ndisabled_default_startups = [\"rmqtt-http-api\", \"rmqtt-p2p-messaging\"]\n[listener.tcp.external]\naddr = \"{addr}\"\nallow_anonymous = false\n{limits}",
+            rpc = free_addr(),
+            plugins = plugins.display(),
+        ),
+    )
+    .expect("config");
+    Command::new(rmqttd().expect("rmqttd"))
+        .arg("-f")
+        .arg(&config)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn rmqttd")
 }
 
 fn wait_listening(addr: SocketAddr) {
@@ -936,8 +1015,17 @@ fn main() {
         print_subscribe_latency(&rt, dir.path(), 2000, repeat);
         return;
     }
+    let brokers = scenario_brokers();
+    if !brokers.contains(&Kind::Rmqtt) {
+        eprintln!("no rmqttd (set RMQTTD or put it on PATH): rmqtt left out");
+    }
     println!(
-        "# hass-broker vs Mosquitto ({} s per scenario, 64-byte payloads)",
+        "# hass-broker vs {} ({} s per scenario, 64-byte payloads)",
+        brokers[1..]
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(" and "),
         seconds
     );
     println!();
@@ -950,9 +1038,9 @@ fn main() {
         if only.as_deref().is_some_and(|text| !s.name.contains(text)) {
             continue;
         }
-        let mut runs: [Vec<Result>; 2] = [Vec::new(), Vec::new()];
+        let mut runs: Vec<Vec<Result>> = brokers.iter().map(|_| Vec::new()).collect();
         for _ in 0..repeat {
-            for (i, kind) in [Kind::Hass, Kind::Mosquitto].into_iter().enumerate() {
+            for (i, &kind) in brokers.iter().enumerate() {
                 let data = dir.path().join(format!("data-{i}"));
                 let _ = std::fs::remove_dir_all(&data);
                 let broker = start(kind, dir.path(), &data);
@@ -972,29 +1060,36 @@ fn main() {
                 runs[i].push(r);
             }
         }
-        ratios.push((s.name, runs.map(|r| Result::median(&r))));
+        ratios.push((
+            s.name,
+            runs.iter().map(|r| Result::median(r)).collect::<Vec<_>>(),
+        ));
     }
-    println!();
-    println!(
-        "Ratios, hass-broker / Mosquitto{} (throughput: higher is better; p99, CPU, RSS: lower is better):",
-        if repeat > 1 {
-            format!(", medians of {repeat} runs each")
-        } else {
-            String::new()
-        }
-    );
-    println!();
-    println!("| scenario | throughput | p99 | CPU | peak RSS |");
-    println!("|---|---|---|---|---|");
-    for (name, [h, m]) in &ratios {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    for (peer, kind) in brokers.iter().enumerate().skip(1) {
+        println!();
         println!(
-            "| {name} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
-            ratio(h.throughput, m.throughput),
-            ratio(h.p99_us, m.p99_us),
-            ratio(h.cpu_s, m.cpu_s),
-            ratio(h.peak_rss_mib, m.peak_rss_mib)
+            "Ratios, hass-broker / {}{} (throughput: higher is better; p99, CPU, RSS: lower is better):",
+            kind.name(),
+            if repeat > 1 {
+                format!(", medians of {repeat} runs each")
+            } else {
+                String::new()
+            }
         );
+        println!();
+        println!("| scenario | throughput | p99 | CPU | peak RSS |");
+        println!("|---|---|---|---|---|");
+        for (name, medians) in &ratios {
+            let (h, m) = (&medians[0], &medians[peer]);
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            println!(
+                "| {name} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+                ratio(h.throughput, m.throughput),
+                ratio(h.p99_us, m.p99_us),
+                ratio(h.cpu_s, m.cpu_s),
+                ratio(h.peak_rss_mib, m.peak_rss_mib)
+            );
+        }
     }
 
     if only.is_some() {
