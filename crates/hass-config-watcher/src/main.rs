@@ -84,7 +84,9 @@ struct JsonReport<'a> {
 
 fn main() -> ExitCode {
     // clap exits 2 on bad usage, which is what we promise.
-    let (dir, format) = match Cli::parse().command {
+    // Every long flag also reads HASS_CONFIG_WATCHER_<FLAG>, as `run`'s do.
+    let cli: Cli = hass_runtime::cli::parse_with_env("HASS_CONFIG_WATCHER");
+    let (dir, format) = match cli.command {
         Command::Check { dir, format } => (dir, format),
         Command::Run { args } => return hass_config_watcher::run_command::main(args),
         Command::Backup {

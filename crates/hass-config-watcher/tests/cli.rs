@@ -108,3 +108,26 @@ fn missing_folder_is_an_error_not_a_crash() {
         "configuration.yaml:1:1: error: File configuration.yaml not found.\n"
     );
 }
+
+/// The README's promise for every flag, subcommands' included: `--format`
+/// from `HASS_CONFIG_WATCHER_FORMAT`, and the flag wins over it.
+#[test]
+fn subcommand_flags_fall_back_to_env() {
+    let dir = case("valid_minimal");
+    let out = Command::new(env!("CARGO_BIN_EXE_hass-config-watcher"))
+        .args(["check", dir.to_str().unwrap()])
+        .env("HASS_CONFIG_WATCHER_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], true);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_hass-config-watcher"))
+        .args(["check", dir.to_str().unwrap(), "--format", "text"])
+        .env("HASS_CONFIG_WATCHER_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "text on a valid config is silent");
+}

@@ -114,7 +114,9 @@ impl Push {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    // Every long flag also reads HASS_MANIFESTS_<FLAG>.
+    let cli: Cli = hass_runtime::cli::parse_with_env("HASS_MANIFESTS");
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, message)) => {
             eprintln!("hass-manifests: {message}");

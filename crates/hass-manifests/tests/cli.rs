@@ -238,6 +238,19 @@ fn render_writes_a_kustomization_and_stdout_the_same_objects() {
     assert!(out.status.success());
     let stream = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stream.matches("---\n").count(), files.len());
+    // Every flag also from HASS_MANIFESTS_<FLAG>, a subcommand's included.
+    let out = bin()
+        .args(["render"])
+        .env("HASS_MANIFESTS_VALUES", values)
+        .env("HASS_MANIFESTS_STDOUT", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), stream);
 }
 
 const DIGEST_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

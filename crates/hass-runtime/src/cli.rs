@@ -106,19 +106,34 @@ fn from_matches<T: Parser>(matches: ArgMatches) -> T {
 /// The clap command for `T`, named after the binary, with an env var for every
 /// long flag that does not name one itself.
 pub fn command<T: Parser>(info: &ComponentInfo) -> Command {
-    let prefix = info.env_prefix();
-    T::command()
-        .name(info.binary())
-        .bin_name(info.binary())
-        .version(info.version)
-        .mut_args(|arg| {
-            let Some(long) = arg.get_long() else {
-                return arg;
-            };
-            if arg.get_env().is_some() || matches!(long, "help" | "version") {
-                return arg;
-            }
-            let var = format!("{prefix}_{}", long.replace('-', "_").to_ascii_uppercase());
-            arg.env(var)
-        })
+    with_env_fallbacks(
+        T::command()
+            .name(info.binary())
+            .bin_name(info.binary())
+            .version(info.version),
+        &info.env_prefix(),
+    )
+}
+
+/// `cmd` with `PREFIX_FLAG_NAME` as the env fallback of every long flag,
+/// its subcommands' included (`check --format` reads `PREFIX_FORMAT`), for
+/// binaries whose first word picks a subcommand.
+pub fn with_env_fallbacks(cmd: Command, prefix: &str) -> Command {
+    cmd.mut_args(|arg| {
+        let Some(long) = arg.get_long() else {
+            return arg;
+        };
+        if arg.get_env().is_some() || matches!(long, "help" | "version") {
+            return arg;
+        }
+        let var = format!("{prefix}_{}", long.replace('-', "_").to_ascii_uppercase());
+        arg.env(var)
+    })
+    .mut_subcommands(|sub| with_env_fallbacks(sub, prefix))
+}
+
+/// Parses the process's arguments as `T` with [`with_env_fallbacks`]; exits
+/// 2 on bad usage, as clap does.
+pub fn parse_with_env<T: Parser>(prefix: &str) -> T {
+    from_matches(with_env_fallbacks(T::command(), prefix).get_matches())
 }
