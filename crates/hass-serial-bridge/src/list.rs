@@ -1,6 +1,7 @@
 //! `hass-serial-bridge list`: the serial devices this node can see, with what
 //! a config needs to name them (by-id path, VID:PID, serial number).
 
+use hass_runtime::logging::Untrusted;
 use std::ffi::OsString;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -58,9 +59,11 @@ pub fn render(ports: &[SerialPortInfo]) -> String {
                     ("product", &usb.product),
                     ("serial", &usb.serial),
                 ];
+                // The device's own words: escaped, as a hostile stick could
+                // send terminal control sequences.
                 for (label, value) in fields {
                     if let Some(value) = value {
-                        let _ = writeln!(out, "  {:<13} {value}", format!("{label}:"));
+                        let _ = writeln!(out, "  {:<13} {}", format!("{label}:"), Untrusted(value));
                     }
                 }
                 if let Some(guess) = coordinators::guess(usb) {

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use hass_runtime::logging::Untrusted;
+
 use crate::sysfs::{SerialPortInfo, UsbInfo};
 
 /// `usb: "10c4:ea60"` plus an optional serial number.
@@ -39,11 +41,13 @@ impl UsbMatch {
         match found.as_slice() {
             [one] => Ok(one),
             [] => Err(format!("no serial device matches USB {self}")),
+            // Many sticks share a VID:PID (10c4:ea60 is every CP210x): name
+            // what tells them apart instead of picking one.
             many => Err(format!(
-                "{} serial devices match USB {self} ({}); add `serial:` to pick one",
+                "{} serial devices match USB {self}: {}; add `serial:` to pick one",
                 many.len(),
                 many.iter()
-                    .map(|p| p.dev_path.display().to_string())
+                    .map(|p| describe(p))
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
@@ -59,6 +63,22 @@ impl fmt::Display for UsbMatch {
         }
         Ok(())
     }
+}
+
+/// `/dev/ttyUSB0 (serial "A1", /dev/serial/by-id/usb-...)`; the serial
+/// number is the device's own word (and udev names links after it), escaped.
+fn describe(port: &SerialPortInfo) -> String {
+    let serial = port.usb.as_ref().and_then(|u| u.serial.as_deref());
+    let mut text = format!("{} (serial ", port.dev_path.display());
+    match serial {
+        Some(serial) => text.push_str(&format!("\"{}\"", Untrusted(serial))),
+        None => text.push_str("none"),
+    }
+    for link in &port.by_id {
+        text.push_str(&format!(", {}", Untrusted(&link.display().to_string())));
+    }
+    text.push(')');
+    text
 }
 
 fn parse_vid_pid(text: &str) -> Option<(u16, u16)> {
@@ -79,7 +99,7 @@ mod tests {
         SerialPortInfo {
             tty: tty.to_owned(),
             dev_path: format!("/dev/{tty}").into(),
-            by_id: Vec::new(),
+            by_id: vec![format!("/dev/serial/by-id/usb-{serial}-port0").into()],
             driver: Some("cp210x".to_owned()),
             usb: Some(UsbInfo {
                 vid: 0x10c4,
@@ -97,10 +117,21 @@ mod tests {
         let ports = [port("ttyUSB0", "A"), port("ttyUSB1", "B")];
         let any = UsbMatch::parse("10c4:ea60", None).unwrap();
         let e = any.find(&ports).unwrap_err();
-        assert!(e.contains("2 serial devices match USB 10c4:ea60"), "{e}");
-        assert!(e.contains("/dev/ttyUSB0, /dev/ttyUSB1"), "{e}");
+        assert_eq!(
+            e,
+            "2 serial devices match USB 10c4:ea60: /dev/ttyUSB0 (serial \"A\", \
+             /dev/serial/by-id/usb-A-port0), /dev/ttyUSB1 (serial \"B\", \
+             /dev/serial/by-id/usb-B-port0); add `serial:` to pick one"
+        );
         let b = UsbMatch::parse("10c4:ea60", Some("B".into())).unwrap();
         assert_eq!(b.find(&ports).unwrap().tty, "ttyUSB1");
+        // A serial number is the device's word: escaped in the error.
+        let evil = [port("ttyUSB0", "A"), port("ttyUSB1", "B\u{1b}[2J")];
+        let e = any.find(&evil).unwrap_err();
+        assert!(
+            !e.contains('\u{1b}') && e.contains(r#"serial "B\u{1b}[2J""#),
+            "{e}"
+        );
         let c = UsbMatch::parse("10c4:ea60", Some("C".into())).unwrap();
         assert_eq!(
             c.find(&ports).unwrap_err(),
