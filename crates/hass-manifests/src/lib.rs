@@ -17,7 +17,6 @@ pub mod crd;
 pub mod images;
 pub mod meta;
 pub mod output;
-mod positions;
 pub mod render;
 pub mod values;
 pub mod yaml;

@@ -1006,7 +1006,7 @@ fn checked(text: &str, file: &str) -> Result<Values, ValuesError> {
         .check()
         .map_err(|(key, message)| ValuesError::Invalid {
             file: file.to_owned(),
-            position: crate::positions::KeyPositions::of(text).find(&key),
+            position: hass_runtime::positions::KeyPositions::of(text).find(&key),
             key,
             message,
         })?;

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod metrics;
 pub mod parent;
 pub mod ports;
+pub mod positions;
 pub mod process;
 pub mod readiness;
 pub mod secret;

@@ -52,7 +52,11 @@ fn start<C: Component>(cli: ComponentCli<C::Args>) -> Result<ExitCode, Fatal> {
         common.admin_listen = C::admin_config(&config).and_then(|admin| admin.listen);
     }
     crate::parent::follow()?;
-    let component = C::prepare(args, config, common.config.as_deref())?;
+    let component =
+        C::prepare(args, config, common.config.as_deref()).map_err(|e| match &common.config {
+            Some(path) => e.located_in(path),
+            None => e,
+        })?;
     // Secrets are typed to print as [REDACTED], so the whole effective
     // configuration can be logged for whoever debugs a pod.
     debug!(?component, "effective configuration");

@@ -93,8 +93,9 @@ fn a_path_that_is_not_a_tty_exits_2() {
     ));
     assert_eq!(code, 2, "{stderr}");
     assert!(
+        // Checks after parsing point at the key as parse errors do.
         stderr.contains(&format!(
-            "devices[0].path: {} is a regular file, not a serial device",
+            "bridge.yaml:3:5: devices[0].path: {} is a regular file, not a serial device",
             file.display()
         )),
         "{stderr}"
@@ -108,7 +109,7 @@ fn a_path_that_is_not_a_tty_exits_2() {
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains(
-            "devices[0].path: /dev/null is a character device that is not a tty, not a serial device"
+            "bridge.yaml:3:5: devices[0].path: /dev/null is a character device that is not a tty, not a serial device"
         ),
         "{stderr}"
     );

@@ -1,8 +1,9 @@
-//! Where each key of a values file is, so errors of the checks made after
-//! parsing (`Values::check`) point at a line and column like parse errors do.
+//! Where each key of a YAML file is, so errors of the checks made after
+//! parsing (a component's `prepare`, hass-manifests' `Values::check`) point
+//! at a line and column like parse errors do.
 //!
 //! The text is read a second time into a map from key path
-//! (`serial_bridge.devices[0].name`, as `check` names keys) to the 1-based
+//! (`serial_bridge.devices[0].name`, as the checks name keys) to the 1-based
 //! line and column of that key. A sequence item's position is that of its
 //! first key. Only called when a check failed, so the second read costs
 //! nothing on the good path.
@@ -16,11 +17,11 @@ use serde_saphyr::Spanned;
 
 /// 1-based (line, column) by key path.
 #[derive(Debug, Default)]
-pub(crate) struct KeyPositions(BTreeMap<String, (u64, u64)>);
+pub struct KeyPositions(BTreeMap<String, (u64, u64)>);
 
 impl KeyPositions {
     /// Reads `text`; YAML that does not parse gives no positions.
-    pub(crate) fn of(text: &str) -> Self {
+    pub fn of(text: &str) -> Self {
         let mut positions = Self::default();
         let _ = serde_saphyr::with_deserializer_from_str(text, |de| {
             Collect {
@@ -34,7 +35,7 @@ impl KeyPositions {
 
     /// The position of `key`, or of its nearest written ancestor: a key that
     /// is absent (left to its default) is reported where its parent is.
-    pub(crate) fn find(&self, key: &str) -> Option<(u64, u64)> {
+    pub fn find(&self, key: &str) -> Option<(u64, u64)> {
         let mut key = key;
         loop {
             if let Some(position) = self.0.get(key) {
