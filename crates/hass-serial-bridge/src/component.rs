@@ -2,6 +2,7 @@
 //! device's port, and run one task per device until shutdown.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use crate::device_bridge::DeviceBridge;
 use crate::metrics::BridgeMetrics;
 use crate::serial_port;
 use crate::sysfs::SysRoots;
+use crate::zeroconf::Advertiser;
 
 /// Flags of `hass-serial-bridge` beside the shared ones.
 #[derive(Debug, Clone, clap::Args)]
@@ -116,6 +118,19 @@ impl Component for SerialBridge {
         ctx.metrics
             .register(|registry| metrics = Some(BridgeMetrics::register(registry, &names)));
         let metrics = metrics.unwrap_or_default();
+        // One mDNS responder for the devices that are announced; without it
+        // they are still served, only not found by themselves.
+        let advertiser = if self.devices.iter().any(|d| d.zeroconf.is_some()) {
+            match Advertiser::start() {
+                Ok(advertiser) => Some(Arc::new(advertiser)),
+                Err(e) => {
+                    error!("{e}; devices are served but not announced");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         for ((spec, listener), ready) in self.devices.into_iter().zip(listeners).zip(checks) {
             let bridge = DeviceBridge {
                 ready,
@@ -123,6 +138,7 @@ impl Component for SerialBridge {
                 keepalive: self.keepalive,
                 roots: self.roots.clone(),
                 shutdown: ctx.shutdown.clone(),
+                advertiser: advertiser.clone().filter(|_| spec.zeroconf.is_some()),
                 spec,
             };
             info!(device = %bridge.spec.name, listen = %bridge.spec.listen, "listening");

@@ -60,6 +60,11 @@ pub struct DeviceConfig {
     /// Pin steps run after `dtr`/`rts`, e.g. to keep a stick out of its bootloader.
     #[serde(default)]
     pub pin_sequence: Vec<PinStep>,
+    /// Announce the device on mDNS while it is open (`zeroconf: {}`, or
+    /// with `radio_type` / `instance`); needs multicast to reach the
+    /// clients, i.e. host networking.
+    #[serde(default)]
+    pub zeroconf: Option<crate::zeroconf::ZeroconfConfig>,
 }
 
 impl DeviceConfig {
@@ -208,6 +213,7 @@ pub struct DeviceSpec {
     pub listen: SocketAddr,
     pub serial: SerialSettings,
     pub second_client: SecondClient,
+    pub zeroconf: Option<crate::zeroconf::ZeroconfConfig>,
 }
 
 /// Checks what serde cannot: one source per device, unique names and ports,
@@ -264,6 +270,7 @@ pub fn validate(config: BridgeConfig) -> Result<(Vec<DeviceSpec>, KeepaliveConfi
             listen: device.listen,
             serial,
             second_client: device.second_client,
+            zeroconf: device.zeroconf,
         });
     }
     let k = config.keepalive;

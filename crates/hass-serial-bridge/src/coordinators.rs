@@ -3,6 +3,7 @@
 //! chip (10c4:ea60 is every CP210x), so the product string decides when it can.
 
 use crate::sysfs::UsbInfo;
+use crate::zeroconf::RadioType;
 
 /// A human-readable guess, or `None` for an unknown device.
 pub fn guess(usb: &UsbInfo) -> Option<&'static str> {
@@ -44,6 +45,29 @@ pub fn guess(usb: &UsbInfo) -> Option<&'static str> {
         _ => return None,
     };
     Some(guess)
+}
+
+/// The zigpy radio type of a Zigbee coordinator, when the USB identity
+/// tells it (for the mDNS announcement ZHA reads); `None` for Z-Wave sticks
+/// and anything unsure.
+pub fn radio_type(usb: &UsbInfo) -> Option<RadioType> {
+    let product = usb
+        .product
+        .as_deref()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match (usb.vid, usb.pid) {
+        (0x10c4, 0xea60) if product.contains("skyconnect") || product.contains("zbt-1") => {
+            Some(RadioType::Ezsp)
+        }
+        (0x10c4, 0xea60) if product.contains("sonoff") && product.contains("plus") => {
+            Some(RadioType::Znp)
+        }
+        (0x10c4, 0x8a2a) | (0x1a86, 0x55d4) => Some(RadioType::Ezsp),
+        (0x1cf1, 0x0030) => Some(RadioType::Deconz),
+        (0x0451, 0x16a8 | 0x16c8) => Some(RadioType::Znp),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hass_runtime::readiness::ReadinessCheck;
@@ -20,7 +21,8 @@ use crate::device_watcher::DeviceWatcher;
 use crate::metrics::{DeviceMetrics, RefusalReason};
 use crate::serial_port::{self, OpenError, OpenedPort, PinOutcome};
 use crate::serial_stream::SerialStream;
-use crate::sysfs::{self, SysRoots};
+use crate::sysfs::{self, SysRoots, UsbInfo};
+use crate::zeroconf::{Advertiser, Announcement};
 
 /// Sized for a burst from a fast client; serial reads are far smaller.
 const BUFFER: usize = 16 * 1024;
@@ -34,6 +36,8 @@ pub struct DeviceBridge {
     pub metrics: DeviceMetrics,
     pub ready: ReadinessCheck,
     pub shutdown: Shutdown,
+    /// Set when the device is announced on mDNS (`zeroconf:`).
+    pub advertiser: Option<Arc<Advertiser>>,
 }
 
 /// Why serving an open device stopped.
@@ -64,8 +68,12 @@ impl DeviceBridge {
             self.metrics.device_up.set(1);
             self.ready.set_ready();
             info!(device = %self.spec.name, "device open, serving on {}", self.spec.listen);
+            let announced = self.announce();
             let end = self.serve_device(port, &listener).await;
             self.metrics.device_up.set(0);
+            if let (Some(advertiser), Some(name)) = (&self.advertiser, announced) {
+                advertiser.withdraw(&name);
+            }
             match end {
                 DeviceEnd::Shutdown => return,
                 DeviceEnd::Gone(reason) => {
@@ -129,6 +137,35 @@ impl DeviceBridge {
             }
         };
         serial_port::open(&path, &self.spec.serial).await
+    }
+
+    /// Announces the open device, if it is to be; returns the name to
+    /// withdraw it by.
+    fn announce(&self) -> Option<String> {
+        let advertiser = self.advertiser.as_ref()?;
+        let config = self.spec.zeroconf.as_ref()?;
+        let usb = self.usb_identity();
+        let ad = Announcement::of(
+            &self.spec.name,
+            config,
+            self.spec.listen,
+            usb.as_ref(),
+            advertiser.host(),
+        );
+        advertiser.announce(&ad)
+    }
+
+    /// The USB identity of the device now open, from sysfs.
+    fn usb_identity(&self) -> Option<UsbInfo> {
+        let ports = sysfs::scan(&self.roots);
+        match &self.spec.source {
+            DeviceSource::Usb(usb) => usb.find(&ports).ok().and_then(|p| p.usb.clone()),
+            DeviceSource::Path(path) => {
+                let real = std::fs::canonicalize(path).ok()?;
+                let tty = real.file_name()?.to_str()?;
+                ports.into_iter().find(|p| p.tty == tty).and_then(|p| p.usb)
+            }
+        }
     }
 
     /// Folders where the device appears when plugged in.

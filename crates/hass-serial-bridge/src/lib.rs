@@ -7,6 +7,13 @@
 //! directions; an unplugged stick is reopened as soon as it returns. `list`
 //! shows the serial devices sysfs knows, with a guess at each coordinator.
 //!
+//! With `zeroconf:` a device is announced on mDNS while it is open, so ZHA
+//! discovers it: `_zigbee-coordinator._tcp` with TXT `radio_type` (from
+//! `zeroconf.radio_type`, or guessed from the USB identity) and
+//! `serial_number`; `_serial-bridge._tcp` when no radio type is known. It is
+//! withdrawn (goodbye packets) on unplug and at stop, announced again on
+//! replug.
+//!
 //! `dtr`, `rts` and `pin_sequence` are set on every open; a failure fails the
 //! open (a stick left in its bootloader never answers). A device with no
 //! modem-control lines at all (a pty, a network-backed tty) is served without
@@ -20,6 +27,7 @@
 //!     baud: 115200            # data_bits 8, parity none, stop_bits 1 by default
 //!     flow_control: none      # none | rts_cts | xon_xoff
 //!     second_client: replace  # or reject
+//!     zeroconf: {}            # announce on mDNS while open (host networking)
 //!   - name: zwave
 //!     match: { usb: "0658:0200", serial: "optional" }
 //!     listen: 0.0.0.0:6639
@@ -40,5 +48,6 @@ pub mod serial_port;
 pub mod serial_stream;
 pub mod sysfs;
 pub mod usb;
+pub mod zeroconf;
 
 pub use component::SerialBridge;

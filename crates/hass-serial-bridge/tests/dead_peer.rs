@@ -9,89 +9,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Stick, read_exactly};
+use common::{BIN, BRIDGE_IP, NetnsPair, Stick, read_exactly};
 use hass_test_support::{SpawnedBinary, wait_for};
 
-/// Addresses inside the test's own namespaces only.
-const BRIDGE_IP: &str = "10.213.77.1";
-const CLIENT_IP: &str = "10.213.77.2";
 const PORT: u16 = 6638;
-
-/// Two namespaces joined by a veth pair, deleted on drop.
-struct NetnsPair {
-    bridge_ns: String,
-    client_ns: String,
-    /// The client's end of the veth pair.
-    client_veth: String,
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("cannot run `ip`: install iproute2 (and run as root)");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-impl NetnsPair {
-    fn new(tag: &str) -> Self {
-        let id = std::process::id();
-        // Interface names must stay under 16 bytes.
-        let veth_b = format!("hsb{id}{tag}b");
-        let veth_c = format!("hsb{id}{tag}c");
-        let pair = Self {
-            bridge_ns: format!("hsb-{id}-{tag}-b"),
-            client_ns: format!("hsb-{id}-{tag}-c"),
-            client_veth: veth_c.clone(),
-        };
-        let (b, c) = (pair.bridge_ns.as_str(), pair.client_ns.as_str());
-        ip(&["netns", "add", b]);
-        ip(&["netns", "add", c]);
-        ip(&[
-            "link", "add", &veth_b, "netns", b, "type", "veth", "peer", "name", &veth_c, "netns", c,
-        ]);
-        for (ns, dev, addr) in [(b, &veth_b, BRIDGE_IP), (c, &veth_c, CLIENT_IP)] {
-            ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        pair
-    }
-
-    /// The client's packets stop: no FIN, no RST, nothing.
-    fn blackhole_client(&self) {
-        ip(&[
-            "-n",
-            &self.client_ns,
-            "link",
-            "set",
-            &self.client_veth,
-            "down",
-        ]);
-    }
-
-    fn exec(&self, ns: &str, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns, program]);
-        command
-    }
-}
-
-impl Drop for NetnsPair {
-    fn drop(&mut self) {
-        for ns in [&self.bridge_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
 
 /// Connects, sends `hello`, prints what it reads back, then holds the socket.
 const CLIENT: &str = r#"

@@ -273,3 +273,95 @@ pub(crate) fn connect(addr: SocketAddr, read_timeout: Duration) -> TcpStream {
         .expect("set a read timeout");
     stream
 }
+
+/// Addresses inside the test's own namespaces only.
+pub(crate) const BRIDGE_IP: &str = "10.213.77.1";
+pub(crate) const CLIENT_IP: &str = "10.213.77.2";
+
+/// Two network namespaces joined by a veth pair (the bridge's host and a
+/// client's), for what crosses a network; deleted on drop. Needs root (as
+/// CI runs) and iproute2.
+pub(crate) struct NetnsPair {
+    pub(crate) bridge_ns: String,
+    pub(crate) client_ns: String,
+    /// Each side's end of the veth pair.
+    bridge_veth: String,
+    client_veth: String,
+}
+
+pub(crate) fn ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("cannot run `ip`: install iproute2 (and run as root)");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl NetnsPair {
+    pub(crate) fn new(tag: &str) -> Self {
+        let id = std::process::id();
+        // Interface names must stay under 16 bytes.
+        let veth_b = format!("hsb{id}{tag}b");
+        let veth_c = format!("hsb{id}{tag}c");
+        let pair = Self {
+            bridge_ns: format!("hsb-{id}-{tag}-b"),
+            client_ns: format!("hsb-{id}-{tag}-c"),
+            bridge_veth: veth_b.clone(),
+            client_veth: veth_c.clone(),
+        };
+        let (b, c) = (pair.bridge_ns.as_str(), pair.client_ns.as_str());
+        ip(&["netns", "add", b]);
+        ip(&["netns", "add", c]);
+        ip(&[
+            "link", "add", &veth_b, "netns", b, "type", "veth", "peer", "name", &veth_c, "netns", c,
+        ]);
+        for (ns, dev, addr) in [(b, &veth_b, BRIDGE_IP), (c, &veth_c, CLIENT_IP)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        pair
+    }
+
+    /// Multicast (mDNS) between the two: a route for 224.0.0.0/4 on each
+    /// side's veth, as a LAN has.
+    pub(crate) fn route_multicast(&self) {
+        for (ns, dev) in [
+            (&self.bridge_ns, &self.bridge_veth),
+            (&self.client_ns, &self.client_veth),
+        ] {
+            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", dev]);
+        }
+    }
+
+    /// The client's packets stop: no FIN, no RST, nothing.
+    pub(crate) fn blackhole_client(&self) {
+        ip(&[
+            "-n",
+            &self.client_ns,
+            "link",
+            "set",
+            &self.client_veth,
+            "down",
+        ]);
+    }
+
+    pub(crate) fn exec(&self, ns: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, program]);
+        command
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.bridge_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
