@@ -700,6 +700,34 @@ pub struct Device {
     pub baud: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_control: Option<FlowControl>,
+    /// Announce the stick on mDNS, so ZHA discovers it. mDNS needs the
+    /// node's network: this node's bridge runs with host networking, its
+    /// ports open to the node's networks, and its NetworkPolicy no longer
+    /// holds. Useful with `home_assistant.host_network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zeroconf: Option<Zeroconf>,
+}
+
+/// A device's mDNS announcement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Zeroconf {
+    /// The Zigbee radio's type (what ZHA's discovery needs); absent, the
+    /// bridge guesses it from the stick's USB identity, and a stick it
+    /// cannot place is announced as a plain `_serial-bridge._tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radio_type: Option<RadioType>,
+}
+
+/// zigpy's radio types, as ZHA's discovery names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RadioType {
+    Ezsp,
+    Znp,
+    Deconz,
+    Zigate,
+    Xbee,
 }
 
 fn default_device_port() -> u16 {

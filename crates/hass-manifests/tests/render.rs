@@ -332,6 +332,49 @@ fn each_node_gets_its_own_bridge_with_only_its_devices() {
     }
 }
 
+/// mDNS needs the node's network: a device with `zeroconf:` puts its own
+/// node's bridge there (and its policy says it no longer holds), no other
+/// node's; the bridge itself reads the rendered config.
+#[test]
+fn a_zeroconf_device_puts_only_its_nodes_bridge_on_the_host_network() {
+    let ms = render(
+        "serial_bridge:\n  enabled: true\n  devices:\n\
+         \x20   - { name: zigbee, node: node-a, path: /dev/ttyUSB0, zeroconf: { radio_type: znp } }\n\
+         \x20   - { name: zwave, node: node-b, path: /dev/ttyACM0, port: 6639 }\n\
+         network_policy:\n  kubernetes: true\n",
+    );
+    for (node, announced) in [("node-a", true), ("node-b", false)] {
+        let name = format!("home-assistant-serial-bridge-{node}");
+        let ds: DaemonSet = parse(find(&ms, "DaemonSet", &name));
+        let annotations = ds.metadata.annotations.clone().unwrap_or_default();
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.host_network, announced.then_some(true), "{node}");
+        assert_eq!(
+            pod.dns_policy.as_deref(),
+            announced.then_some("ClusterFirstWithHostNet"),
+            "{node}"
+        );
+        assert_eq!(
+            annotations.values().any(|v| v.starts_with("CKV_K8S_19=")),
+            announced,
+            "{node}: {annotations:?}"
+        );
+        let policy = &find(&ms, "NetworkPolicy", &name).yaml;
+        assert_eq!(policy.contains("DOES NOT APPLY"), announced, "{policy}");
+        let cm: ConfigMap = parse(find(&ms, "ConfigMap", &name));
+        let text = &cm.data.unwrap()["serial-bridge.yaml"];
+        let config: hass_serial_bridge::config::BridgeConfig =
+            hass_runtime::config::parse_yaml(text).unwrap();
+        let (devices, _) = hass_serial_bridge::config::validate(config).unwrap();
+        let radio = devices[0]
+            .zeroconf
+            .as_ref()
+            .and_then(|z| z.radio_type)
+            .map(|r| r.name());
+        assert_eq!(radio, announced.then_some("znp"), "{node}:\n{text}");
+    }
+}
+
 #[test]
 fn package_wires_the_recorder_through_the_password_secret() {
     let ms = example("homelab");

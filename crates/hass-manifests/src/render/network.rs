@@ -200,12 +200,21 @@ fn policies(values: &Values) -> Vec<Policy> {
         if !client_labels.is_empty() {
             device_clients.push(Peer::Local(client_labels.clone()));
         }
+        let mut description = format!(
+            "serial bridge on {}: device ports from Home Assistant and labelled clients of this namespace, admin from monitoring and the exporter; no egress",
+            group.node
+        );
+        if serial_bridge::on_host_network(&group) {
+            // As for Home Assistant's: written down, but it does not hold.
+            description.push_str(
+                ". DOES NOT APPLY: serial_bridge.devices[].zeroconf puts this node's bridge on the \
+                 node's network, where no pod policy reaches; its device ports (no \
+                 authentication) and admin port are open to the node's networks",
+            );
+        }
         out.push(Policy {
             name: group.name.clone(),
-            description: format!(
-                "serial bridge on {}: device ports from Home Assistant and labelled clients of this namespace, admin from monitoring and the exporter; no egress",
-                group.node
-            ),
+            description,
             pods,
             ingress: vec![
                 Allow {

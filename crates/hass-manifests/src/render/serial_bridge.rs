@@ -104,6 +104,9 @@ fn config_map(values: &Values, group: &NodeGroup<'_>) -> ConfigMap {
             if let Some(flow) = d.flow_control {
                 device["flow_control"] = json!(flow.as_str());
             }
+            if let Some(zeroconf) = &d.zeroconf {
+                device["zeroconf"] = json!(zeroconf);
+            }
             device
         })
         .collect();
@@ -119,6 +122,12 @@ fn config_map(values: &Values, group: &NodeGroup<'_>) -> ConfigMap {
         )])),
         ..Default::default()
     }
+}
+
+/// Whether this node's bridge announces a device on mDNS, which needs the
+/// node's network (only this node's DaemonSet gets it).
+pub(crate) fn on_host_network(group: &NodeGroup<'_>) -> bool {
+    group.devices.iter().any(|d| d.zeroconf.is_some())
 }
 
 /// Container port names are at most 15 characters: `tcp-<port>`.
@@ -227,6 +236,13 @@ fn daemon_set(values: &Values, group: &NodeGroup<'_>) -> DaemonSet {
             .reference()],
     ));
     accepted.extend(meta::network_policy_findings(values));
+    let host_network = on_host_network(group);
+    if host_network {
+        accepted.push(Accepted {
+            check: "CKV_K8S_19",
+            reason: "serial_bridge.devices[].zeroconf: mDNS announcements need the node's network",
+        });
+    }
     let mut metadata = object_meta(values, &group.name, group_labels(values, group));
     accept(&mut metadata, &accepted);
     DaemonSet {
@@ -246,6 +262,8 @@ fn daemon_set(values: &Values, group: &NodeGroup<'_>) -> DaemonSet {
                     service_account_name: Some(values.name.clone()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
+                    host_network: host_network.then_some(true),
+                    dns_policy: host_network.then(|| "ClusterFirstWithHostNet".to_owned()),
                     security_context: Some(PodSecurityContext {
                         run_as_user: Some(SIDECAR_UID),
                         run_as_group: Some(SIDECAR_UID),
