@@ -7,6 +7,19 @@ use crate::zeroconf::RadioType;
 
 /// A human-readable guess, or `None` for an unknown device.
 pub fn guess(usb: &UsbInfo) -> Option<&'static str> {
+    identify(usb).map(|(description, _)| description)
+}
+
+/// The zigpy radio type of a Zigbee coordinator, when the USB identity
+/// tells it (for the mDNS announcement ZHA reads); `None` for Z-Wave sticks
+/// and anything unsure.
+pub fn radio_type(usb: &UsbInfo) -> Option<RadioType> {
+    identify(usb).and_then(|(_, radio)| radio)
+}
+
+/// One table for both: what the stick is, and its radio type when sure.
+fn identify(usb: &UsbInfo) -> Option<(&'static str, Option<RadioType>)> {
+    use RadioType::{Deconz, Ezsp, Znp};
     let product = usb
         .product
         .as_deref()
@@ -17,57 +30,47 @@ pub fn guess(usb: &UsbInfo) -> Option<&'static str> {
         .as_deref()
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let guess = match (usb.vid, usb.pid) {
-        (0x10c4, 0xea60) if product.contains("skyconnect") => {
-            "Home Assistant SkyConnect (Zigbee/Thread, EFR32MG21)"
-        }
-        (0x10c4, 0xea60) if product.contains("zbt-1") => {
-            "Home Assistant Connect ZBT-1 (Zigbee/Thread, EFR32MG21)"
-        }
+    let found = match (usb.vid, usb.pid) {
+        (0x10c4, 0xea60) if product.contains("skyconnect") => (
+            "Home Assistant SkyConnect (Zigbee/Thread, EFR32MG21)",
+            Some(Ezsp),
+        ),
+        (0x10c4, 0xea60) if product.contains("zbt-1") => (
+            "Home Assistant Connect ZBT-1 (Zigbee/Thread, EFR32MG21)",
+            Some(Ezsp),
+        ),
         (0x10c4, 0xea60) if product.contains("sonoff") && product.contains("plus") => {
-            "Sonoff ZBDongle-P (Zigbee, CC2652P, Z-Stack)"
+            ("Sonoff ZBDongle-P (Zigbee, CC2652P, Z-Stack)", Some(Znp))
         }
-        (0x10c4, 0xea60) if maker.contains("smlight") => "SMLIGHT SLZB USB coordinator (Zigbee)",
-        (0x10c4, 0xea60) => {
-            "CP210x USB-UART: maybe Sonoff ZBDongle-P or Home Assistant SkyConnect (check product)"
+        (0x10c4, 0xea60) if maker.contains("smlight") => {
+            ("SMLIGHT SLZB USB coordinator (Zigbee)", None)
         }
-        (0x10c4, 0x8a2a) => "Nortek HUSBZB-1 (Zigbee + Z-Wave combo)",
-        (0x1a86, 0x55d4) => "Sonoff ZBDongle-E (Zigbee, EFR32MG21, EmberZNet) on a CH9102",
-        (0x0658, 0x0200) => {
-            "Z-Wave controller (Aeotec Z-Stick, Z-Wave.Me UZB: Sigma Designs / Silicon Labs)"
-        }
-        (0x1cf1, 0x0030) => "dresden elektronik ConBee II (Zigbee, deCONZ)",
-        (0x0451, 0x16a8) => "Texas Instruments CC2531 (Zigbee, Z-Stack)",
-        (0x0451, 0x16c8) => "Texas Instruments CC2538 (Zigbee, Z-Stack)",
-        (0x0403, 0x6015) => {
-            "FTDI FT-X USB-UART: maybe ConBee (I or III) or ZiGate+ (check product)"
-        }
+        (0x10c4, 0xea60) => (
+            "CP210x USB-UART: maybe Sonoff ZBDongle-P or Home Assistant SkyConnect (check product)",
+            None,
+        ),
+        (0x10c4, 0x8a2a) => ("Nortek HUSBZB-1 (Zigbee + Z-Wave combo)", Some(Ezsp)),
+        (0x1a86, 0x55d4) => (
+            "Sonoff ZBDongle-E (Zigbee, EFR32MG21, EmberZNet) on a CH9102",
+            Some(Ezsp),
+        ),
+        (0x0658, 0x0200) => (
+            "Z-Wave controller (Aeotec Z-Stick, Z-Wave.Me UZB: Sigma Designs / Silicon Labs)",
+            None,
+        ),
+        (0x1cf1, 0x0030) => (
+            "dresden elektronik ConBee II (Zigbee, deCONZ)",
+            Some(Deconz),
+        ),
+        (0x0451, 0x16a8) => ("Texas Instruments CC2531 (Zigbee, Z-Stack)", Some(Znp)),
+        (0x0451, 0x16c8) => ("Texas Instruments CC2538 (Zigbee, Z-Stack)", Some(Znp)),
+        (0x0403, 0x6015) => (
+            "FTDI FT-X USB-UART: maybe ConBee (I or III) or ZiGate+ (check product)",
+            None,
+        ),
         _ => return None,
     };
-    Some(guess)
-}
-
-/// The zigpy radio type of a Zigbee coordinator, when the USB identity
-/// tells it (for the mDNS announcement ZHA reads); `None` for Z-Wave sticks
-/// and anything unsure.
-pub fn radio_type(usb: &UsbInfo) -> Option<RadioType> {
-    let product = usb
-        .product
-        .as_deref()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    match (usb.vid, usb.pid) {
-        (0x10c4, 0xea60) if product.contains("skyconnect") || product.contains("zbt-1") => {
-            Some(RadioType::Ezsp)
-        }
-        (0x10c4, 0xea60) if product.contains("sonoff") && product.contains("plus") => {
-            Some(RadioType::Znp)
-        }
-        (0x10c4, 0x8a2a) | (0x1a86, 0x55d4) => Some(RadioType::Ezsp),
-        (0x1cf1, 0x0030) => Some(RadioType::Deconz),
-        (0x0451, 0x16a8 | 0x16c8) => Some(RadioType::Znp),
-        _ => None,
-    }
+    Some(found)
 }
 
 #[cfg(test)]
