@@ -234,15 +234,17 @@ impl LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        // The router's own defaults, written once there.
+        let router = crate::router::Limits::default();
         Self {
             max_packet_size: 8 * 1024 * 1024,
-            max_queued_messages: 1_000,
-            memory_budget: 256 * 1024 * 1024,
-            max_inflight: 32,
-            slow_consumer: crate::router::SlowConsumer::DropOldest,
+            max_queued_messages: router.max_queued_messages,
+            memory_budget: router.memory_budget,
+            max_inflight: router.max_inflight,
+            slow_consumer: router.slow_consumer,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
-            max_replay_messages: 100_000,
+            max_replay_messages: router.max_replay_messages,
             max_connect_size: 64 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 1_000,
