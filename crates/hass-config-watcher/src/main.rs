@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hass_config_watcher::{Checked, Diagnostic, Severity};
+use hass_config_watcher::{Checked, ConfigWatcher, Diagnostic, Severity};
+use hass_runtime::Component;
 use serde::Serialize;
 
 /// See Cargo.toml for why.
@@ -85,7 +86,8 @@ struct JsonReport<'a> {
 fn main() -> ExitCode {
     // clap exits 2 on bad usage, which is what we promise.
     // Every long flag also reads HASS_CONFIG_WATCHER_<FLAG>, as `run`'s do.
-    let cli: Cli = hass_runtime::cli::parse_with_env("HASS_CONFIG_WATCHER");
+    let prefix = <ConfigWatcher as Component>::INFO.env_prefix();
+    let cli: Cli = hass_runtime::cli::parse_with_env(&prefix);
     let (dir, format) = match cli.command {
         Command::Check { dir, format } => (dir, format),
         Command::Run { args } => return hass_config_watcher::run_command::main(args),
