@@ -104,6 +104,8 @@ impl Admission {
     ) -> Result<Admitted, Refusal> {
         let deadline = tokio::time::Instant::now() + patience;
         let mut waiting: Option<Waiting<'_>> = None;
+        // Set once patience has run out: one last look, then the cap hit.
+        let mut last_look = false;
         loop {
             let freed = self.handshake_freed.notified();
             tokio::pin!(freed);
@@ -117,6 +119,9 @@ impl Admission {
                 let Some(refusal) = self.handshake_cap(&counts, address) else {
                     return Ok(self.take(&mut counts, address));
                 };
+                if last_look {
+                    return Err(refusal);
+                }
                 if waiting.is_none() {
                     if counts.waiting >= self.limits.max_handshakes {
                         return Err(refusal);
@@ -125,12 +130,7 @@ impl Admission {
                     waiting = Some(Waiting(self));
                 }
             }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                let counts = self.lock();
-                return Err(self
-                    .handshake_cap(&counts, address)
-                    .unwrap_or(Refusal::MaxHandshakesPerAddress));
-            }
+            last_look = tokio::time::timeout_at(deadline, freed).await.is_err();
         }
     }
 
