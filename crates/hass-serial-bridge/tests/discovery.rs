@@ -3,7 +3,8 @@
 //! from another host, sees `_zigbee-coordinator._tcp` with the bridge's
 //! address, port and TXT `radio_type` / `serial_number` while the stick is
 //! open, sees it withdrawn when the stick is unplugged and when the bridge
-//! stops, and announced again on replug.
+//! stops, and announced again on replug; malformed and oversized mDNS from
+//! the LAN in between changes none of that.
 //!
 //! The two hosts are network namespaces made by the test, joined by a veth
 //! pair with a multicast route (root and iproute2, as CI has).
@@ -45,6 +46,24 @@ browser = ServiceBrowser(zc, sys.argv[1], handlers=[on_change])
 print(json.dumps({"event": "browsing"}), flush=True)
 sys.stdin.read()
 zc.close()
+"#;
+
+/// Malformed and oversized mDNS packets, to the group and to `argv[1]`.
+const HOSTILE: &str = r#"
+import os, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 255)
+header = lambda qd, an: struct.pack("!6H", 0, 0x8400, qd, an, 0, 0)
+packets = [
+    os.urandom(512),
+    b"\x00\x00\x84",
+    header(1, 0) + b"\xc0\x0c" + struct.pack("!2H", 12, 1),
+    header(0, 1) + b"\x07zigbee" + b"\xc0\x0c" + struct.pack("!2HIH", 16, 1, 120, 60000),
+    header(1, 0) + b"\x3f" + b"a" * 8900,
+]
+for packet in packets * 20:
+    for dest in ("224.0.0.251", sys.argv[1]):
+        s.sendto(packet, (dest, 5353))
 "#;
 
 struct Browser {
@@ -141,6 +160,17 @@ fn zha_finds_the_stick_while_it_is_plugged_in() {
         "a pty has no USB serial number: host and device name stand in"
     );
 
+    // Hostile mDNS from the LAN: garbage, a truncated header, a name whose
+    // compression pointer points at itself, a 9000-byte datagram, to the
+    // group and to the bridge. The responder carries on: the unplug below
+    // is still announced.
+    let sent = pair
+        .exec(&pair.client_ns, "python3")
+        .args(["-c", HOSTILE, BRIDGE_IP])
+        .status()
+        .expect("python3");
+    assert!(sent.success());
+
     stick.unplug();
     let removed = browser.next("removed");
     assert_eq!(removed["name"], added["name"]);
@@ -169,4 +199,5 @@ fn zha_finds_the_stick_while_it_is_plugged_in() {
             .then_some(())
     });
     assert!(logged.is_some(), "{}", bridge.stderr());
+    assert!(!bridge.stderr().contains("panicked"), "{}", bridge.stderr());
 }
