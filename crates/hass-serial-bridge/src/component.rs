@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
-use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::config::{self, BridgeConfig, DeviceSource, DeviceSpec, KeepaliveConfig};
 use crate::device_bridge::DeviceBridge;
+use crate::listeners::{BoundPorts, Listeners};
 use crate::metrics::BridgeMetrics;
 use crate::serial_port;
 use crate::sysfs::SysRoots;
@@ -105,13 +105,10 @@ impl Component for SerialBridge {
         // process at start instead of leaving one device unserved.
         let mut listeners = Vec::with_capacity(self.devices.len());
         for (i, device) in self.devices.iter().enumerate() {
-            let listener = TcpListener::bind(device.listen).await.map_err(|e| {
-                Fatal::runtime(format!(
-                    "devices[{i}] ({}): cannot listen on {}: {e}",
-                    device.name, device.listen
-                ))
-            })?;
-            listeners.push(listener);
+            let bound = BoundPorts::bind(device)
+                .await
+                .map_err(|e| Fatal::runtime(format!("devices[{i}] ({}): {e}", device.name)))?;
+            listeners.push(bound);
         }
         let names: Vec<String> = self.devices.iter().map(|d| d.name.clone()).collect();
         let mut metrics = None;
@@ -141,13 +138,14 @@ impl Component for SerialBridge {
                 advertiser: advertiser.clone().filter(|_| spec.zeroconf.is_some()),
                 spec,
             };
-            info!(device = %bridge.spec.name, listen = %bridge.spec.listen, "listening");
-            let listener = listener.into_std().map_err(|e| {
-                Fatal::runtime(format!(
-                    "{}: cannot hand the listener over: {e}",
-                    bridge.spec.name
-                ))
-            })?;
+            match bridge.spec.rfc2217_listen {
+                Some(rfc2217) => info!(
+                    device = %bridge.spec.name, listen = %bridge.spec.listen, %rfc2217, "listening"
+                ),
+                None => {
+                    info!(device = %bridge.spec.name, listen = %bridge.spec.listen, "listening")
+                }
+            }
             ctx.shutdown.spawn(async move {
                 let name = bridge.spec.name.clone();
                 let served =
@@ -167,16 +165,13 @@ impl Component for SerialBridge {
 /// Runs one device on a thread of its own with a single-threaded runtime:
 /// every wakeup for its bytes lands on the thread already running it, with no
 /// hand-off between worker threads in the round trip.
-fn serve_on_own_thread(
-    bridge: DeviceBridge,
-    listener: std::net::TcpListener,
-) -> std::io::Result<()> {
+fn serve_on_own_thread(bridge: DeviceBridge, bound: BoundPorts) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::from_std(listener)?;
-        bridge.run(listener).await;
+        let listeners = Listeners::register(bound)?;
+        bridge.run(listeners).await;
         Ok(())
     })
 }

@@ -36,6 +36,11 @@ pub struct DeviceConfig {
     pub usb_match: Option<UsbMatchConfig>,
     /// TCP address clients connect to, e.g. `0.0.0.0:6638`.
     pub listen: SocketAddr,
+    /// A second port, on `listen`'s address, speaking RFC 2217 (Telnet
+    /// COM-PORT-OPTION): clients set the line and DTR/RTS themselves. Off
+    /// unless set; the one-client rule spans both ports.
+    #[serde(default)]
+    pub rfc2217_port: Option<u16>,
     #[serde(default)]
     pub second_client: SecondClient,
     // Line settings; absent ones take `SerialSettings::default()`. Listed
@@ -211,6 +216,8 @@ pub struct DeviceSpec {
     pub name: String,
     pub source: DeviceSource,
     pub listen: SocketAddr,
+    /// `listen`'s address with `rfc2217_port`.
+    pub rfc2217_listen: Option<SocketAddr>,
     pub serial: SerialSettings,
     pub second_client: SecondClient,
     pub zeroconf: Option<crate::zeroconf::ZeroconfConfig>,
@@ -248,6 +255,17 @@ pub fn validate(config: BridgeConfig) -> Result<(Vec<DeviceSpec>, KeepaliveConfi
                 device.listen
             ));
         }
+        let rfc2217_listen = device
+            .rfc2217_port
+            .map(|port| SocketAddr::new(device.listen.ip(), port));
+        if let Some(addr) = rfc2217_listen
+            && (addr.port() == 0 || !listens.insert(addr))
+        {
+            return Err(format!(
+                "{key}.rfc2217_port: {} is `listen`'s port, another device's, or zero",
+                addr.port()
+            ));
+        }
         let serial = device.serial_settings();
         let source = match (device.path, device.usb_match) {
             (Some(path), None) => DeviceSource::Path(path),
@@ -268,6 +286,7 @@ pub fn validate(config: BridgeConfig) -> Result<(Vec<DeviceSpec>, KeepaliveConfi
             name: device.name,
             source,
             listen: device.listen,
+            rfc2217_listen,
             serial,
             second_client: device.second_client,
             zeroconf: device.zeroconf,
@@ -344,6 +363,7 @@ mod tests {
       - { dtr: true, wait: 100ms }
       - { rts: false }
     second_client: reject
+    rfc2217_port: 7001
 keepalive: { idle: 2s, interval: 1s, count: 4, user_timeout: 6s }
 ",
         )
@@ -376,6 +396,7 @@ keepalive: { idle: 2s, interval: 1s, count: 4, user_timeout: 6s }
             ]
         );
         assert_eq!(d.second_client, SecondClient::Reject);
+        assert_eq!(d.rfc2217_listen, Some("127.0.0.1:7001".parse().unwrap()));
         assert_eq!(keepalive.count, 4);
         assert_eq!(keepalive.user_timeout, Duration::from_secs(6));
     }
@@ -403,6 +424,16 @@ keepalive: { idle: 2s, interval: 1s, count: 4, user_timeout: 6s }
             (
                 device("  - name: zwave\n    path: /dev/y\n    listen: 0.0.0.0:6638\n"),
                 "devices[1].listen: 0.0.0.0:6638 is used",
+            ),
+            (
+                device("    rfc2217_port: 6638\n"),
+                "devices[0].rfc2217_port: 6638 is",
+            ),
+            (
+                device(
+                    "  - name: zwave\n    path: /dev/y\n    listen: 0.0.0.0:6640\n    rfc2217_port: 6638\n",
+                ),
+                "devices[1].rfc2217_port: 6638 is",
             ),
             (
                 "devices:\n  - name: z\n    listen: 0.0.0.0:1\n".to_owned(),

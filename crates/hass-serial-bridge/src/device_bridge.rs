@@ -11,14 +11,16 @@ use std::time::Duration;
 use hass_runtime::readiness::ReadinessCheck;
 use hass_runtime::shutdown::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::client_socket;
 use crate::config::{DeviceSource, DeviceSpec, KeepaliveConfig, SecondClient};
 use crate::device_watcher::DeviceWatcher;
+use crate::listeners::{Listeners, Protocol};
 use crate::metrics::{DeviceMetrics, RefusalReason};
+use crate::rfc2217::session;
 use crate::serial_port::{self, OpenError, OpenedPort, PinOutcome};
 use crate::serial_stream::SerialStream;
 use crate::sysfs::{self, SysRoots, UsbInfo};
@@ -47,19 +49,20 @@ enum DeviceEnd {
 }
 
 /// Why one client's session stopped.
-enum SessionEnd {
+#[derive(Debug)]
+pub enum SessionEnd {
     ClientGone(String),
     DeviceGone(String),
 }
 
 impl DeviceBridge {
-    /// Serves the device on `listener` until shutdown.
-    pub async fn run(self, listener: TcpListener) {
+    /// Serves the device on its ports until shutdown.
+    pub async fn run(self, listeners: Listeners) {
         let mut opened_before = false;
         loop {
             let port = tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                port = self.wait_for_device(&listener) => port,
+                port = self.wait_for_device(&listeners) => port,
             };
             if opened_before {
                 self.metrics.reopens.inc();
@@ -69,7 +72,7 @@ impl DeviceBridge {
             self.ready.set_ready();
             info!(device = %self.spec.name, "device open, serving on {}", self.spec.listen);
             let announced = self.announce();
-            let end = self.serve_device(port, &listener).await;
+            let end = self.serve_device(port, &listeners).await;
             self.metrics.device_up.set(0);
             if let (Some(advertiser), Some(name)) = (&self.advertiser, announced) {
                 advertiser.withdraw(&name);
@@ -86,7 +89,7 @@ impl DeviceBridge {
 
     /// Tries to open the device whenever it may have appeared, refusing
     /// clients meanwhile. Returns once it is open.
-    async fn wait_for_device(&self, listener: &TcpListener) -> SerialStream {
+    async fn wait_for_device(&self, listeners: &Listeners) -> OpenedPort {
         let mut watcher = DeviceWatcher::new(&self.watch_dirs());
         let mut last_error: Option<OpenError> = None;
         loop {
@@ -100,7 +103,7 @@ impl DeviceBridge {
                              dtr, rts and pin_sequence not applied; serving it anyway"
                         );
                     }
-                    return opened.stream;
+                    return opened;
                 }
                 Err(e) => {
                     // Log each new reason once, not on every poll.
@@ -113,8 +116,8 @@ impl DeviceBridge {
             }
             tokio::select! {
                 _ = watcher.changed() => {}
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.refuse(stream, peer, RefusalReason::DeviceAbsent),
+                accepted = listeners.accept() => match accepted {
+                    Ok((stream, peer, _)) => self.refuse(stream, peer, RefusalReason::DeviceAbsent),
                     Err(e) => self.accept_failed(e).await,
                 },
             }
@@ -177,12 +180,13 @@ impl DeviceBridge {
     }
 
     /// Serves clients on the open device until it goes away or shutdown.
-    async fn serve_device(&self, port: SerialStream, listener: &TcpListener) -> DeviceEnd {
-        let (mut serial_rx, mut serial_tx) = tokio::io::split(port);
-        let mut next_client: Option<(TcpStream, SocketAddr)> = None;
+    async fn serve_device(&self, port: OpenedPort, listeners: &Listeners) -> DeviceEnd {
+        let (mut serial_rx, mut serial_tx) = tokio::io::split(port.stream);
+        let mut control = port.control;
+        let mut next_client: Option<(TcpStream, SocketAddr, Protocol)> = None;
         let mut buf = vec![0u8; BUFFER];
         loop {
-            let (stream, peer) = match next_client.take() {
+            let (stream, peer, protocol) = match next_client.take() {
                 Some(client) => client,
                 None => {
                     // No client: keep reading so an unplug is noticed at once;
@@ -199,7 +203,7 @@ impl DeviceBridge {
                             }
                             Err(e) => return DeviceEnd::Gone(e.to_string()),
                         },
-                        accepted = listener.accept() => match accepted {
+                        accepted = listeners.accept() => match accepted {
                             Ok(client) => client,
                             Err(e) => {
                                 self.accept_failed(e).await;
@@ -215,28 +219,45 @@ impl DeviceBridge {
             }
             self.metrics.connects.inc();
             self.metrics.client_connected.set(1);
-            info!(device = %self.spec.name, %peer, "client connected");
+            info!(device = %self.spec.name, %peer, ?protocol, "client connected");
 
             let end = {
                 let (client_rx, client_tx) = stream.into_split();
-                let mut session = pin!(forward_both(
-                    &mut serial_rx,
-                    &mut serial_tx,
-                    client_rx,
-                    client_tx,
-                    &self.metrics
-                ));
+                let mut session = pin!(async {
+                    match protocol {
+                        Protocol::Raw => {
+                            forward_both(
+                                &mut serial_rx,
+                                &mut serial_tx,
+                                client_rx,
+                                client_tx,
+                                &self.metrics,
+                            )
+                            .await
+                        }
+                        Protocol::Rfc2217 => {
+                            let device = session::Device {
+                                rx: &mut serial_rx,
+                                tx: &mut serial_tx,
+                                control: &mut control,
+                                configured: &self.spec.serial,
+                                name: &self.spec.name,
+                            };
+                            session::serve(device, client_rx, client_tx, &self.metrics).await
+                        }
+                    }
+                });
                 loop {
                     tokio::select! {
                         _ = self.shutdown.cancelled() => break None,
                         end = &mut session => break Some(end),
-                        accepted = listener.accept() => match accepted {
-                            Ok((newcomer, new_peer)) => match self.spec.second_client {
+                        accepted = listeners.accept() => match accepted {
+                            Ok((newcomer, new_peer, new_protocol)) => match self.spec.second_client {
                                 SecondClient::Reject => {
                                     self.refuse(newcomer, new_peer, RefusalReason::Busy);
                                 }
                                 SecondClient::Replace => {
-                                    next_client = Some((newcomer, new_peer));
+                                    next_client = Some((newcomer, new_peer, new_protocol));
                                     break Some(SessionEnd::ClientGone(format!(
                                         "replaced by {new_peer}"
                                     )));

@@ -55,6 +55,8 @@ pub struct BridgeMetrics {
     device_up: Family<DeviceLabels, Gauge>,
     reopens: Family<DeviceLabels, Counter>,
     pins_skipped: Family<DeviceLabels, Counter>,
+    line_changes: Family<DeviceLabels, Counter>,
+    protocol_errors: Family<DeviceLabels, Counter>,
     last_byte: Arc<LastByteAges>,
 }
 
@@ -125,6 +127,16 @@ impl BridgeMetrics {
             "Opens where dtr, rts and pin_sequence were not applied because the device has no modem-control lines (a pty or network tty)",
             metrics.pins_skipped.clone(),
         );
+        registry.register(
+            "rfc2217_line_changes",
+            "Line settings, DTR/RTS, break or purges an RFC 2217 client asked for and the tty applied",
+            metrics.line_changes.clone(),
+        );
+        registry.register(
+            "rfc2217_protocol_errors",
+            "Telnet or RFC 2217 input dropped as malformed, oversized or unknown",
+            metrics.protocol_errors.clone(),
+        );
         registry.register_collector(Box::new(metrics.last_byte.clone()));
         metrics
     }
@@ -161,6 +173,8 @@ impl BridgeMetrics {
             device_up: self.device_up.get_or_create(&labels).clone(),
             reopens: self.reopens.get_or_create(&labels).clone(),
             pins_skipped: self.pins_skipped.get_or_create(&labels).clone(),
+            line_changes: self.line_changes.get_or_create(&labels).clone(),
+            protocol_errors: self.protocol_errors.get_or_create(&labels).clone(),
             epoch: self.last_byte.epoch,
             last_byte_ms,
         }
@@ -179,6 +193,8 @@ pub struct DeviceMetrics {
     pub device_up: Gauge,
     pub reopens: Counter,
     pub pins_skipped: Counter,
+    pub line_changes: Counter,
+    pub protocol_errors: Counter,
     refused_busy: Counter,
     refused_absent: Counter,
     epoch: Instant,

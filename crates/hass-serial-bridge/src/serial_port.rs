@@ -4,9 +4,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
-use mio_serial::SerialPort;
-
 use crate::config::{FlowControl, Parity, PinStep, SerialSettings};
+use crate::line_control::{LineControl, TtyControl};
 use crate::serial_stream::SerialStream;
 
 /// Why a device could not be opened; the text goes to logs and `/readyz`.
@@ -55,6 +54,8 @@ fn char_device_not_a_tty(rdev: u64) -> Option<&'static str> {
 #[derive(Debug)]
 pub struct OpenedPort {
     pub stream: SerialStream,
+    /// Line settings and modem lines, for RFC 2217 clients.
+    pub control: TtyControl,
     pub pins: PinOutcome,
 }
 
@@ -74,26 +75,16 @@ pub async fn open(path: &Path, settings: &SerialSettings) -> Result<OpenedPort, 
     };
     let builder = mio_serial::new(path.to_string_lossy(), settings.baud)
         .data_bits(data_bits(settings.data_bits))
-        .parity(match settings.parity {
-            Parity::None => mio_serial::Parity::None,
-            Parity::Odd => mio_serial::Parity::Odd,
-            Parity::Even => mio_serial::Parity::Even,
-        })
-        .stop_bits(if settings.stop_bits == 2 {
-            mio_serial::StopBits::Two
-        } else {
-            mio_serial::StopBits::One
-        })
-        .flow_control(match settings.flow_control {
-            FlowControl::None => mio_serial::FlowControl::None,
-            FlowControl::RtsCts => mio_serial::FlowControl::Hardware,
-            FlowControl::XonXoff => mio_serial::FlowControl::Software,
-        });
-    let mut stream = SerialStream::open(builder).map_err(failed)?;
-    let pins = apply_pins(&mut SerialPortLines(&mut stream), settings)
-        .await
-        .map_err(failed)?;
-    Ok(OpenedPort { stream, pins })
+        .parity(parity(settings.parity))
+        .stop_bits(stop_bits(settings.stop_bits))
+        .flow_control(flow_control(settings.flow_control));
+    let (stream, mut control) = SerialStream::open(builder).map_err(failed)?;
+    let pins = apply_pins(&mut control, settings).await.map_err(failed)?;
+    Ok(OpenedPort {
+        stream,
+        control,
+        pins,
+    })
 }
 
 /// A modem-control output line.
@@ -182,27 +173,10 @@ pub async fn apply_pins(
     Ok(PinOutcome::Applied)
 }
 
-/// The real lines of an open port, through serialport's ioctls.
-struct SerialPortLines<'a>(&'a mut SerialStream);
-
-impl ModemLines for SerialPortLines<'_> {
+/// The real lines of an open port.
+impl ModemLines for TtyControl {
     fn set(&mut self, pin: Pin, level: bool) -> Result<(), PinError> {
-        let set = match pin {
-            Pin::Dtr => self.0.port_mut().write_data_terminal_ready(level),
-            Pin::Rts => self.0.port_mut().write_request_to_send(level),
-        };
-        set.map_err(|e| {
-            // The tty layer answers ENOTTY when the driver has no
-            // modem-control ioctls; serialport passes errno on only as
-            // nix's description of it (tests/pins.rs fails if they differ).
-            if e.kind == mio_serial::ErrorKind::Unknown
-                && e.description == nix::errno::Errno::ENOTTY.desc()
-            {
-                PinError::NoModemLines
-            } else {
-                PinError::Failed(e.to_string())
-            }
-        })
+        self.set_pin(pin, level)
     }
 
     fn wait(&mut self, time: Duration) -> impl Future<Output = ()> + Send {
@@ -210,13 +184,37 @@ impl ModemLines for SerialPortLines<'_> {
     }
 }
 
-fn data_bits(bits: u8) -> mio_serial::DataBits {
+pub(crate) fn data_bits(bits: u8) -> mio_serial::DataBits {
     match bits {
         5 => mio_serial::DataBits::Five,
         6 => mio_serial::DataBits::Six,
         7 => mio_serial::DataBits::Seven,
         // Validation allows only 5..=8.
         _ => mio_serial::DataBits::Eight,
+    }
+}
+
+pub(crate) fn parity(parity: Parity) -> mio_serial::Parity {
+    match parity {
+        Parity::None => mio_serial::Parity::None,
+        Parity::Odd => mio_serial::Parity::Odd,
+        Parity::Even => mio_serial::Parity::Even,
+    }
+}
+
+pub(crate) fn stop_bits(bits: u8) -> mio_serial::StopBits {
+    if bits == 2 {
+        mio_serial::StopBits::Two
+    } else {
+        mio_serial::StopBits::One
+    }
+}
+
+pub(crate) fn flow_control(flow: FlowControl) -> mio_serial::FlowControl {
+    match flow {
+        FlowControl::None => mio_serial::FlowControl::None,
+        FlowControl::RtsCts => mio_serial::FlowControl::Hardware,
+        FlowControl::XonXoff => mio_serial::FlowControl::Software,
     }
 }
 

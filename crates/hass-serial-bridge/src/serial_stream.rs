@@ -8,6 +8,8 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
+use crate::line_control::TtyControl;
+
 /// An open tty, registered with the runtime for reads only. A pty wakes its
 /// writers each time its buffer drains: with write interest, each of those
 /// would wake the device's thread for nothing, once per frame, which costs
@@ -30,24 +32,22 @@ enum WriteSide {
 }
 
 impl SerialStream {
-    /// Opens the port exclusively with the builder's line settings.
-    pub fn open(builder: mio_serial::SerialPortBuilder) -> Result<Self, String> {
+    /// Opens the port exclusively with the builder's line settings; returns
+    /// it with a handle for its settings and modem lines.
+    pub fn open(builder: mio_serial::SerialPortBuilder) -> Result<(Self, TtyControl), String> {
         let port = builder.open_native().map_err(|e| e.to_string())?;
-        // A dup of the fd: one open file, one exclusive lock, two handles.
+        // Dups of the fd: one open file, one exclusive lock, three handles.
         let write_handle = port.try_clone_native().map_err(|e| e.to_string())?;
+        let control = port.try_clone_native().map_err(|e| e.to_string())?;
         let nonblocking = |port| {
             mio_serial::SerialStream::try_from(port).map_err(|e: mio_serial::Error| e.to_string())
         };
         let (port, write_handle) = (nonblocking(port)?, nonblocking(write_handle)?);
-        Ok(Self {
+        let stream = Self {
             port: register(port, Interest::READABLE).map_err(|e| e.to_string())?,
             write_side: WriteSide::Idle(write_handle),
-        })
-    }
-
-    /// The port itself, for its modem-control lines.
-    pub fn port_mut(&mut self) -> &mut mio_serial::SerialStream {
-        self.port.get_mut()
+        };
+        Ok((stream, TtyControl(nonblocking(control)?)))
     }
 }
 
