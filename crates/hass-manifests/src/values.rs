@@ -696,6 +696,12 @@ pub struct Device {
     /// TCP port of this device on the bridge and its Service.
     #[serde(default = "default_device_port")]
     pub port: u16,
+    /// A second port speaking RFC 2217 (Telnet COM-PORT-OPTION), on the
+    /// bridge and the Service: clients such as pyserial's `rfc2217://` and
+    /// firmware flashers set the baud rate and DTR/RTS themselves. Off
+    /// unless set; the same clients as `port`, one at a time across both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rfc2217_port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baud: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1351,6 +1357,19 @@ impl Values {
                 return err(
                     &format!("{key}.port"),
                     "9182 is the bridge's admin port".to_owned(),
+                );
+            }
+            if let Some(rfc2217) = device.rfc2217_port
+                && (rfc2217 == 0
+                    || rfc2217 == hass_runtime::ports::BRIDGE_ADMIN
+                    || !ports.insert((device.node.as_str(), rfc2217)))
+            {
+                return err(
+                    &format!("{key}.rfc2217_port"),
+                    format!(
+                        "{rfc2217} is zero, the admin port, or used by another port on node {}",
+                        device.node
+                    ),
                 );
             }
         }

@@ -609,3 +609,69 @@ fn http_settings_reach_home_assistant_as_its_version_takes_them() {
         assert!(watcher.contains(through_api), "{tag}: {watcher}");
     }
 }
+
+/// An RFC 2217 port is a second port of the device's Service and container,
+/// open to the same clients as the raw one; the bridge reads it from the
+/// rendered config.
+#[test]
+fn an_rfc2217_port_is_served_like_the_raw_one() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let ms = render(
+        "serial_bridge:\n  enabled: true\n  devices:\n\
+         \x20   - { name: zigbee, node: node-a, path: /dev/ttyUSB0, rfc2217_port: 7000 }\n\
+         network_policy:\n  kubernetes: true\n",
+    );
+    let service: Service = parse(find(&ms, "Service", "home-assistant-zigbee"));
+    let ports: Vec<(String, i32)> = service
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("serial".to_owned(), 6638), ("rfc2217".to_owned(), 7000)]
+    );
+    let name = "home-assistant-serial-bridge-node-a";
+    let ds: DaemonSet = parse(find(&ms, "DaemonSet", name));
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let container_ports: Vec<i32> = pod.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| p.container_port)
+        .collect();
+    assert!(container_ports.contains(&7000), "{container_ports:?}");
+    let policy: NetworkPolicy = parse(find(&ms, "NetworkPolicy", name));
+    let ingress = policy.spec.unwrap().ingress.unwrap();
+    let device_rule = ingress
+        .iter()
+        .find(|rule| {
+            rule.ports
+                .iter()
+                .flatten()
+                .any(|p| p.port == Some(IntOrString::Int(6638)))
+        })
+        .expect("a rule for the device port");
+    let allowed: Vec<_> = device_rule
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.port.clone())
+        .collect();
+    assert_eq!(allowed, [IntOrString::Int(6638), IntOrString::Int(7000)]);
+    let cm: ConfigMap = parse(find(&ms, "ConfigMap", name));
+    let text = &cm.data.unwrap()["serial-bridge.yaml"];
+    let config: hass_serial_bridge::config::BridgeConfig =
+        hass_runtime::config::parse_yaml(text).unwrap();
+    let (devices, _) = hass_serial_bridge::config::validate(config).unwrap();
+    assert_eq!(
+        devices[0].rfc2217_listen,
+        Some("0.0.0.0:7000".parse().unwrap()),
+        "{text}"
+    );
+}

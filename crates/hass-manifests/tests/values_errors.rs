@@ -92,6 +92,14 @@ fn checks_after_parsing_point_at_the_offending_key() {
         ),
         "{e}"
     );
+    // An RFC 2217 port that takes another device's port on the same node.
+    let e = load(
+        "serial_bridge:\n  enabled: true\n  devices:\n    - { name: a, node: n1, path: /dev/ttyUSB0 }\n    - { name: b, node: n1, path: /dev/ttyUSB1, port: 6639, rfc2217_port: 6638 }\n",
+    );
+    assert!(
+        e.starts_with(":5:60: serial_bridge.devices[1].rfc2217_port: 6638 is zero, the admin port, or used by another port on node n1"),
+        "{e}"
+    );
     // A key left out is reported where its parent is.
     let e = load("name: ha\nserial_bridge:\n  enabled: true\n");
     assert!(

@@ -14,6 +14,13 @@
 //! withdrawn (goodbye packets) on unplug and at stop, announced again on
 //! replug.
 //!
+//! With `rfc2217_port:` the device has a second port speaking RFC 2217
+//! (Telnet COM-PORT-OPTION): pyserial's `rfc2217://`, firmware flashers and
+//! ser2net-style clients set the baud rate, framing, flow control, DTR/RTS
+//! and break themselves and hear modem-input changes. What the tty refuses
+//! (a pty keeps 8 data bits and no parity) is answered with what it kept.
+//! When that client goes, the configured line is put back.
+//!
 //! `dtr`, `rts` and `pin_sequence` are set on every open; a failure fails the
 //! open (a stick left in its bootloader never answers). A device with no
 //! modem-control lines at all (a pty, a network-backed tty) is served without
@@ -28,6 +35,7 @@
 //!     flow_control: none      # none | rts_cts | xon_xoff
 //!     second_client: replace  # or reject
 //!     zeroconf: {}            # announce on mDNS while open (host networking)
+//!     rfc2217_port: 7638      # RFC 2217 on a second port (off by default)
 //!   - name: zwave
 //!     match: { usb: "0658:0200", serial: "optional" }
 //!     listen: 0.0.0.0:6639

@@ -219,7 +219,11 @@ fn policies(values: &Values) -> Vec<Policy> {
             ingress: vec![
                 Allow {
                     peers: device_clients,
-                    ports: group.devices.iter().map(|d| i32::from(d.port)).collect(),
+                    ports: group
+                        .devices
+                        .iter()
+                        .flat_map(|d| serial_bridge::device_ports(d))
+                        .collect(),
                 },
                 Allow {
                     peers: vec![monitoring.clone(), Peer::Local(ha_pod.clone())],

@@ -107,6 +107,9 @@ fn config_map(values: &Values, group: &NodeGroup<'_>) -> ConfigMap {
             if let Some(zeroconf) = &d.zeroconf {
                 device["zeroconf"] = json!(zeroconf);
             }
+            if let Some(port) = d.rfc2217_port {
+                device["rfc2217_port"] = json!(port);
+            }
             device
         })
         .collect();
@@ -131,8 +134,15 @@ pub(crate) fn on_host_network(group: &NodeGroup<'_>) -> bool {
 }
 
 /// Container port names are at most 15 characters: `tcp-<port>`.
-pub(crate) fn device_port_name(device: &Device) -> String {
-    format!("tcp-{}", device.port)
+fn port_name(port: impl std::fmt::Display) -> String {
+    format!("tcp-{port}")
+}
+
+/// Every port a device is served on: the raw one, then RFC 2217's.
+pub(crate) fn device_ports(device: &Device) -> impl Iterator<Item = i32> {
+    std::iter::once(device.port)
+        .chain(device.rfc2217_port)
+        .map(i32::from)
 }
 
 fn daemon_set(values: &Values, group: &NodeGroup<'_>) -> DaemonSet {
@@ -140,7 +150,8 @@ fn daemon_set(values: &Values, group: &NodeGroup<'_>) -> DaemonSet {
     let mut ports: Vec<_> = group
         .devices
         .iter()
-        .map(|d| tcp_port(&device_port_name(d), i32::from(d.port)))
+        .flat_map(|d| device_ports(d))
+        .map(|port| tcp_port(&port_name(port), port))
         .collect();
     ports.push(tcp_port("admin", ADMIN_PORT));
     let mut mounts = vec![VolumeMount {
@@ -314,13 +325,18 @@ fn device_service(values: &Values, group: &NodeGroup<'_>, device: &Device) -> Se
         metadata: object_meta(values, &format!("{}-{}", values.name, device.name), l),
         spec: Some(ServiceSpec {
             selector: Some(group_selector(values, group)),
-            ports: Some(vec![ServicePort {
-                name: Some("serial".to_owned()),
-                port: i32::from(device.port),
-                target_port: Some(IntOrString::String(device_port_name(device))),
-                protocol: Some("TCP".to_owned()),
-                ..Default::default()
-            }]),
+            ports: Some(
+                std::iter::once(("serial", device.port))
+                    .chain(device.rfc2217_port.map(|port| ("rfc2217", port)))
+                    .map(|(name, port)| ServicePort {
+                        name: Some(name.to_owned()),
+                        port: i32::from(port),
+                        target_port: Some(IntOrString::String(port_name(port))),
+                        protocol: Some("TCP".to_owned()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             ..Default::default()
         }),
         ..Default::default()
