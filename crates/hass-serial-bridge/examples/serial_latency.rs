@@ -1,6 +1,8 @@
 //! Benchmark: round-trip latency and throughput of hass-serial-bridge, socat
 //! (`nodelay`) and ser2net (defaults, and tuned with `nodelay` and
-//! `chardelay: false`) against the same pty, beside the direct-pty baseline.
+//! `chardelay: false`) against the same pty, beside the direct-pty baseline;
+//! and of RFC 2217 (Telnet, IAC escaped both ways) on hass-serial-bridge's
+//! `rfc2217_port` and ser2net's `telnet(rfc2217)`, tuned, through one client.
 //!
 //! The test plays a stick that echoes every byte; a TCP client sends a frame
 //! and waits for it to come back. Added latency is each bridge's round trip
@@ -27,7 +29,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use hass_serial_bridge::rfc2217::telnet::{self, Decoder, Event, Verb};
+
 const FRAME_SIZES: [usize; 4] = [8, 64, 100, 1024];
+const HASS_RFC2217: &str = "hass-serial-bridge rfc2217";
+const SER2NET_RFC2217: &str = "ser2net rfc2217 tuned";
 /// Candidates take turns, round after round, so that load from anything else
 /// on the machine spreads over all of them alike.
 const DEFAULT_ROUNDS: usize = 5;
@@ -152,13 +158,29 @@ fn hass_binary() -> Result<PathBuf, String> {
         })
 }
 
-fn start_hass(binary: &Path, device: &Path, listen: SocketAddr) -> Result<Server, String> {
+/// The bridge serving `device` on `listen`: raw, or with `rfc2217` on
+/// `listen`'s port (the raw port then elsewhere).
+fn start_hass(
+    binary: &Path,
+    device: &Path,
+    listen: SocketAddr,
+    rfc2217: bool,
+) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = dir.path().join("bridge.yaml");
+    let ports = if rfc2217 {
+        format!(
+            "    listen: {}\n    rfc2217_port: {}\n",
+            free_addr(),
+            listen.port()
+        )
+    } else {
+        format!("    listen: {listen}\n")
+    };
     std::fs::write(
         &config,
         format!(
-            "devices:\n  - name: bench\n    path: {}\n    listen: {listen}\n",
+            "devices:\n  - name: bench\n    path: {}\n{ports}",
             device.display()
         ),
     )
@@ -184,13 +206,23 @@ fn start_socat(device: &Path, listen: SocketAddr) -> Result<Server, String> {
     spawn(command, tempfile::tempdir().map_err(|e| e.to_string())?)
 }
 
-fn start_ser2net(device: &Path, listen: SocketAddr, tuned: bool) -> Result<Server, String> {
+fn start_ser2net(
+    device: &Path,
+    listen: SocketAddr,
+    tuned: bool,
+    rfc2217: bool,
+) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = dir.path().join("ser2net.yaml");
-    let (accepter, options) = if tuned {
+    let (tcp, options) = if tuned {
         ("tcp(nodelay)", "  options:\n    chardelay: false\n")
     } else {
         ("tcp", "")
+    };
+    let accepter = if rfc2217 {
+        format!("telnet(rfc2217),{tcp}")
+    } else {
+        tcp.to_owned()
     };
     std::fs::write(
         &config,
@@ -228,6 +260,82 @@ fn connect(listen: SocketAddr) -> Result<TcpStream, String> {
 
 trait Link: Read + Write {}
 impl<T: Read + Write> Link for T {}
+
+/// A Telnet client's view of a connection: data with IAC escaped on the way
+/// out and Telnet stripped on the way in; agrees to binary, no go-ahead and
+/// the com port, refuses the rest, once each.
+struct TelnetLink {
+    stream: TcpStream,
+    decoder: Decoder,
+    data: Vec<u8>,
+    answered: Vec<(u8, u8)>,
+}
+
+impl TelnetLink {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            decoder: Decoder::default(),
+            data: Vec::new(),
+            answered: Vec::new(),
+        }
+    }
+}
+
+impl Read for TelnetLink {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut raw = [0u8; 16 * 1024];
+        while self.data.is_empty() {
+            let n = self.stream.read(&mut raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            let mut events = Vec::new();
+            self.decoder.decode(&raw[..n], &mut self.data, &mut events);
+            let mut answer = Vec::new();
+            for event in events {
+                let Event::Negotiate(verb, option) = event else {
+                    continue;
+                };
+                let agreed = [
+                    telnet::BINARY,
+                    telnet::SUPPRESS_GO_AHEAD,
+                    telnet::COM_PORT_OPTION,
+                ]
+                .contains(&option);
+                let reply = match (verb, agreed) {
+                    (Verb::Do, true) => Verb::Will,
+                    (Verb::Do, false) => Verb::Wont,
+                    (Verb::Will, true) => Verb::Do,
+                    (Verb::Will, false) => Verb::Dont,
+                    (Verb::Dont | Verb::Wont, _) => continue,
+                };
+                if !self.answered.contains(&(reply.code(), option)) {
+                    self.answered.push((reply.code(), option));
+                    telnet::negotiate(reply, option, &mut answer);
+                }
+            }
+            self.stream.write_all(&answer)?;
+        }
+        let n = buf.len().min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data.drain(..n);
+        Ok(n)
+    }
+}
+
+impl Write for TelnetLink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut escaped = Vec::with_capacity(buf.len() + buf.len() / 64);
+        telnet::escape(buf, &mut escaped);
+        self.stream.write_all(&escaped)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
 
 /// Round-trip times of one frame size, sorted.
 fn round_trips(link: &mut dyn Link, size: usize) -> Result<Vec<Duration>, String> {
@@ -329,10 +437,12 @@ fn measure_round(link: &mut dyn Link, stick: &EchoStick, into: &mut Results) -> 
 /// Starts a bridge on the device, listening on the address.
 type StartBridge = Box<dyn Fn(&Path, SocketAddr) -> Result<Server, String>>;
 
-/// How a candidate is reached: the pty itself, or a bridge started per round.
+/// How a candidate is reached: the pty itself, or a bridge started per round,
+/// spoken to raw or over Telnet.
 enum Candidate {
     Direct,
     Bridge(StartBridge),
+    Telnet(StartBridge),
 }
 
 fn micros(d: Duration) -> f64 {
@@ -395,11 +505,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let hass_rfc2217 = hass.clone();
     let mut candidates: Vec<(String, Candidate)> = vec![
         ("direct pty".into(), Candidate::Direct),
         (
             "hass-serial-bridge".into(),
-            Candidate::Bridge(Box::new(move |d, l| start_hass(&hass, d, l))),
+            Candidate::Bridge(Box::new(move |d, l| start_hass(&hass, d, l, false))),
         ),
     ];
     // Another build of the bridge, to compare two versions in one run.
@@ -407,7 +518,7 @@ fn main() -> ExitCode {
         let other = PathBuf::from(other);
         candidates.push((
             format!("hass {}", other.display()),
-            Candidate::Bridge(Box::new(move |d, l| start_hass(&other, d, l))),
+            Candidate::Bridge(Box::new(move |d, l| start_hass(&other, d, l, false))),
         ));
     }
     candidates.push((
@@ -417,11 +528,21 @@ fn main() -> ExitCode {
     if options.ser2net {
         candidates.push((
             "ser2net defaults".into(),
-            Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, false))),
+            Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, false, false))),
         ));
         candidates.push((
             "ser2net tuned".into(),
-            Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, true))),
+            Candidate::Bridge(Box::new(|d, l| start_ser2net(d, l, true, false))),
+        ));
+    }
+    candidates.push((
+        HASS_RFC2217.into(),
+        Candidate::Telnet(Box::new(move |d, l| start_hass(&hass_rfc2217, d, l, true))),
+    ));
+    if options.ser2net {
+        candidates.push((
+            SER2NET_RFC2217.into(),
+            Candidate::Telnet(Box::new(|d, l| start_ser2net(d, l, true, true))),
         ));
     }
 
@@ -436,12 +557,18 @@ fn main() -> ExitCode {
             let outcome = match candidate {
                 Candidate::Direct => open_tty(&stick.device)
                     .and_then(|mut tty| measure_round(&mut tty, &stick, &mut results[i])),
-                Candidate::Bridge(start) => {
+                Candidate::Bridge(start) | Candidate::Telnet(start) => {
                     let listen = free_addr();
+                    let telnet = matches!(candidate, Candidate::Telnet(_));
                     start(&stick.device, listen).and_then(|server| {
-                        let mut stream = connect(listen)?;
-                        let outcome = measure_round(&mut stream, &stick, &mut results[i]);
-                        drop(stream);
+                        let stream = connect(listen)?;
+                        let mut link: Box<dyn Link> = if telnet {
+                            Box::new(TelnetLink::new(stream))
+                        } else {
+                            Box::new(stream)
+                        };
+                        let outcome = measure_round(&mut *link, &stick, &mut results[i]);
+                        drop(link);
                         drop(server);
                         outcome
                     })
@@ -531,6 +658,35 @@ fn report(all: &[(&str, &Results)], rounds: usize) {
                     ratios.len()
                 );
             }
+        }
+    }
+    let find = |wanted: &str| {
+        all.iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, r)| *r)
+    };
+    if let (Some(telnet), Some(raw)) = (find(HASS_RFC2217), find("hass-serial-bridge")) {
+        println!();
+        println!(
+            "RFC 2217: added p50 against raw mode and ser2net's RFC 2217, median of per-round ratios:"
+        );
+        let ser2net = find(SER2NET_RFC2217);
+        for (i, size) in FRAME_SIZES.iter().enumerate() {
+            let ratio = |other: &Results| {
+                let ratios: Vec<f64> = (0..telnet.round_p50[i].len().min(other.round_p50[i].len()))
+                    .map(|k| {
+                        let direct = direct.round_p50[i][k];
+                        (telnet.round_p50[i][k] - direct) / (other.round_p50[i][k] - direct)
+                    })
+                    .collect();
+                format!("{:.2}x", median(&ratios))
+            };
+            println!(
+                "{:>5}  vs raw {:>7}  vs ser2net rfc2217 {:>7}",
+                size,
+                ratio(raw),
+                ser2net.map(ratio).unwrap_or_else(|| "-".into())
+            );
         }
     }
     println!();

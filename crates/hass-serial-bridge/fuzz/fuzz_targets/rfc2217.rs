@@ -1,7 +1,8 @@
 //! A whole RFC 2217 session fed arbitrary client bytes: Telnet decoding,
 //! COM-PORT-OPTION commands and the answers must end cleanly when the client
-//! goes, never panic or hang; and how the bytes are split across reads must
-//! not change what they decode to.
+//! goes, never panic or hang; how the bytes are split across reads must not
+//! change what they decode to; and what the decoder lets pass untouched must
+//! be what it would have decoded.
 #![no_main]
 
 use hass_serial_bridge::config::SerialSettings;
@@ -52,6 +53,9 @@ fuzz_target!(|data: &[u8]| {
     parts.decode(&input[..split], &mut in_two.0, &mut in_two.1);
     parts.decode(&input[split..], &mut in_two.0, &mut in_two.1);
     assert_eq!(at_once, in_two);
+    if Decoder::default().passes_through(input) {
+        assert_eq!(at_once, (input.to_vec(), Vec::new()));
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -101,9 +101,15 @@ where
                     };
                     metrics.read_bytes.inc_by(n as u64);
                     metrics.touch();
-                    escaped.clear();
-                    telnet::escape(&buf[..n], &mut escaped);
-                    if let Err(e) = client_tx.write_all(&escaped).await {
+                    // Most reads hold no IAC: send them as they are.
+                    let wire = if buf[..n].contains(&telnet::IAC) {
+                        escaped.clear();
+                        telnet::escape(&buf[..n], &mut escaped);
+                        &escaped[..]
+                    } else {
+                        &buf[..n]
+                    };
+                    if let Err(e) = client_tx.write_all(wire).await {
                         return SessionEnd::ClientGone(e.to_string());
                     }
                 }
@@ -139,13 +145,19 @@ where
                         Ok(n) => n,
                         Err(e) => return SessionEnd::ClientGone(e.to_string()),
                     };
-                    data.clear();
-                    decoder.decode(&buf[..n], &mut data, &mut events);
-                    if !data.is_empty() {
-                        if let Err(e) = serial_tx.write_all(&data).await {
+                    let input = &buf[..n];
+                    let plain = if decoder.passes_through(input) {
+                        input
+                    } else {
+                        data.clear();
+                        decoder.decode(input, &mut data, &mut events);
+                        &data[..]
+                    };
+                    if !plain.is_empty() {
+                        if let Err(e) = serial_tx.write_all(plain).await {
                             return SessionEnd::DeviceGone(e.to_string());
                         }
-                        metrics.written_bytes.inc_by(data.len() as u64);
+                        metrics.written_bytes.inc_by(plain.len() as u64);
                         metrics.touch();
                     }
                     for event in events.drain(..) {

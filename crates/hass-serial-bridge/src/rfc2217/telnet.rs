@@ -98,6 +98,12 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// True when `input` is plain data to this decoder: no Telnet in it and
+    /// none begun before it.
+    pub fn passes_through(&self, input: &[u8]) -> bool {
+        self.state == State::Data && !input.contains(&IAC)
+    }
+
     /// Appends the data in `input` to `data` and what else it holds to
     /// `events`.
     pub fn decode(&mut self, input: &[u8], data: &mut Vec<u8>, events: &mut Vec<Event>) {
@@ -266,6 +272,12 @@ mod tests {
             ),
         ];
         for (input, data, events) in cases {
+            // What passes through untouched decodes to itself.
+            assert_eq!(
+                Decoder::default().passes_through(input),
+                !input.contains(&IAC),
+                "{input:?}"
+            );
             // Whole, and one byte a read: the split must not matter.
             let whole = decode_all(&[input]);
             let bytes: Vec<&[u8]> = input.chunks(1).collect();
@@ -288,6 +300,12 @@ mod tests {
         decoder.decode(&[IAC, SE, b'd'], &mut data, &mut events);
         assert_eq!(events, vec![Event::Oversized(44)]);
         assert_eq!(data, b"d", "data flows again after it");
+        assert!(decoder.passes_through(b"plain"));
+        decoder.decode(&[IAC], &mut data, &mut events);
+        assert!(
+            !decoder.passes_through(b"plain"),
+            "a command begun in the last read"
+        );
     }
 
     #[test]
