@@ -503,9 +503,8 @@ pub(crate) async fn keep(
                 }
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(source.interval) => {}
+        if !shutdown.sleep(source.interval).await {
+            return;
         }
     }
 }

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use hass_runtime::backoff::Backoff;
 use hass_runtime::logging::Untrusted;
 use hass_runtime::secret::{ExposeSecret, SecretSource, SecretString};
 use http_body_util::{BodyExt, Full, Limited};
@@ -259,10 +260,9 @@ impl HaApi {
         retry: Retry,
     ) -> Result<Bytes, ApiError> {
         let body = body.map(|b| Bytes::from(b.to_string()));
-        let mut attempt: u32 = 0;
+        let mut backoff = Backoff::new(self.retry_initial, self.retry_max).with_jitter();
         let mut server_errors: u32 = 0;
         loop {
-            attempt += 1;
             let result = tokio::select! {
                 result = self.attempt(method.clone(), path, body.clone()) => result,
                 () = self.shutdown.cancelled() => Err(ApiError::ShuttingDown),
@@ -296,14 +296,14 @@ impl HaApi {
             if !again {
                 return Err(error);
             }
-            let wait = backoff(attempt, self.retry_initial, self.retry_max);
+            let wait = backoff.next_delay();
+            let attempt = backoff.attempts();
             debug!(%method, path, attempt, ?wait, "retrying: {error}");
             if attempt == 1 || attempt.is_multiple_of(10) {
                 warn!(%method, path, attempt, "{error}; retrying with backoff");
             }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.shutdown.cancelled() => return Err(ApiError::ShuttingDown),
+            if !self.shutdown.sleep(wait).await {
+                return Err(ApiError::ShuttingDown);
             }
         }
     }
@@ -527,14 +527,6 @@ async fn send_json(
         .map_err(|e| ApiError::Unreachable(format!("WebSocket: {e}")))
 }
 
-/// The `n`th wait (1-based): `initial · 2^(n-1)`, capped at `max`, then
-/// scaled by a random factor in [0.5, 1] so that restarts do not synchronise.
-pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(20);
-    let full = initial.saturating_mul(1 << exponent).min(max);
-    full.mul_f64(0.5 + fastrand::f64() / 2.0)
-}
-
 fn parse_services(body: &[u8]) -> Result<BTreeMap<String, BTreeSet<String>>, ApiError> {
     let json: Json = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadResponse(format!("/api/services: {e}")))?;
@@ -676,23 +668,6 @@ mod tests {
                 .unwrap_err();
             assert!(error.to_string().contains(expected), "{error}");
             assert!(started.elapsed() < Duration::from_secs(5), "{error}");
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let initial = Duration::from_millis(100);
-        let max = Duration::from_secs(2);
-        for _ in 0..100 {
-            let first = backoff(1, initial, max);
-            assert!(
-                first >= Duration::from_millis(50) && first <= initial,
-                "{first:?}"
-            );
-            let fourth = backoff(4, initial, max);
-            assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
-            let late = backoff(40, initial, max);
-            assert!(late >= Duration::from_secs(1) && late <= max, "{late:?}");
         }
     }
 

@@ -214,9 +214,8 @@ pub(crate) async fn keep(
         {
             warn!("HTTP settings: {e}");
         }
-        tokio::select! {
-            () = tokio::time::sleep(config.interval) => {}
-            () = shutdown.cancelled() => return,
+        if !shutdown.sleep(config.interval).await {
+            return;
         }
     }
 }

@@ -36,7 +36,6 @@ pub use changes::{changed_domains, graph_fingerprint};
 pub use config::{CONFIG_FILE, Checked, load};
 pub use diagnostic::{Diagnostic, Severity};
 pub use git_source::SourceConfig;
-pub use ha_api::backoff;
 pub use ignore::IgnoreList;
 pub use reloads::NOTIFICATION_ID;
 pub use settings::{HomeAssistantConfig, RunArgs, Settings, WatcherConfig};

@@ -16,9 +16,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tracing::warn;
 
-use crate::backoff::pause;
 use crate::config::BridgeConfig;
 use crate::http::{self, HttpClient};
+use crate::pause::pause;
 
 /// Devices beyond this many per bridge are not exported (bounded labels).
 const MAX_DEVICES: usize = 32;

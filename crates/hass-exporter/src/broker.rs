@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::backoff::Backoff;
 use crate::config::{BrokerConfig, Username};
+use hass_runtime::backoff::Backoff;
 
 /// `$SYS` topics read, each the `topic` label's value (a fixed set).
 const SYS_TOPICS: [&str; 3] = [
@@ -409,9 +409,8 @@ async fn drive(
         }
         if failed {
             credentials.apply(&mut eventloop.mqtt_options);
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(backoff.next_delay()) => {}
+            if !shutdown.sleep(backoff.next_delay()).await {
+                return;
             }
         }
     }

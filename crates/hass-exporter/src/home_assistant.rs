@@ -27,9 +27,10 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tracing::{debug, error, info, warn};
 
-use crate::backoff::{Backoff, pause};
 use crate::config::HomeAssistantConfig;
 use crate::http::{self, HttpClient};
+use crate::pause::pause;
+use hass_runtime::backoff::Backoff;
 
 /// HA's core states (`homeassistant.core.CoreState`); one `core_state`
 /// series each, so the label set is fixed.

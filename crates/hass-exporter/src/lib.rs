@@ -8,12 +8,12 @@
 //! they learn things; scrapes and probes only read those, so a slow or hung
 //! target never slows `/metrics` down.
 
-pub mod backoff;
 pub mod bridges;
 pub mod broker;
 pub mod config;
 pub mod home_assistant;
 pub mod http;
+pub mod pause;
 pub mod postgres_tls;
 pub mod probes;
 pub mod recorder;

@@ -29,9 +29,10 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, Socket};
 use tracing::{info, warn};
 
-use crate::backoff::{Backoff, pause};
 use crate::config::{PostgresConfig, TlsMode};
+use crate::pause::pause;
 use crate::postgres_tls::{RustlsConnect, TlsHandshakeError};
+use hass_runtime::backoff::Backoff;
 
 /// HA's recorder tables (schema 42, HA 2024.3), each a `table` label value.
 pub const RECORDER_TABLES: [&str; 11] = [

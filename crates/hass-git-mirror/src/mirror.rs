@@ -98,9 +98,8 @@ impl Component for GitMirror {
                     error!("the fetch task failed: {e}");
                 }
             }
-            tokio::select! {
-                () = ctx.shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(config.interval) => {}
+            if !ctx.shutdown.sleep(config.interval).await {
+                return Ok(());
             }
         }
     }

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod component;

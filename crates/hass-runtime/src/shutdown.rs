@@ -43,6 +43,15 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
+    /// Sleeps for `duration` unless shutdown starts first: true when the
+    /// whole time passed, false when the caller should stop.
+    pub async fn sleep(&self, duration: Duration) -> bool {
+        tokio::select! {
+            () = self.token.cancelled() => false,
+            () = tokio::time::sleep(duration) => true,
+        }
+    }
+
     /// A token for code that takes tokio-util's type directly; a child token is
     /// cancelled with this one and can also be cancelled on its own.
     pub fn child_token(&self) -> CancellationToken {
@@ -115,6 +124,20 @@ impl StopSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn sleep_runs_its_time_unless_shutdown_comes_first() {
+        let shutdown = Shutdown::new();
+        assert!(shutdown.sleep(Duration::from_millis(5)).await);
+        let s = shutdown.clone();
+        let sleeper = tokio::spawn(async move { s.sleep(Duration::from_secs(3600)).await });
+        shutdown.trigger();
+        let finished = tokio::time::timeout(Duration::from_secs(10), sleeper).await;
+        assert!(
+            !finished.unwrap().unwrap(),
+            "an hour's sleep ends with shutdown"
+        );
+    }
 
     #[tokio::test]
     async fn drain_waits_for_tasks_that_observe_the_signal() {

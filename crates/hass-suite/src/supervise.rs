@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use hass_runtime::backoff::Backoff;
 use hass_runtime::readiness::ReadinessCheck;
 use hass_runtime::shutdown::Shutdown;
 use nix::sys::signal::{Signal, kill};
@@ -76,7 +77,7 @@ pub(crate) fn own_dir() -> Result<PathBuf, String> {
 
 /// Runs `spec` until `shutdown`, restarting it when it exits.
 pub(crate) async fn supervise(spec: ChildSpec, check: ReadinessCheck, shutdown: Shutdown) {
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), BACKOFF_MAX);
     loop {
         let started = Instant::now();
         let mut child = match spawn(&spec) {
@@ -84,10 +85,9 @@ pub(crate) async fn supervise(spec: ChildSpec, check: ReadinessCheck, shutdown: 
             Err(e) => {
                 error!(child = spec.name, "{e}");
                 check.set_not_ready(e);
-                if wait_or_stop(&shutdown, backoff).await {
+                if !shutdown.sleep(backoff.next_delay()).await {
                     return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
@@ -112,20 +112,20 @@ pub(crate) async fn supervise(spec: ChildSpec, check: ReadinessCheck, shutdown: 
         let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
         check.set_not_ready(format!("exited ({status}); restarting"));
         if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
+            backoff.reset();
         }
+        let wait = backoff.next_delay();
         error!(
             child = spec.name,
             %status,
-            restart_in = ?backoff,
+            restart_in = ?wait,
             "child exited; the end of its log ({}):\n{}",
             spec.log.display(),
             log_tail(&spec.log)
         );
-        if wait_or_stop(&shutdown, backoff).await {
+        if !shutdown.sleep(wait).await {
             return;
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -163,14 +163,6 @@ fn spawn(spec: &ChildSpec) -> Result<Child, String> {
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))
-}
-
-/// Sleeps `delay`; true when shutdown came first.
-async fn wait_or_stop(shutdown: &Shutdown, delay: Duration) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(delay) => false,
-    }
 }
 
 /// `signal`, then SIGKILL if `child` has not exited within `deadline`.
