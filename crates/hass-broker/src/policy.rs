@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hass_runtime::file_watch;
 use hass_runtime::shutdown::Shutdown;
 use tracing::{error, info};
 
@@ -49,14 +50,6 @@ impl PolicySource {
             acl,
         })
     }
-
-    /// The files' bytes, to notice any change.
-    fn contents(&self) -> Vec<Option<Vec<u8>>> {
-        [&self.password_file, &self.acl_file]
-            .into_iter()
-            .map(|path| path.as_ref().and_then(|p| std::fs::read(p).ok()))
-            .collect()
-    }
 }
 
 /// Reloads the policy whenever a file's content changes. A file that no
@@ -67,47 +60,38 @@ pub async fn reload_on_change(
     interval: Duration,
     shutdown: Shutdown,
 ) {
-    let mut seen = source.contents();
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let now = source.contents();
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        match source.load() {
-            Ok(policy) => {
-                let policy = Arc::new(policy);
-                let before = std::mem::replace(
-                    &mut *ctx.policy.write().unwrap_or_else(|p| p.into_inner()),
-                    policy.clone(),
-                );
-                ctx.router
-                    .refresh_acls(|user, client_id| policy.client_acl(user, client_id));
-                let revoked = ctx.router.close_revoked(|user| {
-                    policy
-                        .authenticator
-                        .still_admits(&before.authenticator, user)
-                });
-                ctx.metrics.policy_reloads.get_or_create(&"ok".into()).inc();
-                info!(
-                    "password/ACL files changed: reloaded; {revoked} connections closed \
+    let files = [&source.password_file, &source.acl_file]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    file_watch::on_change(files, interval, shutdown, || match source.load() {
+        Ok(policy) => {
+            let policy = Arc::new(policy);
+            let before = std::mem::replace(
+                &mut *ctx.policy.write().unwrap_or_else(|p| p.into_inner()),
+                policy.clone(),
+            );
+            ctx.router
+                .refresh_acls(|user, client_id| policy.client_acl(user, client_id));
+            let revoked = ctx.router.close_revoked(|user| {
+                policy
+                    .authenticator
+                    .still_admits(&before.authenticator, user)
+            });
+            ctx.metrics.policy_reloads.get_or_create(&"ok".into()).inc();
+            info!(
+                "password/ACL files changed: reloaded; {revoked} connections closed \
                      for revoked credentials, the rest kept"
-                );
-            }
-            Err(e) => {
-                ctx.metrics
-                    .policy_reloads
-                    .get_or_create(&"failed".into())
-                    .inc();
-                error!(
-                    "password/ACL files changed but cannot be used; keeping the previous ones: {e}"
-                );
-            }
+            );
         }
-    }
+        Err(e) => {
+            ctx.metrics
+                .policy_reloads
+                .get_or_create(&"failed".into())
+                .inc();
+            error!("password/ACL files changed but cannot be used; keeping the previous ones: {e}");
+        }
+    })
+    .await;
 }

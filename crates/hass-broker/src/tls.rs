@@ -4,10 +4,11 @@
 //! theirs. A file pair that does not load keeps the previous one in force.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use hass_runtime::file_watch;
 use hass_runtime::shutdown::Shutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -58,14 +59,6 @@ impl TlsFiles {
             })?;
         Ok(Arc::new(config))
     }
-
-    fn contents(&self) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
-        (read(&self.cert_file), read(&self.key_file))
-    }
-}
-
-fn read(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path).ok()
 }
 
 /// The acceptor in force, swapped on reload.
@@ -100,35 +93,22 @@ pub async fn reload_on_change(
     interval: Duration,
     shutdown: Shutdown,
 ) {
-    let mut seen = files.contents();
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
+    let paths = vec![files.cert_file.clone(), files.key_file.clone()];
+    file_watch::on_change(paths, interval, shutdown, || match files.load() {
+        Ok(config) => {
+            current.replace(config);
+            ctx.metrics.tls_reloads.get_or_create(&"ok".into()).inc();
+            info!(cert = %files.cert_file.display(), "TLS certificate reloaded");
         }
-        let now = files.contents();
-        if now == seen {
-            continue;
+        Err(e) => {
+            ctx.metrics
+                .tls_reloads
+                .get_or_create(&"failed".into())
+                .inc();
+            error!("TLS files changed but cannot be used; keeping the previous certificate: {e}");
         }
-        seen = now;
-        match files.load() {
-            Ok(config) => {
-                current.replace(config);
-                ctx.metrics.tls_reloads.get_or_create(&"ok".into()).inc();
-                info!(cert = %files.cert_file.display(), "TLS certificate reloaded");
-            }
-            Err(e) => {
-                ctx.metrics
-                    .tls_reloads
-                    .get_or_create(&"failed".into())
-                    .inc();
-                error!(
-                    "TLS files changed but cannot be used; keeping the previous certificate: {e}"
-                );
-            }
-        }
-    }
+    })
+    .await;
 }
 
 /// Accepts TCP connections and completes TLS handshakes off the accept
