@@ -43,10 +43,15 @@ pub fn render(ports: &[SerialPortInfo]) -> String {
     }
     let mut out = String::new();
     for port in ports {
-        // Writing into a String cannot fail.
-        let _ = writeln!(out, "{}", port.dev_path.display());
+        // Writing into a String cannot fail. Paths are escaped too: udev
+        // names by-id links after the stick's own strings.
+        let _ = writeln!(out, "{}", Untrusted(&port.dev_path.to_string_lossy()));
         for link in &port.by_id {
-            let _ = writeln!(out, "  by-id:        {}", link.display());
+            let _ = writeln!(
+                out,
+                "  by-id:        {}",
+                Untrusted(&link.to_string_lossy())
+            );
         }
         if let Some(driver) = &port.driver {
             let _ = writeln!(out, "  driver:       {driver}");

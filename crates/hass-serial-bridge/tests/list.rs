@@ -171,3 +171,24 @@ fn a_device_matched_by_vid_pid_and_serial_is_served() {
     client.write_all(b"matched").unwrap();
     assert_eq!(read_exactly(&mut peer, 7), b"matched");
 }
+
+/// A stick names its own by-id link (udev builds it from the USB strings):
+/// `list` prints it, like the strings, escaped.
+#[test]
+fn list_escapes_the_names_a_stick_chose() {
+    let dir = tempfile::tempdir().unwrap();
+    add_usb_port(
+        dir.path(),
+        &FakeUsbPort {
+            tty: "ttyUSB1",
+            bus_path: "1-4",
+            serial: Some("A\u{1b}[2J"),
+            by_id: Some("usb-Evil_\u{1b}[2J-if00"),
+            ..SONOFF_E
+        },
+    );
+    let text = render(&scan(&roots(dir.path())));
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(text.contains("usb-Evil_\\u{1b}[2J-if00"), "{text}");
+    assert!(text.contains("serial:       A\\u{1b}[2J"), "{text}");
+}
