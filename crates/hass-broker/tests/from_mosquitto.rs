@@ -113,19 +113,7 @@ fn a_mosquitto_db_brings_retained_messages_and_persistent_sessions_once() {
             "--show",
         ],
     );
-    let mut got: Vec<(String, String, bool)> = retained["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .map(|m| {
-            (
-                m["topic"].as_str().unwrap().to_owned(),
-                m["payload"].as_str().unwrap().to_owned(),
-                m["retain"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    got.sort();
+    let got = hass_test_support::paho::received(&retained);
     assert_eq!(
         got,
         [

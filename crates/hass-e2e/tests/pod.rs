@@ -52,19 +52,7 @@ fn retained_discovery_and_state_survive_a_broker_kill_9() {
     broker.sidecar.restart();
 
     let got = paho_subscribe(port, &["homeassistant/#", "zigbee2mqtt/#"], 3);
-    let mut got: Vec<(String, String, bool)> = got
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["topic"].as_str().unwrap().to_owned(),
-                m["payload"].as_str().unwrap().to_owned(),
-                m["retain"].as_bool().unwrap(),
-            )
-        })
-        .collect();
-    got.sort();
+    let got = hass_test_support::paho::received(&got);
     let mut want = vec![
         (DISCOVERY_TOPIC.to_owned(), DISCOVERY.to_owned(), true),
         (DOOR_TOPIC.to_owned(), DOOR.to_owned(), true),

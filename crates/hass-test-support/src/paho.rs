@@ -9,6 +9,24 @@ pub fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/paho_client.py")
 }
 
+/// The messages of a paho `subscribe` (its JSON `messages`, or that list
+/// itself) as (topic, payload, retain), sorted: what a test compares
+/// whatever order the broker delivered in.
+pub fn received(output: &serde_json::Value) -> Vec<(String, String, bool)> {
+    let messages = output.get("messages").unwrap_or(output);
+    let mut got: Vec<(String, String, bool)> = messages
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages in paho output {output}"))
+        .iter()
+        .map(|m| {
+            let text = |key: &str| m[key].as_str().unwrap_or_default().to_owned();
+            (text("topic"), text("payload"), m["retain"].as_bool() == Some(true))
+        })
+        .collect();
+    got.sort();
+    got
+}
+
 /// A paho `subscribe` running in the background, returned once the broker
 /// has acknowledged every filter (the script says `subscribed [codes]` on
 /// stderr after the last SUBACK): a test publishes only then.
