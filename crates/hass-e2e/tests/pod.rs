@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, Sidecar, StandInHa, Stick, paho_publish,
+    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, PtyPair, Sidecar, StandInHa, paho_publish,
     paho_subscribe, read_exactly, token_file, write,
 };
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
@@ -79,7 +79,7 @@ fn retained_discovery_and_state_survive_a_broker_kill_9() {
 fn exporter_reports_every_part_and_each_flips_when_it_stops_and_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start();
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let mut bridge = Bridge::start(&stick);
     let mut postgres = TempPostgres::start().unwrap();
     let mut ha = StandInHa::start();
@@ -342,7 +342,7 @@ fn wait_reloads(ha: &StandInHa, watcher: &Sidecar, want: &[&str]) {
 #[test]
 fn unplug_and_replug_the_stick_through_bridge_and_exporter() {
     let dir = tempfile::tempdir().unwrap();
-    let mut stick = Stick::new();
+    let mut stick = PtyPair::new();
     let bridge = Bridge::start(&stick);
     let config = dir.path().join("exporter.yaml");
     std::fs::write(
@@ -357,7 +357,7 @@ fn unplug_and_replug_the_stick_through_bridge_and_exporter() {
     let device: &[(&str, &str)] = &[("bridge", "zigbee"), ("device", "zigbee")];
     exporter.wait_metric("hass_exporter_bridge_device_up", device, 1.0, FLIP);
 
-    let exchange = |stick: &Stick, round: u8| {
+    let exchange = |stick: &PtyPair, round: u8| {
         let mut client = TcpStream::connect(bridge.listen).unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(10)))

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{
-    HA_TOKEN, MQTT_PASSWORD, MQTT_USER, StandInHa, Stick, paho_publish, paho_subscribe,
+    HA_TOKEN, MQTT_PASSWORD, MQTT_USER, PtyPair, StandInHa, paho_publish, paho_subscribe,
     read_exactly,
 };
 use hass_test_support::binary::workspace_binary;
@@ -288,7 +288,7 @@ fn the_generated_pods_run_under_podman_and_pass_the_same_health_checks() {
     let dir = tempfile::tempdir().unwrap();
     let postgres = recorder_database();
     let ha = StandInHa::start_on(local(8123));
-    let stick = Stick::owned_by_dialout();
+    let stick = PtyPair::owned_by_dialout();
 
     // The operator's steps: values file, render.
     let tree = render(

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, BRIDGE_IP, NetnsPair, Stick, read_exactly};
+use common::{BIN, BRIDGE_IP, NetnsPair, PtyPair, read_exactly};
 use hass_test_support::{SpawnedBinary, wait_for};
 
 const PORT: u16 = 6638;
@@ -42,7 +42,7 @@ fn python_client(pair: &NetnsPair, ns: &str) -> (Child, BufReader<std::process::
 /// `keepalive` is the config's `keepalive:` line, empty for the defaults.
 fn detection_time(tag: &str, keepalive: &str, with_traffic: bool) -> Duration {
     let pair = NetnsPair::new(tag);
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("bridge.yaml");
     std::fs::write(

@@ -16,7 +16,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{BIN, BRIDGE_IP, NetnsPair, Stick};
+use common::{BIN, BRIDGE_IP, NetnsPair, PtyPair};
 use hass_test_support::{SpawnedBinary, wait_for};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -121,7 +121,7 @@ impl Drop for Browser {
 fn zha_finds_the_stick_while_it_is_plugged_in() {
     let pair = NetnsPair::new("z");
     pair.route_multicast();
-    let mut stick = Stick::new();
+    let mut stick = PtyPair::new();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("bridge.yaml");
     std::fs::write(

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use common::fake_sysfs::{FakeUsbPort, add_8250, add_usb_port, add_virtual_tty, roots};
-use common::{BIN, Stick, read_exactly};
+use common::{BIN, PtyPair, read_exactly};
 use hass_serial_bridge::list::render;
 use hass_serial_bridge::sysfs::{UsbInfo, scan};
 
@@ -127,7 +127,7 @@ fn the_list_command_prints_what_a_config_needs() {
 
 #[test]
 fn a_device_matched_by_vid_pid_and_serial_is_served() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let dir = tempfile::tempdir().unwrap();
     add_usb_port(dir.path(), &SONOFF_E);
     // Another stick of the same model: the serial number tells them apart.

@@ -7,7 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{Bridge, Stick, connect, read_exactly};
+use common::{Bridge, PtyPair, connect, read_exactly};
 use hass_test_support::wait_for;
 
 const PINS: &str = "    dtr: true
@@ -21,7 +21,7 @@ const WARNING: &str = "no modem-control lines";
 
 #[test]
 fn pin_settings_on_a_pty_warn_once_per_open_and_serve() {
-    let mut stick = Stick::new();
+    let mut stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), PINS);
     bridge.wait_ready();
     assert_eq!(
@@ -66,7 +66,7 @@ fn pin_settings_on_a_pty_warn_once_per_open_and_serve() {
 
 #[test]
 fn without_pin_settings_nothing_is_skipped_or_warned() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, _) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     assert_eq!(

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Bridge, Stick, connect, read_exactly};
+use common::{Bridge, PtyPair, connect, read_exactly};
 use hass_test_support::wait_for;
 
 /// The replug budget from the issue: serving again ≤ 1 s after the stick returns.
@@ -18,7 +18,7 @@ const REOPEN_BUDGET: Duration = Duration::from_secs(1);
 
 #[test]
 fn unplug_and_replug_under_traffic_three_times() {
-    let mut stick = Stick::new();
+    let mut stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     let mut reopen_times = Vec::new();

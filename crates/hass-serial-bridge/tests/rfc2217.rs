@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Bridge, Stick, connect, read_exactly};
+use common::{Bridge, PtyPair, connect, read_exactly};
 use hass_serial_bridge::config::SerialSettings;
 use hass_serial_bridge::line_control::{LineControl, LineSettings, ModemState, TtyControl};
 use hass_serial_bridge::metrics::BridgeMetrics;
@@ -118,7 +118,7 @@ fn has(stty: &str, flags: &str) -> bool {
     flags.split(' ').all(|flag| words.contains(&flag))
 }
 
-fn one_device_with_rfc2217(stick: &Stick, extra: &str) -> (Bridge, SocketAddr, u16) {
+fn one_device_with_rfc2217(stick: &PtyPair, extra: &str) -> (Bridge, SocketAddr, u16) {
     let port = free_addr().port();
     let (bridge, listen) = Bridge::one_device(
         &stick.device(),
@@ -129,7 +129,7 @@ fn one_device_with_rfc2217(stick: &Stick, extra: &str) -> (Bridge, SocketAddr, u
 
 #[test]
 fn a_client_sets_the_line_and_exchanges_bytes_then_the_next_gets_the_configured_line() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen, port) = one_device_with_rfc2217(&stick, "");
     bridge.wait_ready();
     let device = stick.device();
@@ -193,7 +193,7 @@ fn a_client_sets_the_line_and_exchanges_bytes_then_the_next_gets_the_configured_
 
 #[test]
 fn one_client_is_served_across_both_ports() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen, port) = one_device_with_rfc2217(&stick, "    second_client: reject\n");
     bridge.wait_ready();
     let _raw = connect(listen, Duration::from_secs(10));
@@ -215,7 +215,7 @@ fn one_client_is_served_across_both_ports() {
 
 #[test]
 fn hostile_telnet_input_is_dropped_counted_and_the_session_goes_on() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, _, port) = one_device_with_rfc2217(&stick, "");
     bridge.wait_ready();
     let mut peer = stick.open_peer();
@@ -300,7 +300,7 @@ impl LineControl for LoopbackPlug {
 
 #[test]
 fn a_bootloader_pin_sequence_from_the_client_reaches_the_lines_in_order() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let settings = SerialSettings::default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

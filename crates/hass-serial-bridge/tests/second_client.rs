@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::Duration;
 
-use common::{Bridge, Stick, connect, read_exactly};
+use common::{Bridge, PtyPair, connect, read_exactly};
 use hass_test_support::wait_for;
 
 /// What the peer reads before the stream ends (EOF or reset).
@@ -30,7 +30,7 @@ fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
 
 #[test]
 fn reject_closes_the_second_client_unserved_and_keeps_the_first() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "    second_client: reject\n");
     bridge.wait_ready();
     let mut peer = stick.open_peer();
@@ -81,7 +81,7 @@ fn reject_closes_the_second_client_unserved_and_keeps_the_first() {
 
 #[test]
 fn replace_closes_the_first_client_before_serving_the_second() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     let mut peer = stick.open_peer();
@@ -261,7 +261,7 @@ fn read_all_counting(
 #[test]
 fn a_client_writing_nonstop_is_cut_off_cleanly_when_replaced() {
     const SECOND_REQUESTS: u32 = 200;
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     let player = StickPlayer::start(stick.open_peer(), SECOND_REQUESTS as usize);

@@ -9,13 +9,13 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{BIN, Bridge, Stick, connect, read_exactly};
+use common::{BIN, Bridge, PtyPair, connect, read_exactly};
 use hass_test_support::{free_addr, wait_for};
 use nix::sys::signal::Signal;
 
 #[test]
 fn a_missing_device_is_waited_for_not_ready_and_refusing() {
-    let mut stick = Stick::unplugged();
+    let mut stick = PtyPair::unplugged();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     let not_ready = wait_for(Duration::from_secs(10), || {
         let reply = hass_test_support::http::get(bridge.admin, "/readyz").ok()?;
@@ -117,7 +117,7 @@ fn a_path_that_is_not_a_tty_exits_2() {
 
 #[test]
 fn a_port_in_use_exits_1_naming_device_and_address() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let (code, stderr) = exits_with(&format!(
@@ -231,7 +231,7 @@ fn xon_xoff_is_applied_to_the_tty() {
 
 #[test]
 fn sigterm_with_a_client_connected_exits_0() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     let mut client = connect(listen, Duration::from_secs(10));

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Bridge, Stick, connect, first_difference, play_stick, random_bytes, read_exactly};
+use common::{Bridge, PtyPair, connect, first_difference, play_stick, random_bytes, read_exactly};
 use hass_test_support::{openmetrics, wait_for};
 
 const MIB: usize = 1024 * 1024;
@@ -60,7 +60,7 @@ socket.connect(Number(port), host, () => socket.write(data));
 /// Runs `client` (given the input and output files) against a bridge on a
 /// fresh stick while the test plays the stick, and checks both directions.
 fn exchange_a_mebibyte(client: impl FnOnce(SocketAddr, &str, &str) -> Command) {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
 
@@ -184,7 +184,7 @@ fn wait_until_noted(bridge: &Bridge, sent: Instant, direction: &str) -> Instant 
 
 #[test]
 fn last_byte_age_restarts_with_each_byte_either_way_and_grows_while_idle() {
-    let stick = Stick::new();
+    let stick = PtyPair::new();
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     let mut client = connect(listen, Duration::from_secs(10));

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{Bridge, Stick, connect, first_difference, play_stick, random_bytes, read_exactly};
+use common::{Bridge, PtyPair, connect, first_difference, play_stick, random_bytes, read_exactly};
 use hass_test_support::{free_addr, wait_for};
 
 /// Plays a TCP client: writes `send` and reads `expect` bytes at the same time.
@@ -37,8 +37,8 @@ struct Exchange {
 
 #[test]
 fn two_devices_in_one_process_serve_at_once_with_their_own_readiness_and_metrics() {
-    let zigbee_stick = Stick::new();
-    let mut zwave_stick = Stick::unplugged();
+    let zigbee_stick = PtyPair::new();
+    let mut zwave_stick = PtyPair::unplugged();
     let (zigbee_listen, zwave_listen) = (free_addr(), free_addr());
     let mut bridge = Bridge::start(&format!(
         "devices:

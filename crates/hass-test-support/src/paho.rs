@@ -20,7 +20,11 @@ pub fn received(output: &serde_json::Value) -> Vec<(String, String, bool)> {
         .iter()
         .map(|m| {
             let text = |key: &str| m[key].as_str().unwrap_or_default().to_owned();
-            (text("topic"), text("payload"), m["retain"].as_bool() == Some(true))
+            (
+                text("topic"),
+                text("payload"),
+                m["retain"].as_bool() == Some(true),
+            )
         })
         .collect();
     got.sort();

@@ -6,11 +6,9 @@
 // Test helpers: a failure is a test failure. Not every test uses every helper.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
-use std::fs::{File, OpenOptions};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,10 +16,10 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+pub use hass_test_support::PtyPair;
 use hass_test_support::binary::workspace_binary;
 use hass_test_support::{SpawnedBinary, free_addr, http, wait_for};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 pub const MQTT_USER: &str = "homeassistant";
@@ -253,104 +251,6 @@ pub fn paho_subscribe(port: u16, filters: &[&str], expect: usize) -> serde_json:
 // ---------------------------------------------------------------------------
 // Stick and bridge
 
-/// A pty pair at fixed paths standing in for a USB stick that can be
-/// unplugged and plugged back, as `/dev/serial/by-id/...` links behave.
-#[derive(Debug)]
-pub struct Stick {
-    dir: TempDir,
-    socat: Option<Child>,
-    /// socat options for the device end (owner, mode).
-    device_options: &'static str,
-}
-
-impl Stick {
-    pub fn new() -> Self {
-        Self::with_device_options("")
-    }
-
-    /// A device node as udev makes one for a USB stick: group dialout (20),
-    /// mode 0660, for a bridge that runs as a non-root user in that group.
-    pub fn owned_by_dialout() -> Self {
-        Self::with_device_options(",group=20,perm=0660")
-    }
-
-    fn with_device_options(device_options: &'static str) -> Self {
-        let mut stick = Self {
-            dir: tempfile::Builder::new()
-                .prefix("hass-stick-")
-                .tempdir()
-                .unwrap(),
-            socat: None,
-            device_options,
-        };
-        stick.plug();
-        stick
-    }
-
-    /// The device node behind the link: a device plugin hands out nodes.
-    pub fn device_node(&self) -> PathBuf {
-        std::fs::canonicalize(self.device()).unwrap()
-    }
-
-    pub fn device(&self) -> PathBuf {
-        self.dir.path().join("device")
-    }
-
-    fn peer(&self) -> PathBuf {
-        self.dir.path().join("peer")
-    }
-
-    pub fn plug(&mut self) {
-        assert!(self.socat.is_none(), "already plugged");
-        let end = |name: &str, options: &str| {
-            format!(
-                "pty,raw,echo=0,link={}{options}",
-                self.dir.path().join(name).display()
-            )
-        };
-        self.socat = Some(
-            Command::new("socat")
-                .arg(end("device", self.device_options))
-                .arg(end("peer", ""))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("socat (Debian's socat; scripts/test installs it)"),
-        );
-        let linked = wait_for(Duration::from_secs(5), || {
-            (self.device().exists() && self.peer().exists()).then_some(())
-        });
-        assert!(linked.is_some(), "socat made no pty links within 5 s");
-    }
-
-    /// The stick vanishes: open handles see the line drop, the links go.
-    pub fn unplug(&mut self) {
-        if let Some(mut socat) = self.socat.take() {
-            let _ = kill(Pid::from_raw(socat.id() as i32), Signal::SIGTERM);
-            let _ = socat.wait();
-        }
-        let _ = std::fs::remove_file(self.device());
-        let _ = std::fs::remove_file(self.peer());
-    }
-
-    /// The stick's firmware side.
-    pub fn open_peer(&self) -> File {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
-            .open(self.peer())
-            .expect("open the stick's end")
-    }
-}
-
-impl Drop for Stick {
-    fn drop(&mut self) {
-        self.unplug();
-    }
-}
-
 /// hass-serial-bridge serving `stick` as device `zigbee`.
 #[derive(Debug)]
 pub struct Bridge {
@@ -360,7 +260,7 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn start(stick: &Stick) -> Self {
+    pub fn start(stick: &PtyPair) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let listen = free_addr();
         let config = dir.path().join("bridge.yaml");

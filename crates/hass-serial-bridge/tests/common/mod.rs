@@ -1,114 +1,26 @@
-//! Shared helpers for the bridge's integration tests: a replugable stick
-//! (socat pty pair at fixed paths), the bridge binary with a YAML config, and
-//! metric and data helpers. Candidates for hass-test-support.
+//! Shared helpers for the bridge's integration tests: the bridge binary with
+//! a YAML config, and metric and data helpers. The stick is
+//! hass-test-support's `PtyPair`.
 
 // Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+pub(crate) use hass_test_support::PtyPair;
 use hass_test_support::{SpawnedBinary, free_addr, http, wait_for};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub(crate) mod fake_sysfs;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_hass-serial-bridge");
-
-/// A pty pair standing in for a USB stick that can be unplugged and plugged
-/// back at the same path, as `/dev/serial/by-id/...` links behave.
-#[derive(Debug)]
-pub(crate) struct Stick {
-    dir: TempDir,
-    socat: Option<Child>,
-}
-
-impl Stick {
-    /// A plugged-in stick.
-    pub(crate) fn new() -> Self {
-        let mut stick = Self::unplugged();
-        stick.plug();
-        stick
-    }
-
-    /// A stick whose path does not exist yet.
-    pub(crate) fn unplugged() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("hass-stick-")
-            .tempdir()
-            .expect("temp dir");
-        Self { dir, socat: None }
-    }
-
-    /// The path the bridge opens.
-    pub(crate) fn device(&self) -> PathBuf {
-        self.dir.path().join("device")
-    }
-
-    /// The end the test plays the stick's firmware on.
-    pub(crate) fn peer(&self) -> PathBuf {
-        self.dir.path().join("peer")
-    }
-
-    pub(crate) fn plug(&mut self) {
-        assert!(self.socat.is_none(), "already plugged");
-        let end = |name: &str| {
-            format!(
-                "pty,raw,echo=0,link={}",
-                self.dir.path().join(name).display()
-            )
-        };
-        let socat = Command::new("socat")
-            .arg(end("device"))
-            .arg(end("peer"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot run socat; install Debian's socat (scripts/test does)");
-        self.socat = Some(socat);
-        let linked = wait_for(Duration::from_secs(5), || {
-            (self.device().exists() && self.peer().exists()).then_some(())
-        });
-        assert!(linked.is_some(), "socat made no pty links within 5 s");
-    }
-
-    /// The stick vanishes: socat ends (open handles see the line drop) and
-    /// the links go, as udev removes by-id links.
-    pub(crate) fn unplug(&mut self) {
-        if let Some(mut socat) = self.socat.take() {
-            let _ = kill(Pid::from_raw(socat.id() as i32), Signal::SIGTERM);
-            let _ = socat.wait();
-        }
-        let _ = std::fs::remove_file(self.device());
-        let _ = std::fs::remove_file(self.peer());
-    }
-
-    /// Opens the stick's side for reading and writing.
-    pub(crate) fn open_peer(&self) -> File {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
-            .open(self.peer())
-            .expect("open the stick's end")
-    }
-}
-
-impl Drop for Stick {
-    fn drop(&mut self) {
-        self.unplug();
-    }
-}
 
 /// The bridge binary running with a config file written for the test.
 #[derive(Debug)]
