@@ -11,8 +11,9 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Fixture, Running, StandInHa, WAIT, binary, eventually, watcher_yaml, write};
+use common::{Fixture, Running, WAIT, binary, eventually, watcher_yaml, write};
 use hass_config_watcher::backup::{self, NAME_PREFIX, RestoreLimits};
+use hass_test_support::StandInHa;
 
 /// Every regular file under `dir`, relative path → bytes.
 fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -278,7 +279,7 @@ fn a_full_or_unwritable_output_fails_clearly_and_loses_nothing() {
 async fn scheduled_backups_and_their_metrics() {
     let fx = Fixture::new();
     write(&fx.root, "configuration.yaml", "automation: []\n");
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let out = fx.dir.path().join("out");
     let yaml = watcher_yaml(
         &fx.root,

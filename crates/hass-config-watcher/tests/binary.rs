@@ -8,9 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    Fixture, StandInHa, WAIT, automation, binary, run_command, sample_config, spawn_ready, write,
-};
+use common::{Fixture, WAIT, automation, binary, run_command, sample_config, spawn_ready, write};
+use hass_test_support::StandInHa;
 use hass_test_support::{http, openmetrics};
 use nix::sys::signal::Signal;
 
@@ -18,7 +17,7 @@ use nix::sys::signal::Signal;
 async fn run_reloads_serves_metrics_and_stops_on_sigterm() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let config = fx.dir.path().join("watcher.yaml");
     // The config folder comes from the env fallback of --config-dir.
     std::fs::write(
@@ -156,7 +155,7 @@ fn run_help_and_usage_errors() {
 async fn the_admin_section_places_the_admin_server_and_the_flag_wins() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let config = fx.dir.path().join("watcher.yaml");
     let from_file = hass_test_support::free_addr();
     std::fs::write(

@@ -13,8 +13,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use common::{Fixture, Running, StandInHa, WAIT, automation, eventually, watcher_yaml, write};
+use common::{Fixture, Running, WAIT, automation, eventually, watcher_yaml, write};
 use hass_test_support::GitRemote;
+use hass_test_support::StandInHa;
 
 const CONFIGURATION: &str = "homeassistant:\n  name: Home\nautomation: !include automations.yaml\nscript: !include scripts.yaml\ninput_boolean: !include input_boolean.yaml\n";
 
@@ -71,7 +72,7 @@ impl Setup {
         for (rel, text) in local {
             write(&fx.root, rel, text);
         }
-        let ha = StandInHa::start().await;
+        let ha = StandInHa::start();
         let source = format!(
             "{top}source:\n  git: file://{}\n  path: ha\n  interval: 50ms\n{more}",
             repo.remote.display()
@@ -341,7 +342,7 @@ async fn an_unreachable_repository_is_reported_until_it_appears() {
         "homeassistant:\n  name: Home\n",
     );
     let before = snapshot(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let missing = fx.dir.path().join("remote.git");
     let source = format!(
         "source:\n  git: {}\n  path: ha\n  interval: 50ms\n",
@@ -379,9 +380,12 @@ async fn a_revision_home_assistant_rejects_is_rolled_back() {
     let good = s.read("input_boolean.yaml");
     // Valid YAML that Home Assistant's own check rejects: it warns about
     // the domain, so the reload is refused and the revision rolled back.
-    s.ha.set_check_config_warnings(Some(
-        "Invalid config for 'input_boolean' at input_boolean.yaml, line 2: expected str",
-    ));
+    s.ha.set(|b| {
+        b.check_config_warnings = Some(
+            "Invalid config for 'input_boolean' at input_boolean.yaml, line 2: expected str"
+                .to_owned(),
+        )
+    });
     let pushed = Instant::now();
     let bad = s.repo.push(
         &[
@@ -395,7 +399,7 @@ async fn a_revision_home_assistant_rejects_is_rolled_back() {
     );
     s.wait_for("rolled_back", 1).await;
     eprintln!("push to rolled back: {:?}", pushed.elapsed());
-    s.ha.set_check_config_warnings(None);
+    s.ha.set(|b| b.check_config_warnings = None);
     assert_eq!(s.read("input_boolean.yaml"), good);
     assert_eq!(s.read("scripts.yaml"), "hello:\n  sequence: []\n");
     let note = s.notification_about(&bad).await;
@@ -435,7 +439,7 @@ async fn a_revision_after_which_home_assistant_does_not_come_back_is_rolled_back
     // `mqtt:` has no reload service: the change needs a restart, after
     // which Home Assistant never says RUNNING.
     let restarts = s.ha.count("homeassistant/restart");
-    s.ha.set_core_state("NOT_RUNNING");
+    s.ha.set(|b| b.state = "NOT_RUNNING".into());
     let config = format!("{CONFIGURATION}mqtt:\n  sensor: []\n");
     let mqtt = s
         .repo

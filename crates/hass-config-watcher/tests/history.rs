@@ -9,8 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{Fixture, Running, StandInHa, WAIT, eventually, sample_config, watcher_yaml, write};
+use common::{Fixture, Running, WAIT, eventually, sample_config, watcher_yaml, write};
 use hass_config_watcher::history::{Committed, History};
+use hass_test_support::StandInHa;
 
 /// Every file of the commit `HEAD` points to, path → content.
 fn head_files(history: &History) -> BTreeMap<String, String> {
@@ -170,7 +171,7 @@ async fn valid_changes_commit_invalid_ones_never() {
     let fx = Fixture::new();
     sample_config(&fx.root);
     write(&fx.root, "secrets.yaml", "pw: hunter2\n");
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let repo_dir = fx.dir.path().join("history.git");
     let yaml = watcher_yaml(
         &fx.root,

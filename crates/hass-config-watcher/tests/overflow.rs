@@ -19,9 +19,8 @@ use std::fs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{
-    Fixture, StandInHa, WAIT, automation, run_command, sample_config, spawn_ready, write,
-};
+use common::{Fixture, WAIT, automation, run_command, sample_config, spawn_ready, write};
+use hass_test_support::StandInHa;
 use hass_test_support::{http, wait_for};
 use nix::sys::signal::Signal;
 
@@ -57,7 +56,7 @@ async fn a_queue_overflow_makes_the_watcher_rescan() {
     let fx = Fixture::new();
     sample_config(&fx.root);
     fs::create_dir(fx.root.join("notes")).unwrap();
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let config = fx.dir.path().join("watcher.yaml");
     fs::write(
         &config,

@@ -15,9 +15,10 @@ use std::os::unix::fs::symlink;
 use std::time::{Duration, Instant};
 
 use common::{
-    Fixture, Running, StandInHa, WAIT, automation, eventually, sample_config, watcher_yaml, write,
+    Fixture, Running, WAIT, automation, eventually, sample_config, watcher_yaml, write,
     write_atomic,
 };
+use hass_test_support::StandInHa;
 
 /// Changes `scripts.yaml` and waits for `script.reload`: later calls from
 /// earlier changes would have arrived before it.
@@ -38,7 +39,7 @@ async fn barrier(fx: &Fixture, ha: &StandInHa, n: usize) {
 async fn an_edit_reloads_only_its_domain() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     let written = Instant::now();
@@ -84,7 +85,7 @@ async fn an_edit_reloads_only_its_domain() {
 async fn core_config_and_moves_between_files() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     // `homeassistant:` has its own service.
@@ -119,7 +120,7 @@ async fn core_config_and_moves_between_files() {
 async fn atomic_rename_like_an_editor() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     write_atomic(&fx.root, "automations.yaml", &automation("renamed"));
@@ -139,7 +140,7 @@ async fn atomic_rename_like_an_editor() {
 async fn automation_editor_saves_are_coalesced() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     for i in 0..3 {
@@ -194,7 +195,7 @@ async fn configmap_data_swap() {
     for name in ["configuration.yaml", "automations.yaml", "scripts.yaml"] {
         symlink(format!("..data/{name}"), root.join(name)).unwrap();
     }
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(root, &ha.url(), &fx.token_file, "")).await;
 
     let new = "..2026_01_01_10_05_00.222";
@@ -249,7 +250,7 @@ async fn configmap_data_swap() {
 async fn burst_of_1000_writes_validates_the_final_state_once() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let yaml =
         watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "").replace("debounce: 200ms\n", "");
     let w = Running::start(&yaml).await;
@@ -311,7 +312,7 @@ async fn burst_of_1000_writes_validates_the_final_state_once() {
 async fn a_broken_edit_never_reloads() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     write(&fx.root, "automations.yaml", "- id: x\n  trigger: [\n");
@@ -376,8 +377,8 @@ async fn a_broken_edit_never_reloads() {
 async fn slow_reloads_are_coalesced_per_domain() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
-    ha.set_reload_delay(Duration::from_millis(1500));
+    let ha = StandInHa::start();
+    ha.set(|b| b.reload_delay = Duration::from_millis(1500));
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     write(&fx.root, "automations.yaml", &automation("a1"));
@@ -403,7 +404,7 @@ async fn slow_reloads_are_coalesced_per_domain() {
         ha.count("automation/reload") == 2 && ha.in_flight("automation") == 0
     })
     .await;
-    ha.set_reload_delay(Duration::ZERO);
+    ha.set(|b| b.reload_delay = Duration::ZERO);
     barrier(&fx, &ha, 1).await;
     assert_eq!(ha.count("automation/reload"), 2);
     assert_eq!(ha.max_in_flight("automation"), 1);
@@ -434,7 +435,7 @@ async fn home_assistant_down_then_up() {
     })
     .await;
     assert_eq!(w.metric("hass_config_watcher_ha_up", &[]), 0.0);
-    let ha = StandInHa::start_on(addr).await;
+    let ha = StandInHa::start_on(addr);
     eventually("automation.reload once HA is up", WAIT, || {
         ha.count("automation/reload") == 1
     })
@@ -453,8 +454,8 @@ async fn home_assistant_down_then_up() {
 async fn unauthorized_is_not_retried() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
-    ha.set_unauthorized(true);
+    let ha = StandInHa::start();
+    ha.set(|b| b.unauthorized = true);
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
     eventually("the startup call", WAIT, || ha.calls().len() == 1).await;
 
@@ -479,10 +480,10 @@ async fn unauthorized_is_not_retried() {
 async fn server_errors_are_retried_a_few_times() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
-    ha.set_server_errors(2);
+    ha.set(|b| b.server_errors = 2);
     write(&fx.root, "automations.yaml", &automation("x"));
     eventually("a successful reload", WAIT, || {
         w.metric(
@@ -493,7 +494,7 @@ async fn server_errors_are_retried_a_few_times() {
     .await;
     assert_eq!(ha.count("automation/reload"), 3);
 
-    ha.set_server_errors(100);
+    ha.set(|b| b.server_errors = 100);
     write(&fx.root, "automations.yaml", &automation("y"));
     eventually("a failed reload", WAIT, || {
         w.metric(
@@ -519,7 +520,7 @@ async fn server_errors_are_retried_a_few_times() {
 async fn a_domain_without_reload_needs_a_restart() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     let config = fs::read_to_string(fx.root.join("configuration.yaml")).unwrap();
@@ -549,7 +550,7 @@ async fn a_domain_without_reload_needs_a_restart() {
 async fn auto_restarting() -> (Fixture, StandInHa, Running, String) {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(
         &fx.root,
         &ha.url(),
@@ -567,7 +568,7 @@ async fn auto_restart_only_when_home_assistant_agrees() {
 
     // HA's own check says invalid: no restart, and the reloadable domain
     // changed in the same edit is not reloaded either.
-    ha.set_check_config_valid(false);
+    ha.set(|b| b.check_config_valid = false);
     write(
         &fx.root,
         "configuration.yaml",
@@ -597,7 +598,7 @@ async fn auto_restart_only_when_home_assistant_agrees() {
 
     // Now it agrees: check_config, then restart, and no reloads (the restart
     // loads everything).
-    ha.set_check_config_valid(true);
+    ha.set(|b| b.check_config_valid = true);
     let calls_before = ha.calls().len();
     write(
         &fx.root,
@@ -637,9 +638,12 @@ async fn auto_restart_only_when_home_assistant_agrees() {
 async fn auto_restart_waits_while_home_assistant_warns_about_a_changed_domain() {
     let (fx, ha, w, config) = auto_restarting().await;
 
-    ha.set_check_config_warnings(Some(
-        "Invalid config for 'mqtt' at configuration.yaml, line 7: expected a dictionary",
-    ));
+    ha.set(|b| {
+        b.check_config_warnings = Some(
+            "Invalid config for 'mqtt' at configuration.yaml, line 7: expected a dictionary"
+                .to_owned(),
+        )
+    });
     write(
         &fx.root,
         "configuration.yaml",
@@ -654,9 +658,10 @@ async fn auto_restart_waits_while_home_assistant_warns_about_a_changed_domain() 
     .await;
     assert_eq!(ha.count("homeassistant/restart"), 0);
 
-    ha.set_check_config_warnings(Some(
-        "Invalid config for 'zone' at zones.yaml, line 2: expected a float",
-    ));
+    ha.set(|b| {
+        b.check_config_warnings =
+            Some("Invalid config for 'zone' at zones.yaml, line 2: expected a float".to_owned())
+    });
     write(
         &fx.root,
         "configuration.yaml",
@@ -673,7 +678,7 @@ async fn auto_restart_waits_while_home_assistant_warns_about_a_changed_domain() 
 async fn custom_components_need_a_restart() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, "")).await;
 
     write(
@@ -708,7 +713,7 @@ async fn periodic_rescan_finds_unannounced_changes() {
         fx.root.join("automations.yaml"),
     )
     .unwrap();
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let w = Running::start(&watcher_yaml(
         &fx.root,
         &ha.url(),
@@ -736,7 +741,7 @@ async fn periodic_rescan_finds_unannounced_changes() {
 async fn no_token_no_calls() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let yaml = format!(
         "config_dir: {}\nhome_assistant:\n  url: {}\ndebounce: 100ms\n",
         fx.root.display(),
@@ -769,7 +774,7 @@ async fn no_token_no_calls() {
 async fn local_edits_home_assistant_rejects_are_put_back_when_asked() {
     let fx = Fixture::new();
     sample_config(&fx.root);
-    let ha = StandInHa::start().await;
+    let ha = StandInHa::start();
     let extra = "rollback_local_edits: true\nrollback_window: 5s\n";
     let w = Running::start(&watcher_yaml(&fx.root, &ha.url(), &fx.token_file, extra)).await;
     let taken = "guest_mode:\n  name: Guests\n";
@@ -779,15 +784,18 @@ async fn local_edits_home_assistant_rejects_are_put_back_when_asked() {
     })
     .await;
 
-    ha.set_check_config_warnings(Some(
-        "Invalid config for 'input_boolean' at input_boolean.yaml, line 2: expected str",
-    ));
+    ha.set(|b| {
+        b.check_config_warnings = Some(
+            "Invalid config for 'input_boolean' at input_boolean.yaml, line 2: expected str"
+                .to_owned(),
+        )
+    });
     write(&fx.root, "input_boolean.yaml", "guest_mode:\n  name: [1]\n");
     eventually("the edit put back", WAIT, || {
         w.metric("hass_config_watcher_local_rollbacks_total", &[]) == 1.0
     })
     .await;
-    ha.set_check_config_warnings(None);
+    ha.set(|b| b.check_config_warnings = None);
     assert_eq!(
         fs::read_to_string(fx.root.join("input_boolean.yaml")).unwrap(),
         taken

@@ -16,9 +16,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, PtyPair, Sidecar, StandInHa, paho_publish,
-    paho_subscribe, read_exactly, token_file, write,
+    Bridge, Broker, FLIP, MQTT_PASSWORD, MQTT_USER, PtyPair, Sidecar, paho_publish, paho_subscribe,
+    read_exactly, token_file, write,
 };
+use hass_test_support::StandInHa;
 use hass_test_support::{TempPostgres, http, openmetrics, wait_for};
 
 const DISCOVERY_TOPIC: &str = "homeassistant/sensor/e2e_kitchen/temperature/config";

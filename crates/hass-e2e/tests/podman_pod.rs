@@ -32,9 +32,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{
-    HA_TOKEN, MQTT_PASSWORD, MQTT_USER, PtyPair, StandInHa, paho_publish, paho_subscribe,
-    read_exactly,
+    HA_TOKEN, MQTT_PASSWORD, MQTT_USER, PtyPair, paho_publish, paho_subscribe, read_exactly,
 };
+use hass_test_support::StandInHa;
 use hass_test_support::binary::workspace_binary;
 use hass_test_support::git::GitHttpsServer;
 use hass_test_support::home_assistant::HomeAssistantApi;

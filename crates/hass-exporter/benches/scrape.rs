@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Exporter, StandInBridge, StandInHa, TOKEN, percentile, scrape_latencies, value};
+use common::{Exporter, StandInBridge, percentile, scrape_latencies, value};
+use hass_test_support::StandInHa;
+use hass_test_support::stand_in_ha::TOKEN;
 use hass_test_support::{SpawnedBinary, TempPostgres, free_addr, wait_for};
 
 fn main() {
@@ -36,7 +38,7 @@ fn main() {
         .unwrap_or(2000);
     println!("load average at start: {}", load_average());
 
-    let ha = StandInHa::start("RUNNING");
+    let ha = StandInHa::start();
     let pg = TempPostgres::start().expect("PostgreSQL");
     pg.psql(include_str!(
         "../tests/fixtures/recorder_schema_2024_3_3.sql"

@@ -8,12 +8,14 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Exporter, StandInBridge, StandInHa, TOKEN, percentile, scrape_latencies, value};
+use common::{Exporter, StandInBridge, percentile, scrape_latencies, value};
+use hass_test_support::StandInHa;
+use hass_test_support::stand_in_ha::TOKEN;
 use hass_test_support::{SpawnedBinary, TempPostgres, free_addr, wait_for};
 
 #[test]
 fn every_target_at_once() {
-    let ha = StandInHa::start("RUNNING");
+    let ha = StandInHa::start();
     let pg = TempPostgres::start().expect("PostgreSQL");
     pg.psql(include_str!("fixtures/recorder_schema_2024_3_3.sql"))
         .expect("psql");

@@ -8,7 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Exporter, StandInHa, TOKEN, percentile, scrape_latencies, value};
+use common::{Exporter, percentile, scrape_latencies, value};
+use hass_test_support::StandInHa;
+use hass_test_support::stand_in_ha::TOKEN;
 
 fn config(ha: &StandInHa, extra: &str) -> String {
     format!(
@@ -20,7 +22,7 @@ fn config(ha: &StandInHa, extra: &str) -> String {
 
 /// Every request to `/api/` carried exactly the configured token.
 fn assert_api_always_authenticated(ha: &StandInHa, token: &str) {
-    let seen = ha.seen();
+    let seen = ha.calls();
     assert!(
         seen.iter().any(|s| s.path.starts_with("/api/")),
         "HA was never polled"
@@ -37,7 +39,8 @@ fn assert_api_always_authenticated(ha: &StandInHa, token: &str) {
 
 #[test]
 fn probes_and_metrics_follow_the_core_state() {
-    let ha = StandInHa::start("NOT_RUNNING");
+    let ha = StandInHa::start();
+    ha.set(|b| b.state = "NOT_RUNNING".into());
     let exporter = Exporter::start(
         &config(&ha, "  live_timeout: 30s\n"),
         &[("ha-token", &format!("{TOKEN}\n"))],
@@ -120,7 +123,7 @@ fn probes_and_metrics_follow_the_core_state() {
         Some(0.0)
     );
     assert_eq!(
-        value(&m, "hass_exporter_ha_info", &[("version", "2024.3.3")]),
+        value(&m, "hass_exporter_ha_info", &[("version", "2026.11.0")]),
         Some(1.0)
     );
     // The older shape says nothing about migrations.
@@ -145,7 +148,7 @@ fn probes_and_metrics_follow_the_core_state() {
     exporter.wait_status("/probe/ha/ready", 503, Duration::from_secs(5));
 
     // /api/states and /api/config are fetched at their own, slower interval.
-    let seen = ha.seen();
+    let seen = ha.calls();
     let polls = seen.iter().filter(|s| s.path == "/api/core/state").count();
     let states_calls = seen.iter().filter(|s| s.path == "/api/states").count();
     assert!(
@@ -157,7 +160,7 @@ fn probes_and_metrics_follow_the_core_state() {
 
 #[test]
 fn ha_down_fails_ready_at_once_and_live_only_after_live_timeout() {
-    let mut ha = StandInHa::start("RUNNING");
+    let mut ha = StandInHa::start();
     let exporter = Exporter::start(&config(&ha, "  live_timeout: 4s\n"), &[("ha-token", TOKEN)]);
     exporter.wait_status("/probe/ha/ready", 200, Duration::from_secs(5));
 
@@ -195,7 +198,7 @@ fn ha_down_fails_ready_at_once_and_live_only_after_live_timeout() {
 
 #[test]
 fn recorder_migration_blocks_ready_and_keeps_live() {
-    let mut ha = StandInHa::start("RUNNING");
+    let mut ha = StandInHa::start();
     ha.set(|b| b.recorder_state = Some((true, false)));
     let exporter = Exporter::start(&config(&ha, "  live_timeout: 1s\n"), &[("ha-token", TOKEN)]);
     exporter.wait_metric("migration reported", Duration::from_secs(5), |m| {
@@ -240,7 +243,7 @@ fn recorder_migration_blocks_ready_and_keeps_live() {
 
 #[test]
 fn rejected_token_pauses_api_calls_loudly_and_a_new_token_resumes_at_once() {
-    let ha = StandInHa::start("RUNNING");
+    let ha = StandInHa::start();
     let exporter = Exporter::start(
         &config(&ha, "  auth_backoff: 60s\n  live_timeout: 1s\n"),
         &[("ha-token", "a-wrong-token")],
@@ -260,7 +263,7 @@ fn rejected_token_pauses_api_calls_loudly_and_a_new_token_resumes_at_once() {
         Some(60.0)
     );
     assert_eq!(value(&m, "hass_exporter_ha_up", &[]), Some(0.0));
-    let seen = ha.seen();
+    let seen = ha.calls();
     let api_calls = seen.iter().filter(|s| s.path.starts_with("/api")).count();
     assert_eq!(api_calls, 1, "{seen:#?}");
     // Unauthenticated pings outside /api/ keep liveness truthful.
@@ -298,7 +301,7 @@ fn rejected_token_pauses_api_calls_loudly_and_a_new_token_resumes_at_once() {
 /// 30 minutes; a wrong exporter token must not be able to cause that.
 #[test]
 fn startup_follows_whether_ha_answers_at_all_even_with_a_rejected_token() {
-    let mut ha = StandInHa::start("RUNNING");
+    let mut ha = StandInHa::start();
     ha.set_down(true);
     let exporter = Exporter::start(
         &config(
@@ -335,7 +338,7 @@ fn startup_follows_whether_ha_answers_at_all_even_with_a_rejected_token() {
     ha.set_down(false);
     exporter.wait_status("/probe/ha/startup", 200, Duration::from_secs(5));
     let api_calls = ha
-        .seen()
+        .calls()
         .iter()
         .filter(|s| s.path.starts_with("/api"))
         .count();
@@ -344,7 +347,7 @@ fn startup_follows_whether_ha_answers_at_all_even_with_a_rejected_token() {
 
 #[test]
 fn slow_ha_never_slows_a_scrape() {
-    let ha = StandInHa::start("RUNNING");
+    let ha = StandInHa::start();
     ha.set(|b| b.delay = Duration::from_secs(3));
     let exporter = Exporter::start(&config(&ha, ""), &[("ha-token", TOKEN)]);
     exporter.wait_metric("timeouts counted", Duration::from_secs(5), |m| {

@@ -19,6 +19,7 @@ pub mod ports;
 pub mod postgres;
 pub mod pty;
 pub mod registry;
+pub mod stand_in_ha;
 
 pub use binary::SpawnedBinary;
 pub use git::GitRemote;
@@ -27,6 +28,7 @@ pub use ports::{free_addr, free_port};
 pub use postgres::TempPostgres;
 pub use pty::PtyPair;
 pub use registry::TempRegistry;
+pub use stand_in_ha::StandInHa;
 
 use std::time::{Duration, Instant};
 

@@ -9,13 +9,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 pub use hass_test_support::PtyPair;
 use hass_test_support::binary::workspace_binary;
 use hass_test_support::{SpawnedBinary, free_addr, http, wait_for};
@@ -24,7 +19,7 @@ use tempfile::TempDir;
 
 pub const MQTT_USER: &str = "homeassistant";
 pub const MQTT_PASSWORD: &str = "e2e-Pa55-word";
-pub const HA_TOKEN: &str = "e2e-long-lived-token";
+pub use hass_test_support::stand_in_ha::TOKEN as HA_TOKEN;
 
 /// The budget for a flip the exporter must report: its probes run every
 /// second here, so a flip shows within one Prometheus scrape (15 s default)
@@ -286,190 +281,6 @@ pub fn read_exactly(from: &mut impl std::io::Read, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     from.read_exact(&mut buf).expect("read the expected bytes");
     buf
-}
-
-// ---------------------------------------------------------------------------
-// Stand-in Home Assistant
-
-/// One request the stand-in received.
-#[derive(Debug, Clone)]
-pub struct Call {
-    pub method: String,
-    pub path: String,
-    pub authorized: bool,
-}
-
-/// Domains the stand-in lists in `/api/services`, with their services.
-const SERVICES: &[(&str, &[&str])] = &[
-    (
-        "homeassistant",
-        &[
-            "reload_core_config",
-            "restart",
-            "check_config",
-            "reload_all",
-        ],
-    ),
-    ("automation", &["reload", "trigger"]),
-    ("script", &["reload", "turn_on"]),
-    ("input_boolean", &["reload", "toggle"]),
-    ("persistent_notification", &["create", "dismiss"]),
-];
-
-/// Home Assistant's REST API as the sidecars use it: `/api/core/state`
-/// (RUNNING), `/api/services`, service calls (recorded), `check_config`,
-/// `/manifest.json`. Every `/api/` call needs the bearer token, as in HA.
-/// `set_down(true)` stops it as a crashed pod: connections refused.
-#[derive(Debug)]
-pub struct StandInHa {
-    pub addr: SocketAddr,
-    calls: Arc<Mutex<Vec<Call>>>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl StandInHa {
-    pub fn start() -> Self {
-        Self::start_on(free_addr())
-    }
-
-    /// On a fixed address, e.g. Home Assistant's own 127.0.0.1:8123 for a
-    /// pod on the host's network.
-    pub fn start_on(addr: SocketAddr) -> Self {
-        let mut ha = Self {
-            addr,
-            calls: Arc::default(),
-            runtime: None,
-        };
-        ha.set_down(false);
-        ha
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
-    }
-
-    /// `domain/service` of every reload or restart call, in order.
-    pub fn reloads(&self) -> Vec<String> {
-        self.calls()
-            .into_iter()
-            .filter(|c| c.method == "POST")
-            .filter_map(|c| c.path.strip_prefix("/api/services/").map(str::to_owned))
-            .filter(|s| s.contains("reload") || s.ends_with("/restart"))
-            .collect()
-    }
-
-    pub fn assert_all_authorized(&self) {
-        for call in self.calls() {
-            assert!(call.authorized, "a call without the token: {call:?}");
-        }
-    }
-
-    pub fn set_down(&mut self, down: bool) {
-        if down {
-            if let Some(rt) = self.runtime.take() {
-                // Dropping the runtime ends the listener and every connection.
-                rt.shutdown_background();
-            }
-            return;
-        }
-        if self.runtime.is_some() {
-            return;
-        }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let addr = self.addr;
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(self.calls.clone());
-        let listener = rt.block_on(async {
-            for _ in 0..100 {
-                if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
-                    return l;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("cannot bind {addr}");
-        });
-        rt.spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        self.runtime = Some(rt);
-    }
-}
-
-impl Drop for StandInHa {
-    fn drop(&mut self) {
-        self.set_down(true);
-    }
-}
-
-async fn handle(State(calls): State<Arc<Mutex<Vec<Call>>>>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let method = request.method().to_string();
-    let authorized = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        == Some(format!("Bearer {HA_TOKEN}").as_str());
-    calls.lock().unwrap().push(Call {
-        method: method.clone(),
-        path: path.clone(),
-        authorized,
-    });
-    if path == "/manifest.json" {
-        return json(r#"{"name":"Home Assistant"}"#.to_owned());
-    }
-    if !path.starts_with("/api/") {
-        return StatusCode::NOT_FOUND.into_response();
-    }
-    if !authorized {
-        return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
-    }
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/api/core/state") => json(r#"{"state":"RUNNING"}"#.to_owned()),
-        ("GET", "/api/config") => {
-            json(r#"{"version":"2024.3.3","location_name":"Home"}"#.to_owned())
-        }
-        ("GET", "/api/states") => json("[]".to_owned()),
-        ("GET", "/api/services") => {
-            let list: Vec<serde_json::Value> = SERVICES
-                .iter()
-                .map(|(domain, services)| {
-                    let services: serde_json::Map<String, serde_json::Value> = services
-                        .iter()
-                        .map(|s| ((*s).to_owned(), serde_json::json!({"fields": {}})))
-                        .collect();
-                    serde_json::json!({"domain": domain, "services": services})
-                })
-                .collect();
-            json(serde_json::Value::Array(list).to_string())
-        }
-        ("POST", "/api/config/core/check_config") => {
-            json(r#"{"result":"valid","errors":null}"#.to_owned())
-        }
-        ("POST", p) if p.starts_with("/api/services/") => {
-            let known = p["/api/services/".len()..]
-                .split_once('/')
-                .is_some_and(|(d, s)| SERVICES.iter().any(|(sd, ss)| *sd == d && ss.contains(&s)));
-            if known {
-                json("[]".to_owned())
-            } else {
-                (StatusCode::BAD_REQUEST, "Service not found").into_response()
-            }
-        }
-        _ => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
-fn json(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Writes `text` to `root/rel`, creating folders.

@@ -1,7 +1,6 @@
 //! Real parts the exporter tests run against: the real `hass-exporter`
-//! binary, a stand-in Home Assistant REST API (an axum server in the test
-//! process that checks the bearer token and records every request), a
-//! stand-in serial bridge admin port, and helpers for PostgreSQL outages.
+//! binary, a stand-in serial bridge admin port, and helpers for PostgreSQL
+//! outages. The stand-in Home Assistant is hass-test-support's.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -13,13 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics, wait_for};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use hass_test_support::{SpawnedBinary, http, openmetrics, wait_for};
 use tempfile::TempDir;
-
-pub const TOKEN: &str = "ha-long-lived-token-0123456789";
 
 /// A running `hass-exporter` with its config and secret files.
 pub struct Exporter {
@@ -151,181 +148,6 @@ pub fn scrape_latencies(admin: SocketAddr, n: usize) -> Vec<Duration> {
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
-}
-
-// ---------------------------------------------------------------------------
-// Stand-in Home Assistant
-
-/// How the stand-in answers `/api/core/state`.
-#[derive(Debug, Clone)]
-pub struct HaBehaviour {
-    pub state: String,
-    /// `Some((in_progress, is_live))` answers the newer shape.
-    pub recorder_state: Option<(bool, bool)>,
-    /// The token it accepts.
-    pub token: String,
-    /// Delay before every answer.
-    pub delay: Duration,
-}
-
-/// One request the stand-in received.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub path: String,
-    pub authorization: Option<String>,
-    pub at: Instant,
-}
-
-#[derive(Debug, Clone)]
-struct HaState {
-    behaviour: Arc<Mutex<HaBehaviour>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-/// A stand-in HA REST API on a free port; `set_down(true)` stops it the way
-/// a crashed pod does (connections refused, keep-alive connections gone).
-pub struct StandInHa {
-    pub addr: SocketAddr,
-    state: HaState,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl StandInHa {
-    pub fn start(state: &str) -> Self {
-        let state = HaState {
-            behaviour: Arc::new(Mutex::new(HaBehaviour {
-                state: state.to_owned(),
-                recorder_state: None,
-                token: TOKEN.to_owned(),
-                delay: Duration::ZERO,
-            })),
-            seen: Arc::new(Mutex::new(Vec::new())),
-        };
-        let mut ha = Self {
-            addr: free_addr(),
-            state,
-            runtime: None,
-        };
-        ha.set_down(false);
-        ha
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn set(&self, f: impl FnOnce(&mut HaBehaviour)) {
-        f(&mut self.state.behaviour.lock().expect("lock"));
-    }
-
-    pub fn seen(&self) -> Vec<Seen> {
-        self.state.seen.lock().expect("lock").clone()
-    }
-
-    pub fn set_down(&mut self, down: bool) {
-        if down {
-            if let Some(rt) = self.runtime.take() {
-                // Dropping the runtime ends the listener and every connection.
-                rt.shutdown_background();
-            }
-            return;
-        }
-        if self.runtime.is_some() {
-            return;
-        }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let addr = self.addr;
-        let app = Router::new()
-            .fallback(ha_handler)
-            .with_state(self.state.clone());
-        let listener = rt.block_on(async {
-            let mut last = None;
-            for _ in 0..50 {
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => return l,
-                    Err(e) => last = Some(e),
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("cannot bind {addr}: {last:?}");
-        });
-        rt.spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        self.runtime = Some(rt);
-    }
-}
-
-impl Drop for StandInHa {
-    fn drop(&mut self) {
-        self.set_down(true);
-    }
-}
-
-async fn ha_handler(State(state): State<HaState>, request: Request) -> Response {
-    let path = request.uri().path().to_owned();
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    state.seen.lock().expect("lock").push(Seen {
-        path: path.clone(),
-        authorization: authorization.clone(),
-        at: Instant::now(),
-    });
-    let behaviour = state.behaviour.lock().expect("lock").clone();
-    if !behaviour.delay.is_zero() {
-        tokio::time::sleep(behaviour.delay).await;
-    }
-    if path == "/manifest.json" {
-        return json(StatusCode::OK, r#"{"name":"Home Assistant"}"#.to_owned());
-    }
-    if !path.starts_with("/api/") {
-        return (StatusCode::NOT_FOUND, "404: Not Found").into_response();
-    }
-    // HA's own check: a missing or wrong bearer token is a 401 (and a
-    // strike towards an IP ban).
-    if authorization.as_deref() != Some(&format!("Bearer {}", behaviour.token)) {
-        return (StatusCode::UNAUTHORIZED, "401: Unauthorized").into_response();
-    }
-    match path.as_str() {
-        "/api/core/state" => {
-            let body = match behaviour.recorder_state {
-                None => format!(r#"{{"state":"{}"}}"#, behaviour.state),
-                Some((in_progress, live)) => format!(
-                    r#"{{"state":"{}","recorder_state":{{"migration_in_progress":{in_progress},"migration_is_live":{live}}}}}"#,
-                    behaviour.state
-                ),
-            };
-            json(StatusCode::OK, body)
-        }
-        "/api/config" => json(
-            StatusCode::OK,
-            r#"{"version":"2024.3.3","location_name":"Home","unit_system":{}}"#.to_owned(),
-        ),
-        "/api/states" => json(
-            StatusCode::OK,
-            r#"[
-              {"entity_id":"light.kitchen","state":"on","attributes":{}},
-              {"entity_id":"light.hall","state":"unavailable","attributes":{}},
-              {"entity_id":"light.porch","state":"off","attributes":{}},
-              {"entity_id":"sensor.temp","state":"21.5","attributes":{"unit_of_measurement":"°C"}},
-              {"entity_id":"sensor.humidity","state":"unavailable","attributes":{}},
-              {"entity_id":"sun.sun","state":"above_horizon","attributes":{}}
-            ]"#
-            .to_owned(),
-        ),
-        _ => (StatusCode::NOT_FOUND, "404: Not Found").into_response(),
-    }
-}
-
-fn json(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 // ---------------------------------------------------------------------------
