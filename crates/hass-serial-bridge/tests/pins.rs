@@ -25,13 +25,13 @@ fn pin_settings_on_a_pty_warn_once_per_open_and_serve() {
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), PINS);
     bridge.wait_ready();
     assert_eq!(
-        bridge.metric("hass_serial_bridge_pins_skipped_total", ""),
+        bridge.metric("hass_serial_bridge_pins_skipped_total", &[]),
         1.0
     );
 
     let mut client = connect(listen, Duration::from_secs(10));
     let mut peer = stick.open_peer();
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     client.write_all(b"to-stick").unwrap();
     assert_eq!(read_exactly(&mut peer, 8), b"to-stick");
     peer.write_all(b"to-client").unwrap();
@@ -55,7 +55,7 @@ fn pin_settings_on_a_pty_warn_once_per_open_and_serve() {
     stick.plug();
     bridge.wait_ready();
     assert_eq!(
-        bridge.metric("hass_serial_bridge_pins_skipped_total", ""),
+        bridge.metric("hass_serial_bridge_pins_skipped_total", &[]),
         2.0
     );
     let warned_twice = wait_for(Duration::from_secs(5), || {
@@ -70,7 +70,7 @@ fn without_pin_settings_nothing_is_skipped_or_warned() {
     let (mut bridge, _) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     assert_eq!(
-        bridge.metric("hass_serial_bridge_pins_skipped_total", ""),
+        bridge.metric("hass_serial_bridge_pins_skipped_total", &[]),
         0.0
     );
     assert!(!bridge.process.stderr().contains(WARNING));

@@ -26,7 +26,7 @@ fn unplug_and_replug_under_traffic_three_times() {
     for cycle in 1..=3u8 {
         let mut client = connect(listen, Duration::from_secs(10));
         let mut peer = stick.open_peer();
-        bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+        bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
         // Data flows both ways before the unplug.
         let frame = [b'F', cycle, 1, 2, 3];
         client.write_all(&frame).unwrap();
@@ -89,7 +89,7 @@ fn unplug_and_replug_under_traffic_three_times() {
         );
         let refused_before = bridge.metric(
             "hass_serial_bridge_client_refusals_total",
-            "reason=\"device_absent\"",
+            &[("reason", "device_absent")],
         );
         let mut early = connect(listen, Duration::from_secs(10));
         let mut buf = [0u8; 16];
@@ -99,7 +99,7 @@ fn unplug_and_replug_under_traffic_three_times() {
         );
         bridge.wait_metric(
             "hass_serial_bridge_client_refusals_total",
-            "reason=\"device_absent\"",
+            &[("reason", "device_absent")],
             refused_before + 1.0,
         );
 
@@ -120,15 +120,15 @@ fn unplug_and_replug_under_traffic_three_times() {
     // A client reconnecting after the last replug is served both ways.
     let mut client = connect(listen, Duration::from_secs(10));
     let mut peer = stick.open_peer();
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     client.write_all(b"after").unwrap();
     assert_eq!(read_exactly(&mut peer, 5), b"after");
     peer.write_all(b"again").unwrap();
     assert_eq!(read_exactly(&mut client, 5), b"again");
     assert_eq!(
-        bridge.metric("hass_serial_bridge_device_reopens_total", ""),
+        bridge.metric("hass_serial_bridge_device_reopens_total", &[]),
         3.0
     );
-    assert_eq!(bridge.metric("hass_serial_bridge_device_up", ""), 1.0);
+    assert_eq!(bridge.metric("hass_serial_bridge_device_up", &[]), 1.0);
     eprintln!("ready after replug: {reopen_times:?}");
 }

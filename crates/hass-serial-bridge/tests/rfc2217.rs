@@ -171,7 +171,7 @@ fn a_client_sets_the_line_and_exchanges_bytes_then_the_next_gets_the_configured_
     // XON/XOFF; 57600; both purges. Settings resent unchanged, as pyserial
     // does on every change, and refused ones are not counted.
     assert_eq!(
-        bridge.metric("hass_serial_bridge_rfc2217_line_changes_total", ""),
+        bridge.metric("hass_serial_bridge_rfc2217_line_changes_total", &[]),
         10.0
     );
 
@@ -184,9 +184,9 @@ fn a_client_sets_the_line_and_exchanges_bytes_then_the_next_gets_the_configured_
     assert!(restored.is_some(), "{}", stty(&device));
 
     // The raw port serves as before.
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 0.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 0.0);
     let mut raw = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     raw.write_all(&[IAC, b'r']).unwrap();
     assert_eq!(read_exactly(&mut peer, 2), [IAC, b'r']);
 }
@@ -197,12 +197,12 @@ fn one_client_is_served_across_both_ports() {
     let (mut bridge, listen, port) = one_device_with_rfc2217(&stick, "    second_client: reject\n");
     bridge.wait_ready();
     let _raw = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
 
     let mut second = connect(([127, 0, 0, 1], port).into(), Duration::from_secs(10));
     bridge.wait_metric(
         "hass_serial_bridge_client_refusals_total",
-        "reason=\"busy\"",
+        &[("reason", "busy")],
         1.0,
     );
     let mut got = Vec::new();
@@ -246,13 +246,13 @@ fn hostile_telnet_input_is_dropped_counted_and_the_session_goes_on() {
         read_exactly(&mut client, 10),
         [IAC, 250, 44, 105, 1, IAC, 240, IAC, 252, 99]
     );
-    bridge.wait_metric("hass_serial_bridge_rfc2217_protocol_errors_total", "", 6.0);
+    bridge.wait_metric("hass_serial_bridge_rfc2217_protocol_errors_total", &[], 6.0);
 
     client.write_all(&[b'o', b'k', IAC, IAC]).unwrap();
     assert_eq!(read_exactly(&mut peer, 3), [b'o', b'k', IAC]);
     assert_eq!(speed(&stick.device()), 115_200);
     assert_eq!(
-        bridge.metric("hass_serial_bridge_rfc2217_line_changes_total", ""),
+        bridge.metric("hass_serial_bridge_rfc2217_line_changes_total", &[]),
         0.0
     );
 }

@@ -36,14 +36,14 @@ fn reject_closes_the_second_client_unserved_and_keeps_the_first() {
     let mut peer = stick.open_peer();
 
     let mut first = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
 
     // The second client talks too: none of it may reach the stick.
     let mut second = connect(listen, Duration::from_secs(10));
     let _ = second.write_all(b"SECOND-WRITES");
     bridge.wait_metric(
         "hass_serial_bridge_client_refusals_total",
-        "reason=\"busy\"",
+        &[("reason", "busy")],
         1.0,
     );
     assert_eq!(
@@ -58,23 +58,23 @@ fn reject_closes_the_second_client_unserved_and_keeps_the_first() {
     peer.write_all(b"to-first").unwrap();
     assert_eq!(read_exactly(&mut first, 8), b"to-first");
     assert_eq!(
-        bridge.metric("hass_serial_bridge_serial_written_bytes_total", ""),
+        bridge.metric("hass_serial_bridge_serial_written_bytes_total", &[]),
         10.0
     );
     assert_eq!(
-        bridge.metric("hass_serial_bridge_client_replacements_total", ""),
+        bridge.metric("hass_serial_bridge_client_replacements_total", &[]),
         0.0
     );
     assert_eq!(
-        bridge.metric("hass_serial_bridge_client_connects_total", ""),
+        bridge.metric("hass_serial_bridge_client_connects_total", &[]),
         1.0
     );
 
     // Once the first leaves, a new client is served.
     drop(first);
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 0.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 0.0);
     let mut third = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     third.write_all(b"third").unwrap();
     assert_eq!(read_exactly(&mut peer, 5), b"third");
 }
@@ -87,14 +87,14 @@ fn replace_closes_the_first_client_before_serving_the_second() {
     let mut peer = stick.open_peer();
 
     let mut first = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     first.write_all(b"first-1").unwrap();
     assert_eq!(read_exactly(&mut peer, 7), b"first-1");
     peer.write_all(b"to-first").unwrap();
     assert_eq!(read_exactly(&mut first, 8), b"to-first");
 
     let mut second = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_replacements_total", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_replacements_total", &[], 1.0);
     // The first sees its stream end, with nothing meant for the second.
     peer.write_all(b"to-second").unwrap();
     assert_eq!(read_exactly(&mut second, 9), b"to-second");
@@ -108,15 +108,15 @@ fn replace_closes_the_first_client_before_serving_the_second() {
     second.write_all(b"second-1").unwrap();
     assert_eq!(read_exactly(&mut peer, 8), b"second-1");
     assert_eq!(
-        bridge.metric("hass_serial_bridge_serial_written_bytes_total", ""),
+        bridge.metric("hass_serial_bridge_serial_written_bytes_total", &[]),
         15.0
     );
     assert_eq!(
-        bridge.metric("hass_serial_bridge_client_connects_total", ""),
+        bridge.metric("hass_serial_bridge_client_connects_total", &[]),
         2.0
     );
     assert_eq!(
-        bridge.metric("hass_serial_bridge_client_connected", ""),
+        bridge.metric("hass_serial_bridge_client_connected", &[]),
         1.0
     );
 }
@@ -268,7 +268,7 @@ fn a_client_writing_nonstop_is_cut_off_cleanly_when_replaced() {
 
     // The first client writes requests without pause until its socket fails.
     let first = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     let (first_got_bytes, first_reader) = read_all_counting(first.try_clone().unwrap());
     let stop_first = Arc::new(AtomicBool::new(false));
     let stop = stop_first.clone();
@@ -362,11 +362,11 @@ fn a_client_writing_nonstop_is_cut_off_cleanly_when_replaced() {
     assert_eq!(second_got, frames(false, b'r', SECOND_REQUESTS));
 
     assert_eq!(
-        bridge.metric("hass_serial_bridge_client_replacements_total", ""),
+        bridge.metric("hass_serial_bridge_client_replacements_total", &[]),
         1.0
     );
     assert_eq!(
-        bridge.metric("hass_serial_bridge_client_connects_total", ""),
+        bridge.metric("hass_serial_bridge_client_connects_total", &[]),
         2.0
     );
     eprintln!(

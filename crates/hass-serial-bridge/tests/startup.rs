@@ -36,22 +36,22 @@ fn a_missing_device_is_waited_for_not_ready_and_refusing() {
     assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
     bridge.wait_metric(
         "hass_serial_bridge_client_refusals_total",
-        "reason=\"device_absent\"",
+        &[("reason", "device_absent")],
         1.0,
     );
-    assert_eq!(bridge.metric("hass_serial_bridge_device_up", ""), 0.0);
+    assert_eq!(bridge.metric("hass_serial_bridge_device_up", &[]), 0.0);
 
     // Plugged in late, it is served.
     stick.plug();
     bridge.wait_ready();
     let mut client = TcpStream::connect(listen).unwrap();
     let mut peer = stick.open_peer();
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     client.write_all(b"late").unwrap();
     assert_eq!(read_exactly(&mut peer, 4), b"late");
     // The first open is not a reopen.
     assert_eq!(
-        bridge.metric("hass_serial_bridge_device_reopens_total", ""),
+        bridge.metric("hass_serial_bridge_device_reopens_total", &[]),
         0.0
     );
 }
@@ -235,7 +235,7 @@ fn sigterm_with_a_client_connected_exits_0() {
     let (mut bridge, listen) = Bridge::one_device(&stick.device(), "");
     bridge.wait_ready();
     let mut client = connect(listen, Duration::from_secs(10));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     bridge.process.signal(Signal::SIGTERM);
     let status = bridge
         .process

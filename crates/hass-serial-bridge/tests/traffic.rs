@@ -78,7 +78,7 @@ fn exchange_a_mebibyte(client: impl FnOnce(SocketAddr, &str, &str) -> Command) {
     );
     let mut child = command.spawn().expect("start the client");
     // Bytes the stick sends before a client is connected go nowhere.
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     let stick_got = play_stick(stick.open_peer(), to_client.clone(), MIB);
 
     let status = child.wait().expect("wait for the client");
@@ -162,7 +162,7 @@ fn node_client_set_up_like_zigbee_herdsman_moves_a_mebibyte_each_way_intact() {
 const ROUNDING: f64 = 0.002;
 
 fn last_byte_age(bridge: &Bridge) -> f64 {
-    bridge.metric("hass_serial_bridge_last_byte_age_seconds", "")
+    bridge.metric("hass_serial_bridge_last_byte_age_seconds", &[])
 }
 
 /// Waits until the bridge has noted a byte sent at `sent`: its age is no
@@ -189,7 +189,7 @@ fn last_byte_age_restarts_with_each_byte_either_way_and_grows_while_idle() {
     bridge.wait_ready();
     let mut client = connect(listen, Duration::from_secs(10));
     let mut peer = stick.open_peer();
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
     // Idle since start, so that a byte that is not noted shows as an old age.
     std::thread::sleep(Duration::from_millis(1500));
 

@@ -72,21 +72,21 @@ fn two_devices_in_one_process_serve_at_once_with_their_own_readiness_and_metrics
     bridge.wait_metric_of(
         "zwave",
         "hass_serial_bridge_client_refusals_total",
-        "reason=\"device_absent\"",
+        &[("reason", "device_absent")],
         1.0,
     );
     assert_eq!(
         bridge.metric(
             "hass_serial_bridge_client_refusals_total",
-            "reason=\"device_absent\""
+            &[("reason", "device_absent")]
         ),
         0.0
     );
     assert_eq!(
-        bridge.device_metric("zwave", "hass_serial_bridge_device_up", ""),
+        bridge.device_metric("zwave", "hass_serial_bridge_device_up", &[]),
         0.0
     );
-    assert_eq!(bridge.metric("hass_serial_bridge_device_up", ""), 1.0);
+    assert_eq!(bridge.metric("hass_serial_bridge_device_up", &[]), 1.0);
 
     zwave_stick.plug();
     bridge.wait_ready();
@@ -99,8 +99,8 @@ fn two_devices_in_one_process_serve_at_once_with_their_own_readiness_and_metrics
     // Both clients connect, then all four streams run at the same time.
     let zigbee_client = connect(zigbee_listen, Duration::from_secs(30));
     let zwave_client = connect(zwave_listen, Duration::from_secs(30));
-    bridge.wait_metric("hass_serial_bridge_client_connected", "", 1.0);
-    bridge.wait_metric_of("zwave", "hass_serial_bridge_client_connected", "", 1.0);
+    bridge.wait_metric("hass_serial_bridge_client_connected", &[], 1.0);
+    bridge.wait_metric_of("zwave", "hass_serial_bridge_client_connected", &[], 1.0);
     let zigbee = Exchange {
         to_stick: random_bytes(300_000, 11),
         to_client: random_bytes(200_000, 12),
@@ -143,7 +143,7 @@ fn two_devices_in_one_process_serve_at_once_with_their_own_readiness_and_metrics
     }
 
     for (device, exchange) in [("zigbee", &zigbee), ("zwave", &zwave)] {
-        let value = |name: &str| bridge.device_metric(device, name, "");
+        let value = |name: &str| bridge.device_metric(device, name, &[]);
         assert_eq!(
             value("hass_serial_bridge_serial_written_bytes_total"),
             exchange.to_stick.len() as f64,

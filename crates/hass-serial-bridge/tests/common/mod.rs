@@ -15,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 pub(crate) use hass_test_support::PtyPair;
-use hass_test_support::{SpawnedBinary, free_addr, http, wait_for};
+use hass_test_support::{SpawnedBinary, free_addr, http, openmetrics, wait_for};
 use tempfile::TempDir;
 
 pub(crate) mod fake_sysfs;
@@ -74,43 +74,43 @@ impl Bridge {
         http::get(self.admin, "/readyz").expect("GET /readyz")
     }
 
-    /// The value of `name` for `device="zigbee"` (plus `extra` label text, e.g.
-    /// `reason="busy"`), read from `/metrics` text; for polling.
-    pub(crate) fn metric(&self, name: &str, extra: &str) -> f64 {
-        self.device_metric("zigbee", name, extra)
+    /// The value of `name` for `device="zigbee"` and `labels` (e.g.
+    /// `[("reason", "busy")]`), from `/metrics`; for polling.
+    pub(crate) fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.device_metric("zigbee", name, labels)
     }
 
-    /// The value of `name` for `device` (plus `extra` label text).
-    pub(crate) fn device_metric(&self, device: &str, name: &str, extra: &str) -> f64 {
+    /// The value of `name` for `device` and `labels`.
+    pub(crate) fn device_metric(&self, device: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         let text = http::get(self.admin, "/metrics")
             .expect("GET /metrics")
             .body;
-        let label = format!("device=\"{device}\"");
-        text.lines()
-            .find(|line| {
-                line.starts_with(&format!("{name}{{"))
-                    && line.contains(&label)
-                    && line.contains(extra)
-            })
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("no {name}{{{label},{extra}}} in /metrics:\n{text}"))
+        let mut all = vec![("device", device)];
+        all.extend_from_slice(labels);
+        openmetrics::sum(&text, name, &all)
+            .unwrap_or_else(|| panic!("no {name}{all:?} in /metrics:\n{text}"))
     }
 
     /// Waits until `name` for `device="zigbee"` reaches `value`.
-    pub(crate) fn wait_metric(&self, name: &str, extra: &str, value: f64) {
-        self.wait_metric_of("zigbee", name, extra, value);
+    pub(crate) fn wait_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.wait_metric_of("zigbee", name, labels, value);
     }
 
     /// Waits until `name` for `device` reaches `value`.
-    pub(crate) fn wait_metric_of(&self, device: &str, name: &str, extra: &str, value: f64) {
+    pub(crate) fn wait_metric_of(
+        &self,
+        device: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
         let reached = wait_for(Duration::from_secs(10), || {
-            (self.device_metric(device, name, extra) == value).then_some(())
+            (self.device_metric(device, name, labels) == value).then_some(())
         });
         assert!(
             reached.is_some(),
-            "{name}{{device=\"{device}\",{extra}}} is {} not {value} after 10 s; stderr:\n{}",
-            self.device_metric(device, name, extra),
+            "{name}{{device=\"{device}\",{labels:?}}} is {} not {value} after 10 s; stderr:\n{}",
+            self.device_metric(device, name, labels),
             self.process.stderr()
         );
     }
