@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::changes::CORE;
-use crate::ha_api::{ApiError, HaApi, Retry};
+use crate::ha_api::{ApiError, HaApi, HaCheck, Retry};
 use crate::watch_metrics::{
     ReloadResult, RestartLabels, RestartReason, RestartReasonLabels, RestartResult, WatchMetrics,
 };
@@ -243,16 +243,21 @@ impl Task {
                 domains_without_reload = ?no_reload,
                 "Home Assistant must restart to apply this change"
             );
-            if self.auto_restart && self.restart(api, &plan.domains).await {
+        }
+        let restart_wanted = !reasons.is_empty() && self.auto_restart;
+        let check_wanted = !reloads.is_empty() && self.check_before_reload;
+        if restart_wanted || check_wanted {
+            // Asked once per change, for the restart and the reloads alike.
+            let started = std::time::Instant::now();
+            let verdict = api.check_config().await;
+            debug!(took = ?started.elapsed(), "Home Assistant's check_config");
+            if restart_wanted && self.restart(api, &plan.domains, &verdict).await {
                 // The restart loads everything; reloads would only race it.
                 return;
             }
-        }
-        if !reloads.is_empty()
-            && self.check_before_reload
-            && !self.home_assistant_agrees(api, &reloads).await
-        {
-            return;
+            if check_wanted && !self.home_assistant_agrees(api, &reloads, &verdict).await {
+                return;
+            }
         }
         for (domain, service) in reloads {
             self.request_reload(api, domain, service);
@@ -266,7 +271,12 @@ impl Task {
     /// the config valid; a domain named there is not reloaded. False when it
     /// rejects a domain about to be reloaded or cannot be asked: nothing is
     /// reloaded then, and Home Assistant keeps what it runs.
-    async fn home_assistant_agrees(&self, api: &HaApi, reloads: &[(String, &'static str)]) -> bool {
+    async fn home_assistant_agrees(
+        &self,
+        api: &HaApi,
+        reloads: &[(String, &'static str)],
+        verdict: &Result<HaCheck, ApiError>,
+    ) -> bool {
         let refuse = |why: &str| {
             for (domain, _) in reloads {
                 self.metrics.count_reload(domain, ReloadResult::Refused);
@@ -277,9 +287,7 @@ impl Task {
                 why: format!("not reloaded ({}): {why}", domains.join(", ")),
             });
         };
-        let started = std::time::Instant::now();
-        let verdict = api.check_config().await;
-        let rejected: Vec<&str> = match &verdict {
+        let rejected: Vec<&str> = match verdict {
             Ok(check) => reloads
                 .iter()
                 .map(|(d, _)| d.as_str())
@@ -287,7 +295,7 @@ impl Task {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        debug!(took = ?started.elapsed(), ?rejected, "Home Assistant's check_config before reloading");
+        debug!(?rejected, "Home Assistant's check_config before reloading");
         match verdict {
             Ok(_) if rejected.is_empty() => {
                 if self.refused_notified.swap(false, Ordering::Relaxed) {
@@ -296,10 +304,11 @@ impl Task {
                 true
             }
             Ok(check) => {
-                let findings = check.errors.or(check.warnings).unwrap_or_default();
+                let findings = check.errors.as_ref().or(check.warnings.as_ref());
+                let findings = findings.map(String::as_str).unwrap_or_default();
                 refuse(&format!(
                     "Home Assistant's check_config rejects the config of {rejected:?}: {}",
-                    Untrusted(&findings)
+                    Untrusted(findings)
                 ));
                 // Home Assistant's wording can quote the files' values: the
                 // notification names the check, not its findings.
@@ -325,24 +334,29 @@ impl Task {
     /// Restarts Home Assistant if its own check passes, and names no error
     /// for a changed domain (an integration whose config fails its schema
     /// is not set up at all after a restart); true when asked to.
-    async fn restart(&self, api: &HaApi, changed: &BTreeSet<String>) -> bool {
+    async fn restart(
+        &self,
+        api: &HaApi,
+        changed: &BTreeSet<String>,
+        verdict: &Result<HaCheck, ApiError>,
+    ) -> bool {
         let count = |result| {
             self.metrics
                 .restarts
                 .get_or_create(&RestartLabels { result })
                 .inc();
         };
-        match api.check_config().await {
+        match verdict {
             Ok(check) if !changed.iter().any(|d| check.rejects(d)) && check.errors.is_none() => {}
             Ok(check) => {
                 count(RestartResult::Refused);
                 self.tell(Verdict::Failed {
                     why: "Home Assistant's check_config refuses the restart".to_owned(),
                 });
-                let findings = check.errors.or(check.warnings).unwrap_or_default();
+                let findings = check.errors.as_ref().or(check.warnings.as_ref());
                 warn!(
                     "not restarting: Home Assistant's check_config rejects the config: {}",
-                    Untrusted(&findings)
+                    Untrusted(findings.map(String::as_str).unwrap_or_default())
                 );
                 return false;
             }

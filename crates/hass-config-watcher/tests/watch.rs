@@ -562,6 +562,42 @@ async fn auto_restarting() -> (Fixture, StandInHa, Running, String) {
     (fx, ha, w, config)
 }
 
+/// One change that needs a restart (mqtt has no reload service) and a reload
+/// (the core config) asks Home Assistant's check once, not once for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_change_asks_home_assistant_to_check_once() {
+    let (fx, ha, w, config) = auto_restarting().await;
+    ha.set(|b| b.check_config_valid = false);
+    let checks = || {
+        ha.calls()
+            .iter()
+            .filter(|c| c.path == "/api/config/core/check_config")
+            .count()
+    };
+    let before = checks();
+    write(
+        &fx.root,
+        "configuration.yaml",
+        &config
+            .replace("127.0.0.1", "10.0.0.1")
+            .replace("name: Home", "name: Away"),
+    );
+    eventually("refused restart and reload", WAIT, || {
+        w.metric(
+            "hass_config_watcher_restarts_total",
+            &[("result", "refused")],
+        ) == 1.0
+            && w.metric(
+                "hass_config_watcher_reloads_total",
+                &[("domain", "homeassistant"), ("result", "refused")],
+            ) == 1.0
+    })
+    .await;
+    assert_eq!(checks() - before, 1, "{:#?}", ha.calls());
+    assert_eq!(ha.reloads(), [] as [&str; 0]);
+    w.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_restart_only_when_home_assistant_agrees() {
     let (fx, ha, w, config) = auto_restarting().await;
