@@ -50,6 +50,7 @@ fn ten_thousand_retained_discovery_topics_reach_every_new_subscriber() {
                 "10000",
                 "--timeout",
                 "60",
+                // Then 0.3 s in which no duplicate may arrive.
                 "--linger",
                 "0.3",
             ],

@@ -47,6 +47,7 @@ fn ha_returns(broker: &TestBroker, expect: usize, timeout: &str) -> serde_json::
             &expect.to_string(),
             "--timeout",
             timeout,
+            // Then 0.5 s in which no duplicate may arrive.
             "--linger",
             "0.5",
             "--show",
@@ -135,6 +136,7 @@ fn assert_state_restored(broker: &TestBroker) {
             "50",
             "--timeout",
             "10",
+            // Then 0.2 s in which no duplicate may arrive.
             "--linger",
             "0.2",
         ],

@@ -204,9 +204,14 @@ def main():
     p.add_argument("--filter", action="append", required=True,
                    help="a topic filter; repeat it for more, each waited for its SUBACK")
     p.add_argument("--qos", type=int, default=0)
-    p.add_argument("--expect", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--linger", type=float, default=0.0)
+    p.add_argument("--expect", type=int, default=0,
+                   help="return as soon as this many messages arrived")
+    p.add_argument("--timeout", type=float, default=10.0,
+                   help="the most to wait for --expect; with --expect 0, how long "
+                        "nothing must arrive (the one wait on the clock)")
+    p.add_argument("--linger", type=float, default=0.0,
+                   help="after --expect is met, how long no extra message (a "
+                        "duplicate) may arrive: a 'nothing happens' check")
     p.add_argument("--persistent", action="store_true")
     p.add_argument("--expiry-on-disconnect", type=int)
     p.add_argument("--no-subscribe", action="store_true")
