@@ -20,9 +20,14 @@ pub mod recorder;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::pin::Pin;
 use std::time::Duration;
 
+use hass_runtime::liveness::Heartbeat;
+use hass_runtime::readiness::ReadinessCheck;
+use hass_runtime::shutdown::Shutdown;
 use hass_runtime::{Component, ComponentInfo, Context, Fatal};
+use prometheus_client::registry::Registry;
 use tracing::info;
 
 use crate::bridges::{BridgeMetrics, BridgeProbe};
@@ -43,16 +48,120 @@ struct Target<P> {
     required: bool,
 }
 
-/// The prepared exporter: every target's config checked, secrets readable.
-#[derive(Debug)]
-pub struct Exporter {
+/// What `run` hands every probe loop beside its own config.
+#[derive(Debug, Clone)]
+struct Shared {
     client: HttpClient,
-    ha: Option<Target<HaProbe>>,
-    ha_shared: Option<HaShared>,
-    recorder: Option<Target<RecorderProbe>>,
-    broker: Option<Target<BrokerProbe>>,
-    bridges: Vec<Target<BridgeProbe>>,
     bridge_metrics: BridgeMetrics,
+}
+
+/// A future a probe loop runs as, until shutdown.
+type ProbeLoop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One thing the exporter probes: its name (in `/healthz` and `/readyz`),
+/// its metrics, how long its loop may go between heartbeats, and the loop.
+trait Probe: Send {
+    fn name(&self) -> String;
+    fn required(&self) -> bool;
+    fn longest_wait(&self) -> Duration;
+    /// Registers the metrics only this target writes.
+    fn register_metrics(&self, registry: &mut Registry);
+    fn start(
+        self: Box<Self>,
+        shared: &Shared,
+        shutdown: Shutdown,
+        beat: Heartbeat,
+        check: Option<ReadinessCheck>,
+    ) -> ProbeLoop;
+}
+
+/// `Probe` for `Target<$probe>`: its name from `$target`, and its loop
+/// started from `$probe` with what it needs of `$shared`.
+macro_rules! probe_target {
+    (
+        $probe:ty,
+        name: |$target:ident| $name:expr,
+        register: |$registering:ident, $registry:ident| $register:expr,
+        start: |$running:ident, $shared:ident, $shutdown:ident, $beat:ident, $check:ident| $run:expr $(,)?
+    ) => {
+        impl Probe for Target<$probe> {
+            fn name(&self) -> String {
+                let $target = &self.probe;
+                $name
+            }
+            fn required(&self) -> bool {
+                self.required
+            }
+            fn longest_wait(&self) -> Duration {
+                self.probe.longest_wait()
+            }
+            fn register_metrics(&self, $registry: &mut Registry) {
+                let $registering = &self.probe;
+                $register
+            }
+            fn start(
+                self: Box<Self>,
+                $shared: &Shared,
+                $shutdown: Shutdown,
+                $beat: Heartbeat,
+                $check: Option<ReadinessCheck>,
+            ) -> ProbeLoop {
+                let $running = self.probe;
+                Box::pin($run)
+            }
+        }
+    };
+}
+
+probe_target!(
+    HaProbe,
+    name: |_probe| "home_assistant".to_owned(),
+    register: |probe, registry| probe.register_metrics(registry),
+    start: |probe, shared, shutdown, beat, check| {
+        probe.run(shared.client.clone(), shutdown, beat, check)
+    },
+);
+probe_target!(
+    RecorderProbe,
+    name: |_probe| "postgres".to_owned(),
+    register: |probe, registry| probe.register_metrics(registry),
+    start: |probe, _shared, shutdown, beat, check| probe.run(shutdown, beat, check),
+);
+probe_target!(
+    BrokerProbe,
+    name: |_probe| "broker".to_owned(),
+    register: |probe, registry| probe.register_metrics(registry),
+    start: |probe, _shared, shutdown, beat, check| probe.run(shutdown, beat, check),
+);
+// Bridges share one set of metric families, registered once by `run`.
+probe_target!(
+    BridgeProbe,
+    name: |probe| format!("bridge:{}", probe.name()),
+    register: |_probe, _registry| {},
+    start: |probe, shared, shutdown, beat, check| {
+        probe.run(
+            shared.client.clone(),
+            shared.bridge_metrics.clone(),
+            shutdown,
+            beat,
+            check,
+        )
+    },
+);
+
+/// The prepared exporter: every target's config checked, secrets readable.
+pub struct Exporter {
+    shared: Shared,
+    ha_shared: Option<HaShared>,
+    targets: Vec<Box<dyn Probe>>,
+    has_bridges: bool,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.targets.iter().map(|t| t.name()).collect();
+        f.debug_struct("Exporter").field("targets", &names).finish()
+    }
 }
 
 /// How long a probe loop may go without a heartbeat before `/healthz` calls
@@ -133,14 +242,20 @@ impl Component for Exporter {
             });
         }
         let ha_shared = ha.as_ref().map(|t| t.probe.shared());
+        let has_bridges = !bridges.is_empty();
+        let mut targets: Vec<Box<dyn Probe>> = Vec::new();
+        targets.extend(ha.map(|t| Box::new(t) as Box<dyn Probe>));
+        targets.extend(recorder.map(|t| Box::new(t) as Box<dyn Probe>));
+        targets.extend(broker.map(|t| Box::new(t) as Box<dyn Probe>));
+        targets.extend(bridges.into_iter().map(|t| Box::new(t) as Box<dyn Probe>));
         Ok(Self {
-            client: HttpClient::new(),
-            ha,
+            shared: Shared {
+                client: HttpClient::new(),
+                bridge_metrics: BridgeMetrics::default(),
+            },
             ha_shared,
-            recorder,
-            broker,
-            bridges,
-            bridge_metrics: BridgeMetrics::default(),
+            targets,
+            has_bridges,
         })
     }
 
@@ -151,65 +266,27 @@ impl Component for Exporter {
 
     async fn run(self, ctx: Context) -> Result<(), Fatal> {
         let Self {
-            client,
-            ha,
+            shared,
             ha_shared: _,
-            recorder,
-            broker,
-            bridges,
-            bridge_metrics,
+            targets,
+            has_bridges,
         } = self;
-        let check = |required: bool, name: &str| required.then(|| ctx.readiness.register(name));
-        let mut targets = Vec::new();
-        if let Some(Target { probe, required }) = ha {
-            ctx.metrics.register(|r| probe.register_metrics(r));
+        if has_bridges {
+            ctx.metrics.register(|r| shared.bridge_metrics.register(r));
+        }
+        let mut names = Vec::with_capacity(targets.len());
+        for target in targets {
+            let name = target.name();
+            ctx.metrics.register(|r| target.register_metrics(r));
             let beat = ctx
                 .liveness
-                .register("home_assistant", max_silence(probe.longest_wait()));
-            let check = check(required, "home_assistant");
+                .register(&name, max_silence(target.longest_wait()));
+            let check = target.required().then(|| ctx.readiness.register(&name));
             ctx.shutdown
-                .spawn(probe.run(client.clone(), ctx.shutdown.clone(), beat, check));
-            targets.push("home_assistant".to_owned());
+                .spawn(target.start(&shared, ctx.shutdown.clone(), beat, check));
+            names.push(name);
         }
-        if let Some(Target { probe, required }) = recorder {
-            ctx.metrics.register(|r| probe.register_metrics(r));
-            let beat = ctx
-                .liveness
-                .register("postgres", max_silence(probe.longest_wait()));
-            let check = check(required, "postgres");
-            ctx.shutdown
-                .spawn(probe.run(ctx.shutdown.clone(), beat, check));
-            targets.push("postgres".to_owned());
-        }
-        if let Some(Target { probe, required }) = broker {
-            ctx.metrics.register(|r| probe.register_metrics(r));
-            let beat = ctx
-                .liveness
-                .register("broker", max_silence(probe.longest_wait()));
-            let check = check(required, "broker");
-            ctx.shutdown
-                .spawn(probe.run(ctx.shutdown.clone(), beat, check));
-            targets.push("broker".to_owned());
-        }
-        if !bridges.is_empty() {
-            ctx.metrics.register(|r| bridge_metrics.register(r));
-        }
-        for Target { probe, required } in bridges {
-            let name = format!("bridge:{}", probe.name());
-            let beat = ctx
-                .liveness
-                .register(&name, max_silence(probe.longest_wait()));
-            let check = check(required, &name);
-            ctx.shutdown.spawn(probe.run(
-                client.clone(),
-                bridge_metrics.clone(),
-                ctx.shutdown.clone(),
-                beat,
-                check,
-            ));
-            targets.push(name);
-        }
-        info!(targets = ?targets, "probing");
+        info!(targets = ?names, "probing");
         ctx.shutdown.cancelled().await;
         Ok(())
     }
