@@ -67,146 +67,28 @@ where
         name,
     } = device;
     let line = LineSettings::from(configured);
-    let (outbound, mut to_send) = mpsc::channel(OUTBOUND_QUEUE);
+    let (outbound, to_send) = mpsc::channel(OUTBOUND_QUEUE);
     let mut hello = Vec::new();
     let mut options = Options::default();
     options.offer(&mut hello);
     if let Err(e) = client_tx.write_all(&hello).await {
         return SessionEnd::ClientGone(e.to_string());
     }
-
-    let to_client = async {
-        let mut buf = vec![0u8; BUFFER];
-        let mut escaped = Vec::with_capacity(BUFFER + BUFFER / 8);
-        let mut suspended = false;
-        loop {
-            tokio::select! {
-                // Answers first: a client waits on them.
-                biased;
-                next = to_send.recv() => match next {
-                    Some(Outbound::Bytes(bytes)) => {
-                        if let Err(e) = client_tx.write_all(&bytes).await {
-                            return SessionEnd::ClientGone(e.to_string());
-                        }
-                    }
-                    Some(Outbound::Suspend(on)) => suspended = on,
-                    // The other half ended; its end is the session's.
-                    None => std::future::pending::<()>().await,
-                },
-                read = serial_rx.read(&mut buf), if !suspended => {
-                    let n = match read {
-                        Ok(0) => return SessionEnd::DeviceGone("end of file".to_owned()),
-                        Ok(n) => n,
-                        Err(e) => return SessionEnd::DeviceGone(e.to_string()),
-                    };
-                    metrics.read_bytes.inc_by(n as u64);
-                    metrics.touch();
-                    // Most reads hold no IAC: send them as they are.
-                    let wire = if buf[..n].contains(&telnet::IAC) {
-                        escaped.clear();
-                        telnet::escape(&buf[..n], &mut escaped);
-                        &escaped[..]
-                    } else {
-                        &buf[..n]
-                    };
-                    if let Err(e) = client_tx.write_all(wire).await {
-                        return SessionEnd::ClientGone(e.to_string());
-                    }
-                }
-            }
-        }
+    let port = Port {
+        control: &mut *control,
+        line,
+        dtr: None,
+        rts: None,
+        break_on: false,
+        modem_mask: DEFAULT_MODEM_MASK,
+        last_modem: None,
+        has_modem_lines: true,
+        name,
+        metrics,
     };
-
-    let to_device = async {
-        let mut port = Port {
-            control,
-            line,
-            dtr: None,
-            rts: None,
-            break_on: false,
-            modem_mask: DEFAULT_MODEM_MASK,
-            last_modem: None,
-            has_modem_lines: true,
-            name,
-            metrics,
-        };
-        let mut client_rx = client_rx;
-        let mut decoder = Decoder::default();
-        let mut buf = vec![0u8; BUFFER];
-        let (mut data, mut events) = (Vec::with_capacity(BUFFER), Vec::new());
-        let mut poll = tokio::time::interval(MODEM_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let mut reply = Vec::new();
-            tokio::select! {
-                read = client_rx.read(&mut buf) => {
-                    let n = match read {
-                        Ok(0) => return SessionEnd::ClientGone("closed by the client".to_owned()),
-                        Ok(n) => n,
-                        Err(e) => return SessionEnd::ClientGone(e.to_string()),
-                    };
-                    let input = &buf[..n];
-                    let plain = if decoder.passes_through(input) {
-                        input
-                    } else {
-                        data.clear();
-                        decoder.decode(input, &mut data, &mut events);
-                        &data[..]
-                    };
-                    if !plain.is_empty() {
-                        if let Err(e) = serial_tx.write_all(plain).await {
-                            return SessionEnd::DeviceGone(e.to_string());
-                        }
-                        metrics.written_bytes.inc_by(plain.len() as u64);
-                        metrics.touch();
-                    }
-                    for event in events.drain(..) {
-                        match event {
-                            Event::Negotiate(verb, option) => {
-                                let agreed = options.answer(verb, option, &mut reply);
-                                if agreed && option == telnet::COM_PORT_OPTION {
-                                    // A first report, so the client knows the
-                                    // inputs before any change.
-                                    port.report_modem_state(true, &mut reply);
-                                }
-                            }
-                            Event::Subnegotiation(telnet::COM_PORT_OPTION, request) => {
-                                match Request::parse(&request) {
-                                    Some(Request::FlowControlSuspend) => {
-                                        flush(&outbound, &mut reply).await;
-                                        let _ = outbound.send(Outbound::Suspend(true)).await;
-                                    }
-                                    Some(Request::FlowControlResume) => {
-                                        flush(&outbound, &mut reply).await;
-                                        let _ = outbound.send(Outbound::Suspend(false)).await;
-                                    }
-                                    Some(request) => port.handle(request, &mut reply),
-                                    None => {
-                                        metrics.protocol_errors.inc();
-                                        debug!(device = %name, "unknown or malformed COM-PORT-OPTION command dropped");
-                                    }
-                                }
-                            }
-                            // NOP, go ahead, and the like mean nothing here.
-                            Event::Command(_) => {}
-                            Event::Subnegotiation(..) | Event::Oversized(_) | Event::Malformed => {
-                                metrics.protocol_errors.inc();
-                                debug!(device = %name, "telnet input dropped: {event:?}");
-                            }
-                        }
-                    }
-                }
-                _ = poll.tick(), if port.has_modem_lines && options.com_port() => {
-                    port.report_modem_state(false, &mut reply);
-                }
-            }
-            flush(&outbound, &mut reply).await;
-        }
-    };
-
     let end = tokio::select! {
-        end = to_client => end,
-        end = to_device => end,
+        end = to_client(serial_rx, client_tx, to_send, metrics) => end,
+        end = to_device(client_rx, serial_tx, port, options, outbound) => end,
     };
     // The next client gets the configured line, whatever this one set.
     if let Err(e) = control.apply(&line) {
@@ -220,6 +102,149 @@ where
         }
     }
     end
+}
+
+/// Device data and answers to the client, IAC escaped; device data waits
+/// while the client has asked for a pause (FLOWCONTROL-SUSPEND).
+async fn to_client(
+    serial_rx: &mut (impl AsyncRead + Unpin),
+    mut client_tx: impl AsyncWrite + Unpin,
+    mut to_send: mpsc::Receiver<Outbound>,
+    metrics: &DeviceMetrics,
+) -> SessionEnd {
+    let mut buf = vec![0u8; BUFFER];
+    let mut escaped = Vec::with_capacity(BUFFER + BUFFER / 8);
+    let mut suspended = false;
+    loop {
+        tokio::select! {
+            // Answers first: a client waits on them.
+            biased;
+            next = to_send.recv() => match next {
+                Some(Outbound::Bytes(bytes)) => {
+                    if let Err(e) = client_tx.write_all(&bytes).await {
+                        return SessionEnd::ClientGone(e.to_string());
+                    }
+                }
+                Some(Outbound::Suspend(on)) => suspended = on,
+                // The other half ended; its end is the session's.
+                None => std::future::pending::<()>().await,
+            },
+            read = serial_rx.read(&mut buf), if !suspended => {
+                let n = match read {
+                    Ok(0) => return SessionEnd::DeviceGone("end of file".to_owned()),
+                    Ok(n) => n,
+                    Err(e) => return SessionEnd::DeviceGone(e.to_string()),
+                };
+                metrics.read_bytes.inc_by(n as u64);
+                metrics.touch();
+                // Most reads hold no IAC: send them as they are.
+                let wire = if buf[..n].contains(&telnet::IAC) {
+                    escaped.clear();
+                    telnet::escape(&buf[..n], &mut escaped);
+                    &escaped[..]
+                } else {
+                    &buf[..n]
+                };
+                if let Err(e) = client_tx.write_all(wire).await {
+                    return SessionEnd::ClientGone(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// The client's bytes: data to the device, Telnet and COM-PORT-OPTION
+/// handled, answers to the other half; and modem-state changes while the
+/// client has the com port.
+async fn to_device<C: LineControl>(
+    mut client_rx: impl AsyncRead + Unpin,
+    serial_tx: &mut (impl AsyncWrite + Unpin),
+    mut port: Port<'_, C>,
+    mut options: Options,
+    outbound: mpsc::Sender<Outbound>,
+) -> SessionEnd {
+    let metrics = port.metrics;
+    let mut decoder = Decoder::default();
+    let mut buf = vec![0u8; BUFFER];
+    let (mut data, mut events) = (Vec::with_capacity(BUFFER), Vec::new());
+    let mut poll = tokio::time::interval(MODEM_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut reply = Vec::new();
+        tokio::select! {
+            read = client_rx.read(&mut buf) => {
+                let n = match read {
+                    Ok(0) => return SessionEnd::ClientGone("closed by the client".to_owned()),
+                    Ok(n) => n,
+                    Err(e) => return SessionEnd::ClientGone(e.to_string()),
+                };
+                let input = &buf[..n];
+                let plain = if decoder.passes_through(input) {
+                    input
+                } else {
+                    data.clear();
+                    decoder.decode(input, &mut data, &mut events);
+                    &data[..]
+                };
+                if !plain.is_empty() {
+                    if let Err(e) = serial_tx.write_all(plain).await {
+                        return SessionEnd::DeviceGone(e.to_string());
+                    }
+                    metrics.written_bytes.inc_by(plain.len() as u64);
+                    metrics.touch();
+                }
+                for event in events.drain(..) {
+                    on_event(event, &mut port, &mut options, &outbound, &mut reply).await;
+                }
+            }
+            _ = poll.tick(), if port.has_modem_lines && options.com_port() => {
+                port.report_modem_state(false, &mut reply);
+            }
+        }
+        flush(&outbound, &mut reply).await;
+    }
+}
+
+/// One Telnet event from the client; answers go to `reply`.
+async fn on_event<C: LineControl>(
+    event: Event,
+    port: &mut Port<'_, C>,
+    options: &mut Options,
+    outbound: &mpsc::Sender<Outbound>,
+    reply: &mut Vec<u8>,
+) {
+    let (metrics, name) = (port.metrics, port.name);
+    match event {
+        Event::Negotiate(verb, option) => {
+            let agreed = options.answer(verb, option, reply);
+            if agreed && option == telnet::COM_PORT_OPTION {
+                // A first report, so the client knows the inputs before any
+                // change.
+                port.report_modem_state(true, reply);
+            }
+        }
+        Event::Subnegotiation(telnet::COM_PORT_OPTION, request) => match Request::parse(&request) {
+            Some(Request::FlowControlSuspend) => {
+                flush(outbound, reply).await;
+                let _ = outbound.send(Outbound::Suspend(true)).await;
+            }
+            Some(Request::FlowControlResume) => {
+                flush(outbound, reply).await;
+                let _ = outbound.send(Outbound::Suspend(false)).await;
+            }
+            Some(request) => port.handle(request, reply),
+            None => {
+                metrics.protocol_errors.inc();
+                debug!(device = %name, "unknown or malformed COM-PORT-OPTION command dropped");
+            }
+        },
+        // NOP, go ahead, and the like mean nothing here.
+        Event::Command(_) => {}
+        Event::Subnegotiation(..) | Event::Oversized(_) | Event::Malformed => {
+            metrics.protocol_errors.inc();
+            debug!(device = %name, "telnet input dropped: {event:?}");
+        }
+    }
 }
 
 /// Hands queued answers to the client-facing half.
