@@ -18,9 +18,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, DisconnectReasonCode, Packet, PingResp, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason,
-    PublishProperties, QoS, SubAck, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode,
+    DisconnectReasonCode, LastWill, LastWillProperties, Packet, PingResp, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties,
+    QoS, SubAck, Subscribe, SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
@@ -29,7 +31,7 @@ use hass_runtime::logging::Untrusted;
 use tracing::{debug, info};
 
 use crate::auth::{AccessPolicy, AuthDecision};
-use crate::codec::{self, CodecError, Detected, Version};
+use crate::codec::{self, CodecError, Detected, PublishHeader, Version};
 use crate::message::Message;
 use crate::metrics::BrokerMetrics;
 use crate::router::{
@@ -210,22 +212,7 @@ where
     };
 
     let mut wbuf = BytesMut::with_capacity(256);
-    // What rumqttd's reader accepts and the spec does not: refused before
-    // any password is checked.
-    let violation = if connect.client_id.contains('\0') {
-        // MQTT 3.1.1 §3.1.3.1 and 5 §1.5.4: no U+0000 in a string.
-        Some(("client_id_nul", ConnectReturnCode::ClientIdentifierNotValid))
-    } else if props.as_ref().and_then(|p| p.receive_maximum) == Some(0) {
-        // MQTT 5 §3.1.2.11.3.
-        Some(("receive_maximum_zero", ConnectReturnCode::ProtocolError))
-    } else if will.as_ref().is_some_and(|w| {
-        std::str::from_utf8(&w.topic).map_or(true, |t| topic::validate_name(t).is_err())
-    }) {
-        // MQTT 3.1.1 §3.1.3.3 and 5 §3.1.3.3: a will topic is a topic name.
-        Some(("will_topic_invalid", ConnectReturnCode::TopicNameInvalid))
-    } else {
-        None
-    };
+    let violation = connect_violation(&connect, props.as_ref(), will.as_ref());
     if let Some((kind, code)) = violation {
         ctx.metrics.malformed_kind(kind);
         debug!(%peer, client_id = %Untrusted(&connect.client_id), "closing at CONNECT: {kind}");
@@ -326,30 +313,7 @@ where
     };
     let will_props = will_props.unwrap_or_default_will();
     let will_delay = will_props.delay_interval.unwrap_or(0);
-    let will = will.and_then(|w| {
-        // Checked valid above.
-        let topic = std::str::from_utf8(&w.topic).ok()?;
-        Some(Message {
-            topic: topic.into(),
-            payload: w.message,
-            qos: w.qos,
-            retain: w.retain,
-            expires_at: will_props
-                .message_expiry_interval
-                .map(|s| SystemTime::now() + Duration::from_secs(u64::from(s))),
-            properties: Some(PublishProperties {
-                payload_format_indicator: will_props.payload_format_indicator,
-                content_type: will_props.content_type,
-                response_topic: will_props.response_topic,
-                correlation_data: will_props.correlation_data,
-                user_properties: will_props.user_properties,
-                ..Default::default()
-            })
-            .filter(|_| version == Version::V5),
-            publisher: Some(client_id.clone()),
-            received_at: Some(SystemTime::now()),
-        })
-    });
+    let will = will.and_then(|w| will_message(w, will_props, version, &client_id));
     let attached = ctx.router.connect(ConnectRequest {
         client_id: client_id.clone(),
         clean_start: connect.clean_session,
@@ -384,19 +348,8 @@ where
         }
         Version::V4 => None,
     };
-    let connack_props = (version == Version::V5).then(|| ConnAckProperties {
-        assigned_client_identifier: assigned,
-        max_packet_size: u32::try_from(ctx.max_packet_size).ok(),
-        retain_available: Some(1),
-        shared_subscription_available: Some(1),
-        wildcard_subscription_available: Some(1),
-        subscription_identifiers_available: Some(1),
-        topic_alias_max: Some(ctx.max_topic_alias),
-        // Absent means 65 535 (MQTT 5 §3.2.2.3.3).
-        receive_max: Some(ctx.receive_maximum).filter(|m| *m != u16::MAX),
-        server_keep_alive: keep_alive.filter(|k| *k != connect.keep_alive),
-        ..empty_connack_properties()
-    });
+    let connack_props = (version == Version::V5)
+        .then(|| connack_properties(&ctx, assigned, keep_alive, connect.keep_alive));
     if write_now(
         &mut stream,
         &mut wbuf,
@@ -434,6 +387,82 @@ where
         outgoing_aliases,
     };
     Some((stream, conn))
+}
+
+/// What rumqttd's reader accepts and the spec does not, refused before any
+/// password is checked: the metric's kind and the CONNACK code.
+fn connect_violation(
+    connect: &Connect,
+    props: Option<&ConnectProperties>,
+    will: Option<&LastWill>,
+) -> Option<(&'static str, ConnectReturnCode)> {
+    if connect.client_id.contains('\0') {
+        // MQTT 3.1.1 §3.1.3.1 and 5 §1.5.4: no U+0000 in a string.
+        Some(("client_id_nul", ConnectReturnCode::ClientIdentifierNotValid))
+    } else if props.and_then(|p| p.receive_maximum) == Some(0) {
+        // MQTT 5 §3.1.2.11.3.
+        Some(("receive_maximum_zero", ConnectReturnCode::ProtocolError))
+    } else if will.is_some_and(|w| {
+        std::str::from_utf8(&w.topic).map_or(true, |t| topic::validate_name(t).is_err())
+    }) {
+        // MQTT 3.1.1 §3.1.3.3 and 5 §3.1.3.3: a will topic is a topic name.
+        Some(("will_topic_invalid", ConnectReturnCode::TopicNameInvalid))
+    } else {
+        None
+    }
+}
+
+/// The will as a message, with its MQTT 5 properties for a v5 client.
+fn will_message(
+    will: LastWill,
+    will_props: LastWillProperties,
+    version: Version,
+    client_id: &Arc<str>,
+) -> Option<Message> {
+    // Checked valid by `connect_violation`.
+    let topic = std::str::from_utf8(&will.topic).ok()?;
+    Some(Message {
+        topic: topic.into(),
+        payload: will.message,
+        qos: will.qos,
+        retain: will.retain,
+        expires_at: will_props
+            .message_expiry_interval
+            .map(|s| SystemTime::now() + Duration::from_secs(u64::from(s))),
+        properties: Some(PublishProperties {
+            payload_format_indicator: will_props.payload_format_indicator,
+            content_type: will_props.content_type,
+            response_topic: will_props.response_topic,
+            correlation_data: will_props.correlation_data,
+            user_properties: will_props.user_properties,
+            ..Default::default()
+        })
+        .filter(|_| version == Version::V5),
+        publisher: Some(client_id.clone()),
+        received_at: Some(SystemTime::now()),
+    })
+}
+
+/// CONNACK's MQTT 5 properties: what this broker offers and assigned.
+fn connack_properties(
+    ctx: &ConnectionContext,
+    assigned: Option<String>,
+    keep_alive: Option<u16>,
+    asked_keep_alive: u16,
+) -> ConnAckProperties {
+    ConnAckProperties {
+        assigned_client_identifier: assigned,
+        max_packet_size: u32::try_from(ctx.max_packet_size).ok(),
+        retain_available: Some(1),
+        shared_subscription_available: Some(1),
+        wildcard_subscription_available: Some(1),
+        subscription_identifiers_available: Some(1),
+        topic_alias_max: Some(ctx.max_topic_alias),
+        // Absent means 65 535 (MQTT 5 §3.2.2.3.3).
+        receive_max: Some(ctx.receive_maximum).filter(|m| *m != u16::MAX),
+        server_keep_alive: keep_alive.filter(|k| *k != asked_keep_alive),
+        ..empty_connack_properties()
+    }
 }
 
 struct Connection {
@@ -613,95 +642,13 @@ impl Connection {
         }
     }
 
+    /// One packet after CONNECT; `Some` when the connection must close.
     fn handle(&mut self, incoming: codec::Incoming) -> Option<Close> {
         let router = self.ctx.router.clone();
         match incoming.packet {
             Packet::Publish(publish, props) => {
                 let header = incoming.publish?;
-                self.ctx.metrics.publish_received(header.qos, incoming.size);
-                let alias = props.as_ref().and_then(|p| p.topic_alias);
-                let topic = match self.resolve_topic(&publish.topic, alias) {
-                    Ok(topic) => topic,
-                    Err(reason) => {
-                        self.ctx.metrics.malformed_kind("topic");
-                        self.disconnect_packet(reason);
-                        return Some(Close::Protocol("invalid topic name or alias".into()));
-                    }
-                };
-                let message = message_from(
-                    &topic,
-                    publish.payload,
-                    header.qos,
-                    publish.retain,
-                    props,
-                    &self.client_id,
-                );
-                // QoS 2: a resend after a lost PUBREC is acknowledged, not routed again.
-                let fresh = match header.qos {
-                    QoS::ExactlyOnce => {
-                        let (fresh, outstanding) =
-                            router.receive_qos2(&self.client_id, header.pkid);
-                        self.incoming_qos2 = outstanding;
-                        fresh
-                    }
-                    _ => true,
-                };
-                if self.over_receive_maximum(header.qos) {
-                    // MQTT 5 §3.3.4: more unacknowledged QoS 1/2 PUBLISHes
-                    // than the Receive Maximum it was told.
-                    self.ctx.metrics.malformed_kind("receive_maximum_exceeded");
-                    self.disconnect_packet(DisconnectReasonCode::ReceiveMaximumExceeded);
-                    return Some(Close::Protocol("receive maximum exceeded".into()));
-                }
-                let routed = if fresh {
-                    router.publish_from(&self.client_id, message)
-                } else {
-                    Ok(None)
-                };
-                if routed.is_err() {
-                    self.ctx
-                        .metrics
-                        .acl_denied
-                        .get_or_create(&"publish".into())
-                        .inc();
-                }
-                // MQTT 3.1.1 has no way to say "denied": Mosquitto acknowledges
-                // and drops, and so do we. MQTT 5 gets 0x87.
-                let denied = routed.is_err() && self.version == Version::V5;
-                let seq = routed.ok().flatten().unwrap_or(0);
-                match header.qos {
-                    QoS::AtMostOnce => {}
-                    QoS::AtLeastOnce => {
-                        let reason = if denied {
-                            PubAckReason::NotAuthorized
-                        } else {
-                            PubAckReason::Success
-                        };
-                        let ack = Packet::PubAck(
-                            PubAck {
-                                pkid: header.pkid,
-                                reason,
-                            },
-                            None,
-                        );
-                        self.pending_acks.push_back((seq, ack));
-                    }
-                    QoS::ExactlyOnce => {
-                        let reason = if denied {
-                            PubRecReason::NotAuthorized
-                        } else {
-                            PubRecReason::Success
-                        };
-                        let ack = Packet::PubRec(
-                            PubRec {
-                                pkid: header.pkid,
-                                reason,
-                            },
-                            None,
-                        );
-                        self.pending_acks.push_back((seq, ack));
-                    }
-                }
+                return self.handle_publish(&router, publish, props, header, incoming.size);
             }
             Packet::PubAck(ack, _) => {
                 let _ = router.acknowledge(&self.client_id, ack.pkid, AckKind::PubAck);
@@ -716,123 +663,12 @@ impl Connection {
             Packet::PubComp(comp, _) => {
                 let _ = router.acknowledge(&self.client_id, comp.pkid, AckKind::PubComp);
             }
-            Packet::PubRel(rel, _) => {
-                let (known, outstanding) = router.release_qos2(&self.client_id, rel.pkid);
-                self.incoming_qos2 = outstanding;
-                let reason = if known || self.version == Version::V4 {
-                    PubCompReason::Success
-                } else {
-                    PubCompReason::PacketIdentifierNotFound
-                };
-                self.pending_acks.push_back((
-                    0,
-                    Packet::PubComp(
-                        PubComp {
-                            pkid: rel.pkid,
-                            reason,
-                        },
-                        None,
-                    ),
-                ));
-            }
+            Packet::PubRel(rel, _) => self.handle_pubrel(&router, rel),
             Packet::Subscribe(subscribe, props) => {
-                if subscribe
-                    .filters
-                    .iter()
-                    .any(|f| topic::parse_filter(&f.path).is_err())
-                {
-                    // A malformed filter is a malformed packet (MQTT 3.1.1 §4.7.3).
-                    self.ctx.metrics.malformed_kind("invalid_filter");
-                    self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
-                    return Some(Close::Protocol("invalid topic filter".into()));
-                }
-                let identifier = props
-                    .and_then(|p| p.id)
-                    .and_then(|id| u32::try_from(id).ok())
-                    .unwrap_or(0);
-                let requests: Vec<(String, SubscriptionOptions)> = subscribe
-                    .filters
-                    .iter()
-                    .map(|f| {
-                        let options = SubscriptionOptions {
-                            qos: f.qos,
-                            no_local: f.nolocal && self.version == Version::V5,
-                            retain_as_published: f.preserve_retain && self.version == Version::V5,
-                            retain_handling: match (self.version, &f.retain_forward_rule) {
-                                (Version::V4, _) => 0,
-                                (_, rumqttd::protocol::RetainForwardRule::OnEverySubscribe) => 0,
-                                (_, rumqttd::protocol::RetainForwardRule::OnNewSubscribe) => 1,
-                                (_, rumqttd::protocol::RetainForwardRule::Never) => 2,
-                            },
-                            identifier,
-                        };
-                        (f.path.clone(), options)
-                    })
-                    .collect();
-                let results = router.subscribe(&self.client_id, requests);
-                for denied in results
-                    .iter()
-                    .filter(|r| **r == SubscribeResult::NotAuthorized)
-                {
-                    let _ = denied;
-                    self.ctx
-                        .metrics
-                        .acl_denied
-                        .get_or_create(&"subscribe".into())
-                        .inc();
-                }
-                let return_codes = results
-                    .into_iter()
-                    .map(|r| match (r, self.version) {
-                        (SubscribeResult::Granted(qos), _) => SubscribeReasonCode::Success(qos),
-                        (_, Version::V4) => SubscribeReasonCode::Failure,
-                        (SubscribeResult::Invalid, _) => SubscribeReasonCode::TopicFilterInvalid,
-                        (SubscribeResult::NotAuthorized, _) => SubscribeReasonCode::NotAuthorized,
-                    })
-                    .collect();
-                // SUBACK goes out after earlier acks, then the retained replay follows.
-                self.pending_acks.push_back((
-                    0,
-                    Packet::SubAck(
-                        SubAck {
-                            pkid: subscribe.pkid,
-                            return_codes,
-                        },
-                        None,
-                    ),
-                ));
+                return self.handle_subscribe(&router, subscribe, props);
             }
             Packet::Unsubscribe(unsubscribe, _) => {
-                if unsubscribe
-                    .filters
-                    .iter()
-                    .any(|f| topic::parse_filter(f).is_err())
-                {
-                    self.ctx.metrics.malformed_kind("invalid_filter");
-                    self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
-                    return Some(Close::Protocol("invalid topic filter".into()));
-                }
-                let existed = router.unsubscribe(&self.client_id, &unsubscribe.filters);
-                let reasons = existed
-                    .into_iter()
-                    .map(|e| {
-                        if e {
-                            UnsubAckReason::Success
-                        } else {
-                            UnsubAckReason::NoSubscriptionExisted
-                        }
-                    })
-                    .collect();
-                self.pending_acks.push_back((
-                    0,
-                    Packet::UnsubAck(
-                        UnsubAck {
-                            pkid: unsubscribe.pkid,
-                            reasons,
-                        },
-                        None,
-                    ),
-                ));
+                return self.handle_unsubscribe(&router, unsubscribe);
             }
             Packet::PingReq(_) => {
                 self.pending_acks.push_back((0, Packet::PingResp(PingResp)));
@@ -855,6 +691,234 @@ impl Connection {
                 return Some(Close::Protocol("unexpected packet".into()));
             }
         }
+        None
+    }
+
+    /// PUBLISH: routed (QoS 2 once per packet id), its ack queued behind
+    /// the store's commit.
+    fn handle_publish(
+        &mut self,
+        router: &Router,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        header: PublishHeader,
+        size: usize,
+    ) -> Option<Close> {
+        self.ctx.metrics.publish_received(header.qos, size);
+        let alias = props.as_ref().and_then(|p| p.topic_alias);
+        let topic = match self.resolve_topic(&publish.topic, alias) {
+            Ok(topic) => topic,
+            Err(reason) => {
+                self.ctx.metrics.malformed_kind("topic");
+                self.disconnect_packet(reason);
+                return Some(Close::Protocol("invalid topic name or alias".into()));
+            }
+        };
+        let message = message_from(
+            &topic,
+            publish.payload,
+            header.qos,
+            publish.retain,
+            props,
+            &self.client_id,
+        );
+        // QoS 2: a resend after a lost PUBREC is acknowledged, not routed again.
+        let fresh = match header.qos {
+            QoS::ExactlyOnce => {
+                let (fresh, outstanding) = router.receive_qos2(&self.client_id, header.pkid);
+                self.incoming_qos2 = outstanding;
+                fresh
+            }
+            _ => true,
+        };
+        if self.over_receive_maximum(header.qos) {
+            // MQTT 5 §3.3.4: more unacknowledged QoS 1/2 PUBLISHes
+            // than the Receive Maximum it was told.
+            self.ctx.metrics.malformed_kind("receive_maximum_exceeded");
+            self.disconnect_packet(DisconnectReasonCode::ReceiveMaximumExceeded);
+            return Some(Close::Protocol("receive maximum exceeded".into()));
+        }
+        let routed = if fresh {
+            router.publish_from(&self.client_id, message)
+        } else {
+            Ok(None)
+        };
+        if routed.is_err() {
+            self.ctx
+                .metrics
+                .acl_denied
+                .get_or_create(&"publish".into())
+                .inc();
+        }
+        // MQTT 3.1.1 has no way to say "denied": Mosquitto acknowledges
+        // and drops, and so do we. MQTT 5 gets 0x87.
+        let denied = routed.is_err() && self.version == Version::V5;
+        let seq = routed.ok().flatten().unwrap_or(0);
+        match header.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let reason = if denied {
+                    PubAckReason::NotAuthorized
+                } else {
+                    PubAckReason::Success
+                };
+                let ack = Packet::PubAck(
+                    PubAck {
+                        pkid: header.pkid,
+                        reason,
+                    },
+                    None,
+                );
+                self.pending_acks.push_back((seq, ack));
+            }
+            QoS::ExactlyOnce => {
+                let reason = if denied {
+                    PubRecReason::NotAuthorized
+                } else {
+                    PubRecReason::Success
+                };
+                let ack = Packet::PubRec(
+                    PubRec {
+                        pkid: header.pkid,
+                        reason,
+                    },
+                    None,
+                );
+                self.pending_acks.push_back((seq, ack));
+            }
+        }
+        None
+    }
+
+    /// PUBREL: the QoS 2 message is released; PUBCOMP queued.
+    fn handle_pubrel(&mut self, router: &Router, rel: PubRel) {
+        let (known, outstanding) = router.release_qos2(&self.client_id, rel.pkid);
+        self.incoming_qos2 = outstanding;
+        let reason = if known || self.version == Version::V4 {
+            PubCompReason::Success
+        } else {
+            PubCompReason::PacketIdentifierNotFound
+        };
+        self.pending_acks.push_back((
+            0,
+            Packet::PubComp(
+                PubComp {
+                    pkid: rel.pkid,
+                    reason,
+                },
+                None,
+            ),
+        ));
+    }
+
+    /// SUBSCRIBE: filters checked, subscriptions made, SUBACK queued (the
+    /// retained replay follows it).
+    fn handle_subscribe(
+        &mut self,
+        router: &Router,
+        subscribe: Subscribe,
+        props: Option<SubscribeProperties>,
+    ) -> Option<Close> {
+        if subscribe
+            .filters
+            .iter()
+            .any(|f| topic::parse_filter(&f.path).is_err())
+        {
+            // A malformed filter is a malformed packet (MQTT 3.1.1 §4.7.3).
+            self.ctx.metrics.malformed_kind("invalid_filter");
+            self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
+            return Some(Close::Protocol("invalid topic filter".into()));
+        }
+        let identifier = props
+            .and_then(|p| p.id)
+            .and_then(|id| u32::try_from(id).ok())
+            .unwrap_or(0);
+        let requests: Vec<(String, SubscriptionOptions)> = subscribe
+            .filters
+            .iter()
+            .map(|f| {
+                let options = SubscriptionOptions {
+                    qos: f.qos,
+                    no_local: f.nolocal && self.version == Version::V5,
+                    retain_as_published: f.preserve_retain && self.version == Version::V5,
+                    retain_handling: match (self.version, &f.retain_forward_rule) {
+                        (Version::V4, _) => 0,
+                        (_, rumqttd::protocol::RetainForwardRule::OnEverySubscribe) => 0,
+                        (_, rumqttd::protocol::RetainForwardRule::OnNewSubscribe) => 1,
+                        (_, rumqttd::protocol::RetainForwardRule::Never) => 2,
+                    },
+                    identifier,
+                };
+                (f.path.clone(), options)
+            })
+            .collect();
+        let results = router.subscribe(&self.client_id, requests);
+        for denied in results
+            .iter()
+            .filter(|r| **r == SubscribeResult::NotAuthorized)
+        {
+            let _ = denied;
+            self.ctx
+                .metrics
+                .acl_denied
+                .get_or_create(&"subscribe".into())
+                .inc();
+        }
+        let return_codes = results
+            .into_iter()
+            .map(|r| match (r, self.version) {
+                (SubscribeResult::Granted(qos), _) => SubscribeReasonCode::Success(qos),
+                (_, Version::V4) => SubscribeReasonCode::Failure,
+                (SubscribeResult::Invalid, _) => SubscribeReasonCode::TopicFilterInvalid,
+                (SubscribeResult::NotAuthorized, _) => SubscribeReasonCode::NotAuthorized,
+            })
+            .collect();
+        // SUBACK goes out after earlier acks, then the retained replay follows.
+        self.pending_acks.push_back((
+            0,
+            Packet::SubAck(
+                SubAck {
+                    pkid: subscribe.pkid,
+                    return_codes,
+                },
+                None,
+            ),
+        ));
+        None
+    }
+
+    /// UNSUBSCRIBE: filters checked, subscriptions removed, UNSUBACK queued.
+    fn handle_unsubscribe(&mut self, router: &Router, unsubscribe: Unsubscribe) -> Option<Close> {
+        if unsubscribe
+            .filters
+            .iter()
+            .any(|f| topic::parse_filter(f).is_err())
+        {
+            self.ctx.metrics.malformed_kind("invalid_filter");
+            self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
+            return Some(Close::Protocol("invalid topic filter".into()));
+        }
+        let existed = router.unsubscribe(&self.client_id, &unsubscribe.filters);
+        let reasons = existed
+            .into_iter()
+            .map(|e| {
+                if e {
+                    UnsubAckReason::Success
+                } else {
+                    UnsubAckReason::NoSubscriptionExisted
+                }
+            })
+            .collect();
+        self.pending_acks.push_back((
+            0,
+            Packet::UnsubAck(
+                UnsubAck {
+                    pkid: unsubscribe.pkid,
+                    reasons,
+                },
+                None,
+            ),
+        ));
         None
     }
 
