@@ -720,25 +720,42 @@ fn home_assistant_container(values: &Values) -> Container {
     container
 }
 
+/// What the pod's containers add to it: themselves, their volumes, and the
+/// claims of the StatefulSet's volume templates, in the order they come.
+struct PodParts {
+    containers: Vec<Container>,
+    volumes: Vec<Volume>,
+    templates: Vec<PersistentVolumeClaim>,
+}
+
 fn stateful_set(values: &Values) -> StatefulSet {
     let ha = &values.home_assistant;
     let name = &values.name;
-    let mut volumes = Vec::new();
-    let mut templates = vec![claim_template("config", &ha.config_storage)];
-    let mut containers = vec![home_assistant_container(values)];
+    let mut parts = PodParts {
+        containers: vec![home_assistant_container(values)],
+        volumes: Vec::new(),
+        templates: vec![claim_template("config", &ha.config_storage)],
+    };
     let mut accepted: Vec<Accepted> = Vec::new();
 
     if package_wanted(values) {
-        volumes.push(config_map_volume("package", &format!("{name}-package")));
+        parts
+            .volumes
+            .push(config_map_volume("package", &format!("{name}-package")));
     }
     if ha.media.enabled {
-        extra_volume("media", &ha.media, &mut volumes, &mut templates);
+        extra_volume("media", &ha.media, &mut parts.volumes, &mut parts.templates);
     }
     if ha.backup.enabled {
-        extra_volume("backup", &ha.backup, &mut volumes, &mut templates);
+        extra_volume(
+            "backup",
+            &ha.backup,
+            &mut parts.volumes,
+            &mut parts.templates,
+        );
     }
     if ha.run_as == RunAs::Restricted {
-        volumes.push(Volume {
+        parts.volumes.push(Volume {
             name: "tmp".to_owned(),
             empty_dir: Some(EmptyDirVolumeSource {
                 size_limit: Some(meta::quantity("256Mi")),
@@ -748,7 +765,7 @@ fn stateful_set(values: &Values) -> StatefulSet {
         });
     }
     if let Some(token) = &ha.token_secret {
-        volumes.push(secret_volume(
+        parts.volumes.push(secret_volume(
             "ha-token",
             &token.name,
             &[(&token.key, "token")],
@@ -756,186 +773,19 @@ fn stateful_set(values: &Values) -> StatefulSet {
     }
 
     if values.broker.enabled {
-        let mut c = sidecar(
-            values,
-            "hass-broker",
-            vec![
-                "--config".to_owned(),
-                "/etc/hass-broker/broker.yaml".to_owned(),
-            ],
-        );
-        let mut ports = vec![tcp_port("mqtt", MQTT_PORT)];
-        if values.broker.websockets {
-            ports.push(tcp_port("mqtt-ws", MQTT_WS_PORT));
-        }
-        ports.push(tcp_port("broker-admin", BROKER_ADMIN));
-        c.ports = Some(ports);
-        c.resources = Some(meta::resources(&values.broker.resources));
-        admin_probes(values, &mut c, BROKER_ADMIN);
-        c.volume_mounts = Some(vec![
-            mount("broker-config", "/etc/hass-broker", true),
-            mount("broker-data", "/data", false),
-            mount("mqtt-auth", "/run/secrets/mqtt", true),
-        ]);
-        containers.push(c);
-        volumes.push(config_map_volume(
-            "broker-config",
-            &format!("{name}-broker"),
-        ));
-        volumes.push(secret_volume(
-            "mqtt-auth",
-            &values.broker.auth_secret,
-            &[("passwd", "passwd"), ("acl", "acl")],
-        ));
-        templates.push(claim_template("broker-data", &values.broker.storage));
+        broker_sidecar(values, &mut parts);
     }
 
     if values.config_watcher.enabled {
-        let mut c = sidecar(
-            values,
-            "hass-config-watcher",
-            vec![
-                "run".to_owned(),
-                "--config".to_owned(),
-                "/etc/hass-config-watcher/config-watcher.yaml".to_owned(),
-            ],
-        );
-        c.ports = Some(vec![tcp_port("watcher-admin", WATCHER_ADMIN)]);
-        c.resources = Some(meta::resources(&values.config_watcher.resources));
-        admin_probes(values, &mut c, WATCHER_ADMIN);
-        // It validates `!env_var` exactly as Home Assistant does, so it sees
-        // the same variables.
-        if let Some(env) = c.env.as_mut() {
-            env.extend(recorder_env(values));
-        }
-        // /config is read-only here unless the watcher follows a Git
-        // source or puts back local edits: then it writes files there.
-        // History and backups go to volumes of their own either way.
-        let mut mounts = vec![
-            mount("config-watcher-config", "/etc/hass-config-watcher", true),
-            mount("config", "/config", !watcher_writes_config(values)),
-        ];
-        if git_source(values) {
-            mounts.push(mount("git-mirror", GIT_MIRROR_DIR, true));
-        }
-        if package_wanted(values) {
-            mounts.push(mount("package", PACKAGE_DIR, true));
-        }
-        if watcher_backups(values) {
-            mounts.push(mount("backup", WATCHER_BACKUP_DIR, false));
-        }
-        if values.config_watcher.history.enabled {
-            mounts.push(mount("config-history", WATCHER_STATE_DIR, false));
-            templates.push(claim_template(
-                "config-history",
-                &values.config_watcher.history.storage,
-            ));
-        }
-        if ha.token_secret.is_some() {
-            mounts.push(mount("ha-token", "/run/secrets/ha-token", true));
-        }
-        c.volume_mounts = Some(mounts);
-        containers.push(c);
-        volumes.push(config_map_volume(
-            "config-watcher-config",
-            &format!("{name}-config-watcher"),
-        ));
+        config_watcher_sidecar(values, &mut parts);
     }
 
     if git_source(values) {
-        let source = &values.config_watcher.source;
-        let mut c = sidecar(
-            values,
-            "hass-git-mirror",
-            vec![
-                "--config".to_owned(),
-                "/etc/hass-git-mirror/git-mirror.yaml".to_owned(),
-            ],
-        );
-        c.ports = Some(vec![tcp_port("mirror-admin", GIT_MIRROR_ADMIN)]);
-        c.resources = Some(meta::resources(&source.resources));
-        admin_probes(values, &mut c, GIT_MIRROR_ADMIN);
-        // The only container with the Git token; it never sees /config.
-        let mut mounts = vec![
-            mount("git-mirror-config", "/etc/hass-git-mirror", true),
-            mount("git-mirror", GIT_MIRROR_DIR, false),
-        ];
-        if let Some(token) = &source.token_secret {
-            mounts.push(mount("git-token", "/run/secrets/git-token", true));
-            volumes.push(secret_volume(
-                "git-token",
-                &token.name,
-                &[(&token.key, "token")],
-            ));
-        }
-        if let Some(ca) = &source.ca_secret {
-            mounts.push(mount("git-ca", "/run/secrets/git-ca", true));
-            volumes.push(secret_volume("git-ca", &ca.name, &[(&ca.key, "ca.crt")]));
-            if let Some(env) = c.env.as_mut() {
-                env.push(EnvVar {
-                    name: "SSL_CERT_FILE".to_owned(),
-                    value: Some(GIT_CA_FILE.to_owned()),
-                    ..Default::default()
-                });
-            }
-        }
-        c.volume_mounts = Some(mounts);
-        containers.push(c);
-        volumes.push(config_map_volume(
-            "git-mirror-config",
-            &format!("{name}-git-mirror"),
-        ));
-        // A configuration repository is kilobytes; the mirror abandons a
-        // fetch past 256 MiB, and the kubelet evicts past this.
-        volumes.push(Volume {
-            name: "git-mirror".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(meta::quantity("512Mi")),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        git_mirror_sidecar(values, &mut parts);
     }
 
     if values.exporter.enabled {
-        let mut c = sidecar(
-            values,
-            "hass-exporter",
-            vec![
-                "--config".to_owned(),
-                "/etc/hass-exporter/exporter.yaml".to_owned(),
-            ],
-        );
-        c.ports = Some(vec![tcp_port("exporter-admin", EXPORTER_ADMIN)]);
-        c.resources = Some(meta::resources(&values.exporter.resources));
-        admin_probes(values, &mut c, EXPORTER_ADMIN);
-        let mut mounts = vec![mount("exporter-config", "/etc/hass-exporter", true)];
-        if ha.token_secret.is_some() {
-            mounts.push(mount("ha-token", "/run/secrets/ha-token", true));
-        }
-        if values.postgres.mode != PostgresMode::Disabled {
-            let secret = &values.postgres.password_secret;
-            volumes.push(secret_volume(
-                "postgres-password",
-                &secret.name,
-                &[(&secret.key, "password")],
-            ));
-            mounts.push(mount("postgres-password", "/run/secrets/postgres", true));
-        }
-        if let (true, Some(secret)) = (values.broker.enabled, &values.broker.exporter_password) {
-            volumes.push(secret_volume(
-                "mqtt-exporter",
-                &secret.name,
-                &[(&secret.key, "password")],
-            ));
-            mounts.push(mount("mqtt-exporter", "/run/secrets/mqtt-exporter", true));
-        }
-        c.volume_mounts = Some(mounts);
-        containers.push(c);
-        volumes.push(config_map_volume(
-            "exporter-config",
-            &format!("{name}-exporter"),
-        ));
+        exporter_sidecar(values, &mut parts);
     }
 
     let mut pod_sc = PodSecurityContext {
@@ -1005,8 +855,8 @@ fn stateful_set(values: &Values) -> StatefulSet {
         ),
         security_context: Some(pod_sc),
         termination_grace_period_seconds: Some(ha.termination_grace_period_seconds),
-        containers,
-        volumes: Some(volumes),
+        containers: parts.containers,
+        volumes: Some(parts.volumes),
         ..Default::default()
     };
     accepted.extend(meta::image_findings(values, &meta::pod_images(&pod_spec)));
@@ -1038,11 +888,208 @@ fn stateful_set(values: &Values) -> StatefulSet {
                 }),
                 spec: Some(pod_spec),
             },
-            volume_claim_templates: Some(templates),
+            volume_claim_templates: Some(parts.templates),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// hass-broker: MQTT, its config, its password and ACL files, its store.
+fn broker_sidecar(values: &Values, parts: &mut PodParts) {
+    let name = &values.name;
+    let mut c = sidecar(
+        values,
+        "hass-broker",
+        vec![
+            "--config".to_owned(),
+            "/etc/hass-broker/broker.yaml".to_owned(),
+        ],
+    );
+    let mut ports = vec![tcp_port("mqtt", MQTT_PORT)];
+    if values.broker.websockets {
+        ports.push(tcp_port("mqtt-ws", MQTT_WS_PORT));
+    }
+    ports.push(tcp_port("broker-admin", BROKER_ADMIN));
+    c.ports = Some(ports);
+    c.resources = Some(meta::resources(&values.broker.resources));
+    admin_probes(values, &mut c, BROKER_ADMIN);
+    c.volume_mounts = Some(vec![
+        mount("broker-config", "/etc/hass-broker", true),
+        mount("broker-data", "/data", false),
+        mount("mqtt-auth", "/run/secrets/mqtt", true),
+    ]);
+    parts.containers.push(c);
+    parts.volumes.push(config_map_volume(
+        "broker-config",
+        &format!("{name}-broker"),
+    ));
+    parts.volumes.push(secret_volume(
+        "mqtt-auth",
+        &values.broker.auth_secret,
+        &[("passwd", "passwd"), ("acl", "acl")],
+    ));
+    parts
+        .templates
+        .push(claim_template("broker-data", &values.broker.storage));
+}
+
+/// hass-config-watcher: /config (read-only unless it writes), its history and backups.
+fn config_watcher_sidecar(values: &Values, parts: &mut PodParts) {
+    let ha = &values.home_assistant;
+    let name = &values.name;
+    let mut c = sidecar(
+        values,
+        "hass-config-watcher",
+        vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            "/etc/hass-config-watcher/config-watcher.yaml".to_owned(),
+        ],
+    );
+    c.ports = Some(vec![tcp_port("watcher-admin", WATCHER_ADMIN)]);
+    c.resources = Some(meta::resources(&values.config_watcher.resources));
+    admin_probes(values, &mut c, WATCHER_ADMIN);
+    // It validates `!env_var` exactly as Home Assistant does, so it sees
+    // the same variables.
+    if let Some(env) = c.env.as_mut() {
+        env.extend(recorder_env(values));
+    }
+    // /config is read-only here unless the watcher follows a Git
+    // source or puts back local edits: then it writes files there.
+    // History and backups go to volumes of their own either way.
+    let mut mounts = vec![
+        mount("config-watcher-config", "/etc/hass-config-watcher", true),
+        mount("config", "/config", !watcher_writes_config(values)),
+    ];
+    if git_source(values) {
+        mounts.push(mount("git-mirror", GIT_MIRROR_DIR, true));
+    }
+    if package_wanted(values) {
+        mounts.push(mount("package", PACKAGE_DIR, true));
+    }
+    if watcher_backups(values) {
+        mounts.push(mount("backup", WATCHER_BACKUP_DIR, false));
+    }
+    if values.config_watcher.history.enabled {
+        mounts.push(mount("config-history", WATCHER_STATE_DIR, false));
+        parts.templates.push(claim_template(
+            "config-history",
+            &values.config_watcher.history.storage,
+        ));
+    }
+    if ha.token_secret.is_some() {
+        mounts.push(mount("ha-token", "/run/secrets/ha-token", true));
+    }
+    c.volume_mounts = Some(mounts);
+    parts.containers.push(c);
+    parts.volumes.push(config_map_volume(
+        "config-watcher-config",
+        &format!("{name}-config-watcher"),
+    ));
+}
+
+/// hass-git-mirror: the only container with the Git token; never sees /config.
+fn git_mirror_sidecar(values: &Values, parts: &mut PodParts) {
+    let name = &values.name;
+    let source = &values.config_watcher.source;
+    let mut c = sidecar(
+        values,
+        "hass-git-mirror",
+        vec![
+            "--config".to_owned(),
+            "/etc/hass-git-mirror/git-mirror.yaml".to_owned(),
+        ],
+    );
+    c.ports = Some(vec![tcp_port("mirror-admin", GIT_MIRROR_ADMIN)]);
+    c.resources = Some(meta::resources(&source.resources));
+    admin_probes(values, &mut c, GIT_MIRROR_ADMIN);
+    // The only container with the Git token; it never sees /config.
+    let mut mounts = vec![
+        mount("git-mirror-config", "/etc/hass-git-mirror", true),
+        mount("git-mirror", GIT_MIRROR_DIR, false),
+    ];
+    if let Some(token) = &source.token_secret {
+        mounts.push(mount("git-token", "/run/secrets/git-token", true));
+        parts.volumes.push(secret_volume(
+            "git-token",
+            &token.name,
+            &[(&token.key, "token")],
+        ));
+    }
+    if let Some(ca) = &source.ca_secret {
+        mounts.push(mount("git-ca", "/run/secrets/git-ca", true));
+        parts
+            .volumes
+            .push(secret_volume("git-ca", &ca.name, &[(&ca.key, "ca.crt")]));
+        if let Some(env) = c.env.as_mut() {
+            env.push(EnvVar {
+                name: "SSL_CERT_FILE".to_owned(),
+                value: Some(GIT_CA_FILE.to_owned()),
+                ..Default::default()
+            });
+        }
+    }
+    c.volume_mounts = Some(mounts);
+    parts.containers.push(c);
+    parts.volumes.push(config_map_volume(
+        "git-mirror-config",
+        &format!("{name}-git-mirror"),
+    ));
+    // A configuration repository is kilobytes; the mirror abandons a
+    // fetch past 256 MiB, and the kubelet evicts past this.
+    parts.volumes.push(Volume {
+        name: "git-mirror".to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(meta::quantity("512Mi")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+/// hass-exporter: the HA token, the recorder's and the broker's passwords.
+fn exporter_sidecar(values: &Values, parts: &mut PodParts) {
+    let ha = &values.home_assistant;
+    let name = &values.name;
+    let mut c = sidecar(
+        values,
+        "hass-exporter",
+        vec![
+            "--config".to_owned(),
+            "/etc/hass-exporter/exporter.yaml".to_owned(),
+        ],
+    );
+    c.ports = Some(vec![tcp_port("exporter-admin", EXPORTER_ADMIN)]);
+    c.resources = Some(meta::resources(&values.exporter.resources));
+    admin_probes(values, &mut c, EXPORTER_ADMIN);
+    let mut mounts = vec![mount("exporter-config", "/etc/hass-exporter", true)];
+    if ha.token_secret.is_some() {
+        mounts.push(mount("ha-token", "/run/secrets/ha-token", true));
+    }
+    if values.postgres.mode != PostgresMode::Disabled {
+        let secret = &values.postgres.password_secret;
+        parts.volumes.push(secret_volume(
+            "postgres-password",
+            &secret.name,
+            &[(&secret.key, "password")],
+        ));
+        mounts.push(mount("postgres-password", "/run/secrets/postgres", true));
+    }
+    if let (true, Some(secret)) = (values.broker.enabled, &values.broker.exporter_password) {
+        parts.volumes.push(secret_volume(
+            "mqtt-exporter",
+            &secret.name,
+            &[(&secret.key, "password")],
+        ));
+        mounts.push(mount("mqtt-exporter", "/run/secrets/mqtt-exporter", true));
+    }
+    c.volume_mounts = Some(mounts);
+    parts.containers.push(c);
+    parts.volumes.push(config_map_volume(
+        "exporter-config",
+        &format!("{name}-exporter"),
+    ));
 }
 
 fn port(name: &str, port: i32) -> ServicePort {
