@@ -35,6 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use hass_runtime::readiness::ReadinessCheck;
 use hass_runtime::{Component, ComponentInfo, Context, Fatal, Scheduling};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -158,53 +159,9 @@ impl Component for Broker {
         // Every check is registered before any is set, so /readyz cannot
         // pass between the store opening and the listener binding.
         let store_check = ctx.readiness.register("store");
-        let mqtt_check = self
-            .config
-            .listeners
-            .mqtt
-            .map(|_| ctx.readiness.register("listener:mqtt"));
-        let ws_check = self
-            .config
-            .listeners
-            .ws
-            .map(|_| ctx.readiness.register("listener:ws"));
-        let mqtts_check = self
-            .config
-            .listeners
-            .mqtts
-            .map(|_| ctx.readiness.register("listener:mqtts"));
-        let wss_check = self
-            .config
-            .listeners
-            .wss
-            .map(|_| ctx.readiness.register("listener:wss"));
-        let durability = match self.config.fsync {
-            FsyncPolicy::Always => Durability::Always,
-            FsyncPolicy::Periodic => Durability::Periodic(self.config.fsync_interval),
-        };
-        let stats = Arc::new(StoreStats::default());
-        let data_dir = self.config.data_dir.clone();
-        let started = std::time::Instant::now();
-        let opened = tokio::task::spawn_blocking({
-            let stats = stats.clone();
-            move || Store::open(&data_dir, durability, stats)
-        })
-        .await
-        .map_err(|e| Fatal::runtime(format!("store: {e}")))?;
-        let (store, mut recovered) = opened.map_err(Fatal::runtime)?;
-        info!(
-            retained = recovered.retained.len(),
-            sessions = recovered.sessions.len(),
-            queued = recovered.queued.len(),
-            corrupt = recovered.corrupt,
-            elapsed = ?started.elapsed(),
-            path = %store.path().display(),
-            "store restored"
-        );
+        let listener_checks = ListenerChecks::register(&self.config, &ctx);
         let metrics = BrokerMetrics::default();
-        if let Some(path) = &self.config.import_mosquitto_db {
-            import_mosquitto_db(path, &store, &mut recovered, &metrics);
-        }
+        let (store, recovered, stats) = open_store(&self.config, &metrics).await?;
         store_check.set_ready();
 
         let limits = Limits {
@@ -250,106 +207,15 @@ impl Component for Broker {
         conn_ctx.metrics = metrics;
         let conn_ctx = Arc::new(conn_ctx);
         let connections = TaskTracker::new();
-        // The HTTP part of a WebSocket connection comes before CONNECT: it is
-        // capped and timed like a handshake.
-        let websocket_limits = hass_runtime::http_server::HttpLimits {
-            max_connections: self.config.limits.max_handshakes,
-            max_connections_per_address: self.config.limits.max_handshakes_per_address,
-            header_read_timeout: self.config.limits.connect_timeout,
-            refused: conn_ctx
-                .metrics
-                .connections_refused
-                .get_or_create(&"max_websocket_upgrades".into())
-                .clone(),
-        };
-        if let Some(addr) = self.config.listeners.mqtt {
-            let listener = listener::bind(addr, "mqtt").await?;
-            if let Some(check) = &mqtt_check {
-                check.set_ready();
-            }
-            info!(address = %bound(&listener, addr), "MQTT listener up");
-            ctx.shutdown.spawn(listener::accept_loop(
-                listener,
-                conn_ctx.clone(),
-                connections.clone(),
-                ctx.shutdown.clone(),
-            ));
-        }
-        if let (Some(server_config), Some(tls_config)) = (self.tls.clone(), self.config.tls.clone())
-        {
-            let current = CurrentTls::new(server_config);
-            ctx.shutdown.spawn(tls::reload_on_change(
-                TlsFiles {
-                    cert_file: tls_config.cert_file,
-                    key_file: tls_config.key_file,
-                },
-                current.clone(),
-                conn_ctx.clone(),
-                tls_config.reload_interval,
-                ctx.shutdown.clone(),
-            ));
-            if let Some(addr) = self.config.listeners.mqtts {
-                let listener = listener::bind(addr, "mqtts").await?;
-                let local = bound(&listener, addr);
-                let (tx, rx) = tokio::sync::mpsc::channel(64);
-                ctx.shutdown.spawn(tls::accept_handshakes(
-                    listener,
-                    current.clone(),
-                    conn_ctx.clone(),
-                    tx,
-                    connections.clone(),
-                    ctx.shutdown.clone(),
-                ));
-                ctx.shutdown
-                    .spawn(tls::serve_mqtts(rx, conn_ctx.clone(), connections.clone()));
-                if let Some(check) = &mqtts_check {
-                    check.set_ready();
-                }
-                info!(address = %local, "MQTT over TLS listener up");
-            }
-            if let Some(addr) = self.config.listeners.wss {
-                let listener = listener::bind(addr, "wss").await?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|e| Fatal::runtime(e.to_string()))?;
-                let (tx, rx) = tokio::sync::mpsc::channel(64);
-                ctx.shutdown.spawn(tls::accept_handshakes(
-                    listener,
-                    current,
-                    conn_ctx.clone(),
-                    tx,
-                    connections.clone(),
-                    ctx.shutdown.clone(),
-                ));
-                let stop = ctx.shutdown.clone();
-                ctx.shutdown.spawn(websocket::serve(
-                    tls::HandshakenListener { ready: rx, local },
-                    conn_ctx.clone(),
-                    connections.clone(),
-                    websocket_limits.clone(),
-                    async move { stop.cancelled().await },
-                ));
-                if let Some(check) = &wss_check {
-                    check.set_ready();
-                }
-                info!(address = %local, "MQTT over secure WebSocket listener up");
-            }
-        }
-        if let Some(addr) = self.config.listeners.ws {
-            let listener = listener::bind(addr, "ws").await?;
-            if let Some(check) = &ws_check {
-                check.set_ready();
-            }
-            info!(address = %bound(&listener, addr), "MQTT over WebSocket listener up (paths /mqtt and /)");
-            let stop = ctx.shutdown.clone();
-            ctx.shutdown.spawn(websocket::serve(
-                listener,
-                conn_ctx.clone(),
-                connections.clone(),
-                websocket_limits.clone(),
-                async move { stop.cancelled().await },
-            ));
-        }
+        serve_listeners(
+            &self.config,
+            self.tls.clone(),
+            &ctx,
+            &conn_ctx,
+            &connections,
+            listener_checks,
+        )
+        .await?;
         ctx.shutdown
             .spawn(expiry_loop(router.clone(), ctx.shutdown.clone()));
         if let Some(interval) = self.config.sys_interval {
@@ -380,6 +246,177 @@ impl Component for Broker {
         info!("broker stopped; store flushed");
         Ok(())
     }
+}
+
+/// The readiness check of each configured listener, registered with the
+/// store's before any is set.
+struct ListenerChecks {
+    mqtt: Option<ReadinessCheck>,
+    ws: Option<ReadinessCheck>,
+    mqtts: Option<ReadinessCheck>,
+    wss: Option<ReadinessCheck>,
+}
+
+impl ListenerChecks {
+    fn register(config: &BrokerConfig, ctx: &Context) -> Self {
+        let check = |addr: Option<std::net::SocketAddr>, name: &str| {
+            addr.map(|_| ctx.readiness.register(name))
+        };
+        let listeners = &config.listeners;
+        Self {
+            mqtt: check(listeners.mqtt, "listener:mqtt"),
+            ws: check(listeners.ws, "listener:ws"),
+            mqtts: check(listeners.mqtts, "listener:mqtts"),
+            wss: check(listeners.wss, "listener:wss"),
+        }
+    }
+}
+
+/// Opens the store (on the blocking pool: redb reads the whole file) and
+/// brings in a `mosquitto.db` when asked to.
+async fn open_store(
+    config: &BrokerConfig,
+    metrics: &BrokerMetrics,
+) -> Result<(Store, store::Recovered, Arc<StoreStats>), Fatal> {
+    let durability = match config.fsync {
+        FsyncPolicy::Always => Durability::Always,
+        FsyncPolicy::Periodic => Durability::Periodic(config.fsync_interval),
+    };
+    let stats = Arc::new(StoreStats::default());
+    let data_dir = config.data_dir.clone();
+    let started = std::time::Instant::now();
+    let opened = tokio::task::spawn_blocking({
+        let stats = stats.clone();
+        move || Store::open(&data_dir, durability, stats)
+    })
+    .await
+    .map_err(|e| Fatal::runtime(format!("store: {e}")))?;
+    let (store, mut recovered) = opened.map_err(Fatal::runtime)?;
+    info!(
+        retained = recovered.retained.len(),
+        sessions = recovered.sessions.len(),
+        queued = recovered.queued.len(),
+        corrupt = recovered.corrupt,
+        elapsed = ?started.elapsed(),
+        path = %store.path().display(),
+        "store restored"
+    );
+    if let Some(path) = &config.import_mosquitto_db {
+        import_mosquitto_db(path, &store, &mut recovered, metrics);
+    }
+    Ok((store, recovered, stats))
+}
+
+/// Binds every configured listener and starts serving it; each one's
+/// readiness check passes once it is bound.
+async fn serve_listeners(
+    config: &BrokerConfig,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ctx: &Context,
+    conn_ctx: &Arc<ConnectionContext>,
+    connections: &TaskTracker,
+    checks: ListenerChecks,
+) -> Result<(), Fatal> {
+    // The HTTP part of a WebSocket connection comes before CONNECT: it is
+    // capped and timed like a handshake.
+    let websocket_limits = hass_runtime::http_server::HttpLimits {
+        max_connections: config.limits.max_handshakes,
+        max_connections_per_address: config.limits.max_handshakes_per_address,
+        header_read_timeout: config.limits.connect_timeout,
+        refused: conn_ctx
+            .metrics
+            .connections_refused
+            .get_or_create(&"max_websocket_upgrades".into())
+            .clone(),
+    };
+    if let Some(addr) = config.listeners.mqtt {
+        let listener = listener::bind(addr, "mqtt").await?;
+        if let Some(check) = &checks.mqtt {
+            check.set_ready();
+        }
+        info!(address = %bound(&listener, addr), "MQTT listener up");
+        ctx.shutdown.spawn(listener::accept_loop(
+            listener,
+            conn_ctx.clone(),
+            connections.clone(),
+            ctx.shutdown.clone(),
+        ));
+    }
+    if let (Some(server_config), Some(tls_config)) = (tls, config.tls.clone()) {
+        let current = CurrentTls::new(server_config);
+        ctx.shutdown.spawn(tls::reload_on_change(
+            TlsFiles {
+                cert_file: tls_config.cert_file,
+                key_file: tls_config.key_file,
+            },
+            current.clone(),
+            conn_ctx.clone(),
+            tls_config.reload_interval,
+            ctx.shutdown.clone(),
+        ));
+        if let Some(addr) = config.listeners.mqtts {
+            let listener = listener::bind(addr, "mqtts").await?;
+            let local = bound(&listener, addr);
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            ctx.shutdown.spawn(tls::accept_handshakes(
+                listener,
+                current.clone(),
+                conn_ctx.clone(),
+                tx,
+                connections.clone(),
+                ctx.shutdown.clone(),
+            ));
+            ctx.shutdown
+                .spawn(tls::serve_mqtts(rx, conn_ctx.clone(), connections.clone()));
+            if let Some(check) = &checks.mqtts {
+                check.set_ready();
+            }
+            info!(address = %local, "MQTT over TLS listener up");
+        }
+        if let Some(addr) = config.listeners.wss {
+            let listener = listener::bind(addr, "wss").await?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| Fatal::runtime(e.to_string()))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            ctx.shutdown.spawn(tls::accept_handshakes(
+                listener,
+                current,
+                conn_ctx.clone(),
+                tx,
+                connections.clone(),
+                ctx.shutdown.clone(),
+            ));
+            let stop = ctx.shutdown.clone();
+            ctx.shutdown.spawn(websocket::serve(
+                tls::HandshakenListener { ready: rx, local },
+                conn_ctx.clone(),
+                connections.clone(),
+                websocket_limits.clone(),
+                async move { stop.cancelled().await },
+            ));
+            if let Some(check) = &checks.wss {
+                check.set_ready();
+            }
+            info!(address = %local, "MQTT over secure WebSocket listener up");
+        }
+    }
+    if let Some(addr) = config.listeners.ws {
+        let listener = listener::bind(addr, "ws").await?;
+        if let Some(check) = &checks.ws {
+            check.set_ready();
+        }
+        info!(address = %bound(&listener, addr), "MQTT over WebSocket listener up (paths /mqtt and /)");
+        let stop = ctx.shutdown.clone();
+        ctx.shutdown.spawn(websocket::serve(
+            listener,
+            conn_ctx.clone(),
+            connections.clone(),
+            websocket_limits.clone(),
+            async move { stop.cancelled().await },
+        ));
+    }
+    Ok(())
 }
 
 async fn expiry_loop(router: Arc<Router>, shutdown: hass_runtime::shutdown::Shutdown) {
