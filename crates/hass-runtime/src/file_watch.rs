@@ -8,19 +8,47 @@ use std::time::Duration;
 
 use crate::shutdown::Shutdown;
 
+/// How long a changed file must read the same before the change counts.
+const SETTLE: Duration = Duration::from_millis(50);
+
 /// Calls `changed` each time the content of any of `files` differs from the
 /// last look (a file that cannot be read counts as empty of content), until
-/// shutdown.
+/// shutdown. A change counts once two looks `SETTLE` apart agree: a file
+/// rewritten in place (as `mosquitto_passwd` does) reads half-written in
+/// between, and a half-read password file would revoke every user left out.
 pub async fn on_change(
     files: Vec<PathBuf>,
     interval: Duration,
     shutdown: Shutdown,
-    mut changed: impl FnMut(),
+    changed: impl FnMut(),
 ) {
     let read = || -> Vec<Option<Vec<u8>>> { files.iter().map(|f| std::fs::read(f).ok()).collect() };
+    watch(read, interval, &shutdown, changed).await;
+}
+
+async fn watch<T: PartialEq>(
+    mut read: impl FnMut() -> T,
+    interval: Duration,
+    shutdown: &Shutdown,
+    mut changed: impl FnMut(),
+) {
     let mut seen = read();
     while shutdown.sleep(interval).await {
-        let now = read();
+        let mut now = read();
+        if now == seen {
+            continue;
+        }
+        loop {
+            if !shutdown.sleep(SETTLE).await {
+                return;
+            }
+            let again = read();
+            if again == now {
+                break;
+            }
+            now = again;
+        }
+        // It may have settled back to what it was.
         if now != seen {
             seen = now;
             changed();
@@ -31,6 +59,34 @@ pub async fn on_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// Reads come from a script; the change is reported once the full file
+    /// reads the same twice, never for the half-written one between.
+    #[tokio::test]
+    async fn a_file_read_half_written_counts_only_once_it_settles() {
+        let script = [
+            "old", "old", "ha", "half", "full", "full", "full", "back", "old", "old",
+        ];
+        let at = RefCell::new(0usize);
+        let reported = RefCell::new(Vec::new());
+        let shutdown = Shutdown::new();
+        let read = || {
+            let mut i = at.borrow_mut();
+            let snapshot = script[(*i).min(script.len() - 1)];
+            *i += 1;
+            if *i >= script.len() + 2 {
+                shutdown.trigger();
+            }
+            snapshot
+        };
+        watch(read, Duration::from_millis(1), &shutdown, || {
+            reported.borrow_mut().push(script[*at.borrow() - 1]);
+        })
+        .await;
+        // "full" once settled; "back" never settles; "old" again does.
+        assert_eq!(*reported.borrow(), ["full", "old"]);
+    }
 
     #[tokio::test]
     async fn a_change_of_content_is_seen_once_and_a_rewrite_of_the_same_bytes_not() {
