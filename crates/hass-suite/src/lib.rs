@@ -300,9 +300,8 @@ impl Component for Suite {
                     banner::print(&text);
                     return;
                 }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                if !shutdown.sleep(Duration::from_millis(100)).await {
+                    return;
                 }
             }
         });
