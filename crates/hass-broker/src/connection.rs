@@ -819,15 +819,9 @@ impl Connection {
         subscribe: Subscribe,
         props: Option<SubscribeProperties>,
     ) -> Option<Close> {
-        if subscribe
-            .filters
-            .iter()
-            .any(|f| topic::parse_filter(&f.path).is_err())
+        if let Some(close) = self.reject_invalid_filters(subscribe.filters.iter().map(|f| &f.path))
         {
-            // A malformed filter is a malformed packet (MQTT 3.1.1 §4.7.3).
-            self.ctx.metrics.malformed_kind("invalid_filter");
-            self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
-            return Some(Close::Protocol("invalid topic filter".into()));
+            return Some(close);
         }
         let identifier = props
             .and_then(|p| p.id)
@@ -887,16 +881,24 @@ impl Connection {
         None
     }
 
+    /// A malformed filter is a malformed packet (MQTT 3.1.1 §4.7.3): the
+    /// whole SUBSCRIBE or UNSUBSCRIBE closes the connection.
+    fn reject_invalid_filters<'f>(
+        &mut self,
+        mut filters: impl Iterator<Item = &'f String>,
+    ) -> Option<Close> {
+        if !filters.any(|f| topic::parse_filter(f).is_err()) {
+            return None;
+        }
+        self.ctx.metrics.malformed_kind("invalid_filter");
+        self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
+        Some(Close::Protocol("invalid topic filter".into()))
+    }
+
     /// UNSUBSCRIBE: filters checked, subscriptions removed, UNSUBACK queued.
     fn handle_unsubscribe(&mut self, router: &Router, unsubscribe: Unsubscribe) -> Option<Close> {
-        if unsubscribe
-            .filters
-            .iter()
-            .any(|f| topic::parse_filter(f).is_err())
-        {
-            self.ctx.metrics.malformed_kind("invalid_filter");
-            self.disconnect_packet(DisconnectReasonCode::MalformedPacket);
-            return Some(Close::Protocol("invalid topic filter".into()));
+        if let Some(close) = self.reject_invalid_filters(unsubscribe.filters.iter()) {
+            return Some(close);
         }
         let existed = router.unsubscribe(&self.client_id, &unsubscribe.filters);
         let reasons = existed
