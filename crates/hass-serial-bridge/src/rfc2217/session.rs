@@ -402,19 +402,9 @@ impl<C: LineControl> Port<'_, C> {
                     }
                     Err(e) => warn!(device = %self.name, "cannot set break: {e}"),
                 }
-                if self.break_on {
-                    control::BREAK_ON
-                } else {
-                    control::BREAK_OFF
-                }
+                self.break_code()
             }
-            control::REQUEST_BREAK => {
-                if self.break_on {
-                    control::BREAK_ON
-                } else {
-                    control::BREAK_OFF
-                }
-            }
+            control::REQUEST_BREAK => self.break_code(),
             control::DTR_ON | control::DTR_OFF => {
                 self.set_pin(Pin::Dtr, value == control::DTR_ON);
                 self.pin_code(Pin::Dtr)
@@ -439,6 +429,14 @@ impl<C: LineControl> Port<'_, C> {
                 }
                 self.flow_code(false)
             }
+        }
+    }
+
+    fn break_code(&self) -> u8 {
+        if self.break_on {
+            control::BREAK_ON
+        } else {
+            control::BREAK_OFF
         }
     }
 
