@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use hass_test_support::PtyPair;
+
 use hass_serial_bridge::rfc2217::telnet::{self, Decoder, Event, Verb};
 
 const FRAME_SIZES: [usize; 4] = [8, 64, 100, 1024];
@@ -45,7 +47,8 @@ const BULK: usize = 4 * 1024 * 1024;
 
 /// The stick: echoes what it reads, or only counts it.
 struct EchoStick {
-    socat: Child,
+    /// The ptys live as long as the stick (socat ends on drop).
+    _pair: PtyPair,
     device: PathBuf,
     peer: File,
     echo: Arc<AtomicBool>,
@@ -53,25 +56,10 @@ struct EchoStick {
 }
 
 impl EchoStick {
-    fn start(dir: &Path) -> Result<Self, String> {
-        let end = |name: &str| format!("pty,raw,echo=0,link={}", dir.join(name).display());
-        let socat = Command::new("socat")
-            .arg(end("device"))
-            .arg(end("peer"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("socat: {e}"))?;
-        let device = dir.join("device");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !(device.exists() && dir.join("peer").exists()) {
-            if Instant::now() > deadline {
-                return Err("socat made no ptys".into());
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let peer = open_tty(&dir.join("peer"))?;
+    fn start() -> Result<Self, String> {
+        let pair = PtyPair::new();
+        let device = pair.device();
+        let peer = open_tty(&pair.peer())?;
         let echo = Arc::new(AtomicBool::new(true));
         let received = Arc::new(AtomicU64::new(0));
         let mut reader = peer.try_clone().map_err(|e| e.to_string())?;
@@ -90,20 +78,12 @@ impl EchoStick {
             }
         });
         Ok(Self {
-            socat,
+            _pair: pair,
             device,
             peer,
             echo,
             received,
         })
-    }
-}
-
-/// The ptys outlive the run otherwise, and so does whatever reads our stdout.
-impl Drop for EchoStick {
-    fn drop(&mut self) {
-        let _ = self.socat.kill();
-        let _ = self.socat.wait();
     }
 }
 
@@ -490,8 +470,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let stick = match EchoStick::start(dir.path()) {
+    let stick = match EchoStick::start() {
         Ok(stick) => stick,
         Err(e) => {
             eprintln!("cannot start the pty stick: {e}");
