@@ -12,14 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hass_runtime::backoff::Backoff;
+use hass_runtime::http_client::{HttpClient, HttpError, HttpRequest};
 use hass_runtime::logging::Untrusted;
 use hass_runtime::secret::{ExposeSecret, SecretSource, SecretString};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, StatusCode};
 use serde_json::Value as Json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -114,7 +111,7 @@ pub(crate) enum Retry {
 pub(crate) struct HaApi {
     base: String,
     token_source: SecretSource,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     request_timeout: Duration,
     retry_initial: Duration,
     retry_max: Duration,
@@ -130,16 +127,10 @@ impl HaApi {
         metrics: WatchMetrics,
         shutdown: hass_runtime::shutdown::Shutdown,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.request_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Self {
             base,
             token_source,
-            client,
+            client: HttpClient::new(Some(config.request_timeout)),
             request_timeout: config.request_timeout,
             retry_initial: config.retry_initial,
             retry_max: config.retry_max,
@@ -351,40 +342,31 @@ impl HaApi {
         forwarded_for: Option<IpAddr>,
     ) -> Result<(StatusCode, Bytes), ApiError> {
         let token = self.token()?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()));
-        if body.is_some() {
-            request = request.header(CONTENT_TYPE, "application/json");
+        let uri = format!("{}{path}", self.base)
+            .parse()
+            .map_err(|e| ApiError::BadResponse(format!("cannot build the request: {e}")))?;
+        let mut request = HttpRequest::new(method, uri).bearer(token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(body);
         }
         if let Some(client) = forwarded_for {
-            request = request.header("x-forwarded-for", client.to_string());
+            // An address's text is always a valid header value.
+            if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+                request = request.header(HeaderName::from_static("x-forwarded-for"), value);
+            }
         }
-        let request = request
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| ApiError::BadResponse(format!("cannot build the request: {e}")))?;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    ApiError::NotConnected(error_chain(&e))
-                } else {
-                    ApiError::Unreachable(error_chain(&e))
+        let reply = self
+            .client
+            .send(request, self.request_timeout, MAX_BODY)
+            .await
+            .map_err(|e| match e {
+                HttpError::Connect(e) => ApiError::NotConnected(e),
+                HttpError::BodyTooLarge(_) => ApiError::BadResponse(e.to_string()),
+                HttpError::Timeout(_) | HttpError::Broken(_) => {
+                    ApiError::Unreachable(e.to_string())
                 }
             })?;
-            let status = response.status();
-            let bytes = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| ApiError::Unreachable(format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok::<_, ApiError>((status, bytes))
-        };
-        tokio::time::timeout(self.request_timeout, exchange)
-            .await
-            .map_err(|_| {
-                ApiError::Unreachable(format!("no answer within {:?}", self.request_timeout))
-            })?
+        Ok((reply.status, reply.body))
     }
 
     /// One WebSocket API command (`{"type": …}`; the id is added) and its
@@ -548,19 +530,6 @@ fn parse_services(body: &[u8]) -> Result<BTreeMap<String, BTreeSet<String>>, Api
         services.insert(domain.to_owned(), names);
     }
     Ok(services)
-}
-
-/// An error with its causes: hyper's top-level message alone ("client error
-/// (Connect)") does not say what went wrong.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

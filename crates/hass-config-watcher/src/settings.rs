@@ -204,7 +204,7 @@ impl Settings {
                 config_dir.display()
             )));
         }
-        let ha_base = check_url(&config.home_assistant.url)
+        let ha_base = hass_runtime::http_client::base_url(&config.home_assistant.url)
             .map_err(|e| Fatal::config(format!("home_assistant.url: {e}")))?;
         if let Some(token) = &config.home_assistant.token {
             // Read now so a missing Secret stops the pod at startup, not at the
@@ -304,44 +304,5 @@ impl Settings {
 
     pub fn config_dir(&self) -> &Path {
         &self.config_dir
-    }
-}
-
-/// An `http://host[:port][/prefix]` URL without the trailing slash. HTTPS is
-/// refused: Home Assistant is reached inside the pod, and a TLS stack would
-/// be most of this binary.
-fn check_url(url: &str) -> Result<String, String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!(
-            "{url:?} is not an http:// URL (the watcher talks to Home Assistant inside the pod, without TLS)"
-        ));
-    };
-    let base = url.trim_end_matches('/');
-    let host = rest.split('/').next().unwrap_or_default();
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    base.parse::<hyper::Uri>()
-        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    Ok(base.to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            check_url("http://127.0.0.1:8123/").as_deref(),
-            Ok("http://127.0.0.1:8123")
-        );
-        assert_eq!(
-            check_url("http://ha.local/prefix").as_deref(),
-            Ok("http://ha.local/prefix")
-        );
-        assert!(check_url("https://ha.local").is_err());
-        assert!(check_url("http://").is_err());
-        assert!(check_url("http://bad host").is_err());
     }
 }

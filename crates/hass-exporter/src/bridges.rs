@@ -17,8 +17,8 @@ use prometheus_client::registry::Registry;
 use tracing::warn;
 
 use crate::config::BridgeConfig;
-use crate::http::{self, HttpClient};
 use crate::pause::pause;
+use hass_runtime::http_client::{self as http, HttpClient, HttpRequest};
 
 /// Devices beyond this many per bridge are not exported (bounded labels).
 const MAX_DEVICES: usize = 32;
@@ -105,7 +105,8 @@ impl BridgeProbe {
         let mut was_up = true;
         loop {
             heartbeat.beat();
-            let devices = match client.get(&self.readyz, None, self.timeout, MAX_BODY).await {
+            let request = HttpRequest::get(self.readyz.clone());
+            let devices = match client.send(request, self.timeout, MAX_BODY).await {
                 // 503 is an answer too: the body says which device failed.
                 Ok(reply) => Ok(parse_devices(&String::from_utf8_lossy(&reply.body))),
                 Err(e) => Err(e.to_string()),

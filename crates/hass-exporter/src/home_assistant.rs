@@ -28,9 +28,9 @@ use serde::Deserialize;
 use tracing::{debug, error, info, warn};
 
 use crate::config::HomeAssistantConfig;
-use crate::http::{self, HttpClient};
 use crate::pause::pause;
 use hass_runtime::backoff::Backoff;
+use hass_runtime::http_client::{self as http, HttpClient, HttpRequest};
 
 /// HA's core states (`homeassistant.core.CoreState`); one `core_state`
 /// series each, so the label set is fixed.
@@ -486,9 +486,8 @@ impl HaProbe {
         max_body: usize,
     ) -> Call {
         let started = Instant::now();
-        let result = client
-            .get(uri, Some(token.expose_secret()), self.timeout, max_body)
-            .await;
+        let request = HttpRequest::get(uri.clone()).bearer(token.expose_secret());
+        let result = client.send(request, self.timeout, max_body).await;
         let error = |kind: &'static str| {
             self.metrics
                 .errors
@@ -502,9 +501,9 @@ impl HaProbe {
                     .latency
                     .get_or_create(&EndpointLabels { endpoint })
                     .observe(started.elapsed().as_secs_f64());
-                match reply.status {
+                match reply.status.as_u16() {
                     200 => Call::Ok(reply.body),
-                    401 | 403 => Call::Rejected(reply.status),
+                    status @ (401 | 403) => Call::Rejected(status),
                     status => {
                         error("status");
                         Call::Failed(format!("GET {uri}: HTTP {status}"))
@@ -588,10 +587,8 @@ impl HaProbe {
 
     /// While `/api/` is paused: does HA's HTTP server still answer at all?
     async fn ping_unauthenticated(&self, client: &HttpClient) {
-        match client
-            .get(&self.manifest_uri, None, self.timeout, MAX_STATE_BODY)
-            .await
-        {
+        let request = HttpRequest::get(self.manifest_uri.clone());
+        match client.send(request, self.timeout, MAX_STATE_BODY).await {
             Ok(_) => self.answered(),
             Err(e) => {
                 debug!("GET {}: {e}", self.manifest_uri);

@@ -12,7 +12,6 @@ pub mod bridges;
 pub mod broker;
 pub mod config;
 pub mod home_assistant;
-pub mod http;
 pub mod pause;
 pub mod postgres_tls;
 pub mod probes;
@@ -34,8 +33,8 @@ use crate::bridges::{BridgeMetrics, BridgeProbe};
 use crate::broker::BrokerProbe;
 use crate::config::ExporterConfig;
 use crate::home_assistant::{HaProbe, HaShared};
-use crate::http::HttpClient;
 use crate::recorder::RecorderProbe;
+use hass_runtime::http_client::HttpClient;
 
 /// Flags of `hass-exporter` beyond the shared ones.
 #[derive(Debug, Clone, clap::Args)]
@@ -250,7 +249,7 @@ impl Component for Exporter {
         targets.extend(bridges.into_iter().map(|t| Box::new(t) as Box<dyn Probe>));
         Ok(Self {
             shared: Shared {
-                client: HttpClient::new(),
+                client: HttpClient::default(),
                 bridge_metrics: BridgeMetrics::default(),
             },
             ha_shared,

@@ -15,6 +15,7 @@ pub mod component;
 pub mod config;
 pub mod exit;
 pub mod file_watch;
+pub mod http_client;
 pub mod http_server;
 pub mod ip_network;
 pub mod liveness;
