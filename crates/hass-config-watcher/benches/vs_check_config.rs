@@ -1,21 +1,23 @@
 //! `hass-config-watcher check` against Home Assistant's own `check_config`,
-//! side by side on issue 5's large tree (1000 automations in 200 files, 50
-//! packages, secrets): wall time of each whole command, process start
+//! side by side on the large benchmark tree (1000 automations in 200 files,
+//! 50 packages, secrets): wall time of each whole command, process start
 //! included, and peak RSS; then the ratio.
 //!
-//! Run: `cargo bench -p hass-config-watcher --bench vs_check_config [-- --rounds N]`.
-//! `HASS_BIN` names Home Assistant's `hass` (default: `hass` on PATH); without
-//! it only our side is measured. Each round runs ours ten times and Home
-//! Assistant's once, so both see the same minutes of a shared machine.
+//! Run as root: `cargo bench -p hass-config-watcher --bench vs_check_config [-- --rounds N]`.
+//! Home Assistant is the release in the tests' root filesystem
+//! (`scripts/ha-rootfs`, built on first use), run through `chroot`; the tree
+//! is written inside it, so both tools read the same files. Each round runs
+//! ours ten times and Home Assistant's once, so both see the same minutes of
+//! a shared machine.
 
 // A bench reports on stdout and stops on the first failure.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
-use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hass_test_support::home_assistant::{self, RootfsDir};
 use nix::sys::resource::{UsageWho, getrusage};
 
 #[path = "support/large_tree.rs"]
@@ -30,10 +32,8 @@ fn ours(dir: &Path) -> Command {
     cmd
 }
 
-fn home_assistant(hass: &OsString, dir: &Path) -> Command {
-    let mut cmd = Command::new(hass);
-    cmd.args(["--script", "check_config", "-c"]).arg(dir);
-    cmd
+fn home_assistant(dir: &RootfsDir) -> Command {
+    dir.check_config_command(&[]).unwrap()
 }
 
 /// Runs the command to its end; its wall time, or None when it failed.
@@ -75,22 +75,16 @@ fn main() {
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .map_or(5, |n| n.parse().expect("--rounds N"));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = RootfsDir::new("vs-check-config-").unwrap();
     large_tree::write_large_config(dir.path());
-    let hass = std::env::var_os("HASS_BIN").unwrap_or_else(|| "hass".into());
 
     // Peak RSS before the timed rounds: the children's maximum only grows, so
     // ours is read before Home Assistant has run.
     timed(ours(dir.path())).expect("hass-config-watcher check fails on the tree");
     let ours_rss = children_peak_rss_mib();
-    let ha_available = timed(home_assistant(&hass, dir.path())).is_some();
+    timed(home_assistant(&dir)).expect("Home Assistant's check_config fails on the tree");
     let ha_rss = children_peak_rss_mib();
-    if !ha_available {
-        println!(
-            "Home Assistant's check_config did not run ({}): set HASS_BIN to its `hass`; measuring ours only",
-            hass.to_string_lossy()
-        );
-    }
+    let version = home_assistant::version().unwrap();
 
     let mut our_walls = Vec::new();
     let mut ha_walls = Vec::new();
@@ -98,9 +92,7 @@ fn main() {
         for _ in 0..OURS_PER_ROUND {
             our_walls.push(timed(ours(dir.path())).unwrap());
         }
-        if ha_available {
-            ha_walls.push(timed(home_assistant(&hass, dir.path())).expect("check_config failed"));
-        }
+        ha_walls.push(timed(home_assistant(&dir)).expect("check_config failed"));
     }
     let our_median = median(our_walls.clone());
     println!(
@@ -109,10 +101,10 @@ fn main() {
         ms(*our_walls.iter().min().unwrap()),
         our_walls.len()
     );
-    if ha_available {
+    {
         let ha_median = median(ha_walls.clone());
         println!(
-            "Home Assistant check_config: median {:.0} ms, min {:.0} ms of {} runs; peak RSS {ha_rss:.1} MiB",
+            "Home Assistant {version} check_config: median {:.0} ms, min {:.0} ms of {} runs; peak RSS {ha_rss:.1} MiB",
             ms(ha_median),
             ms(*ha_walls.iter().min().unwrap()),
             ha_walls.len()

@@ -1,4 +1,4 @@
-//! Writes issue 5's benchmark tree (see `benches/support/large_tree.rs`).
+//! Writes the large benchmark tree (see `benches/support/large_tree.rs`).
 //!
 //! `cargo run --release -p hass-config-watcher --example gen_large_config -- DIR`
 

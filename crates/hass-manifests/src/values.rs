@@ -821,7 +821,7 @@ impl Default for ExternalPostgres {
     fn default() -> Self {
         Self {
             host: String::new(),
-            port: 5432,
+            port: hass_runtime::ports::POSTGRES,
             cidrs: Vec::new(),
             volume_size: None,
         }
@@ -1356,7 +1356,10 @@ impl Values {
             if device.port == hass_runtime::ports::BRIDGE_ADMIN {
                 return err(
                     &format!("{key}.port"),
-                    "9182 is the bridge's admin port".to_owned(),
+                    format!(
+                        "{} is the bridge's admin port",
+                        hass_runtime::ports::BRIDGE_ADMIN
+                    ),
                 );
             }
             if let Some(rfc2217) = device.rfc2217_port

@@ -103,7 +103,8 @@ pub(crate) fn render(
     let _ = writeln!(out, "  Exporter         http://{exporter}/metrics");
     let _ = writeln!(
         out,
-        "  Suite            /readyz on its admin port (9180 unless --admin-listen): ready when every part is"
+        "  Suite            /readyz on its admin port ({} unless --admin-listen): ready when every part is",
+        hass_runtime::ports::SUITE_ADMIN
     );
     let _ = writeln!(out, "  Logs             {}", layout.logs.display());
 

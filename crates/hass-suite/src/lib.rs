@@ -121,7 +121,7 @@ pub struct HomeAssistant {
 impl Default for HomeAssistant {
     fn default() -> Self {
         Self {
-            url: "http://127.0.0.1:8123".to_owned(),
+            url: format!("http://127.0.0.1:{}", hass_runtime::ports::HOME_ASSISTANT),
             token: None,
         }
     }

@@ -39,13 +39,69 @@ const INSIDE_ENV: [&str; 4] = [
 pub struct HomeAssistant {
     process: Option<SpawnedBinary>,
     root: PathBuf,
-    /// The config folder, as a path inside the root filesystem.
-    inner_config: PathBuf,
-    /// The same folder from the host.
-    config: tempfile::TempDir,
+    config: RootfsDir,
     api: HomeAssistantApi,
     /// From spawn to `/api/onboarding` answering.
     pub started_in: Duration,
+}
+
+/// The Home Assistant release in the root filesystem (`hass --version`).
+pub fn version() -> Result<String, String> {
+    let out = Command::new("chroot")
+        .arg(rootfs()?)
+        .args(["env", "-i"])
+        .args(INSIDE_ENV)
+        .args([HASS, "--version"])
+        .output()
+        .map_err(|e| format!("chroot: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("hass --version exited with {}", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// A temporary folder inside the root filesystem, removed on drop.
+#[derive(Debug)]
+pub struct RootfsDir {
+    dir: tempfile::TempDir,
+    inner: PathBuf,
+}
+
+impl RootfsDir {
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(rootfs()?.join("tmp"))
+            .map_err(|e| format!("a folder in the root filesystem: {e}"))?;
+        let inner =
+            Path::new("/tmp").join(dir.path().file_name().ok_or("a folder without a name")?);
+        Ok(Self { dir, inner })
+    }
+
+    /// The folder from the host.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The same folder from inside the root filesystem.
+    pub fn inner(&self) -> &Path {
+        &self.inner
+    }
+
+    /// `hass --script check_config -c <this folder>` inside the root
+    /// filesystem, with `extra` arguments before `-c`.
+    pub fn check_config_command(&self, extra: &[&str]) -> Result<Command, String> {
+        let mut command = Command::new("chroot");
+        command
+            .arg(rootfs()?)
+            .args(["env", "-i"])
+            .args(INSIDE_ENV)
+            .args([HASS, "--script", "check_config"])
+            .args(extra)
+            .arg("-c")
+            .arg(&self.inner);
+        Ok(command)
+    }
 }
 
 /// The root filesystem, built by `scripts/ha-rootfs` on first use in this
@@ -74,16 +130,7 @@ impl HomeAssistant {
     /// which the harness adds) and onboards it.
     pub fn start(configuration: &str) -> Result<Self, String> {
         let root = rootfs()?;
-        let config = tempfile::Builder::new()
-            .prefix("hass-test-")
-            .tempdir_in(root.join("tmp"))
-            .map_err(|e| format!("config folder: {e}"))?;
-        let inner_config = Path::new("/tmp").join(
-            config
-                .path()
-                .file_name()
-                .ok_or("config folder without a name")?,
-        );
+        let config = RootfsDir::new("hass-test-")?;
         let port = free_port();
         // A fresh config: 2026.8+ imports this block into .storage/http once.
         let yaml =
@@ -93,7 +140,6 @@ impl HomeAssistant {
         let mut ha = Self {
             process: None,
             root,
-            inner_config,
             config,
             api: HomeAssistantApi::new(SocketAddr::from(([127, 0, 0, 1], port)), ""),
             started_in: Duration::ZERO,
@@ -124,7 +170,7 @@ impl HomeAssistant {
             // package registry against this bundle (the host's, copied in).
             .arg("SSL_CERT_FILE=/etc/ssl/host-ca.crt")
             .args([HASS, "-c"])
-            .arg(&self.inner_config);
+            .arg(self.config.inner());
         let started = Instant::now();
         let mut process = SpawnedBinary::spawn(command)?;
         let url = format!("{}/api/onboarding", self.url());
@@ -568,11 +614,7 @@ impl CheckConfig {
 /// Runs Home Assistant's `check_config` script on a copy of `dir` (copied
 /// into the root filesystem, links kept as links).
 pub fn check_config(dir: &Path) -> Result<CheckConfig, String> {
-    let root = rootfs()?;
-    let copy = tempfile::Builder::new()
-        .prefix("check-config-")
-        .tempdir_in(root.join("tmp"))
-        .map_err(|e| format!("temp dir: {e}"))?;
+    let copy = RootfsDir::new("check-config-")?;
     let copied = Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", dir.display()))
@@ -582,13 +624,8 @@ pub fn check_config(dir: &Path) -> Result<CheckConfig, String> {
     if !copied.success() {
         return Err(format!("cp -a {} failed", dir.display()));
     }
-    let inner = Path::new("/tmp").join(copy.path().file_name().ok_or("no name")?);
-    let out = Command::new("chroot")
-        .arg(&root)
-        .args(["env", "-i"])
-        .args(INSIDE_ENV)
-        .args([HASS, "--script", "check_config", "--json", "-c"])
-        .arg(&inner)
+    let out = copy
+        .check_config_command(&["--json"])?
         .output()
         .map_err(|e| format!("chroot: {e}"))?;
     Ok(CheckConfig {

@@ -1,7 +1,8 @@
 //! Tidy checks over the whole workspace: what rots silently gets a test.
 //! Every Rust file says what it is for in its first line; every ignored
 //! test says why; every benchmark without the test harness returns at once
-//! when run as a test (`cargo test --all-targets` runs it without `--bench`).
+//! when run as a test (`cargo test --all-targets` runs it without `--bench`);
+//! every port number is written in `hass-runtime`'s `ports.rs` alone.
 
 use std::path::{Path, PathBuf};
 
@@ -100,4 +101,71 @@ fn every_benchmark_without_the_harness_returns_unless_asked_to_bench() {
         }
     }
     assert!(benches >= 3, "found {benches} benches");
+}
+
+/// The suite's port numbers, read from `hass-runtime/src/ports.rs`.
+fn defined_ports() -> Vec<(String, u16)> {
+    let source = std::fs::read_to_string(workspace().join("crates/hass-runtime/src/ports.rs"))
+        .expect("ports.rs");
+    source
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.strip_prefix("pub const ")?.split_once(": u16 = ")?;
+            Some((name.to_owned(), value.trim_end_matches(';').parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether `line` holds `number` as a number of its own (not part of a
+/// longer one, a version or an address's other digits).
+fn holds_number(line: &str, number: u16) -> bool {
+    let text = number.to_string();
+    line.match_indices(&text).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + text.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit() || c == '.')
+            && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// A port is written as a number in `ports.rs` alone: code and messages
+/// elsewhere name the constant, so changing a port is one edit. Comments,
+/// doc comments and unit tests (from `#[cfg(test)]` on) may show numbers.
+#[test]
+fn every_port_number_is_written_once() {
+    let ports = defined_ports();
+    assert!(ports.len() >= 10, "read only {ports:?} from ports.rs");
+    let design = std::fs::read_to_string(workspace().join("docs/design.md")).expect("design.md");
+    for (name, number) in &ports {
+        assert!(
+            design.contains(&format!("| `{name}` | {number} |")),
+            "docs/design.md's port table lacks `{name}` = {number}"
+        );
+    }
+    let mut written = Vec::new();
+    for path in rust_files() {
+        let shown_path = shown(&path);
+        if !shown_path.contains("/src/") || shown_path.ends_with("hass-runtime/src/ports.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("utf-8 source");
+        for (n, line) in text.lines().enumerate() {
+            if line.trim() == "#[cfg(test)]" {
+                break;
+            }
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for (name, number) in &ports {
+                if holds_number(line, *number) {
+                    written.push(format!("{shown_path}:{}: {number} is {name}", n + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        written.is_empty(),
+        "port numbers written outside ports.rs (use hass_runtime::ports::*):\n{}",
+        written.join("\n")
+    );
 }

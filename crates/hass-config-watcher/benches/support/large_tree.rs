@@ -1,4 +1,4 @@
-//! Issue 5's benchmark tree: `configuration.yaml` with
+//! The large benchmark tree: `configuration.yaml` with
 //! `!include_dir_merge_list automations` (200 files × 5 automations = 1000,
 //! each with a `!secret`), `!include_dir_named packages` (50 packages with an
 //! input_boolean, a script and a template sensor) and `secrets.yaml`; 252

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use hass_runtime::ports;
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
@@ -107,7 +108,10 @@ fn policies(values: &Values) -> Vec<Policy> {
             ports: admin,
         });
     }
-    let mut description = "Home Assistant pod: 8123 from the ingress controller and listed CIDRs, MQTT from labelled clients, admin ports from monitoring".to_owned();
+    let mut description = format!(
+        "Home Assistant pod: {} from the ingress controller and listed CIDRs, MQTT from labelled clients, admin ports from monitoring",
+        ports::HOME_ASSISTANT
+    );
     let ha = &values.home_assistant;
     if ha.host_network {
         // Policies select pods by their own addresses; a hostNetwork pod has
@@ -124,8 +128,9 @@ fn policies(values: &Values) -> Vec<Policy> {
             .collect();
         description.push_str(&format!(
             ". DOES NOT APPLY: home_assistant.host_network puts the pod on the node's network, \
-             where no pod policy reaches; Home Assistant's 8123 is open to the node's networks, \
+             where no pod policy reaches; Home Assistant's {} is open to the node's networks, \
              the sidecars listen on 127.0.0.1 except: {}",
+            ports::HOME_ASSISTANT,
             if exposed.is_empty() {
                 "nothing".to_owned()
             } else {
@@ -145,9 +150,10 @@ fn policies(values: &Values) -> Vec<Policy> {
     if values.postgres.mode == PostgresMode::Internal {
         out.push(Policy {
             name: format!("{name}-postgres"),
-            description:
-                "PostgreSQL: 5432 from the Home Assistant pod and the backup job only; no egress"
-                    .to_owned(),
+            description: format!(
+                "PostgreSQL: {} from the Home Assistant pod and the backup job only; no egress",
+                ports::POSTGRES
+            ),
             pods: selector_labels(values, postgres::COMPONENT),
             ingress: vec![Allow {
                 peers: vec![

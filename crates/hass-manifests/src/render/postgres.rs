@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use hass_runtime::ports;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
@@ -23,7 +24,7 @@ use crate::values::{PostgresMode, Values};
 
 pub(crate) const COMPONENT: &str = "postgres";
 pub(crate) const BACKUP_COMPONENT: &str = "pg-dump";
-pub(crate) const PORT: i32 = 5432;
+pub(crate) const PORT: i32 = ports::POSTGRES as i32;
 
 /// Host and port Home Assistant, the exporter and the backup job connect to.
 pub(crate) fn address(values: &Values) -> (String, u16) {
@@ -32,7 +33,7 @@ pub(crate) fn address(values: &Values) -> (String, u16) {
             values.postgres.external.host.clone(),
             values.postgres.external.port,
         ),
-        _ => (format!("{}-postgres", values.name), 5432),
+        _ => (format!("{}-postgres", values.name), ports::POSTGRES),
     }
 }
 
