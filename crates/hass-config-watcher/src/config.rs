@@ -1,181 +1,308 @@
-//! Loading a whole config folder as Home Assistant does at startup:
-//! `configuration.yaml` with everything it includes, top-level values made mappings,
-//! packages merged; blueprints checked on the side.
+//! The `run` subcommand's YAML config and flags, and the checks `prepare` makes
+//! on them before anything is watched or called.
 
-use std::fs;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::diagnostic::{Diagnostic, Severity};
-use crate::loader::{Loaded, Loader, Rules};
-use crate::packages::{self, domain_key};
-use crate::value::{Mapping, Node, Value};
-use crate::yaml::Pos;
+use hass_runtime::Fatal;
+use hass_runtime::config::AdminConfig;
+use hass_runtime::secret::SecretSource;
+use serde::Deserialize;
 
-pub const CONFIG_FILE: &str = "configuration.yaml";
-const BLUEPRINT_FOLDER: &str = "blueprints";
+use crate::git_source::SourceConfig;
+use crate::http_settings::HttpSettingsConfig;
+use crate::ignore::IgnoreList;
 
-/// The result of checking a config folder.
-#[derive(Debug)]
-pub struct Checked {
-    /// The config Home Assistant would see, by top-level key (domain), packages
-    /// merged in. None when there is any error.
-    pub config: Option<Mapping>,
-    /// Every problem, in the order Home Assistant's loader meets them.
-    pub diagnostics: Vec<Diagnostic>,
-    /// Every file read, as it was named when included (not resolved through symlinks).
-    pub files: Vec<PathBuf>,
-    /// Every folder listed by an `!include_dir_*` tag or the blueprint scan.
-    pub dirs: Vec<PathBuf>,
+/// `hass-config-watcher run --config FILE`: every key is optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatcherConfig {
+    /// The admin server (`/healthz`, `/readyz`, `/metrics`); `--admin-listen`
+    /// wins over it.
+    pub admin: AdminConfig,
+    /// Home Assistant's config folder, the one holding `configuration.yaml`.
+    pub config_dir: PathBuf,
+    pub home_assistant: HomeAssistantConfig,
+    /// Quiet time after the last change before the tree is validated: a burst
+    /// of writes (an editor, `git pull`, a ConfigMap swap) is validated once,
+    /// in its final state.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub debounce: Duration,
+    /// How often the files of the include graph are re-read and hashed, to
+    /// catch changes no filesystem event announced (files behind symlinks that
+    /// point outside the folder, network filesystems).
+    #[serde(with = "hass_runtime::config::duration")]
+    pub rescan_interval: Duration,
+    /// Restart Home Assistant when a change needs it (a domain without a
+    /// `reload` service, `custom_components/`), after its own `check_config`
+    /// says the config is valid. Off: only report that a restart is required.
+    pub auto_restart: bool,
+    /// Ask Home Assistant's own `check_config` before reloading, and reload
+    /// nothing it rejects: it knows every integration's schema, where this
+    /// validator knows YAML. Off saves its second or so per change.
+    pub check_before_reload: bool,
+    /// Raise a persistent notification in Home Assistant while the config on
+    /// disk is invalid, and dismiss it once it is valid again.
+    pub notify_invalid: bool,
+    /// More paths to ignore, relative to `config_dir`, beside Home Assistant's
+    /// own churn (`.storage/`, logs, databases…). `name/` matches a folder at
+    /// any depth, `/name` only at the top; `*` matches within one path part.
+    pub ignore: Vec<String>,
+    /// Commit every valid config to a git repository; absent: no history.
+    pub history: Option<HistoryConfig>,
+    /// How often to write a backup (`24h`); absent: only on demand
+    /// (`hass-config-watcher backup`).
+    #[serde(with = "hass_runtime::config::optional_duration")]
+    pub backup_interval: Option<Duration>,
+    /// Where backups go; default `<config_dir>/backups`, where Home
+    /// Assistant's own UI lists them.
+    pub backup_dir: Option<PathBuf>,
+    /// How many of this tool's backups to keep, oldest deleted first; 0 keeps all.
+    pub backup_keep: usize,
+    /// Home Assistant's HTTP settings (2026.8 and later take them only
+    /// through its API): the keys named here are kept as written, verified
+    /// after Home Assistant's restart before they are made stable. Needs
+    /// `home_assistant.token` (an owner's).
+    pub http_settings: Option<HttpSettingsConfig>,
+    /// Put back a local edit Home Assistant does not take (a failed reload,
+    /// its check refusing it, no RUNNING within `rollback_window` of a
+    /// restart). Off: such an edit stays on disk, unreloaded. Needs
+    /// `home_assistant.token`; the Git source rolls back its own revisions.
+    pub rollback_local_edits: bool,
+    /// How long a local edit is watched (`rollback_local_edits`).
+    #[serde(with = "hass_runtime::config::duration")]
+    pub rollback_window: Duration,
+    /// Follow a branch of a Git repository: each new revision is validated
+    /// and written into `config_dir` only when valid. Absent: the folder is
+    /// edited in place.
+    pub source: Option<SourceConfig>,
 }
 
-impl Checked {
-    pub fn has_errors(&self) -> bool {
-        self.diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error)
-    }
+/// `history:` — `{}` commits into `<config_dir>/.git`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// A separate (bare) repository instead of `<config_dir>/.git`, for a
+    /// read-only `/config` or to keep `.git` out of it.
+    pub repo: Option<PathBuf>,
+    /// Commit `secrets.yaml` too. Off: it never enters the repository.
+    pub include_secrets: bool,
 }
 
-/// The loader's stack: reserved address space, committed only as deep
-/// includes and aliases use it.
-const LOADER_STACK: usize = 256 * 1024 * 1024;
-
-/// Loads and checks the config folder `root`. Never panics on what it reads.
-pub fn load(root: &Path) -> Checked {
-    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
-    // Includes and aliases nest the loader's recursion: it runs on a stack of its
-    // own, whatever thread called us (test threads have small stacks). The same
-    // thread, not a new one: a new thread's malloc arena grows a page at a time
-    // (an mprotect each), which cost a fifth of a large check.
-    let loaded = panic::catch_unwind(AssertUnwindSafe(|| {
-        stacker::grow(LOADER_STACK, || load_on_this_thread(root))
-    }));
-    match loaded {
-        Ok(checked) => checked,
-        _ => Checked {
-            config: None,
-            diagnostics: vec![Diagnostic {
-                file: PathBuf::from(CONFIG_FILE),
-                line: 1,
-                column: 1,
-                severity: Severity::Error,
-                message: "internal error: the config loader failed; please report this".to_owned(),
-            }],
-            files: Vec::new(),
-            dirs: Vec::new(),
-        },
-    }
-}
-
-fn load_on_this_thread(root: PathBuf) -> Checked {
-    let mut loader = Loader::new(root.clone());
-    let config = load_configuration(&mut loader);
-    check_blueprints(&mut loader);
-    let has_errors = loader
-        .diagnostics
-        .iter()
-        .any(|d| d.severity == Severity::Error);
-    Checked {
-        config: config.filter(|_| !has_errors),
-        diagnostics: loader.diagnostics,
-        files: loader.files,
-        dirs: loader.dirs,
-    }
-}
-
-fn load_configuration(loader: &mut Loader) -> Option<Mapping> {
-    let path = loader.root().join(CONFIG_FILE);
-    if !path.is_file() {
-        let message = "File configuration.yaml not found.".to_owned();
-        loader.report(Path::new(CONFIG_FILE), Pos::START, Severity::Error, message);
-        return None;
-    }
-    let rules = Rules {
-        secrets: true,
-        inputs: false,
-    };
-    let mut config = match loader.load_file(&path, rules, None) {
-        Loaded::Node(Node {
-            value: Value::Map(config),
-            ..
-        }) => config,
-        Loaded::Empty => Mapping::new(),
-        Loaded::Node(node) => {
-            loader.error_at(
-                &node.origin,
-                "The configuration file configuration.yaml does not contain a dictionary"
-                    .to_owned(),
-            );
-            return None;
-        }
-        Loaded::Failed => return None,
-    };
-    // load_yaml_config_file: `conf_dict[key] = value or {}`.
-    for value in config.values_mut() {
-        if !value.value.is_truthy() {
-            value.value = Value::Map(Mapping::new());
+impl Default for WatcherConfig {
+    fn default() -> Self {
+        Self {
+            admin: AdminConfig::default(),
+            config_dir: PathBuf::from("/config"),
+            home_assistant: HomeAssistantConfig::default(),
+            debounce: Duration::from_secs(1),
+            rescan_interval: Duration::from_secs(60),
+            auto_restart: false,
+            check_before_reload: true,
+            notify_invalid: true,
+            ignore: Vec::new(),
+            history: None,
+            backup_interval: None,
+            backup_dir: None,
+            backup_keep: 7,
+            http_settings: None,
+            rollback_local_edits: false,
+            rollback_window: Duration::from_secs(120),
+            source: None,
         }
     }
-    let invalid: Vec<_> = config
-        .iter()
-        .filter(|(key, _)| domain_key(&key.value).is_none())
-        .map(|(key, _)| key.clone())
-        .collect();
-    for key in invalid {
-        let message = format!("Invalid domain '{}'", key.value.key_text());
-        loader.error_at(&key.origin, message);
-    }
-    packages::merge_packages(&mut config, loader);
-    Some(config)
 }
 
-/// Blueprints (`blueprints/<domain>/**/*.yaml`) are loaded without secrets, may use
-/// `!input`, and must each be a mapping (`load_yaml_dict`).
-fn check_blueprints(loader: &mut Loader) {
-    let folder = loader.root().join(BLUEPRINT_FOLDER);
-    if !folder.is_dir() {
-        return;
+/// How to reach Home Assistant's REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Base URL, plain HTTP: Home Assistant runs in the same pod.
+    pub url: String,
+    /// A long-lived access token (`{file: …}` or `{env: …}`). Without one the
+    /// watcher only validates: nothing ever calls `/api/` without a token.
+    pub token: Option<SecretSource>,
+    /// Limit for one API call; reloading many automations can take a while.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub request_timeout: Duration,
+    /// First wait before retrying a call Home Assistant could not answer
+    /// (down, starting); doubled on each retry up to `retry_max`, with jitter.
+    #[serde(with = "hass_runtime::config::duration")]
+    pub retry_initial: Duration,
+    #[serde(with = "hass_runtime::config::duration")]
+    pub retry_max: Duration,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        Self {
+            url: format!("http://127.0.0.1:{}", hass_runtime::ports::HOME_ASSISTANT),
+            token: None,
+            request_timeout: Duration::from_secs(60),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+        }
     }
-    let rules = Rules {
-        secrets: false,
-        inputs: true,
-    };
-    let mut pending = vec![folder];
-    let mut files = Vec::new();
-    while let Some(dir) = pending.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
+}
+
+/// Flags of `hass-config-watcher run` beside the shared ones; each overrides
+/// its YAML key and has an env fallback (`HASS_CONFIG_WATCHER_CONFIG_DIR`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RunArgs {
+    /// Home Assistant's config folder (YAML `config_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Home Assistant's base URL (YAML `home_assistant.url`).
+    #[arg(long, value_name = "URL")]
+    pub ha_url: Option<String>,
+}
+
+/// The settings a running watcher uses, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_dir: PathBuf,
+    pub ha: HomeAssistantConfig,
+    /// The HA URL without a trailing slash.
+    pub ha_base: String,
+    pub debounce: Duration,
+    pub rescan_interval: Duration,
+    pub auto_restart: bool,
+    pub check_before_reload: bool,
+    pub notify_invalid: bool,
+    pub ignore: IgnoreList,
+    pub history: Option<HistoryConfig>,
+    pub backup_interval: Option<Duration>,
+    /// Absolute.
+    pub backup_dir: PathBuf,
+    pub backup_keep: usize,
+    /// With the managed keys as Home Assistant stores them.
+    pub http_settings: Option<(
+        HttpSettingsConfig,
+        serde_json::Map<String, serde_json::Value>,
+    )>,
+    pub source: Option<SourceConfig>,
+    /// The window of `rollback_local_edits`; None: off.
+    pub local_rollback: Option<Duration>,
+}
+
+impl Settings {
+    /// Applies flag overrides and checks everything that can be checked
+    /// without serving. Every error is bad config (exit 2).
+    pub fn new(args: RunArgs, mut config: WatcherConfig) -> Result<Self, Fatal> {
+        if let Some(dir) = args.config_dir {
+            config.config_dir = dir;
+        }
+        if let Some(url) = args.ha_url {
+            config.home_assistant.url = url;
+        }
+        let config_dir = std::path::absolute(&config.config_dir).map_err(|e| {
+            Fatal::config(format!("config_dir: {}: {e}", config.config_dir.display()))
+        })?;
+        if !config_dir.is_dir() {
+            return Err(Fatal::config(format!(
+                "config_dir: {} is not a folder (mount Home Assistant's /config there)",
+                config_dir.display()
+            )));
+        }
+        let ha_base = hass_runtime::http_client::base_url(&config.home_assistant.url)
+            .map_err(|e| Fatal::config(format!("home_assistant.url: {e}")))?;
+        if let Some(token) = &config.home_assistant.token {
+            // Read now so a missing Secret stops the pod at startup, not at the
+            // first change; it is read again before each batch of calls, so a
+            // rotated Secret is picked up.
+            token
+                .load()
+                .map_err(|e| Fatal::config(format!("home_assistant.token: {e}")))?;
+        }
+        for (name, value) in [
+            ("debounce", config.debounce),
+            ("rescan_interval", config.rescan_interval),
+            (
+                "home_assistant.request_timeout",
+                config.home_assistant.request_timeout,
+            ),
+            (
+                "home_assistant.retry_initial",
+                config.home_assistant.retry_initial,
+            ),
+            ("home_assistant.retry_max", config.home_assistant.retry_max),
+        ] {
+            if value.is_zero() {
+                return Err(Fatal::config(format!("{name}: must be more than 0s")));
+            }
+        }
+        let ignore =
+            IgnoreList::new(&config.ignore).map_err(|e| Fatal::config(format!("ignore: {e}")))?;
+        if config.backup_interval.is_some_and(|i| i.is_zero()) {
+            return Err(Fatal::config("backup_interval: must be more than 0s"));
+        }
+        let backup_dir = match &config.backup_dir {
+            Some(dir) => std::path::absolute(dir)
+                .map_err(|e| Fatal::config(format!("backup_dir: {}: {e}", dir.display())))?,
+            None => config_dir.join("backups"),
         };
-        loader.dirs.push(dir.clone());
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        paths.sort();
-        for path in paths.into_iter().rev() {
-            let hidden = path
-                .file_name()
-                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
-            if hidden {
-                continue;
-            }
-            if path.is_dir() {
-                if !path.is_symlink() {
-                    pending.push(path);
-                }
-            } else if path.as_os_str().as_encoded_bytes().ends_with(b".yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    for path in files {
-        if let Loaded::Node(node) = loader.load_file(&path, rules, None)
-            && !matches!(node.value, Value::Map(_))
+        let mut history = config.history;
+        if let Some(h) = &mut history
+            && let Some(repo) = &h.repo
         {
-            let message = format!(
-                "YAML file {} does not contain a dict",
-                loader.display(&path).display()
-            );
-            loader.error_at(&node.origin, message);
+            h.repo =
+                Some(std::path::absolute(repo).map_err(|e| {
+                    Fatal::config(format!("history.repo: {}: {e}", repo.display()))
+                })?);
         }
+        let http_settings = match config.http_settings {
+            Some(http) => {
+                if config.home_assistant.token.is_none() {
+                    return Err(Fatal::config(
+                        "http_settings: needs home_assistant.token (an owner's)",
+                    ));
+                }
+                let managed = http
+                    .managed()
+                    .map_err(|e| Fatal::config(format!("http_settings: {e}")))?;
+                Some((http, managed))
+            }
+            None => None,
+        };
+        let local_rollback = if config.rollback_local_edits {
+            if config.home_assistant.token.is_none() {
+                return Err(Fatal::config(
+                    "rollback_local_edits: needs home_assistant.token, to see what Home Assistant makes of an edit",
+                ));
+            }
+            if config.source.is_some() {
+                return Err(Fatal::config(
+                    "rollback_local_edits: with a Git source, the source rolls back its own revisions (source.rollback); turn one off",
+                ));
+            }
+            if config.rollback_window.is_zero() {
+                return Err(Fatal::config("rollback_window: must be more than 0s"));
+            }
+            Some(config.rollback_window)
+        } else {
+            None
+        };
+        Ok(Self {
+            local_rollback,
+            source: config.source,
+            http_settings,
+            history,
+            backup_interval: config.backup_interval,
+            backup_dir,
+            backup_keep: config.backup_keep,
+            config_dir,
+            ha: config.home_assistant,
+            ha_base,
+            debounce: config.debounce,
+            rescan_interval: config.rescan_interval,
+            auto_restart: config.auto_restart,
+            check_before_reload: config.check_before_reload,
+            notify_invalid: config.notify_invalid,
+            ignore,
+        })
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
     }
 }

@@ -35,13 +35,13 @@ use hass_runtime::shutdown::Shutdown;
 use tracing::{error, info, warn};
 
 use crate::config_files::{self, MAX_FILE_BYTES, OnDisk, shown_paths};
-use crate::diagnostic::{Diagnostic, Severity};
 use crate::ha_api::HaApi;
 use crate::ignore::IgnoreList;
 use crate::reloads::Verdict;
 use crate::rollback::{Health, watch_over};
 use crate::watch_metrics::{SourceLabels, SourceResult, WatchMetrics};
 use crate::watcher::NOTIFICATION_LINES;
+use hass_config_check::{Diagnostic, Severity};
 
 /// The persistent notification for refused revisions and conflicts.
 const NOTIFICATION_ID: &str = "hass_config_watcher_git_source";
@@ -369,7 +369,7 @@ impl GitSource {
                 copy(rel, bytes)?;
             }
         }
-        Ok(crate::load(scratch.path()).diagnostics)
+        Ok(hass_config_check::load(scratch.path()).diagnostics)
     }
 
     /// Writes the steps into the folder and records `tip` as applied. A

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tracing::{debug, warn};
 
-use crate::settings::HomeAssistantConfig;
+use crate::config::HomeAssistantConfig;
 use crate::watch_metrics::{ApiErrorKind, WatchMetrics};
 
 /// `/api/services` lists every service of every loaded integration: a few

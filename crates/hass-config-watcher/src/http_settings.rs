@@ -434,7 +434,7 @@ mod tests {
 
     /// The managed keys of `http_settings: {<flow>}`.
     fn settings(flow: &str) -> Result<Map<String, Json>, String> {
-        let config: crate::settings::WatcherConfig =
+        let config: crate::config::WatcherConfig =
             hass_runtime::config::parse_yaml(&format!("http_settings: {{{flow}}}\n"))
                 .map_err(|e| e.to_string())?;
         config.http_settings.ok_or("no http_settings")?.managed()

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hass_config_watcher::{Checked, ConfigWatcher, Diagnostic, Severity};
+use hass_config_check::{Checked, Diagnostic, Severity};
+use hass_config_watcher::ConfigWatcher;
 use hass_runtime::Component;
 use serde::Serialize;
 
@@ -137,7 +138,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let checked = hass_config_watcher::load(&dir);
+    let checked = hass_config_check::load(&dir);
     if let Err(err) = print_report(&checked, format) {
         // A closed pipe is not worth a panic; say so and fail.
         eprintln!("hass-config-watcher: cannot write the report: {err}");

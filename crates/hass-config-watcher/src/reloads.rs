@@ -16,11 +16,11 @@ use hass_runtime::shutdown::Shutdown;
 use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, error, info, warn};
 
-use crate::changes::CORE;
 use crate::ha_api::{ApiError, HaApi, HaCheck, Retry};
 use crate::watch_metrics::{
     ReloadResult, RestartLabels, RestartReason, RestartReasonLabels, RestartResult, WatchMetrics,
 };
+use hass_config_check::CORE;
 use hass_runtime::logging::Untrusted;
 
 /// The id of the persistent notification the watcher raises and dismisses.

@@ -17,7 +17,7 @@ use hass_runtime::{Component, ComponentInfo, Context, Fatal};
 use tokio::time::{MissedTickBehavior, interval_at, sleep_until};
 use tracing::{error, info, warn};
 
-use crate::changes::{changed_domains, graph_fingerprint};
+use crate::config::{RunArgs, Settings, WatcherConfig};
 use crate::fswatch::{self, Pending};
 use crate::git_source::{self, GitSource};
 use crate::ha_api::HaApi;
@@ -25,13 +25,13 @@ use crate::history::{Committed, History};
 use crate::http_settings;
 use crate::local_rollback::LocalRollback;
 use crate::reloads::{Applier, Plan, Work};
-use crate::settings::{RunArgs, Settings, WatcherConfig};
-use crate::value::Mapping;
 use crate::watch_metrics::{
     BackupLabels, BackupResult, CommitLabels, CommitResult, RescanLabels, RescanReason,
     RestartReason, ValidationLabels, ValidationResult, WatchMetrics,
 };
-use crate::{Checked, Diagnostic, Severity};
+use hass_config_check::Mapping;
+use hass_config_check::{Checked, Diagnostic, Severity};
+use hass_config_check::{changed_domains, graph_fingerprint};
 
 /// How many diagnostics a persistent notification lists.
 pub(crate) const NOTIFICATION_LINES: usize = 20;
@@ -392,7 +392,7 @@ impl State {
         let root = self.root.clone();
         let started = Instant::now();
         let joined = tokio::task::spawn_blocking(move || {
-            let checked = crate::load(&root);
+            let checked = hass_config_check::load(&root);
             let fingerprint = graph_fingerprint(&root, &checked.files, &checked.dirs);
             (checked, fingerprint)
         })
@@ -491,7 +491,7 @@ fn internal_error() -> Checked {
     Checked {
         config: None,
         diagnostics: vec![Diagnostic {
-            file: PathBuf::from(crate::CONFIG_FILE),
+            file: PathBuf::from(hass_config_check::CONFIG_FILE),
             line: 1,
             column: 1,
             severity: Severity::Error,

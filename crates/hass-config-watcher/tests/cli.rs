@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 fn case(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus")
+        .join("../hass-config-check/tests/corpus")
         .join(name)
 }
 

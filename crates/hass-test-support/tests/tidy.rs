@@ -169,3 +169,42 @@ fn every_port_number_is_written_once() {
         written.join("\n")
     );
 }
+
+/// hass-config-check is the validator alone: files in, diagnostics out. An
+/// async runtime, an HTTP stack, a file watcher or another workspace crate
+/// among its dependencies would make the fuzz target and the corpus drive
+/// more than the validator.
+#[test]
+fn the_validator_stays_synchronous() {
+    let manifest = std::fs::read_to_string(workspace().join("crates/hass-config-check/Cargo.toml"))
+        .expect("hass-config-check's Cargo.toml");
+    let dependencies = manifest
+        .split("\n[dependencies]\n")
+        .nth(1)
+        .expect("a [dependencies] table");
+    let dependencies = dependencies.split("\n[").next().unwrap_or(dependencies);
+    let names: Vec<&str> = dependencies
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split(['=', '.']).next())
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert!(names.contains(&"saphyr-parser"), "read {names:?}");
+    for name in names {
+        assert!(
+            !name.starts_with("hass-")
+                && ![
+                    "tokio",
+                    "hyper",
+                    "hyper-util",
+                    "axum",
+                    "notify",
+                    "reqwest",
+                    "futures-util"
+                ]
+                .contains(&name),
+            "hass-config-check depends on {name}: keep the validator synchronous and on its own"
+        );
+    }
+}

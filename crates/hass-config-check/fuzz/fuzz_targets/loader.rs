@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.join("configuration.yaml"), main).expect("write");
     std::fs::write(dir.join("included.yaml"), second).expect("write");
     std::fs::write(dir.join("secrets.yaml"), second).expect("write");
-    let checked = hass_config_watcher::load(dir);
+    let checked = hass_config_check::load(dir);
     // `config` is there exactly when nothing is an error.
     assert_eq!(checked.config.is_some(), !checked.has_errors());
 });

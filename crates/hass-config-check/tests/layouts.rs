@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use hass_config_watcher::{Checked, Value, load};
+use hass_config_check::{Checked, Value, load};
 
 fn write(root: &Path, rel: &str, text: &str) {
     let path = root.join(rel);

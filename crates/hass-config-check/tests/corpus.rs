@@ -23,7 +23,7 @@ fn cases() -> Vec<PathBuf> {
 }
 
 fn rendered(case: &Path) -> Vec<String> {
-    let checked = hass_config_watcher::load(case);
+    let checked = hass_config_check::load(case);
     // `config` is there exactly when nothing is an error.
     assert_eq!(
         checked.config.is_some(),
@@ -90,7 +90,7 @@ fn a_long_string_aliased_many_times_is_refused_before_it_is_copied() {
     let mut text = format!("long: &s \"{}\"\ncopies:\n", "x".repeat(300_000));
     text.push_str(&"  - *s\n".repeat(1000));
     fs::write(dir.path().join("configuration.yaml"), text).unwrap();
-    let checked = hass_config_watcher::load(dir.path());
+    let checked = hass_config_check::load(dir.path());
     let errors: Vec<String> = checked
         .diagnostics
         .iter()
@@ -123,7 +123,7 @@ fn a_large_config_without_aliases_loads() {
     }
     assert!(automations.len() > 30 << 20, "{}", automations.len());
     fs::write(dir.path().join("automations.yaml"), automations).unwrap();
-    let checked = hass_config_watcher::load(dir.path());
+    let checked = hass_config_check::load(dir.path());
     let errors: Vec<String> = checked
         .diagnostics
         .iter()
@@ -150,7 +150,7 @@ fn diagnostics_never_quote_file_content() {
         ),
     )
     .unwrap();
-    let checked = hass_config_watcher::load(&config);
+    let checked = hass_config_check::load(&config);
     let errors: Vec<String> = checked
         .diagnostics
         .iter()
@@ -207,7 +207,7 @@ fn corpus_verdicts_agree_with_home_assistant_2026_11() {
                             let name = case.file_name().unwrap().to_string_lossy().into_owned();
                             let theirs = hass_test_support::home_assistant::check_config(case)
                                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-                            let ours = !hass_config_watcher::load(case).has_errors();
+                            let ours = !hass_config_check::load(case).has_errors();
                             (name, ours, theirs.valid())
                         })
                         .collect::<Vec<_>>()

@@ -11,7 +11,7 @@ use crate::value::{KeyId, Mapping, Node, Value};
 
 /// The core domain; its `packages:` key is merged into the other domains, so it
 /// is left out when comparing `homeassistant:` itself.
-pub(crate) const CORE: &str = "homeassistant";
+pub const CORE: &str = "homeassistant";
 
 /// The domains whose resolved config differs between `old` and `new`, packages
 /// included (they are merged into the domains before this sees them). Keys such
