@@ -396,4 +396,21 @@ mod tests {
         );
         assert_eq!(known_merge_modes().get("script"), Some(&MergeMode::Dict));
     }
+
+    /// The table is today's Home Assistant's: between 2024.3 and 2026.11
+    /// `scrape` became a list to concatenate and `folder_watcher` a mapping
+    /// to merge (config entries only), and `amcrest` left the list.
+    #[test]
+    fn merge_modes_are_home_assistant_2026_11s() {
+        assert!(
+            include_str!("package_merge_modes.txt").contains("Home Assistant 2026.11.0:"),
+            "regenerate with tools/package_merge_modes.py"
+        );
+        assert_eq!(known_merge_modes().get("scrape"), Some(&MergeMode::List));
+        assert_eq!(
+            known_merge_modes().get("folder_watcher"),
+            Some(&MergeMode::Dict)
+        );
+        assert_ne!(known_merge_modes().get("amcrest"), Some(&MergeMode::List));
+    }
 }

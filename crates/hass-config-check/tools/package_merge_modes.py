@@ -6,8 +6,12 @@ Integrations whose third-party requirements are not installed are imported a
 second time with those modules mocked; any still failing are left out (the
 loader then follows the shape of the config).
 
-    python3 -m venv /tmp/ha && /tmp/ha/bin/pip install homeassistant==2024.3.3
-    /tmp/ha/bin/python tools/package_merge_modes.py > src/package_merge_modes.txt
+Run with the Home Assistant of the tests' root filesystem (scripts/ha-rootfs):
+
+    root=$(bash scripts/ha-rootfs)
+    cp crates/hass-config-check/tools/package_merge_modes.py "$root/tmp/"
+    chroot "$root" env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root \
+        python3.14 /tmp/package_merge_modes.py >crates/hass-config-check/src/package_merge_modes.txt
 """
 import importlib
 import importlib.abc
@@ -50,6 +54,9 @@ class _Stub(types.ModuleType):
     __path__ = []
 
     def __getattr__(self, name):
+        # Libraries compare their dependencies' versions at import.
+        if name == "__version__":
+            return "0"
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         mock = MagicMock(name=f"{self.__name__}.{name}")
@@ -57,9 +64,20 @@ class _Stub(types.ModuleType):
         return mock
 
 
+def _imported_by_home_assistant():
+    """Whether the import statement being run is in Home Assistant's code."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
+        frame = frame.f_back
+    return frame is not None and frame.f_globals.get("__name__", "").startswith("homeassistant")
+
+
 class _MockMissing(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path, target=None):
-        if fullname.startswith("homeassistant"):
+        parent = fullname.rpartition(".")[0]
+        if not (parent and isinstance(sys.modules.get(parent), _Stub)) and not _imported_by_home_assistant():
+            # A library probing for an optional dependency (simplejson,
+            # _winapi…) must find it absent, as it is.
             return None
         for finder in sys.meta_path:
             if finder is self:
