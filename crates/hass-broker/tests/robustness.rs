@@ -270,7 +270,7 @@ fn a_flood_towards_a_stalled_subscriber_stays_within_the_memory_budget() {
         broker.stderr()
     );
 
-    let pid = broker.process.as_ref().expect("running").pid();
+    let pid = broker.process.running().expect("running").pid();
     let peak = common::peak_rss(pid);
     eprintln!(
         "peak RSS under a 200 MiB flood: {} MiB",
@@ -634,7 +634,7 @@ fn unauthenticated_peers_are_capped_in_bytes_and_in_number() {
         broker.stderr()
     );
 
-    let pid = broker.process.as_ref().expect("running").pid();
+    let pid = broker.process.running().expect("running").pid();
     let before = common::rss(pid);
     // Most of a 64 000-byte CONNECT: the protocol name, then a client id
     // that never ends.
@@ -851,7 +851,7 @@ fn retained_replays_to_clients_that_never_read_stay_bounded() {
         ],
     );
     assert_eq!(published["acked"], 5000, "{published}");
-    let pid = broker.process.as_ref().expect("running").pid();
+    let pid = broker.process.running().expect("running").pid();
     let before = common::rss(pid);
 
     let mut sleepers = Vec::new();

@@ -223,6 +223,7 @@ fn recorder_migration_blocks_ready_and_keeps_live() {
     // a migration never counts against startup either.
     ha.set_down(true);
     exporter.wait_status("/probe/ha/ready", 503, Duration::from_secs(5));
+    // Nothing changes for well past live_timeout (1 s).
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
         exporter.status("/probe/ha/live"),

@@ -95,25 +95,8 @@ fn restored_rows(pg: &TempPostgres, dump: &Path, database: &str) -> i64 {
         dump.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let count = Command::new("psql")
-        .args([
-            "--no-psqlrc",
-            "--tuples-only",
-            "--host=127.0.0.1",
-            "--username=postgres",
-        ])
-        .arg(format!("--port={}", pg.port()))
-        .arg(format!("--dbname={database}"))
-        .args(["--command", "SELECT count(*) FROM states"])
-        .output()
-        .unwrap();
-    assert!(
-        count.status.success(),
-        "{}",
-        String::from_utf8_lossy(&count.stderr)
-    );
-    String::from_utf8_lossy(&count.stdout)
-        .trim()
+    pg.psql_in(database, "SELECT count(*) FROM states")
+        .unwrap()
         .parse()
         .unwrap()
 }

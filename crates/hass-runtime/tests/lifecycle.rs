@@ -152,6 +152,20 @@ async fn readyz_status(addr: std::net::SocketAddr) -> Option<u16> {
         .expect("GET task")
 }
 
+/// Polls `/readyz` until it answers `want`, for at most 5 s; what it last
+/// answered.
+async fn readyz_becomes(addr: std::net::SocketAddr, want: u16) -> Option<u16> {
+    let mut status = None;
+    for _ in 0..250 {
+        status = readyz_status(addr).await;
+        if status == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    status
+}
+
 #[tokio::test]
 async fn sigterm_drains_tracked_work_and_reports_not_ready_meanwhile() {
     let flushed = Arc::new(AtomicBool::new(false));
@@ -164,24 +178,18 @@ async fn sigterm_drains_tracked_work_and_reports_not_ready_meanwhile() {
     };
     let served = tokio::spawn(async move { serve(component, &args, stops).await });
 
-    let mut ready = None;
-    for _ in 0..250 {
-        ready = readyz_status(admin).await;
-        if ready == Some(200) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(ready, Some(200));
+    assert_eq!(readyz_becomes(admin, 200).await, Some(200));
 
     stop.send(StopSignal::Terminate).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
-        readyz_status(admin).await,
+        readyz_becomes(admin, 503).await,
         Some(503),
         "not ready while draining"
     );
-    assert!(!flushed.load(Ordering::SeqCst));
+    assert!(
+        !flushed.load(Ordering::SeqCst),
+        "the 600 ms flush is not done yet"
+    );
 
     let code = served.await.unwrap().unwrap();
     assert_eq!(code, ExitCode::SUCCESS);
@@ -191,9 +199,10 @@ async fn sigterm_drains_tracked_work_and_reports_not_ready_meanwhile() {
 #[tokio::test]
 async fn drain_deadline_bounds_a_component_that_ignores_shutdown() {
     let args = common(Duration::from_millis(300));
+    let admin = args.admin_listen.unwrap();
     let (stop, stops) = mpsc::channel(2);
     let served = tokio::spawn(async move { serve(Stubborn, &args, stops).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(readyz_becomes(admin, 200).await, Some(200), "running");
     let sent = Instant::now();
     stop.send(StopSignal::Terminate).await.unwrap();
     let err = served.await.unwrap().unwrap_err();
@@ -212,9 +221,10 @@ async fn drain_deadline_bounds_a_component_that_ignores_shutdown() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let args = common(Duration::from_secs(60));
+    let admin = args.admin_listen.unwrap();
     let (stop, stops) = mpsc::channel(2);
     let served = tokio::spawn(async move { serve(Stubborn, &args, stops).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(readyz_becomes(admin, 200).await, Some(200), "running");
     stop.send(StopSignal::Terminate).await.unwrap();
     stop.send(StopSignal::Interrupt).await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), served)

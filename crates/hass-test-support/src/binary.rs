@@ -136,6 +136,59 @@ impl Drop for SpawnedBinary {
     }
 }
 
+/// A binary a test kills, stops and starts again: one run at a time, the
+/// stderr of every run kept, so a failure shows the whole story.
+#[derive(Debug, Default)]
+pub struct Restartable {
+    current: Option<SpawnedBinary>,
+    earlier_logs: String,
+}
+
+impl Restartable {
+    /// The next run; the one before must have ended.
+    pub fn started(&mut self, process: SpawnedBinary) {
+        assert!(self.current.is_none(), "still running");
+        self.current = Some(process);
+    }
+
+    /// The current run, if any.
+    pub fn running(&self) -> Option<&SpawnedBinary> {
+        self.current.as_ref()
+    }
+
+    pub fn running_mut(&mut self) -> Option<&mut SpawnedBinary> {
+        self.current.as_mut()
+    }
+
+    /// SIGKILL: no drain, no flush, as an OOM kill or a node lost.
+    pub fn kill9(&mut self) {
+        if let Some(mut process) = self.current.take() {
+            process.signal(Signal::SIGKILL);
+            process.wait_exit(Duration::from_secs(10));
+            self.earlier_logs.push_str(&process.stderr());
+        }
+    }
+
+    /// SIGTERM, as kubelet stops a container; the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut process = self.current.take()?;
+        process.signal(Signal::SIGTERM);
+        let status = process.wait_exit(Duration::from_secs(20));
+        self.earlier_logs.push_str(&process.stderr());
+        status.and_then(|s| s.code())
+    }
+
+    /// The stderr of every run so far, the current one last.
+    pub fn logs(&self) -> String {
+        let current = self
+            .current
+            .as_ref()
+            .map(SpawnedBinary::stderr)
+            .unwrap_or_default();
+        format!("{}{current}", self.earlier_logs)
+    }
+}
+
 /// Runs `command` to completion, returning its exit status, stdout and stderr.
 pub fn run(mut command: Command) -> Result<(ExitStatus, String, String), String> {
     let output = command

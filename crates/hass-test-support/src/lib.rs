@@ -21,7 +21,7 @@ pub mod pty;
 pub mod registry;
 pub mod stand_in_ha;
 
-pub use binary::SpawnedBinary;
+pub use binary::{Restartable, SpawnedBinary};
 pub use git::GitRemote;
 pub use mosquitto::Mosquitto;
 pub use ports::{free_addr, free_port};

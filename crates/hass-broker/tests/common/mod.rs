@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use hass_test_support::{SpawnedBinary, http, openmetrics};
-use nix::sys::signal::Signal;
+use hass_test_support::{Restartable, SpawnedBinary, http, openmetrics};
 use tempfile::TempDir;
 
 pub const USER: &str = "homeassistant";
@@ -20,8 +19,7 @@ pub struct TestBroker {
     pub mqtt: SocketAddr,
     pub ws: SocketAddr,
     pub admin: SocketAddr,
-    pub process: Option<SpawnedBinary>,
-    pub logs: String,
+    pub process: Restartable,
 }
 
 impl TestBroker {
@@ -55,8 +53,7 @@ impl TestBroker {
             mqtt: any,
             ws: any,
             admin: any,
-            process: None,
-            logs: String::new(),
+            process: Restartable::default(),
         };
         broker.launch();
         broker
@@ -96,17 +93,12 @@ impl TestBroker {
         process
             .wait_ready(self.admin, Duration::from_secs(20))
             .expect("broker ready");
-        self.process = Some(process);
+        self.process.started(process);
     }
 
     /// SIGKILL: no flush, no goodbye, as an OOM kill or node loss.
     pub fn kill9(&mut self) {
-        if let Some(process) = self.process.take() {
-            process.signal(Signal::SIGKILL);
-            let mut process = process;
-            process.wait_exit(Duration::from_secs(10));
-            self.logs.push_str(&process.stderr());
-        }
+        self.process.kill9();
     }
 
     pub fn restart(&mut self) {
@@ -115,20 +107,11 @@ impl TestBroker {
 
     /// SIGTERM and the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut process = self.process.take()?;
-        process.signal(Signal::SIGTERM);
-        let status = process.wait_exit(Duration::from_secs(20));
-        self.logs.push_str(&process.stderr());
-        status.and_then(|s| s.code())
+        self.process.stop()
     }
 
     pub fn stderr(&self) -> String {
-        let current = self
-            .process
-            .as_ref()
-            .map(|p| p.stderr())
-            .unwrap_or_default();
-        format!("{}{current}", self.logs)
+        self.process.logs()
     }
 
     /// Adds or changes a user in the password file with `mosquitto_passwd`.

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use hass_test_support::PtyPair;
 use hass_test_support::binary::workspace_binary;
-use hass_test_support::{SpawnedBinary, free_addr, http, wait_for};
-use nix::sys::signal::Signal;
+use hass_test_support::{Restartable, SpawnedBinary, free_addr, http, wait_for};
 use tempfile::TempDir;
 
 pub const MQTT_USER: &str = "homeassistant";
@@ -33,14 +32,13 @@ pub struct Sidecar {
     program: PathBuf,
     args: Vec<String>,
     pub admin: SocketAddr,
-    process: Option<SpawnedBinary>,
-    logs: String,
+    process: Restartable,
 }
 
 impl Sidecar {
     /// Resident memory and CPU time so far; `None` when not running.
     pub fn usage(&self) -> Option<(u64, Duration)> {
-        self.process.as_ref()?.usage()
+        self.process.running()?.usage()
     }
 
     /// Starts `hass-<name>` with `args` plus `--admin-listen` on a free port,
@@ -59,8 +57,7 @@ impl Sidecar {
             program,
             args: args.iter().map(|s| (*s).to_owned()).collect(),
             admin: free_addr(),
-            process: None,
-            logs: String::new(),
+            process: Restartable::default(),
         };
         sidecar.launch();
         sidecar
@@ -72,14 +69,15 @@ impl Sidecar {
             .arg("--admin-listen")
             .arg(self.admin.to_string())
             .env("RUST_LOG", "info");
-        self.process = Some(SpawnedBinary::spawn(cmd).expect("spawn sidecar"));
+        self.process
+            .started(SpawnedBinary::spawn(cmd).expect("spawn sidecar"));
     }
 
     pub fn wait_ready(&mut self) {
         let admin = self.admin;
         let name = self.name;
         self.process
-            .as_mut()
+            .running_mut()
             .expect("running")
             .wait_ready(admin, Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("hass-{name}: {e}"));
@@ -87,36 +85,22 @@ impl Sidecar {
 
     /// Starts it again on the same ports and waits for ready.
     pub fn restart(&mut self) {
-        assert!(self.process.is_none(), "still running");
         self.launch();
         self.wait_ready();
     }
 
     /// SIGKILL: no drain, no flush, as an OOM kill.
     pub fn kill9(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            process.signal(Signal::SIGKILL);
-            process.wait_exit(Duration::from_secs(10));
-            self.logs.push_str(&process.stderr());
-        }
+        self.process.kill9();
     }
 
     /// SIGTERM; the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let mut process = self.process.take()?;
-        process.signal(Signal::SIGTERM);
-        let status = process.wait_exit(Duration::from_secs(20));
-        self.logs.push_str(&process.stderr());
-        status.and_then(|s| s.code())
+        self.process.stop()
     }
 
     pub fn logs(&self) -> String {
-        let current = self
-            .process
-            .as_ref()
-            .map(SpawnedBinary::stderr)
-            .unwrap_or_default();
-        format!("{}{current}", self.logs)
+        self.process.logs()
     }
 
     pub fn readyz(&self) -> Option<http::Reply> {
