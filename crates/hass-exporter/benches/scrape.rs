@@ -40,12 +40,10 @@ fn main() {
 
     let ha = StandInHa::start();
     let pg = TempPostgres::start().expect("PostgreSQL");
-    pg.psql(include_str!(
-        "../tests/fixtures/recorder_schema_2024_3_3.sql"
-    ))
-    .expect("psql");
+    pg.psql(include_str!("../tests/fixtures/recorder_schema.sql"))
+        .expect("psql");
     pg.psql(
-        "INSERT INTO schema_changes (schema_version, changed) VALUES (42, now());
+        "INSERT INTO schema_changes (schema_version, changed) VALUES (53, now());
          INSERT INTO states (state, last_updated_ts) VALUES ('on', extract(epoch FROM now()));",
     )
     .expect("psql");

@@ -34,8 +34,8 @@ use crate::pause::pause;
 use crate::postgres_tls::{RustlsConnect, TlsHandshakeError};
 use hass_runtime::backoff::Backoff;
 
-/// HA's recorder tables (schema 42, HA 2024.3), each a `table` label value.
-pub const RECORDER_TABLES: [&str; 11] = [
+/// HA's recorder tables (schema 53, HA 2026.11), each a `table` label value.
+pub const RECORDER_TABLES: [&str; 13] = [
     "states",
     "states_meta",
     "state_attributes",
@@ -45,8 +45,10 @@ pub const RECORDER_TABLES: [&str; 11] = [
     "statistics",
     "statistics_short_term",
     "statistics_meta",
+    "statistics_runs",
     "recorder_runs",
     "schema_changes",
+    "migration_changes",
 ];
 
 /// What the last successful probe found; `None` fields are not exported

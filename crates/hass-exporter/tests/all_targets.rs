@@ -17,7 +17,7 @@ use hass_test_support::{SpawnedBinary, TempPostgres, free_addr, wait_for};
 fn every_target_at_once() {
     let ha = StandInHa::start();
     let pg = TempPostgres::start().expect("PostgreSQL");
-    pg.psql(include_str!("fixtures/recorder_schema_2024_3_3.sql"))
+    pg.psql(include_str!("fixtures/recorder_schema.sql"))
         .expect("psql");
     let bridge = StandInBridge::start(200, "ready\nok device:zigbee\n");
     let mqtt = free_addr();

@@ -1,7 +1,7 @@
 //! The real exporter against a real PostgreSQL holding Home Assistant's
-//! recorder schema (`fixtures/recorder_schema_2024_3_3.sql`, generated from
-//! HA 2024.3.3's SQLAlchemy models for the PostgreSQL dialect), filled with
-//! rows of known timestamps.
+//! recorder schema (`fixtures/recorder_schema.sql`: schema 53, written by
+//! `tools/recorder_schema.py` from Home Assistant 2026.11.0's own SQLAlchemy
+//! models for the PostgreSQL dialect), filled with rows of known timestamps.
 
 mod common;
 
@@ -10,14 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{Exporter, percentile, scrape_latencies, value};
 use hass_test_support::TempPostgres;
 
-const SCHEMA: &str = include_str!("fixtures/recorder_schema_2024_3_3.sql");
+const SCHEMA: &str = include_str!("fixtures/recorder_schema.sql");
 
 const NEWEST_STATE: f64 = 1_700_003_600.25;
 const OLDEST_STATE: f64 = 1_700_000_000.5;
 const SHORT_TERM_STATS: f64 = 1_700_003_300.0;
 const LONG_TERM_STATS: f64 = 1_699_999_200.0;
 
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 13] = [
     "states",
     "states_meta",
     "state_attributes",
@@ -27,8 +27,10 @@ const TABLES: [&str; 11] = [
     "statistics",
     "statistics_short_term",
     "statistics_meta",
+    "statistics_runs",
     "recorder_runs",
     "schema_changes",
+    "migration_changes",
 ];
 
 fn recorder_database() -> TempPostgres {
@@ -36,7 +38,7 @@ fn recorder_database() -> TempPostgres {
     pg.psql(SCHEMA).expect("psql");
     pg.psql(
         &format!(
-            "INSERT INTO schema_changes (schema_version, changed) VALUES (41, now() - interval '1 day'), (42, now());
+            "INSERT INTO schema_changes (schema_version, changed) VALUES (52, now() - interval '1 day'), (53, now());
              INSERT INTO recorder_runs (start, \"end\", closed_incorrect, created) VALUES
                (now() - interval '3 days', now() - interval '2 days', false, now()),
                (now() - interval '2 days', NULL, true, now()),
@@ -47,7 +49,7 @@ fn recorder_database() -> TempPostgres {
                ('20.0', {OLDEST_STATE}, {OLDEST_STATE}, 1, 1),
                ('on', 1700001000, 1700001000, 2, 1),
                ('21.5', {NEWEST_STATE}, {NEWEST_STATE}, 1, 1);
-             INSERT INTO statistics_meta (statistic_id, source, has_mean, has_sum) VALUES ('sensor.temp', 'recorder', true, false);
+             INSERT INTO statistics_meta (statistic_id, source, has_mean, has_sum, mean_type) VALUES ('sensor.temp', 'recorder', true, false, 1);
              INSERT INTO statistics_short_term (metadata_id, start_ts, created_ts, mean) VALUES
                (1, {SHORT_TERM_STATS} - 300, {SHORT_TERM_STATS}, 20.5), (1, {SHORT_TERM_STATS}, {SHORT_TERM_STATS}, 21.0);
              INSERT INTO statistics (metadata_id, start_ts, created_ts, mean) VALUES (1, {LONG_TERM_STATS}, {LONG_TERM_STATS}, 20.7);"
@@ -108,7 +110,7 @@ fn recorder_metrics_from_the_real_schema() {
         get("hass_exporter_recorder_statistics_last_start_timestamp_seconds"),
         LONG_TERM_STATS
     );
-    assert_eq!(get("hass_exporter_recorder_schema_version"), 42.0);
+    assert_eq!(get("hass_exporter_recorder_schema_version"), 53.0);
     assert_eq!(get("hass_exporter_recorder_unclean_shutdowns"), 1.0);
     assert!(get("hass_exporter_postgres_database_size_bytes") > 1_000_000.0);
     let connections = get("hass_exporter_postgres_connections");
