@@ -61,6 +61,9 @@ pub struct HttpRequest {
     uri: Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Option<Bytes>,
+    /// Set when a part could not be made a header: the request is then never
+    /// sent, rather than sent without it.
+    unsendable: Option<&'static str>,
 }
 
 impl HttpRequest {
@@ -70,6 +73,7 @@ impl HttpRequest {
             uri,
             headers: vec![(ACCEPT, HeaderValue::from_static("application/json"))],
             body: None,
+            unsendable: None,
         }
     }
 
@@ -78,11 +82,16 @@ impl HttpRequest {
     }
 
     /// `Authorization: Bearer <token>`, marked sensitive so hyper never
-    /// prints it.
+    /// prints it. A token that cannot be a header value (a control
+    /// character) makes the request fail unsent: sent without the token it
+    /// would count as a failed login towards Home Assistant's IP ban.
     pub fn bearer(mut self, token: &str) -> Self {
-        if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) {
-            value.set_sensitive(true);
-            self.headers.push((AUTHORIZATION, value));
+        match HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                self.headers.push((AUTHORIZATION, value));
+            }
+            Err(_) => self.unsendable = Some("the token holds a character a header cannot carry"),
         }
         self
     }
@@ -132,6 +141,11 @@ impl HttpClient {
         timeout: Duration,
         max_body: usize,
     ) -> Result<HttpReply, HttpError> {
+        if let Some(reason) = request.unsendable {
+            return Err(HttpError::Broken(format!(
+                "cannot build the request: {reason}"
+            )));
+        }
         let mut builder = Request::builder().method(request.method).uri(request.uri);
         for (name, value) in request.headers {
             builder = builder.header(name, value);
@@ -244,6 +258,31 @@ mod tests {
         assert!(base_url("ha:8123").is_err());
         assert!(base_url("http://").is_err());
         assert!(base_url("http://bad host").is_err());
+    }
+
+    /// A token that cannot be a header is never sent without it: nothing
+    /// reaches the server, and the error does not quote the token.
+    #[tokio::test]
+    async fn a_token_that_cannot_be_a_header_fails_the_request_unsent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let uri = join(
+            &format!("http://{}", listener.local_addr().unwrap()),
+            "/api/",
+        )
+        .unwrap();
+        let request = HttpRequest::get(uri).bearer("hunter2\nX-Evil: 1");
+        let error = HttpClient::default()
+            .send(request, Duration::from_secs(5), 1024)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, HttpError::Broken(_)), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+        assert_eq!(
+            listener.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "a connection reached the server"
+        );
     }
 
     /// Credentials in the URL would be shown by every error and probe answer
