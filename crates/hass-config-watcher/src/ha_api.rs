@@ -342,8 +342,7 @@ impl HaApi {
         forwarded_for: Option<IpAddr>,
     ) -> Result<(StatusCode, Bytes), ApiError> {
         let token = self.token()?;
-        let uri = format!("{}{path}", self.base)
-            .parse()
+        let uri = hass_runtime::http_client::join(&self.base, path)
             .map_err(|e| ApiError::BadResponse(format!("cannot build the request: {e}")))?;
         let mut request = HttpRequest::new(method, uri).bearer(token.expose_secret());
         if let Some(body) = body {

@@ -45,12 +45,18 @@ pub struct HomeAssistant {
     pub started_in: Duration,
 }
 
+/// `chroot <root> env -i <INSIDE_ENV>`: a command inside the root
+/// filesystem, with nothing of the host's environment; the program and its
+/// arguments follow.
+fn inside(root: &Path) -> Command {
+    let mut command = Command::new("chroot");
+    command.arg(root).args(["env", "-i"]).args(INSIDE_ENV);
+    command
+}
+
 /// The Home Assistant release in the root filesystem (`hass --version`).
 pub fn version() -> Result<String, String> {
-    let out = Command::new("chroot")
-        .arg(rootfs()?)
-        .args(["env", "-i"])
-        .args(INSIDE_ENV)
+    let out = inside(&rootfs()?)
         .args([HASS, "--version"])
         .output()
         .map_err(|e| format!("chroot: {e}"))?;
@@ -63,19 +69,21 @@ pub fn version() -> Result<String, String> {
 /// A temporary folder inside the root filesystem, removed on drop.
 #[derive(Debug)]
 pub struct RootfsDir {
+    root: PathBuf,
     dir: tempfile::TempDir,
     inner: PathBuf,
 }
 
 impl RootfsDir {
     pub fn new(prefix: &str) -> Result<Self, String> {
+        let root = rootfs()?;
         let dir = tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in(rootfs()?.join("tmp"))
+            .tempdir_in(root.join("tmp"))
             .map_err(|e| format!("a folder in the root filesystem: {e}"))?;
         let inner =
             Path::new("/tmp").join(dir.path().file_name().ok_or("a folder without a name")?);
-        Ok(Self { dir, inner })
+        Ok(Self { root, dir, inner })
     }
 
     /// The folder from the host.
@@ -90,17 +98,14 @@ impl RootfsDir {
 
     /// `hass --script check_config -c <this folder>` inside the root
     /// filesystem, with `extra` arguments before `-c`.
-    pub fn check_config_command(&self, extra: &[&str]) -> Result<Command, String> {
-        let mut command = Command::new("chroot");
+    pub fn check_config_command(&self, extra: &[&str]) -> Command {
+        let mut command = inside(&self.root);
         command
-            .arg(rootfs()?)
-            .args(["env", "-i"])
-            .args(INSIDE_ENV)
             .args([HASS, "--script", "check_config"])
             .args(extra)
             .arg("-c")
             .arg(&self.inner);
-        Ok(command)
+        command
     }
 }
 
@@ -161,11 +166,8 @@ impl HomeAssistant {
 
     /// Spawns Home Assistant and waits until its HTTP server answers.
     fn launch(&mut self) -> Result<Duration, String> {
-        let mut command = Command::new("chroot");
+        let mut command = inside(&self.root);
         command
-            .arg(&self.root)
-            .args(["env", "-i"])
-            .args(INSIDE_ENV)
             // Integrations install what they lack with uv, which checks the
             // package registry against this bundle (the host's, copied in).
             .arg("SSL_CERT_FILE=/etc/ssl/host-ca.crt")
@@ -625,7 +627,7 @@ pub fn check_config(dir: &Path) -> Result<CheckConfig, String> {
         return Err(format!("cp -a {} failed", dir.display()));
     }
     let out = copy
-        .check_config_command(&["--json"])?
+        .check_config_command(&["--json"])
         .output()
         .map_err(|e| format!("chroot: {e}"))?;
     Ok(CheckConfig {
