@@ -25,6 +25,7 @@ pub mod retained;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod subscription_index;
 pub mod sys;
 pub mod tls;
 pub mod topic;

@@ -21,6 +21,7 @@ use crate::session::{
     SubscriptionOptions, stored_subscription,
 };
 use crate::store::{Op, QueuedRecord, Recovered, Store};
+use crate::subscription_index::SubscriptionIndex;
 use crate::topic;
 
 /// Limits that keep memory bounded.
@@ -134,6 +135,8 @@ struct RouterState {
     /// Boxed: the table keeps spare slots, and a slot should cost a pointer,
     /// not a whole session.
     sessions: HashMap<Arc<str>, Box<Session>>,
+    /// Every session's non-shared filters, by level, for routing.
+    index: SubscriptionIndex,
     /// Shared subscriptions by their full `$share/group/filter` string.
     shared: BTreeMap<String, SharedGroup>,
     /// MQTT 5 wills waiting out their Will Delay Interval, by client id.
@@ -523,18 +526,29 @@ impl Router {
             sessions,
             queued_bytes,
             shared,
+            index,
             ..
         } = state;
-        for session in sessions.values_mut() {
+        // Each (client, filter) that matches, grouped by client: a client
+        // gets one delivery however many of its filters match.
+        let mut matched: Vec<(&Arc<str>, &str)> = Vec::new();
+        index.for_each_match(&message.topic, |client, filter| {
+            matched.push((client, filter))
+        });
+        matched.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for group in matched.chunk_by(|a, b| a.0 == b.0) {
+            let Some(session) = sessions.get_mut(group[0].0) else {
+                continue;
+            };
             if !session.may_read(&message.topic) {
                 continue;
             }
             let mut best: Option<(QoS, bool)> = None;
             let mut ids = Vec::new();
-            for (filter, options) in &session.subscriptions {
-                if filter.starts_with(SHARE_PREFIX) || !topic::matches(&message.topic, filter) {
+            for (_, filter) in group {
+                let Some(options) = session.subscriptions.get(*filter) else {
                     continue;
-                }
+                };
                 if options.no_local && message.publisher.as_deref() == Some(&*session.client_id) {
                     continue;
                 }
@@ -745,6 +759,7 @@ impl Router {
             retained,
             queued_bytes,
             shared,
+            index,
             ..
         } = &mut *guard;
         let Some(session) = sessions.get_mut(client_id) else {
@@ -770,6 +785,9 @@ impl Router {
                 continue;
             }
             let existed = session.subscriptions.insert(raw.clone(), options).is_some();
+            if !is_shared {
+                index.insert(&raw, &session.client_id);
+            }
             results.push(SubscribeResult::Granted(options.qos));
             if session.is_persistent() {
                 self.submit(Op::PutSubscription {
@@ -827,7 +845,10 @@ impl Router {
     pub fn unsubscribe(&self, client_id: &str, filters: &[String]) -> Vec<bool> {
         let mut guard = self.lock();
         let RouterState {
-            sessions, shared, ..
+            sessions,
+            shared,
+            index,
+            ..
         } = &mut *guard;
         let Some(session) = sessions.get_mut(client_id) else {
             return vec![false; filters.len()];
@@ -838,6 +859,9 @@ impl Router {
             .collect();
         for (filter, existed) in filters.iter().zip(&existed) {
             leave_group(shared, filter, client_id);
+            if *existed {
+                index.remove(filter, client_id);
+            }
             if *existed && session.is_persistent() {
                 self.submit(Op::DeleteSubscription {
                     client_id: session.client_id.clone(),
@@ -1154,14 +1178,13 @@ impl Router {
         state.queued_bytes -= session.queued_bytes;
         for filter in session.subscriptions.keys() {
             leave_group(&mut state.shared, filter, &session.client_id);
+            state.index.remove(filter, &session.client_id);
         }
         if session.is_persistent() {
             self.submit(Op::DeleteSession(session.client_id.clone()));
         }
     }
 }
-
-const SHARE_PREFIX: &str = "$share/";
 
 fn join_group(
     shared: &mut BTreeMap<String, SharedGroup>,
@@ -1250,15 +1273,16 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
         });
         for sub in record.subscriptions {
             if let Some(options) = SubscriptionOptions::from_byte(sub.options, sub.identifier) {
-                if let Ok(parsed) = topic::parse_filter(&sub.filter)
-                    && parsed.share_group.is_some()
-                {
-                    join_group(
+                match topic::parse_filter(&sub.filter) {
+                    Ok(parsed) if parsed.share_group.is_some() => join_group(
                         &mut state.shared,
                         &sub.filter,
                         parsed.filter.to_owned(),
                         &client_id,
-                    );
+                    ),
+                    Ok(_) => state.index.insert(&sub.filter, &client_id),
+                    // Not routable: kept as it was stored, matching nothing.
+                    Err(_) => {}
                 }
                 session.subscriptions.insert(sub.filter, options);
             }
@@ -1415,6 +1439,56 @@ mod tests {
         }
         let dropped = router.stats.dropped_queue_full.load(Ordering::Relaxed);
         (got, dropped)
+    }
+
+    /// Routing finds subscribers through the subscription index, so every
+    /// way a subscription ends must take it out of the index: a stale entry
+    /// would route to a client that no longer asked (or to nobody, slowly).
+    #[test]
+    fn every_way_a_subscription_ends_leaves_the_index() {
+        let router = Router::new(Limits::default(), None);
+        let qos1 = SubscriptionOptions::from_byte(1, 0).expect("QoS 1");
+        let filters = |list: &[&str]| list.iter().map(|f| (f.to_string(), qos1)).collect();
+        // Unsubscribed; a clean session's disconnect; a clean start over a
+        // persistent session; a persistent session's expiry.
+        let a = router.connect(request("a")).expect("attached");
+        router.subscribe("a", filters(&["t/+", "t/#", "$share/g/t/x"]));
+        router.unsubscribe("a", &["t/+".into(), "$share/g/t/x".into()]);
+        let b = router.connect(request("b")).expect("attached");
+        router.subscribe("b", filters(&["t/x", "u/#"]));
+        let persistent = |id: &str| ConnectRequest {
+            clean_start: false,
+            expiry_interval: 60,
+            ..request(id)
+        };
+        let c = router.connect(persistent("c")).expect("attached");
+        router.subscribe("c", filters(&["t/x"]));
+        router.disconnect("c", c.conn_id, Departure::Abnormal);
+        let d = router.connect(persistent("d")).expect("attached");
+        router.subscribe("d", filters(&["v/#"]));
+        router.disconnect("d", d.conn_id, Departure::Abnormal);
+
+        // Two of a's filters matched t/x once; it gets one delivery.
+        router.publish(message("t/x", "1", QoS::AtLeastOnce, false));
+        let (out, _) = router.take_outgoing("a", a.conn_id, 10);
+        assert_eq!(out.len(), 1, "one delivery for t/# after t/+ went");
+        assert!(!router.lock().index.is_empty());
+
+        router.unsubscribe("a", &["t/#".into()]);
+        router.disconnect(
+            "b",
+            b.conn_id,
+            Departure::Clean {
+                publish_will: false,
+                expiry_override: None,
+            },
+        );
+        let c = router.connect(request("c")).expect("clean start");
+        router.disconnect("c", c.conn_id, Departure::Abnormal);
+        router.expire(SystemTime::now() + Duration::from_secs(61));
+        let state = router.lock();
+        assert!(!state.sessions.contains_key("d"), "d expired");
+        assert!(state.index.is_empty(), "{:?}", state.index);
     }
 
     fn subscribe(router: &Router) {
