@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -385,6 +386,7 @@ where
         incoming_qos2: 0,
         topic_aliases: None,
         outgoing_aliases,
+        turn_ended_early: false,
     };
     Some((stream, conn))
 }
@@ -487,6 +489,8 @@ struct Connection {
     /// aliases.
     topic_aliases: Option<Box<topic_alias::Incoming>>,
     outgoing_aliases: Option<Box<topic_alias::Outgoing>>,
+    /// `handle_packets` stopped with packets left in `rbuf`.
+    turn_ended_early: bool,
 }
 
 impl Connection {
@@ -519,15 +523,22 @@ impl Connection {
                 .front()
                 .filter(|(seq, _)| *seq > 0)
                 .map(|(seq, _)| Box::pin(wait_commit(self.ctx.committed.clone(), *seq)));
-            let event = tokio::select! {
-                read = read_some(stream, &mut self.rbuf) => Event::Read(read),
-                // A wake (something to send) or a close request (checked
-                // above), Keep Alive's included.
-                _ = self.signal.notified() => Event::Signal,
-                _ = async { match commit {
-                    Some(commit) => commit.await,
-                    None => std::future::pending().await,
-                } } => Event::Committed,
+            let event = if self.turn_ended_early {
+                // The last turn stopped before its read was handled: the
+                // subscribers go first, then the rest, before reading more.
+                tokio::task::yield_now().await;
+                Event::Buffered
+            } else {
+                tokio::select! {
+                    read = read_some(stream, &mut self.rbuf) => Event::Read(read),
+                    // A wake (something to send) or a close request (checked
+                    // above), Keep Alive's included.
+                    _ = self.signal.notified() => Event::Signal,
+                    _ = async { match commit {
+                        Some(commit) => commit.await,
+                        None => std::future::pending().await,
+                    } } => Event::Committed,
+                }
             };
             match event {
                 Event::Read(Ok(0)) => return Close::Io(std::io::ErrorKind::UnexpectedEof.into()),
@@ -541,8 +552,13 @@ impl Connection {
                     // connections (the subscribers this one floods among
                     // them) take a turn first, instead of routing up to
                     // tokio's budget of 128 reads (1 MiB) in one go.
-                    if n == READ_CHUNK {
+                    if n == READ_CHUNK && !self.turn_ended_early {
                         tokio::task::yield_now().await;
+                    }
+                }
+                Event::Buffered => {
+                    if let Some(close) = self.handle_packets() {
+                        return self.goodbye(stream, close).await;
                     }
                 }
                 Event::Read(Err(e)) => return Close::Io(e),
@@ -620,8 +636,21 @@ impl Connection {
 
     /// Handles every complete packet in the read buffer. Returns a reason to
     /// close, if any.
+    ///
+    /// Stops early, leaving the rest buffered for the next turn, once a
+    /// publish has made a subscriber that could read now shed a QoS 0
+    /// message: this client outruns it, and handling the rest of an 8 KiB
+    /// read (~100 small publishes) before it gets a turn would shed them
+    /// too. Measured with 50 flooding publishers and one subscriber, it
+    /// delivered 20 % of what was published without this, all of it with.
     fn handle_packets(&mut self) -> Option<Close> {
+        self.turn_ended_early = false;
+        let shed_before = self.shed_before_a_ready_reader();
         loop {
+            if self.shed_before_a_ready_reader() != shed_before {
+                self.turn_ended_early = !self.rbuf.is_empty();
+                return None;
+            }
             let incoming = match codec::read(self.version, &mut self.rbuf, self.ctx.max_packet_size)
             {
                 Ok(Some(incoming)) => incoming,
@@ -640,6 +669,11 @@ impl Connection {
                 return Some(close);
             }
         }
+    }
+
+    fn shed_before_a_ready_reader(&self) -> u64 {
+        let stats = &self.ctx.router.stats;
+        stats.shed_before_a_ready_reader.load(Ordering::Relaxed)
     }
 
     /// One packet after CONNECT; `Some` when the connection must close.
@@ -1147,6 +1181,8 @@ impl Connection {
         // Biased: a writable socket takes the bytes first, so the goodbye
         // DISCONNECT sent after such a request still goes out.
         let signal = &self.signal;
+        // Publishers need not make way for a client that is not reading.
+        signal.set_write_blocked(true);
         let mut woken = false;
         let interrupted = async {
             while signal.close_requested().is_none() {
@@ -1167,6 +1203,7 @@ impl Connection {
                 ))
             }
         };
+        signal.set_write_blocked(false);
         if woken {
             signal.wake();
         }
@@ -1177,6 +1214,8 @@ impl Connection {
 /// What woke the connection loop.
 enum Event {
     Read(std::io::Result<usize>),
+    /// Packets the last turn left in the read buffer.
+    Buffered,
     Signal,
     Committed,
 }

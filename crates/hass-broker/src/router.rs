@@ -105,6 +105,10 @@ pub struct RouterStats {
     pub publishes_routed: AtomicU64,
     pub deliveries_queued: AtomicU64,
     pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages shed from the full queue of a client that could
+    /// take them now (connected, its socket not full): the publisher is
+    /// outrunning it within one turn, and its connection yields.
+    pub shed_before_a_ready_reader: AtomicU64,
     pub dropped_budget: AtomicU64,
     pub dropped_expired: AtomicU64,
     /// Queued deliveries the client's ACL no longer lets it read.
@@ -635,6 +639,17 @@ impl Router {
                 (_, SlowConsumer::DropOldest) => session.evict_oldest(),
                 _ => session.evict_oldest_qos0(),
             };
+            let lost_qos = evicted.as_ref().map_or(delivery.qos, |old| old.qos);
+            if lost_qos == QoS::AtMostOnce
+                && session
+                    .link
+                    .as_ref()
+                    .is_some_and(|l| !l.signal.write_blocked())
+            {
+                self.stats
+                    .shed_before_a_ready_reader
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             match evicted {
                 Some(old) => self.forget(session, queued_bytes, &old),
                 None => {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use rumqttd::protocol::QoS;
@@ -107,6 +107,8 @@ pub struct LinkSignal {
     keep_alive: u16,
     /// When the client last sent anything, in [`millis`].
     last_heard: AtomicU64,
+    /// The connection waits for the client to read what it was sent.
+    write_blocked: AtomicBool,
 }
 
 /// Milliseconds since the first call in this process: a monotonic clock
@@ -124,6 +126,7 @@ impl LinkSignal {
             close: AtomicU8::new(0),
             keep_alive,
             last_heard: AtomicU64::new(millis(Instant::now())),
+            write_blocked: AtomicBool::new(false),
         }
     }
 
@@ -142,6 +145,16 @@ impl LinkSignal {
     pub fn keepalive_expired(&self, now: Instant) -> bool {
         let silent = millis(now).saturating_sub(self.last_heard.load(Ordering::Relaxed));
         self.keep_alive != 0 && silent >= u64::from(self.keep_alive) * 1500
+    }
+
+    /// Notes whether the connection is waiting for its client to read.
+    pub fn set_write_blocked(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is waiting for its client to read.
+    pub fn write_blocked(&self) -> bool {
+        self.write_blocked.load(Ordering::Relaxed)
     }
 
     /// The session has something to send.

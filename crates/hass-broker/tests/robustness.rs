@@ -1173,3 +1173,39 @@ fn a_client_over_its_receive_maximum_is_disconnected() {
         "no DISCONNECT 0x93 (receive maximum exceeded) in {all:02x?}"
     );
 }
+
+/// A publisher's burst makes way for the subscriber it outruns: a publish
+/// that makes a subscriber that could read now shed a QoS 0 message ends
+/// the publisher's turn, and the subscriber drains before the rest of the
+/// burst is handled. With a one-message queue and ten publishes in one TCP
+/// write, the subscriber gets every second one; handled in one turn, the
+/// burst left it only the last.
+#[test]
+fn a_burst_makes_way_for_the_subscriber_it_outruns() {
+    let broker = TestBroker::start("limits:\n  max_queued_messages: 1\n");
+    let login = Some((USER, PASSWORD));
+    let (code, mut subscriber) = RawClient::connect(broker.mqtt, 4, "reader", login, None);
+    assert_eq!(code, 0);
+    subscriber
+        .stream
+        .write_all(&common::subscribe_packet("burst/#", 0))
+        .expect("subscribe");
+    common::await_packet(&subscriber.stream, 9);
+    let (code, mut publisher) = RawClient::connect(broker.mqtt, 4, "burster", login, None);
+    assert_eq!(code, 0);
+    let burst: Vec<u8> = (1..=10)
+        .flat_map(|i| common::publish_packet("burst/x", i.to_string().as_bytes()))
+        .collect();
+    publisher.stream.write_all(&burst).expect("burst");
+
+    // The last is never shed; what came before it shows how many were.
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("10") {
+        let (kind, body) = subscriber.read_packet().expect("a PUBLISH");
+        assert_eq!(kind >> 4, 3, "PUBLISH");
+        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        got.push(String::from_utf8_lossy(&body[2 + topic_len..]).into_owned());
+    }
+    assert_eq!(got, ["2", "4", "6", "8", "10"]);
+    assert_eq!(broker.metric("hass_broker_dropped_queue_full", None), 5.0);
+}
