@@ -1,8 +1,12 @@
 //! hass-broker, Mosquitto and (when `rmqttd` is installed) rmqtt side by
-//! side, in one run, under the same load from the same generator: fan-in (50 publishers → 1 subscriber) and
-//! fan-out (1 publisher → 100 subscribers), QoS 0 and 1, at a fixed rate and
-//! unthrottled; then 1000 idle connections; then (hass-broker only) the time
-//! to restore 100 000 retained messages at start.
+//! side, in one run, under the same load from the same generator: fan-in
+//! (50 publishers → 1 subscriber) and fan-out (1 publisher → 100
+//! subscribers), QoS 0 and 1, at a fixed rate and unthrottled, and fan-in
+//! QoS 0 to a subscriber that also holds 1 000 Home Assistant-shaped
+//! filters; then 1000 idle connections; then (hass-broker only) the time to
+//! restore 100 000 retained messages at start. The generator shares the
+//! machine with the broker, so it writes what it may send in one call and
+//! waits for PUBACKs without spinning.
 //!
 //! Run: `cargo bench -p hass-broker --bench vs_mosquitto` (needs `mosquitto`
 //! and `mosquitto_passwd` on PATH). `-- --quick` shortens each scenario;
