@@ -634,15 +634,15 @@ impl Connection {
         }
     }
 
-    /// Handles every complete packet in the read buffer. Returns a reason to
+    /// Handles the complete packets in the read buffer. Returns a reason to
     /// close, if any.
     ///
     /// Stops early, leaving the rest buffered for the next turn, once a
     /// publish has made a subscriber that could read now shed a QoS 0
     /// message: this client outruns it, and handling the rest of an 8 KiB
     /// read (~100 small publishes) before it gets a turn would shed them
-    /// too. Measured with 50 flooding publishers and one subscriber, it
-    /// delivered 20 % of what was published without this, all of it with.
+    /// too. With 50 flooding publishers and one subscriber, 20 % of what
+    /// was published was delivered without this, 96 % with it.
     fn handle_packets(&mut self) -> Option<Close> {
         self.turn_ended_early = false;
         let shed_before = self.shed_before_a_ready_reader();
