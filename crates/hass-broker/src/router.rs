@@ -1468,6 +1468,10 @@ mod tests {
         // persistent session; a persistent session's expiry.
         let a = router.connect(request("a")).expect("attached");
         router.subscribe("a", filters(&["t/+", "t/#", "$share/g/t/x"]));
+        // Two of a's filters (and its shared one) match t/x: one delivery.
+        router.publish(message("t/x", "0", QoS::AtLeastOnce, false));
+        let (out, _) = router.take_outgoing("a", a.conn_id, 10);
+        assert_eq!(out.len(), 2, "one delivery for t/+ and t/#, one shared");
         router.unsubscribe("a", &["t/+".into(), "$share/g/t/x".into()]);
         let b = router.connect(request("b")).expect("attached");
         router.subscribe("b", filters(&["t/x", "u/#"]));
@@ -1483,7 +1487,7 @@ mod tests {
         router.subscribe("d", filters(&["v/#"]));
         router.disconnect("d", d.conn_id, Departure::Abnormal);
 
-        // Two of a's filters matched t/x once; it gets one delivery.
+        // t/+ and the shared filter went; t/# still delivers.
         router.publish(message("t/x", "1", QoS::AtLeastOnce, false));
         let (out, _) = router.take_outgoing("a", a.conn_id, 10);
         assert_eq!(out.len(), 1, "one delivery for t/# after t/+ went");
