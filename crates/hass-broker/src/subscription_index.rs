@@ -49,7 +49,44 @@ impl SubscriptionIndex {
     /// Forgets that `client` holds `filter`; prunes what no filter uses.
     pub fn remove(&mut self, filter: &str, client: &str) {
         let levels: Vec<&str> = filter.split('/').collect();
-        remove_below(&mut self.root, &levels, client);
+        // The deepest node on the path that stays whatever happens below it
+        // (the root, or one that ends a filter or branches): below it, the
+        // path is a chain that only this filter uses.
+        let mut keep = 0;
+        let mut node = &self.root;
+        for (depth, level) in levels.iter().enumerate() {
+            if node.end.is_some() || node.children.len() > 1 {
+                keep = depth;
+            }
+            match node.children.get(*level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        let mut node = &mut self.root;
+        for level in &levels {
+            match node.children.get_mut(*level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        if let Some(end) = &mut node.end {
+            end.clients.retain(|c| &**c != client);
+            if end.clients.is_empty() {
+                node.end = None;
+            }
+        }
+        if node.end.is_some() || !node.children.is_empty() {
+            return;
+        }
+        let mut node = &mut self.root;
+        for level in &levels[..keep] {
+            match node.children.get_mut(*level) {
+                Some(child) => node = child,
+                None => return,
+            }
+        }
+        node.children.remove(levels[keep]);
     }
 
     /// Calls `found(client, filter)` for each client holding a filter that
@@ -59,38 +96,35 @@ impl SubscriptionIndex {
         let levels: Vec<&str> = topic.split('/').collect();
         // Wildcards at the first level never match `$` topics.
         let dollar = topic.starts_with('$');
-        walk(&self.root, &levels, 0, dollar, &mut found);
+        // Nodes still to visit, with their depth: a stack of our own, not
+        // the thread's, since a peer chooses how deep a topic goes. Each
+        // node is reached from its parent by one key, so each is visited
+        // once at most.
+        let mut pending = vec![(&self.root, 0)];
+        while let Some((node, depth)) = pending.pop() {
+            let wildcards = !(dollar && depth == 0);
+            // `a/#` matches `a` and everything under it.
+            if wildcards && let Some(hash) = node.children.get("#") {
+                emit(hash, &mut found);
+            }
+            let Some(level) = levels.get(depth) else {
+                emit(node, &mut found);
+                continue;
+            };
+            if wildcards && let Some(plus) = node.children.get("+") {
+                pending.push((plus, depth + 1));
+            }
+            // A topic level of `+` or `#` cannot occur (names have no
+            // wildcards), so the exact child is never a wildcard node.
+            if let Some(exact) = node.children.get(*level) {
+                pending.push((exact, depth + 1));
+            }
+        }
     }
 
     /// Whether no filter is held.
     pub fn is_empty(&self) -> bool {
         self.root.children.is_empty()
-    }
-}
-
-fn walk<'a>(
-    node: &'a Node,
-    levels: &[&str],
-    depth: usize,
-    dollar: bool,
-    found: &mut impl FnMut(&'a Arc<str>, &'a str),
-) {
-    let wildcards = !(dollar && depth == 0);
-    // `a/#` matches `a` and everything under it.
-    if wildcards && let Some(hash) = node.children.get("#") {
-        emit(hash, found);
-    }
-    let Some(level) = levels.get(depth) else {
-        emit(node, found);
-        return;
-    };
-    if wildcards && let Some(plus) = node.children.get("+") {
-        walk(plus, levels, depth + 1, dollar, found);
-    }
-    // A topic level of `+` or `#` cannot occur (names have no wildcards),
-    // so the exact child is never a wildcard node visited twice.
-    if let Some(exact) = node.children.get(*level) {
-        walk(exact, levels, depth + 1, dollar, found);
     }
 }
 
@@ -102,27 +136,15 @@ fn emit<'a>(node: &'a Node, found: &mut impl FnMut(&'a Arc<str>, &'a str)) {
     }
 }
 
-/// Removes `client` from the filter at `levels` under `node`; returns
-/// whether `node` is left unused.
-fn remove_below(node: &mut Node, levels: &[&str], client: &str) -> bool {
-    match levels.split_first() {
-        None => {
-            if let Some(end) = &mut node.end {
-                end.clients.retain(|c| &**c != client);
-                if end.clients.is_empty() {
-                    node.end = None;
-                }
-            }
-        }
-        Some((level, rest)) => {
-            if let Some(child) = node.children.get_mut(*level)
-                && remove_below(child, rest, client)
-            {
-                node.children.remove(*level);
-            }
+/// Drops a subtree level by level: the derived drop would recurse once per
+/// level, as deep as a peer's filter.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut below: Vec<Node> = self.children.drain().map(|(_, child)| child).collect();
+        while let Some(mut node) = below.pop() {
+            below.extend(node.children.drain().map(|(_, child)| child));
         }
     }
-    node.end.is_none() && node.children.is_empty()
 }
 
 #[cfg(test)]
@@ -220,6 +242,25 @@ mod tests {
             want.sort();
             assert_eq!(matches_of(&index, topic), want, "topic {topic:?}");
         }
+    }
+
+    /// A topic is up to 65 535 bytes, so a peer can send 32 767 levels. The
+    /// walk and the removal hold no stack frame per level: this runs on a
+    /// test thread's 2 MiB stack, which one frame per level overflowed.
+    #[test]
+    fn the_deepest_filter_a_peer_can_send_is_walked_without_recursion() {
+        let deep = vec!["a"; 32_767].join("/");
+        let mut index = SubscriptionIndex::default();
+        let client: Arc<str> = "deep".into();
+        index.insert(&deep, &client);
+        index.insert(&format!("{deep}/#"), &client);
+        assert_eq!(matches_of(&index, &deep).len(), 2);
+        index.remove(&deep, "deep");
+        index.remove(&format!("{deep}/#"), "deep");
+        assert!(index.is_empty());
+        // Dropped whole, as when the broker stops.
+        index.insert(&deep, &client);
+        drop(index);
     }
 
     #[test]

@@ -1209,3 +1209,32 @@ fn a_burst_makes_way_for_the_subscriber_it_outruns() {
     assert_eq!(got, ["2", "4", "6", "8", "10"]);
     assert_eq!(broker.metric("hass_broker_dropped_queue_full", None), 5.0);
 }
+
+/// The deepest filter and topic a client can send (32 767 levels in a
+/// 65 535-byte string) are routed, and the broker lives on after the
+/// subscriber leaves. (The broker's thread has the main thread's stack;
+/// `subscription_index`'s own test shows its walk needs no frame per level.)
+#[test]
+fn the_deepest_topic_a_client_can_send_is_routed() {
+    let broker = TestBroker::start("");
+    let deep = vec!["a"; 32_767].join("/");
+    let login = Some((USER, PASSWORD));
+    let (code, mut subscriber) = RawClient::connect(broker.mqtt, 4, "deep-reader", login, None);
+    assert_eq!(code, 0);
+    subscriber
+        .stream
+        .write_all(&common::subscribe_packet(&deep, 0))
+        .expect("subscribe");
+    common::await_packet(&subscriber.stream, 9);
+    let (code, mut publisher) = RawClient::connect(broker.mqtt, 4, "deep-writer", login, None);
+    assert_eq!(code, 0);
+    publisher
+        .stream
+        .write_all(&common::publish_packet(&deep, b"down here"))
+        .expect("publish");
+    let (kind, body) = subscriber.read_packet().expect("the PUBLISH");
+    assert_eq!(kind >> 4, 3, "PUBLISH");
+    assert!(body.ends_with(b"down here"));
+    drop(subscriber);
+    still_serving(&broker);
+}
