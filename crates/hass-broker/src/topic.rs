@@ -17,7 +17,15 @@ pub enum TopicError {
     MisplacedPlus,
     #[error("shared subscription needs `$share/<group>/<filter>` with a non-empty group")]
     BadShare,
+    #[error("a filter has at most {MAX_FILTER_LEVELS} levels")]
+    TooDeep,
 }
+
+/// The most levels a subscription filter may have: Mosquitto 2.0's limit
+/// (201 levels; it disconnects a client that asks for 202). Each level of
+/// a held filter is a node of the broker's subscription tree, so without
+/// it one 65 535-byte filter was 32 767 nodes.
+pub const MAX_FILTER_LEVELS: usize = 201;
 
 /// Checks a topic name a client publishes to.
 pub fn validate_name(topic: &str) -> Result<(), TopicError> {
@@ -40,6 +48,9 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
     }
     if filter.contains('\0') {
         return Err(TopicError::Nul);
+    }
+    if filter.split('/').count() > MAX_FILTER_LEVELS {
+        return Err(TopicError::TooDeep);
     }
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
@@ -148,6 +159,12 @@ mod tests {
         for good in ["#", "+", "a/+/b", "a/#", "/", "+/+"] {
             assert!(validate_filter(good).is_ok(), "{good:?}");
         }
+        let deepest = vec!["a"; MAX_FILTER_LEVELS].join("/");
+        assert_eq!(validate_filter(&deepest), Ok(()));
+        assert_eq!(
+            validate_filter(&format!("{deepest}/#")),
+            Err(TopicError::TooDeep)
+        );
     }
 
     #[test]
