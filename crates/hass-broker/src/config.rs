@@ -219,6 +219,16 @@ pub struct LimitsConfig {
     /// most the broker assigns on what it sends to a client that allows
     /// them (Mosquitto's `max_topic_alias`, which is only the former).
     pub max_topic_alias: u16,
+    /// Bytes one client's subscriptions may cost, counted as
+    /// `subscription_index::cost` counts them: an upper bound on what the
+    /// broker holds for them (each level of a filter is a node of the
+    /// routing tree). A new filter over it is refused (SUBACK 0x97 Quota
+    /// exceeded; MQTT 3.1.1: 0x80) and the client's others stand. Default
+    /// 8 MiB: ~10 000 filters shaped like Home Assistant's.
+    pub subscription_budget_per_client: usize,
+    /// Bytes all clients' subscriptions may cost, offline persistent
+    /// sessions included; over it, new filters are refused the same way.
+    pub subscription_budget: usize,
 }
 
 impl LimitsConfig {
@@ -245,6 +255,8 @@ impl Default for LimitsConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             max_replay_messages: router.max_replay_messages,
+            subscription_budget_per_client: router.subscription_budget_per_client,
+            subscription_budget: router.subscription_budget,
             max_connect_size: 64 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 1_000,

@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use hass_runtime::logging::Untrusted;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::auth::{AccessPolicy, AuthDecision};
 use crate::codec::{self, CodecError, Detected, PublishHeader, Version};
@@ -387,6 +387,7 @@ where
         topic_aliases: None,
         outgoing_aliases,
         turn_ended_early: false,
+        logged_over_budget: false,
     };
     Some((stream, conn))
 }
@@ -491,6 +492,9 @@ struct Connection {
     outgoing_aliases: Option<Box<topic_alias::Outgoing>>,
     /// `handle_packets` stopped with packets left in `rbuf`.
     turn_ended_early: bool,
+    /// A SUBSCRIBE over a subscription budget was logged: later ones are
+    /// only counted, so a client cannot fill the log with them.
+    logged_over_budget: bool,
 }
 
 impl Connection {
@@ -881,16 +885,34 @@ impl Connection {
             })
             .collect();
         let results = router.subscribe(&self.client_id, requests);
-        for denied in results
-            .iter()
-            .filter(|r| **r == SubscribeResult::NotAuthorized)
-        {
-            let _ = denied;
-            self.ctx
-                .metrics
-                .acl_denied
-                .get_or_create(&"subscribe".into())
-                .inc();
+        for result in &results {
+            match result {
+                SubscribeResult::NotAuthorized => {
+                    self.ctx
+                        .metrics
+                        .acl_denied
+                        .get_or_create(&"subscribe".into())
+                        .inc();
+                }
+                SubscribeResult::OverBudget(budget) => {
+                    self.ctx
+                        .metrics
+                        .subscriptions_refused
+                        .get_or_create(&budget.label().into())
+                        .inc();
+                    if !self.logged_over_budget {
+                        self.logged_over_budget = true;
+                        warn!(
+                            client_id = %Untrusted(&self.client_id),
+                            budget = budget.label(),
+                            "subscriptions refused: over the subscription budget \
+                             (limits.subscription_budget_per_client or subscription_budget); \
+                             later refusals on this connection are only counted"
+                        );
+                    }
+                }
+                SubscribeResult::Granted(_) | SubscribeResult::Invalid => {}
+            }
         }
         let return_codes = results
             .into_iter()
@@ -899,6 +921,7 @@ impl Connection {
                 (_, Version::V4) => SubscribeReasonCode::Failure,
                 (SubscribeResult::Invalid, _) => SubscribeReasonCode::TopicFilterInvalid,
                 (SubscribeResult::NotAuthorized, _) => SubscribeReasonCode::NotAuthorized,
+                (SubscribeResult::OverBudget(_), _) => SubscribeReasonCode::QuotaExceeded,
             })
             .collect();
         // SUBACK goes out after earlier acks, then the retained replay follows.

@@ -172,6 +172,8 @@ impl Component for Broker {
             slow_consumer: self.config.limits.slow_consumer,
             client_id_takeover: self.config.client_id_takeover,
             max_replay_messages: self.config.limits.max_replay_messages,
+            subscription_budget_per_client: self.config.limits.subscription_budget_per_client,
+            subscription_budget: self.config.limits.subscription_budget,
         };
         let committed = store.committed();
         let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));

@@ -65,6 +65,8 @@ pub struct BrokerMetrics {
     pub bytes_sent: Counter,
     pub dropped_too_large: Counter,
     pub acl_denied: Family<ActionLabels, Counter>,
+    /// New filters refused over a subscription budget, by which one.
+    pub subscriptions_refused: Family<ReasonLabels, Counter>,
     pub policy_reloads: Family<ReasonLabels, Counter>,
     pub mosquitto_imports: Family<ReasonLabels, Counter>,
     pub tls_reloads: Family<ReasonLabels, Counter>,
@@ -135,6 +137,12 @@ impl BrokerMetrics {
             "acl_denied",
             "Publishes and subscriptions the ACL refused, by action",
             self.acl_denied.clone(),
+        );
+        registry.register(
+            "subscriptions_refused",
+            "New filters refused because they would take a subscription budget past its \
+             limit, by reason (client_budget, broker_budget)",
+            self.subscriptions_refused.clone(),
         );
         registry.register(
             "policy_reloads",
@@ -238,6 +246,13 @@ impl Collector for StateCollector {
             "Persistent sessions whose client is disconnected",
             None,
             as_i64(sessions - connected),
+        )?;
+        gauge(
+            &mut encoder,
+            "subscriptions",
+            "What all sessions' subscriptions cost, as the subscription budgets count it",
+            Some(&Unit::Bytes),
+            as_i64(snapshot.subscription_bytes),
         )?;
         gauge(
             &mut encoder,

@@ -21,7 +21,7 @@ use crate::session::{
     SubscriptionOptions, stored_subscription,
 };
 use crate::store::{Op, QueuedRecord, Recovered, Store};
-use crate::subscription_index::SubscriptionIndex;
+use crate::subscription_index::{self, SubscriptionIndex};
 use crate::topic;
 
 /// Limits that keep memory bounded.
@@ -45,6 +45,12 @@ pub struct Limits {
     /// that asks for more (subscribing again and again without reading) is
     /// disconnected and its replays dropped.
     pub max_replay_messages: usize,
+    /// Bytes one session's subscriptions may cost, by
+    /// `subscription_index::cost` (an upper bound on what they hold).
+    pub subscription_budget_per_client: usize,
+    /// Bytes all sessions' subscriptions may cost, offline persistent
+    /// sessions included.
+    pub subscription_budget: usize,
 }
 
 /// Who may connect with a client id whose session belongs to another user.
@@ -95,6 +101,10 @@ impl Default for Limits {
             slow_consumer: SlowConsumer::DropOldest,
             client_id_takeover: ClientIdTakeover::SameUser,
             max_replay_messages: 100_000,
+            // Home Assistant's filters cost ~800 bytes each
+            // (`zigbee2mqtt/<device>/availability`): 10 000 of them.
+            subscription_budget_per_client: 8 * 1024 * 1024,
+            subscription_budget: 64 * 1024 * 1024,
         }
     }
 }
@@ -147,6 +157,8 @@ struct RouterState {
     delayed_wills: HashMap<Arc<str>, DelayedWill>,
     retained: RetainedStore,
     queued_bytes: usize,
+    /// Sum of every session's `subscription_bytes`.
+    subscription_bytes: usize,
     next_conn_id: u64,
     /// Set by `close_all`: connections that attach later are told to close at once.
     closing: bool,
@@ -192,6 +204,8 @@ pub struct RouterSnapshot {
     pub queued_messages: usize,
     pub queued_bytes: usize,
     pub subscriptions: usize,
+    /// What the subscriptions cost, by `subscription_index::cost`.
+    pub subscription_bytes: usize,
     pub retained_messages: usize,
     pub retained_bytes: usize,
 }
@@ -253,6 +267,28 @@ pub enum SubscribeResult {
     Granted(QoS),
     Invalid,
     NotAuthorized,
+    /// A new filter over a subscription budget; the client's other
+    /// subscriptions stand.
+    OverBudget(SubscriptionBudget),
+}
+
+/// Which subscription budget a filter would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionBudget {
+    /// `limits.subscription_budget_per_client`.
+    Client,
+    /// `limits.subscription_budget`.
+    Broker,
+}
+
+impl SubscriptionBudget {
+    /// The `reason` label of `hass_broker_subscriptions_refused_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client_budget",
+            Self::Broker => "broker_budget",
+        }
+    }
 }
 
 /// The client's ACL does not allow it.
@@ -307,6 +343,7 @@ impl Router {
             queued_messages: state.sessions.values().map(|s| s.queue.len()).sum(),
             queued_bytes: state.queued_bytes,
             subscriptions: state.sessions.values().map(|s| s.subscriptions.len()).sum(),
+            subscription_bytes: state.subscription_bytes,
             retained_messages: state.retained.client_len(),
             retained_bytes: state.retained.bytes(),
         }
@@ -773,6 +810,7 @@ impl Router {
             sessions,
             retained,
             queued_bytes,
+            subscription_bytes,
             shared,
             index,
             ..
@@ -799,7 +837,21 @@ impl Router {
                 results.push(SubscribeResult::NotAuthorized);
                 continue;
             }
-            let existed = session.subscriptions.insert(raw.clone(), options).is_some();
+            let existed = session.subscriptions.contains_key(&raw);
+            if !existed {
+                let cost = subscription_index::cost(&raw);
+                if session.subscription_bytes + cost > self.limits.subscription_budget_per_client {
+                    results.push(SubscribeResult::OverBudget(SubscriptionBudget::Client));
+                    continue;
+                }
+                if *subscription_bytes + cost > self.limits.subscription_budget {
+                    results.push(SubscribeResult::OverBudget(SubscriptionBudget::Broker));
+                    continue;
+                }
+                session.subscription_bytes += cost;
+                *subscription_bytes += cost;
+            }
+            session.subscriptions.insert(raw.clone(), options);
             if !is_shared {
                 index.insert(&raw, &session.client_id);
             }
@@ -863,6 +915,7 @@ impl Router {
             sessions,
             shared,
             index,
+            subscription_bytes,
             ..
         } = &mut *guard;
         let Some(session) = sessions.get_mut(client_id) else {
@@ -872,6 +925,11 @@ impl Router {
             .iter()
             .map(|f| session.subscriptions.remove(f).is_some())
             .collect();
+        for (filter, _) in filters.iter().zip(&existed).filter(|(_, e)| **e) {
+            let cost = subscription_index::cost(filter);
+            session.subscription_bytes -= cost;
+            *subscription_bytes -= cost;
+        }
         for (filter, existed) in filters.iter().zip(&existed) {
             leave_group(shared, filter, client_id);
             if *existed {
@@ -1191,6 +1249,7 @@ impl Router {
 
     fn forget_session(&self, state: &mut RouterState, session: Box<Session>) {
         state.queued_bytes -= session.queued_bytes;
+        state.subscription_bytes -= session.subscription_bytes;
         for filter in session.subscriptions.keys() {
             leave_group(&mut state.shared, filter, &session.client_id);
             state.index.remove(filter, &session.client_id);
@@ -1299,6 +1358,11 @@ fn restore(state: &mut RouterState, recovered: Recovered) {
                     // Not routable: kept as it was stored, matching nothing.
                     Err(_) => {}
                 }
+                // Charged, never refused: the budgets may have been lowered
+                // since it was granted, and a new SUBSCRIBE sees that.
+                let cost = subscription_index::cost(&sub.filter);
+                session.subscription_bytes += cost;
+                state.subscription_bytes += cost;
                 session.subscriptions.insert(sub.filter, options);
             }
         }
@@ -1486,6 +1550,16 @@ mod tests {
         let d = router.connect(persistent("d")).expect("attached");
         router.subscribe("d", filters(&["v/#"]));
         router.disconnect("d", d.conn_id, Departure::Abnormal);
+        let held = |list: &[&str]| {
+            list.iter()
+                .map(|f| subscription_index::cost(f))
+                .sum::<usize>()
+        };
+        assert_eq!(
+            router.snapshot().subscription_bytes,
+            held(&["t/#", "t/x", "u/#", "t/x", "v/#"]),
+            "what the budgets count is what is held"
+        );
 
         // t/+ and the shared filter went; t/# still delivers.
         router.publish(message("t/x", "1", QoS::AtLeastOnce, false));
@@ -1508,6 +1582,10 @@ mod tests {
         let state = router.lock();
         assert!(!state.sessions.contains_key("d"), "d expired");
         assert!(state.index.is_empty(), "{:?}", state.index);
+        assert_eq!(
+            state.subscription_bytes, 0,
+            "every end gives its bytes back"
+        );
     }
 
     fn subscribe(router: &Router) {

@@ -213,6 +213,8 @@ pub struct Session {
     /// `u32::MAX` = forever (MQTT 3.1.1 `clean_session = false`).
     pub expiry_interval: u32,
     pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// What `subscriptions` costs, by `subscription_index::cost`.
+    pub subscription_bytes: usize,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
     /// Retained replays in `queue`, kept so the limit sees only the rest.
@@ -245,6 +247,7 @@ impl Session {
             client_id,
             expiry_interval,
             subscriptions: HashMap::new(),
+            subscription_bytes: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
             queued_replays: 0,

@@ -16,11 +16,48 @@ pub struct SubscriptionIndex {
     root: Node,
 }
 
+/// 32 bytes: a peer's deep filter is a chain of nodes, one a level.
 #[derive(Debug, Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    /// Set when a filter ends at this node.
-    end: Option<FilterEnd>,
+    children: Children,
+    /// Set when a filter ends at this node; boxed, since most nodes are
+    /// levels on the way.
+    end: Option<Box<FilterEnd>>,
+}
+
+/// A node's children: a list at its exact length while they are few (most
+/// levels have one child), a hash table once they are many
+/// (`zigbee2mqtt/<device>` for hundreds of devices). A table's smallest
+/// allocation made every level of a chain cost ~480 bytes; a one-child list
+/// costs ~100.
+#[derive(Debug)]
+enum Children {
+    Few(Vec<(Box<str>, Node)>),
+    // Boxed so that every node, most of which have a list, stays 32 bytes.
+    #[expect(
+        clippy::box_collection,
+        reason = "a 48-byte table would make every node 56 bytes"
+    )]
+    Many(Box<HashMap<Box<str>, Node>>),
+}
+
+/// Children kept in a list before it becomes a table.
+const FEW: usize = 8;
+
+/// Bytes a filter may cost its holder beyond its text, an upper bound made
+/// of what glibc's malloc hands out (16-byte steps, 32 at least): per level
+/// a list or table slot of 48 bytes (a table's up to twice that) and the
+/// level's own allocation; per filter the end of the path, the session's
+/// entry and the filter's copies. Charged against the subscription budgets,
+/// so what a peer's SUBSCRIBE makes the broker hold is bounded by them.
+pub const BYTES_PER_LEVEL: usize = 144;
+pub const BYTES_PER_FILTER: usize = 320;
+
+/// What holding `filter` may cost, in bytes: an upper bound on what it adds
+/// to the tree and to its session, whatever else is held.
+pub fn cost(filter: &str) -> usize {
+    let levels = filter.bytes().filter(|b| *b == b'/').count() + 1;
+    BYTES_PER_FILTER + levels * BYTES_PER_LEVEL + 3 * filter.len()
 }
 
 #[derive(Debug)]
@@ -29,19 +66,102 @@ struct FilterEnd {
     clients: Vec<Arc<str>>,
 }
 
+impl Default for Children {
+    fn default() -> Self {
+        Self::Few(Vec::new())
+    }
+}
+
+impl Children {
+    fn get(&self, level: &str) -> Option<&Node> {
+        match self {
+            Self::Few(list) => list.iter().find(|(l, _)| **l == *level).map(|(_, n)| n),
+            Self::Many(table) => table.get(level),
+        }
+    }
+
+    fn get_mut(&mut self, level: &str) -> Option<&mut Node> {
+        match self {
+            Self::Few(list) => list.iter_mut().find(|(l, _)| **l == *level).map(|(_, n)| n),
+            Self::Many(table) => table.get_mut(level),
+        }
+    }
+
+    fn get_or_insert(&mut self, level: &str) -> &mut Node {
+        if let Self::Few(list) = self
+            && list.len() >= FEW
+            && !list.iter().any(|(l, _)| **l == *level)
+        {
+            let table = std::mem::take(list).into_iter().collect();
+            *self = Self::Many(Box::new(table));
+        }
+        match self {
+            Self::Few(list) => {
+                let at = match list.iter().position(|(l, _)| **l == *level) {
+                    Some(at) => at,
+                    None => {
+                        // Exact: `push` alone would make room for four.
+                        list.reserve_exact(1);
+                        list.push((level.into(), Node::default()));
+                        list.len() - 1
+                    }
+                };
+                &mut list[at].1
+            }
+            Self::Many(table) => table.entry(level.into()).or_default(),
+        }
+    }
+
+    fn remove(&mut self, level: &str) {
+        match self {
+            Self::Few(list) => {
+                if let Some(at) = list.iter().position(|(l, _)| **l == *level) {
+                    list.swap_remove(at);
+                    list.shrink_to_fit();
+                }
+            }
+            Self::Many(table) => {
+                table.remove(level);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Few(list) => list.len(),
+            Self::Many(table) => table.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves every child into `out`, leaving none.
+    fn drain_into(&mut self, out: &mut Vec<Node>) {
+        match std::mem::take(self) {
+            Self::Few(list) => out.extend(list.into_iter().map(|(_, node)| node)),
+            Self::Many(table) => out.extend(table.into_values()),
+        }
+    }
+}
+
 impl SubscriptionIndex {
     /// Records that `client` holds `filter` (a valid, non-shared filter).
     /// Holding it twice records it once.
     pub fn insert(&mut self, filter: &str, client: &Arc<str>) {
         let mut node = &mut self.root;
         for level in filter.split('/') {
-            node = node.children.entry(level.into()).or_default();
+            node = node.children.get_or_insert(level);
         }
-        let end = node.end.get_or_insert_with(|| FilterEnd {
-            filter: filter.into(),
-            clients: Vec::new(),
+        let end = node.end.get_or_insert_with(|| {
+            Box::new(FilterEnd {
+                filter: filter.into(),
+                clients: Vec::new(),
+            })
         });
         if !end.clients.iter().any(|c| **c == **client) {
+            end.clients.reserve_exact(1);
             end.clients.push(client.clone());
         }
     }
@@ -58,14 +178,14 @@ impl SubscriptionIndex {
             if node.end.is_some() || node.children.len() > 1 {
                 keep = depth;
             }
-            match node.children.get(*level) {
+            match node.children.get(level) {
                 Some(child) => node = child,
                 None => return,
             }
         }
         let mut node = &mut self.root;
         for level in &levels {
-            match node.children.get_mut(*level) {
+            match node.children.get_mut(level) {
                 Some(child) => node = child,
                 None => return,
             }
@@ -81,7 +201,7 @@ impl SubscriptionIndex {
         }
         let mut node = &mut self.root;
         for level in &levels[..keep] {
-            match node.children.get_mut(*level) {
+            match node.children.get_mut(level) {
                 Some(child) => node = child,
                 None => return,
             }
@@ -116,7 +236,7 @@ impl SubscriptionIndex {
             }
             // A topic level of `+` or `#` cannot occur (names have no
             // wildcards), so the exact child is never a wildcard node.
-            if let Some(exact) = node.children.get(*level) {
+            if let Some(exact) = node.children.get(level) {
                 pending.push((exact, depth + 1));
             }
         }
@@ -140,9 +260,10 @@ fn emit<'a>(node: &'a Node, found: &mut impl FnMut(&'a Arc<str>, &'a str)) {
 /// level, as deep as a peer's filter.
 impl Drop for Node {
     fn drop(&mut self) {
-        let mut below: Vec<Node> = self.children.drain().map(|(_, child)| child).collect();
+        let mut below = Vec::new();
+        self.children.drain_into(&mut below);
         while let Some(mut node) = below.pop() {
-            below.extend(node.children.drain().map(|(_, child)| child));
+            node.children.drain_into(&mut below);
         }
     }
 }
@@ -188,6 +309,11 @@ mod tests {
         "sport/+",
         "homeassistant/+/+/config",
         "homeassistant/#",
+        // The root's children past `FEW`: a table, beside lists below.
+        "b",
+        "c/+",
+        "d/#",
+        "e/f",
     ];
 
     const TOPICS: &[&str] = &[
@@ -261,6 +387,29 @@ mod tests {
         // Dropped whole, as when the broker stops.
         index.insert(&deep, &client);
         drop(index);
+    }
+
+    /// What `cost` charges is a bound only while a level of a chain is a
+    /// 32-byte node in a 48-byte slot.
+    #[test]
+    fn a_level_is_as_small_as_cost_assumes() {
+        assert_eq!(std::mem::size_of::<Node>(), 32);
+        assert_eq!(std::mem::size_of::<(Box<str>, Node)>(), 48);
+        const { assert!(BYTES_PER_LEVEL >= 2 * 48 + 32) };
+    }
+
+    #[test]
+    fn every_filter_removed_leaves_nothing() {
+        let mut index = SubscriptionIndex::default();
+        let client: Arc<str> = "c".into();
+        for filter in FILTERS {
+            index.insert(filter, &client);
+        }
+        assert!(matches!(index.root.children, Children::Many(_)));
+        for filter in FILTERS {
+            index.remove(filter, "c");
+        }
+        assert!(index.is_empty(), "{index:?}");
     }
 
     #[test]

@@ -1250,3 +1250,112 @@ fn the_deepest_topic_a_client_can_send_is_routed() {
     drop((subscriber, publisher));
     still_serving(&broker);
 }
+
+/// What a client's subscriptions make the broker hold is bounded in bytes,
+/// whatever their count or text: each level of a filter is a node of the
+/// routing tree, and 8 MiB of distinct 201-level filters in SUBSCRIBEs held
+/// 1.9 GB before (measured by hand). Over its client's budget or the
+/// broker's, a new filter is refused (0x80; MQTT 5: 0x97 Quota exceeded),
+/// counted, and the client's other subscriptions stand; what a session
+/// holds is released when it ends and counted again after a restart.
+#[test]
+fn subscriptions_are_bounded_in_bytes_per_client_and_in_all() {
+    let mut broker = TestBroker::start(
+        "limits:\n  subscription_budget_per_client: 4194304\n  subscription_budget: 10485760\n",
+    );
+    let login = Some((USER, PASSWORD));
+    // Home Assistant's own filters, in a persistent session: all granted.
+    let mut ha = vec!["--client-id", "ha", "subscribe", "--persistent"];
+    let filters: Vec<String> = (0..200)
+        .map(|i| format!("zigbee2mqtt/device{i}/availability"))
+        .collect();
+    for filter in &filters {
+        ha.extend(["--filter", filter]);
+    }
+    let got = broker.paho(4, true, &ha);
+    assert_eq!(got["granted"], serde_json::json!(vec![0; 200]), "{got}");
+    let held_by_ha = broker.metric("hass_broker_subscriptions_bytes", None);
+    assert!(held_by_ha > 0.0);
+
+    let pid = broker.process.running().expect("running").pid();
+    let before = common::rss(pid);
+    let deep = |client: &str, i: usize| format!("{client}-{i}/{}", vec!["a"; 200].join("/"));
+    let mut flooders = Vec::new();
+    let mut granted = Vec::new();
+    for (name, level, refused_code) in [("one", 4, 0x80), ("two", 5, 0x97), ("three", 5, 0x97)] {
+        let (code, mut client) = RawClient::connect(broker.mqtt, level, name, login, None);
+        assert_eq!(code, 0);
+        let mut codes = Vec::new();
+        for packet in 0..2 {
+            let filters: Vec<String> = (0..1000).map(|i| deep(name, packet * 1000 + i)).collect();
+            codes.extend(client.subscribe_all(&filters, 0));
+        }
+        // A prefix granted, the rest refused, and the client still served.
+        let held = codes.iter().take_while(|c| **c == 0).count();
+        assert!(held > 0, "{name}: none granted");
+        assert!(
+            codes[held..].iter().all(|c| *c == refused_code),
+            "{name}: {:?}",
+            &codes[held..held + 3]
+        );
+        assert!(client.ping(), "{name} disconnected");
+        granted.push(held);
+        flooders.push(client);
+    }
+    // The third client met the broker's budget before its own.
+    assert!(granted[2] < granted[0], "{granted:?}");
+    let refused = |reason| {
+        broker.metric(
+            "hass_broker_subscriptions_refused",
+            Some(("reason", reason)),
+        )
+    };
+    assert_eq!(
+        refused("client_budget") + refused("broker_budget"),
+        (6000 - granted.iter().sum::<usize>()) as f64
+    );
+    assert!(refused("broker_budget") > 0.0);
+    let peak = common::peak_rss(pid);
+    eprintln!(
+        "granted {granted:?}; RSS {} MiB before, peak {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    // 10 MiB of budget, as the budget counts it (an upper bound).
+    assert!(
+        peak < before + (24 << 20),
+        "peak RSS {} MiB from {} MiB",
+        peak >> 20,
+        before >> 20
+    );
+
+    // A client that goes gives its share back to the others.
+    drop(flooders.remove(0));
+    let freed = hass_test_support::wait_for(Duration::from_secs(10), || {
+        (broker.metric("hass_broker_subscriptions_bytes", None) < 7.0 * 1048576.0).then_some(())
+    });
+    assert!(freed.is_some(), "{}", broker.stderr());
+    assert_eq!(flooders[1].subscribe(&deep("three", 9999), 0), [0]);
+    drop(flooders);
+    let gone = hass_test_support::wait_for(Duration::from_secs(10), || {
+        (broker.metric("hass_broker_subscriptions_bytes", None) == held_by_ha).then_some(())
+    });
+    assert!(gone.is_some(), "{}", broker.stderr());
+    // Home Assistant's persistent session is counted again after a restart.
+    assert_eq!(broker.stop(), Some(0));
+    broker.restart();
+    assert_eq!(
+        broker.metric("hass_broker_subscriptions_bytes", None),
+        held_by_ha
+    );
+    // One log line per connection that met a budget, not one a SUBSCRIBE.
+    assert_eq!(
+        broker
+            .stderr()
+            .matches("over the subscription budget")
+            .count(),
+        3,
+        "{}",
+        broker.stderr()
+    );
+}

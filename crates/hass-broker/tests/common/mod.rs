@@ -401,13 +401,21 @@ impl RawClient {
 
     /// SUBSCRIBE and the SUBACK's granted codes.
     pub fn subscribe(&mut self, filter: &str, qos: u8) -> Vec<u8> {
+        self.subscribe_all(&[filter], qos)
+    }
+
+    /// One SUBSCRIBE of every filter, and the SUBACK's codes, one a filter.
+    pub fn subscribe_all<F: AsRef<str>>(&mut self, filters: &[F], qos: u8) -> Vec<u8> {
         let mut body = vec![0x00, 0x01];
         if self.level == 5 {
             body.push(0);
         }
-        body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
-        body.extend_from_slice(filter.as_bytes());
-        body.push(qos);
+        for filter in filters {
+            let filter = filter.as_ref();
+            body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+            body.extend_from_slice(filter.as_bytes());
+            body.push(qos);
+        }
         self.send(&frame(0x82, body));
         loop {
             let (kind, body) = self.read_packet().expect("SUBACK");
