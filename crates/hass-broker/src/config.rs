@@ -229,6 +229,13 @@ pub struct LimitsConfig {
     /// Bytes all clients' subscriptions may cost, offline persistent
     /// sessions included; over it, new filters are refused the same way.
     pub subscription_budget: usize,
+    /// Bytes retained messages may hold (topic, payload and ~100 bytes
+    /// each). A retained PUBLISH that would take them past it is delivered
+    /// to subscribers but not kept, and the topic's older retained message
+    /// is dropped (no subscriber is told a stale value); a replacement no
+    /// larger than the message it replaces and a deletion always go
+    /// through. Default 128 MiB.
+    pub retained_budget: usize,
 }
 
 impl LimitsConfig {
@@ -257,6 +264,7 @@ impl Default for LimitsConfig {
             max_replay_messages: router.max_replay_messages,
             subscription_budget_per_client: router.subscription_budget_per_client,
             subscription_budget: router.subscription_budget,
+            retained_budget: router.retained_budget,
             max_connect_size: 64 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 1_000,

@@ -174,6 +174,7 @@ impl Component for Broker {
             max_replay_messages: self.config.limits.max_replay_messages,
             subscription_budget_per_client: self.config.limits.subscription_budget_per_client,
             subscription_budget: self.config.limits.subscription_budget,
+            retained_budget: self.config.limits.retained_budget,
         };
         let committed = store.committed();
         let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));

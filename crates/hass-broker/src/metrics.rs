@@ -327,6 +327,13 @@ impl Collector for StateCollector {
         )?;
         counter(
             &mut encoder,
+            "retained_refused",
+            "Retained messages delivered but not kept, their topic's older one dropped: \
+             retained messages were at limits.retained_budget",
+            stats.retained_refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "wills_published",
             "Will messages published",
             stats.wills_published.load(Ordering::Relaxed),

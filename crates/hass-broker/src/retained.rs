@@ -37,6 +37,14 @@ impl RetainedStore {
         true
     }
 
+    /// Whether storing `message` keeps retained messages within `budget`
+    /// bytes, or does not add to them (a replacement no larger than the
+    /// message it replaces always fits).
+    pub fn fits(&self, message: &Message, budget: usize) -> bool {
+        let old = self.by_topic.get(&message.topic).map_or(0, |m| m.weight());
+        message.weight() <= old || self.bytes - old + message.weight() <= budget
+    }
+
     pub fn remove(&mut self, topic: &str) -> bool {
         match self.by_topic.remove(topic) {
             Some(old) => {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use hass_runtime::logging::Untrusted;
 use rumqttd::protocol::QoS;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::acl::ClientAcl;
 use crate::codec::{Version, min_qos};
@@ -51,6 +51,9 @@ pub struct Limits {
     /// Bytes all sessions' subscriptions may cost, offline persistent
     /// sessions included.
     pub subscription_budget: usize,
+    /// Bytes retained messages may hold (`Message::weight`); a retained
+    /// message that would take them past it is delivered but not kept.
+    pub retained_budget: usize,
 }
 
 /// Who may connect with a client id whose session belongs to another user.
@@ -105,6 +108,8 @@ impl Default for Limits {
             // (`zigbee2mqtt/<device>/availability`): 10 000 of them.
             subscription_budget_per_client: 8 * 1024 * 1024,
             subscription_budget: 64 * 1024 * 1024,
+            // Home Assistant's discovery is ~1-2 KB a topic: 60 000 or more.
+            retained_budget: 128 * 1024 * 1024,
         }
     }
 }
@@ -123,6 +128,8 @@ pub struct RouterStats {
     pub dropped_expired: AtomicU64,
     /// Queued deliveries the client's ACL no longer lets it read.
     pub dropped_acl: AtomicU64,
+    /// Retained messages delivered but not kept: over `retained_budget`.
+    pub retained_refused: AtomicU64,
     pub wills_published: AtomicU64,
     /// Wills not published because the ACL in force when they were due
     /// does not let their client write the topic.
@@ -558,9 +565,11 @@ impl Router {
                 if state.retained.remove(&message.topic) {
                     last_seq = self.submit(Op::DeleteRetained(message.topic.clone()));
                 }
-            } else {
+            } else if state.retained.fits(&message, self.limits.retained_budget) {
                 state.retained.set(message.clone());
                 last_seq = self.submit(Op::PutRetained(message.clone()));
+            } else {
+                self.retained_over_budget(state, &message.topic);
             }
         }
         let RouterState {
@@ -1244,6 +1253,25 @@ impl Router {
                 self.submit(Op::DeleteSession(client_id));
             }
             (false, false) => {}
+        }
+    }
+
+    /// A retained message that does not fit is delivered live and not kept;
+    /// the topic's older one goes too, so no new subscriber is told a value
+    /// the topic no longer has. Logged at the 1st, 2nd, 4th, 8th... refusal.
+    fn retained_over_budget(&self, state: &mut RouterState, topic_name: &Arc<str>) {
+        if state.retained.remove(topic_name) {
+            self.submit(Op::DeleteRetained(topic_name.clone()));
+        }
+        let refused = self.stats.retained_refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            warn!(
+                topic = %Untrusted(topic_name),
+                refused,
+                budget = self.limits.retained_budget,
+                "retained message delivered but not kept: retained messages are at \
+                 limits.retained_budget"
+            );
         }
     }
 

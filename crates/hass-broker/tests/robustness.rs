@@ -1359,3 +1359,136 @@ fn subscriptions_are_bounded_in_bytes_per_client_and_in_all() {
         broker.stderr()
     );
 }
+
+/// Retained messages are bounded in bytes: a client that retains large
+/// payloads on ever new topics (each up to `max_packet_size`) cannot make
+/// the broker hold, and restore at every start, more than
+/// `limits.retained_budget`. Over it a retained message is still delivered
+/// live, not kept, and the topic's older value goes with it; a deletion
+/// makes room again.
+#[test]
+fn retained_messages_are_bounded_by_their_budget() {
+    let mut broker = TestBroker::start("limits:\n  retained_budget: 1048576\n");
+    let live = broker.paho_subscribed(
+        4,
+        true,
+        &[
+            "subscribe",
+            "--filter",
+            "big/#",
+            "--expect",
+            "100",
+            "--timeout",
+            "30",
+        ],
+    );
+    let published = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "big/{i}",
+            "--payload-size",
+            "65536",
+            "--count",
+            "100",
+            "--retain",
+        ],
+    );
+    assert_eq!(published["acked"], 100, "{published}");
+    // Every one delivered live.
+    assert_eq!(live.finish()["count"], 100);
+    let kept = broker.metric("hass_broker_retained_messages", None);
+    assert!(
+        (10.0..16.0).contains(&kept),
+        "{kept} kept of 64 KiB in 1 MiB"
+    );
+    assert!(broker.metric("hass_broker_retained_bytes", None) <= 1048576.0);
+    assert_eq!(
+        broker.metric("hass_broker_retained_refused", None),
+        100.0 - kept
+    );
+    let replayed = |filter: &str| {
+        broker.paho(
+            4,
+            true,
+            &["subscribe", "--filter", filter, "--timeout", "1"],
+        )["retained"]
+            .as_u64()
+            .expect("count")
+    };
+    assert_eq!(replayed("big/#"), kept as u64);
+    assert_eq!(replayed("big/0"), 1);
+
+    // A kept topic that grows past the budget is not left stale.
+    let grow = [
+        "publish-many",
+        "--topic",
+        "big/0",
+        "--payload-size",
+        "131072",
+        "--retain",
+    ];
+    assert_eq!(broker.paho(4, true, &grow)["acked"], 1);
+    assert_eq!(replayed("big/0"), 0, "the old value was dropped");
+    // Deleting makes room: the same message is kept now.
+    for i in 1..4 {
+        let topic = format!("big/{i}");
+        broker.paho(
+            4,
+            true,
+            &[
+                "publish-many",
+                "--topic",
+                &topic,
+                "--payload",
+                "",
+                "--retain",
+            ],
+        );
+    }
+    assert_eq!(broker.paho(4, true, &grow)["acked"], 1);
+    assert_eq!(replayed("big/0"), 1);
+
+    // A flood of 1 MiB retained messages on new topics: the broker holds
+    // about the budget, not the flood.
+    let pid = broker.process.running().expect("running").pid();
+    let before = common::rss(pid);
+    let flood = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "flood/{i}",
+            "--payload-size",
+            "1048576",
+            "--count",
+            "150",
+            "--retain",
+        ],
+    );
+    assert_eq!(flood["acked"], 150, "{flood}");
+    let after = common::rss(pid);
+    eprintln!(
+        "RSS {} MiB before the flood, {} MiB after",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        after < before + (48 << 20),
+        "RSS {} MiB from {} MiB",
+        after >> 20,
+        before >> 20
+    );
+    assert!(broker.metric("hass_broker_retained_bytes", None) <= 1048576.0);
+    // What is kept is what comes back after a restart ($SYS aside).
+    let held = broker.metric("hass_broker_retained_messages", None);
+    assert_eq!(broker.stop(), Some(0));
+    broker.restart();
+    assert_eq!(broker.metric("hass_broker_retained_messages", None), held);
+    // Logged at the 1st, 2nd, 4th... refusal, not at each.
+    let lines = broker.stderr().matches("delivered but not kept").count();
+    assert!((1..=10).contains(&lines), "{lines} lines");
+}
