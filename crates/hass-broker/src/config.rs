@@ -236,6 +236,13 @@ pub struct LimitsConfig {
     /// larger than the message it replaces and a deletion always go
     /// through. Default 128 MiB.
     pub retained_budget: usize,
+    /// Persistent sessions (MQTT 3.1.1 `clean_session = false`, MQTT 5 a
+    /// Session Expiry Interval), online or not, one user may hold; anonymous
+    /// clients count as one user. A CONNECT that would make one more is
+    /// refused (CONNACK 0x97 Quota exceeded; MQTT 3.1.1: rc 3, server
+    /// unavailable); coming back to a session held already always works.
+    /// Default 1 000: an offline session is ~700 bytes.
+    pub max_persistent_sessions_per_user: usize,
 }
 
 impl LimitsConfig {
@@ -265,6 +272,7 @@ impl Default for LimitsConfig {
             subscription_budget_per_client: router.subscription_budget_per_client,
             subscription_budget: router.subscription_budget,
             retained_budget: router.retained_budget,
+            max_persistent_sessions_per_user: router.max_persistent_sessions_per_user,
             max_connect_size: 64 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 1_000,

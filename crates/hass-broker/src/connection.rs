@@ -36,7 +36,7 @@ use crate::codec::{self, CodecError, Detected, PublishHeader, Version};
 use crate::message::Message;
 use crate::metrics::BrokerMetrics;
 use crate::router::{
-    AckKind, ConnectRequest, Departure, Outgoing, Router, SessionOwnedByAnother, SubscribeResult,
+    AckKind, ConnectRefused, ConnectRequest, Departure, Outgoing, Router, SubscribeResult,
 };
 use crate::session::{CloseRequest, LinkSignal, SubscriptionOptions};
 use crate::{topic, topic_alias};
@@ -330,13 +330,25 @@ where
     });
     let attached = match attached {
         Ok(attached) => attached,
-        Err(SessionOwnedByAnother) => {
+        Err(refused) => {
+            let (reason, code) = match (refused, version) {
+                (ConnectRefused::OwnedByAnother, _) => (
+                    "client_id_owned",
+                    ConnectReturnCode::ClientIdentifierNotValid,
+                ),
+                (ConnectRefused::TooManySessions, Version::V5) => {
+                    ("too_many_sessions", ConnectReturnCode::QuotaExceeded)
+                }
+                // MQTT 3.1.1 has no quota code: "server unavailable".
+                (ConnectRefused::TooManySessions, Version::V4) => {
+                    ("too_many_sessions", ConnectReturnCode::ServiceUnavailable)
+                }
+            };
             ctx.metrics
                 .auth_failures
-                .get_or_create(&"client_id_owned".into())
+                .get_or_create(&reason.into())
                 .inc();
-            info!(%peer, client_id = %Untrusted(&client_id), "refused CONNECT: the client id's session belongs to another user");
-            let code = ConnectReturnCode::ClientIdentifierNotValid;
+            info!(%peer, client_id = %Untrusted(&client_id), "refused CONNECT: {refused}");
             let _ = write_now(&mut stream, &mut wbuf, version, connack(false, code, None)).await;
             return None;
         }

@@ -175,6 +175,7 @@ impl Component for Broker {
             subscription_budget_per_client: self.config.limits.subscription_budget_per_client,
             subscription_budget: self.config.limits.subscription_budget,
             retained_budget: self.config.limits.retained_budget,
+            max_persistent_sessions_per_user: self.config.limits.max_persistent_sessions_per_user,
         };
         let committed = store.committed();
         let router = Arc::new(Router::new(limits, Some((store.clone(), recovered))));

@@ -103,7 +103,7 @@ impl BrokerMetrics {
         registry.register(
             "auth_failures",
             "CONNECTs refused, by reason (bad_credentials, not_authorized, \
-             will_not_authorized, client_id_owned, keepalive_over_max)",
+             will_not_authorized, client_id_owned, keepalive_over_max, too_many_sessions)",
             self.auth_failures.clone(),
         );
         registry.register(

@@ -54,6 +54,9 @@ pub struct Limits {
     /// Bytes retained messages may hold (`Message::weight`); a retained
     /// message that would take them past it is delivered but not kept.
     pub retained_budget: usize,
+    /// Persistent sessions, online or not, one user (or all anonymous
+    /// clients) may hold; a CONNECT that would make one more is refused.
+    pub max_persistent_sessions_per_user: usize,
 }
 
 /// Who may connect with a client id whose session belongs to another user.
@@ -70,10 +73,17 @@ pub enum ClientIdTakeover {
     AnyUser,
 }
 
-/// The session belongs to another user (`ClientIdTakeover::SameUser`).
+/// Why `Router::connect` refused a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the client id's session belongs to another user")]
-pub struct SessionOwnedByAnother;
+pub enum ConnectRefused {
+    /// The session belongs to another user (`ClientIdTakeover::SameUser`).
+    #[error("the client id's session belongs to another user")]
+    OwnedByAnother,
+    /// A new persistent session for a user that holds
+    /// `max_persistent_sessions_per_user` already.
+    #[error("the user holds limits.max_persistent_sessions_per_user persistent sessions")]
+    TooManySessions,
+}
 
 /// Which message a full queue loses, once it holds no live QoS 0 message
 /// left to shed (a new QoS 1/2 message always displaces the oldest QoS 0 one).
@@ -110,6 +120,8 @@ impl Default for Limits {
             subscription_budget: 64 * 1024 * 1024,
             // Home Assistant's discovery is ~1-2 KB a topic: 60 000 or more.
             retained_budget: 128 * 1024 * 1024,
+            // An offline session is ~700 bytes: 0.7 MB a user.
+            max_persistent_sessions_per_user: 1_000,
         }
     }
 }
@@ -369,15 +381,25 @@ impl Router {
 
     /// Attaches a connection to its session, creating or resuming it, and
     /// closes any connection that held it before.
-    pub fn connect(&self, request: ConnectRequest) -> Result<Attached, SessionOwnedByAnother> {
+    pub fn connect(&self, request: ConnectRequest) -> Result<Attached, ConnectRefused> {
         let mut guard = self.lock();
         let state = &mut *guard;
         let owner: Arc<str> = request.username.as_deref().unwrap_or("").into();
+        let existing = state.sessions.get(&request.client_id);
         if self.limits.client_id_takeover == ClientIdTakeover::SameUser
-            && let Some(existing) = state.sessions.get(&request.client_id)
-            && existing.owner.as_ref().is_some_and(|o| *o != owner)
+            && existing.is_some_and(|s| s.owner.as_ref().is_some_and(|o| *o != owner))
         {
-            return Err(SessionOwnedByAnother);
+            return Err(ConnectRefused::OwnedByAnother);
+        }
+        // Counted only when a persistent session is made: a scan, and rare
+        // in a running home (clients come back to the sessions they have).
+        let owned = |s: &Session| s.is_persistent() && s.owner.as_deref() == Some(&*owner);
+        if request.expiry_interval > 0
+            && !existing.is_some_and(|s| owned(s))
+            && state.sessions.values().filter(|s| owned(s)).count()
+                >= self.limits.max_persistent_sessions_per_user
+        {
+            return Err(ConnectRefused::TooManySessions);
         }
         state.next_conn_id += 1;
         let conn_id = state.next_conn_id;
@@ -476,10 +498,14 @@ impl Router {
             Departure::Abnormal => session.will.take(),
             Departure::TakenOver => None,
         };
+        // A session that was not persistent is not made so by its DISCONNECT
+        // (a Protocol Error in MQTT 5 §3.14.2.2.2): that would pass by the
+        // cap on persistent sessions.
         if let Departure::Clean {
             expiry_override: Some(expiry),
             ..
         } = departure
+            && (was_persistent || expiry == 0)
         {
             session.expiry_interval = expiry;
         }

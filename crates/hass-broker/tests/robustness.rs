@@ -1492,3 +1492,60 @@ fn retained_messages_are_bounded_by_their_budget() {
     let lines = broker.stderr().matches("delivered but not kept").count();
     assert!((1..=10).contains(&lines), "{lines} lines");
 }
+
+/// Persistent sessions outlive their connections, so connections do not
+/// bound them: a user (or every anonymous client together) holds at most
+/// `limits.max_persistent_sessions_per_user`. One more is refused at
+/// CONNECT; coming back to a held session, clean sessions and other users
+/// are not affected, and a DISCONNECT cannot make a clean session persist.
+#[test]
+fn persistent_sessions_are_capped_per_user() {
+    let broker = TestBroker::start("limits:\n  max_persistent_sessions_per_user: 3\n");
+    broker.set_password("other", "other-pass");
+    let reloaded = hass_test_support::wait_for(Duration::from_secs(10), || {
+        (broker.metric("hass_broker_policy_reloads", Some(("reason", "ok"))) >= 1.0).then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", broker.stderr());
+    let login = Some((USER, PASSWORD));
+    for id in ["p1", "p2", "p3"] {
+        let (code, client) = RawClient::connect_persistent(broker.mqtt, 4, id, login);
+        assert_eq!(code, 0, "{id}");
+        drop(client);
+    }
+    let (code, _) = RawClient::connect_persistent(broker.mqtt, 4, "p4", login);
+    assert_eq!(code, 3, "MQTT 3.1.1: server unavailable");
+    let (code, _) = RawClient::connect_persistent(broker.mqtt, 5, "p4", login);
+    assert_eq!(code, 0x97, "MQTT 5: quota exceeded");
+    let refused = || {
+        broker.metric(
+            "hass_broker_auth_failures",
+            Some(("reason", "too_many_sessions")),
+        )
+    };
+    assert_eq!(refused(), 2.0);
+
+    // A held session, a clean session and another user still get in.
+    let (code, mut back) = RawClient::connect_persistent(broker.mqtt, 4, "p1", login);
+    assert_eq!(code, 0);
+    assert!(back.ping());
+    let (code, mut clean) = RawClient::connect(broker.mqtt, 4, "c1", login, None);
+    assert_eq!(code, 0);
+    assert!(clean.ping());
+    let (code, _) =
+        RawClient::connect_persistent(broker.mqtt, 4, "o1", Some(("other", "other-pass")));
+    assert_eq!(code, 0);
+
+    // MQTT 5: a clean session's DISCONNECT asking for an expiry (a
+    // Protocol Error) does not make a fourth persistent session.
+    let (code, mut sneaky) = RawClient::connect(broker.mqtt, 5, "sneaky", login, None);
+    assert_eq!(code, 0);
+    sneaky.send(&[0xe0, 7, 0, 5, 0x11, 0, 0, 0x0e, 0x10]);
+    assert_eq!(sneaky.until_closed(), None);
+    let gone = hass_test_support::wait_for(Duration::from_secs(5), || {
+        (broker.metric("hass_broker_sessions", None) == 5.0).then_some(())
+    });
+    assert!(gone.is_some(), "p1-p3, o1 and c1 only");
+    let (code, _) = RawClient::connect_persistent(broker.mqtt, 4, "p5", login);
+    assert_eq!(code, 3);
+    assert_eq!(refused(), 3.0);
+}

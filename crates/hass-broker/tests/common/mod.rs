@@ -319,6 +319,18 @@ impl RawClient {
         Self::over(stream, level, client_id, login, will)
     }
 
+    /// Like [`RawClient::connect`], for a persistent session: MQTT 3.1.1
+    /// `clean_session = 0`, MQTT 5 an hour's Session Expiry Interval.
+    pub fn connect_persistent(
+        addr: SocketAddr,
+        level: u8,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+    ) -> (u8, Self) {
+        let stream = std::net::TcpStream::connect(addr).expect("connect");
+        Self::handshake(stream, level, client_id, login, None, true)
+    }
+
     /// Like [`RawClient::connect`], on a stream already open.
     pub fn over(
         stream: std::net::TcpStream,
@@ -327,11 +339,23 @@ impl RawClient {
         login: Option<(&str, &str)>,
         will: Option<Will<'_>>,
     ) -> (u8, Self) {
+        Self::handshake(stream, level, client_id, login, will, false)
+    }
+
+    fn handshake(
+        stream: std::net::TcpStream,
+        level: u8,
+        client_id: &str,
+        login: Option<(&str, &str)>,
+        will: Option<Will<'_>>,
+        persistent: bool,
+    ) -> (u8, Self) {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("read timeout");
         let mut client = Self { stream, level };
-        let mut flags = 0b0000_0010; // clean session / clean start
+        // Clean session / clean start, unless persistent.
+        let mut flags = if persistent { 0 } else { 0b0000_0010 };
         let mut body = Vec::new();
         body.extend_from_slice(&4u16.to_be_bytes());
         body.extend_from_slice(b"MQTT");
@@ -344,8 +368,10 @@ impl RawClient {
         }
         body.push(flags);
         body.extend_from_slice(&60u16.to_be_bytes());
-        if level == 5 {
-            body.push(0);
+        match (level, persistent) {
+            (5, true) => body.extend_from_slice(&[5, 0x11, 0, 0, 0x0e, 0x10]),
+            (5, false) => body.push(0),
+            _ => {}
         }
         let string = |body: &mut Vec<u8>, field: &[u8]| {
             body.extend_from_slice(&(field.len() as u16).to_be_bytes());
