@@ -27,10 +27,15 @@ pub struct Message {
 }
 
 impl Message {
-    /// Bytes this message holds in memory, for queue budgets.
+    /// Bytes this message holds in memory, for the queue and retained
+    /// budgets: its MQTT 5 properties too, which a client can make far
+    /// larger than the payload (a user property runs to the packet's size).
     pub fn weight(&self) -> usize {
         const OVERHEAD: usize = 96;
-        self.topic.len() + self.payload.len() + OVERHEAD
+        self.topic.len()
+            + self.payload.len()
+            + OVERHEAD
+            + self.properties.as_ref().map_or(0, properties_weight)
     }
 
     pub fn is_expired(&self, now: SystemTime) -> bool {
@@ -44,4 +49,19 @@ impl Message {
             u32::try_from(left.as_secs().max(1)).unwrap_or(u32::MAX)
         })
     }
+}
+/// Bytes a message's properties hold beyond the message itself.
+fn properties_weight(p: &PublishProperties) -> usize {
+    /// A `String` pair's own size, and a `String`'s.
+    const PAIR: usize = 48;
+    const STRING: usize = 24;
+    std::mem::size_of::<PublishProperties>()
+        + p.response_topic.as_ref().map_or(0, |t| STRING + t.len())
+        + p.correlation_data.as_ref().map_or(0, |d| d.len())
+        + p.content_type.as_ref().map_or(0, |t| STRING + t.len())
+        + p.user_properties
+            .iter()
+            .map(|(k, v)| PAIR + k.len() + v.len())
+            .sum::<usize>()
+        + p.subscription_identifiers.len() * std::mem::size_of::<usize>()
 }

@@ -1549,3 +1549,48 @@ fn persistent_sessions_are_capped_per_user() {
     assert_eq!(code, 3);
     assert_eq!(refused(), 3.0);
 }
+
+/// An MQTT 5 PUBLISH's properties count against the memory budget with its
+/// payload: a user property runs to the packet's size, and a queue of tiny
+/// payloads with 60 KiB properties each was counted as ~100 bytes a message.
+#[test]
+fn properties_count_against_the_memory_budget() {
+    let broker =
+        TestBroker::start("limits:\n  memory_budget: 1048576\n  max_queued_messages: 1000\n");
+    let login = Some((USER, PASSWORD));
+    let (code, mut stalled) = RawClient::connect(broker.mqtt, 5, "stalled", login, None);
+    assert_eq!(code, 0);
+    assert_eq!(stalled.subscribe("props/#", 0), [0]);
+    // From here on the subscriber reads nothing.
+    let pid = broker.process.running().expect("running").pid();
+    let before = common::rss(pid);
+
+    let (code, mut publisher) = RawClient::connect(broker.mqtt, 5, "props", login, None);
+    assert_eq!(code, 0);
+    let value = vec![b'v'; 60 * 1024];
+    let mut properties = vec![0x26, 0, 1, b'k'];
+    properties.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    properties.extend_from_slice(&value);
+    let mut body = 7u16.to_be_bytes().to_vec();
+    body.extend_from_slice(b"props/x");
+    body.extend(remaining_length(properties.len()));
+    body.extend(properties);
+    body.push(b'x');
+    let packet = common::frame(0x30, body);
+    // 1 000 of them: 60 MiB of properties behind 1 000 one-byte payloads.
+    for _ in 0..1000 {
+        publisher.send(&packet);
+    }
+    assert!(publisher.ping(), "the publisher is still served");
+    let peak = common::peak_rss(pid);
+    eprintln!("RSS {} MiB before, peak {} MiB", before >> 20, peak >> 20);
+    assert!(broker.metric("hass_broker_queued_bytes", None) <= 1048576.0);
+    assert!(broker.metric("hass_broker_dropped_memory_budget", None) > 0.0);
+    assert!(
+        peak < before + (24 << 20),
+        "peak RSS {} MiB from {} MiB",
+        peak >> 20,
+        before >> 20
+    );
+    drop(stalled);
+}
