@@ -452,6 +452,9 @@ pub struct Broker {
     /// exporter does not probe the broker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exporter_password: Option<SecretKey>,
+    /// `memory_limit` also sets the broker's memory budgets (queued 40 %,
+    /// retained 20 %, subscriptions 10 % of it), so it sheds and refuses
+    /// before the kernel kills it; at least 64Mi.
     pub resources: Resources,
     /// The `<name>-mqtt` Service (LoadBalancer for devices on the LAN).
     pub service: ServiceValues,
@@ -1147,6 +1150,18 @@ impl Values {
             return err(
                 "postgres.external.volume_size",
                 format!("{size:?} is not a size like 50Gi"),
+            );
+        }
+        if self.broker.enabled
+            && quantity_bytes(&self.broker.resources.memory_limit).is_none_or(|b| b < 64 << 20)
+        {
+            return err(
+                "broker.resources.memory_limit",
+                format!(
+                    "{:?} is not a size of at least 64Mi like 512Mi (the broker's memory \
+                     budgets are set from it)",
+                    self.broker.resources.memory_limit
+                ),
             );
         }
         if self.postgres.backup.enabled && self.postgres.mode == PostgresMode::Disabled {

@@ -675,3 +675,61 @@ fn an_rfc2217_port_is_served_like_the_raw_one() {
         "{text}"
     );
 }
+
+/// The broker's memory budgets are shares of its container's memory limit,
+/// so the broker sheds and refuses before the kernel kills it: together at
+/// most 70 % of the limit, whatever the limit, in a config the broker itself
+/// accepts.
+#[test]
+fn the_brokers_budgets_fit_its_memory_limit() {
+    for (limit, bytes) in [
+        ("128Mi", 128u64 << 20),
+        ("512Mi", 512 << 20),
+        ("2Gi", 2 << 30),
+    ] {
+        let ms = render(&format!(
+            "broker:\n  resources:\n    cpu_request: 20m\n    memory_request: 64Mi\n    \
+             cpu_limit: 500m\n    memory_limit: {limit}\n"
+        ));
+        let text = broker_yaml(&ms);
+        let config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let budget = |key: &str| {
+            config["limits"][key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{key}: {text}"))
+        };
+        let all =
+            budget("memory_budget") + budget("retained_budget") + budget("subscription_budget");
+        assert!(
+            all <= bytes * 7 / 10,
+            "{limit}: {all} bytes of budgets\n{text}"
+        );
+        assert!(budget("subscription_budget_per_client") <= budget("subscription_budget"));
+        assert!(
+            budget("retained_budget") >= 16 << 20,
+            "{limit}: room for discovery"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.yaml");
+        // Paths of the pod's mounts, here in a folder of the test's.
+        let local = text
+            .replace("/data", &dir.path().join("data").display().to_string())
+            .replace("/run/secrets/mqtt/", &format!("{}/", dir.path().display()));
+        std::fs::write(&path, local).unwrap();
+        std::fs::write(dir.path().join("passwd"), "").unwrap();
+        std::fs::write(dir.path().join("acl"), "").unwrap();
+        let broker = hass_test_support::binary::workspace_binary("hass-broker").unwrap();
+        let out = Command::new(broker)
+            .arg("--check-config")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{limit}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -213,3 +213,14 @@ fn a_git_source_needs_an_https_url_without_credentials() {
         "{e}"
     );
 }
+
+#[test]
+fn the_brokers_memory_limit_must_be_a_size_its_budgets_can_come_from() {
+    for limit in ["0.5Gi", "32Mi", "lots"] {
+        let e = load(&format!(
+            "broker:\n  resources:\n    cpu_request: 20m\n    memory_request: 16Mi\n    \
+             cpu_limit: 500m\n    memory_limit: {limit}\n"
+        ));
+        assert!(e.starts_with(":6:5: broker.resources.memory_limit:"), "{e}");
+    }
+}
