@@ -88,6 +88,8 @@ fn failing_everything(values: &hass_manifests::Values, docs: &[(String, Value)])
             "0x60",
         ),
         series(r#"hass_exporter_bridge_up{bridge="b"}"#, "0x60"),
+        // One retained message refused a minute, from the start.
+        series("hass_broker_retained_refused_total", "0+1x60"),
     ];
     if let Some(bytes) = values
         .postgres
@@ -194,6 +196,7 @@ fn each_alert_fires_when_its_summary_says_and_not_a_minute_before() {
         "RecorderDatabaseVolumeNearFull",
         "RecorderDatabaseNearFull",
         "SerialStickUnplugged",
+        "MqttBrokerAtItsLimits",
     ] {
         assert!(
             tested.iter().any(|a| a == alert),

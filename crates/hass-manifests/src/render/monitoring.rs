@@ -219,6 +219,23 @@ fn rules(values: &Values) -> Vec<Rule> {
             summary: "No MQTT publish through hass-broker has come back for 2 minutes",
         });
     }
+    if values.broker.enabled {
+        // Over its budgets the broker stays up and refuses what does not
+        // fit: a discovery topic not kept is a device gone at Home
+        // Assistant's next start, so someone should look.
+        specs.push(AlertSpec {
+            alert: "MqttBrokerAtItsLimits",
+            expr: "increase(hass_broker_retained_refused_total[5m]) > 0 \
+                   or increase(hass_broker_subscriptions_refused_total[5m]) > 0 \
+                   or increase(hass_broker_auth_failures_total{reason=\"too_many_sessions\"}[5m]) > 0"
+                .to_owned(),
+            for_: None,
+            severity: "warning",
+            summary: "hass-broker has been refusing retained messages, subscriptions or \
+                      persistent sessions over its limits (limits.retained_budget, \
+                      subscription_budget, max_persistent_sessions_per_user) for 1 minute",
+        });
+    }
     if !serial_bridge::node_groups(values).is_empty() {
         specs.push(AlertSpec {
             alert: "SerialStickUnplugged",
