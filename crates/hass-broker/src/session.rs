@@ -2,14 +2,14 @@
 //! QoS 1/2 exchanges in flight in both directions, and the live connection
 //! (if any). Persistent sessions outlive their connection.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
+use futures_util::task::AtomicWaker;
 use rumqttd::protocol::QoS;
-use tokio::sync::Notify;
 
 use crate::acl::ClientAcl;
 use crate::codec::Version;
@@ -100,7 +100,12 @@ pub enum CloseRequest {
 /// reading `last_heard`.
 #[derive(Debug)]
 pub struct LinkSignal {
-    notify: Notify,
+    /// The connection's task, woken by `wake` and `close`. A waker kept
+    /// here, not a `Notify`, so the connection waits on an 8-byte future
+    /// instead of holding a 64-byte `Notified` in every idle task.
+    waker: AtomicWaker,
+    /// A `wake` or `close` not yet seen by the connection.
+    pending: AtomicBool,
     /// 0, or the first `CloseRequest` made.
     close: AtomicU8,
     /// The client's Keep Alive, seconds; 0: none.
@@ -122,7 +127,8 @@ impl LinkSignal {
     /// A signal for a client that has just connected with `keep_alive` seconds.
     pub fn new(keep_alive: u16) -> Self {
         Self {
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
+            pending: AtomicBool::new(false),
             close: AtomicU8::new(0),
             keep_alive,
             last_heard: AtomicU64::new(millis(Instant::now())),
@@ -159,7 +165,8 @@ impl LinkSignal {
 
     /// The session has something to send.
     pub fn wake(&self) {
-        self.notify.notify_one();
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Asks the connection to close; the first reason given wins.
@@ -167,7 +174,7 @@ impl LinkSignal {
         let _ = self
             .close
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.wake();
     }
 
     pub fn close_requested(&self) -> Option<CloseRequest> {
@@ -182,9 +189,20 @@ impl LinkSignal {
     }
 
     /// Completes after a `wake` or `close` made since the last completion
-    /// (a signal sent while nobody waits is kept for the next wait).
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// (a signal sent while nobody waits is kept for the next wait). One
+    /// task waits at a time: the connection's.
+    pub fn notified(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            if self.pending.swap(false, Ordering::AcqRel) {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // A wake between the check and the registration found no waker.
+            if self.pending.swap(false, Ordering::AcqRel) {
+                return std::task::Poll::Ready(());
+            }
+            std::task::Poll::Pending
+        })
     }
 }
 
@@ -212,7 +230,8 @@ pub struct Session {
     /// Seconds the session outlives its connection; 0 = not at all,
     /// `u32::MAX` = forever (MQTT 3.1.1 `clean_session = false`).
     pub expiry_interval: u32,
-    pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// A B-tree: 24 bytes where a `HashMap` is 48, in every session.
+    pub subscriptions: BTreeMap<String, SubscriptionOptions>,
     /// What `subscriptions` costs, by `subscription_index::cost`.
     pub subscription_bytes: usize,
     pub queue: VecDeque<Delivery>,
@@ -224,7 +243,8 @@ pub struct Session {
     queued_live_qos0: usize,
     pub inflight: BTreeMap<u16, Inflight>,
     /// QoS 2 packet ids received (PUBREC sent) and not yet released.
-    pub incoming_qos2: HashSet<u16>,
+    /// A B-tree: 24 bytes where a `HashSet` is 48, and few clients use QoS 2.
+    pub incoming_qos2: BTreeSet<u16>,
     next_pkid: u16,
     pub link: Option<Link>,
     pub disconnected_at: Option<SystemTime>,
@@ -246,14 +266,14 @@ impl Session {
         Self {
             client_id,
             expiry_interval,
-            subscriptions: HashMap::new(),
+            subscriptions: BTreeMap::new(),
             subscription_bytes: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
             queued_replays: 0,
             queued_live_qos0: 0,
             inflight: BTreeMap::new(),
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             next_pkid: 0,
             link: None,
             disconnected_at: None,

@@ -1348,16 +1348,13 @@ fn subscriptions_are_bounded_in_bytes_per_client_and_in_all() {
         broker.metric("hass_broker_subscriptions_bytes", None),
         held_by_ha
     );
-    // One log line per connection that met a budget, not one a SUBSCRIBE.
-    assert_eq!(
-        broker
-            .stderr()
-            .matches("over the subscription budget")
-            .count(),
-        3,
-        "{}",
-        broker.stderr()
-    );
+    // Logged at the 1st, 2nd, 4th... refusal of each kind: 12 and 11
+    // lines for ~3 700 and ~1 900 refusals, not one a filter.
+    let lines = broker
+        .stderr()
+        .matches("over the subscription budget")
+        .count();
+    assert!((2..=24).contains(&lines), "{lines} lines");
 }
 
 /// Retained messages are bounded in bytes: a client that retains large
