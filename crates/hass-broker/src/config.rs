@@ -243,6 +243,13 @@ pub struct LimitsConfig {
     /// unavailable); coming back to a session held already always works.
     /// Default 1 000: an offline session is ~700 bytes.
     pub max_persistent_sessions_per_user: usize,
+    /// Bytes that packets over 64 KiB may hold, in all, while they are
+    /// still arriving: each client may send up to `max_packet_size`, and
+    /// thousands may connect. A client in the middle of one when the rest
+    /// are at the budget is disconnected (MQTT 5: 0x97 Quota exceeded) and
+    /// counted in `hass_broker_partial_packet_budget_disconnects_total`. At
+    /// least `max_packet_size` and one read. Default 64 MiB.
+    pub partial_packet_budget: usize,
 }
 
 impl LimitsConfig {
@@ -273,6 +280,7 @@ impl Default for LimitsConfig {
             subscription_budget: router.subscription_budget,
             retained_budget: router.retained_budget,
             max_persistent_sessions_per_user: router.max_persistent_sessions_per_user,
+            partial_packet_budget: 64 * 1024 * 1024,
             max_connect_size: 64 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 1_000,

@@ -62,6 +62,9 @@ pub struct ConnectionContext {
     pub receive_maximum: u16,
     /// How long a write may wait for the client to read.
     pub write_timeout: Duration,
+    /// `limits.partial_packet_budget`: bytes all clients' large packets
+    /// may hold while they are still arriving.
+    pub partial_packet_budget: usize,
     /// Caps on connections and handshakes, in all and per address.
     pub admission: Arc<hass_runtime::admission::Admission>,
     /// Password checks off the runtime, slowed for guessers.
@@ -91,6 +94,10 @@ impl ConnectionContext {
             max_topic_alias: limits.max_topic_alias,
             receive_maximum: limits.receive_maximum.max(1),
             write_timeout: limits.write_timeout,
+            // A packet of the largest size can always arrive on its own.
+            partial_packet_budget: limits
+                .partial_packet_budget
+                .max(limits.max_packet_size + READ_CHUNK),
             admission: hass_runtime::admission::Admission::new(limits.admission()),
             auth_gate: crate::auth_gate::AuthGate::for_this_machine(),
             committed,
@@ -522,6 +529,8 @@ impl Connection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // What arrived after CONNECT in the handshake's reads.
+        self.count_partial(0);
         // Resend what was in flight when the session was last connected.
         let resend = self.ctx.router.resume(&self.client_id, self.conn_id);
         for out in resend {
@@ -538,6 +547,9 @@ impl Connection {
         loop {
             if let Some(request) = self.signal.close_requested() {
                 return self.close_requested(stream, request).await;
+            }
+            if let Some(close) = self.over_partial_packet_budget() {
+                return self.goodbye(stream, close).await;
             }
             self.release_idle_buffers();
             // Boxed, and only while acknowledgements wait for the store: an
@@ -569,6 +581,7 @@ impl Connection {
                 Event::Read(Ok(n)) => {
                     self.ctx.metrics.bytes_received.inc_by(n as u64);
                     self.signal.heard_from(Instant::now());
+                    self.count_partial(self.rbuf.len() - n);
                     if let Some(close) = self.handle_packets() {
                         return self.goodbye(stream, close).await;
                     }
@@ -668,6 +681,44 @@ impl Connection {
     /// too. With 50 flooding publishers and one subscriber, 20 % of what
     /// was published was delivered without this, 96 % with it.
     fn handle_packets(&mut self) -> Option<Close> {
+        let before = self.rbuf.len();
+        let close = self.handle_buffered_packets();
+        self.count_partial(before);
+        close
+    }
+
+    /// Keeps `hass_broker_partial_packets_bytes` equal to what the read
+    /// buffers of all connections hold of packets over `LARGE_PARTIAL`,
+    /// given what this one held before its buffer last changed.
+    fn count_partial(&self, before: usize) {
+        let (was, is) = (large_partial(before), large_partial(self.rbuf.len()));
+        let gauge = &self.ctx.metrics.partial_packets;
+        if is > was {
+            gauge.inc_by(i64::try_from(is - was).unwrap_or(i64::MAX));
+        } else if was > is {
+            gauge.dec_by(i64::try_from(was - is).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Mid-way through a large packet, with all clients' large packets at
+    /// `limits.partial_packet_budget`: closed (MQTT 5: 0x97 Quota
+    /// exceeded) rather than read on. Each authenticated client may send up
+    /// to `max_packet_size`, and thousands may connect.
+    fn over_partial_packet_budget(&mut self) -> Option<Close> {
+        let held = usize::try_from(self.ctx.metrics.partial_packets.get()).unwrap_or(0);
+        if large_partial(self.rbuf.len()) == 0
+            || held + READ_CHUNK <= self.ctx.partial_packet_budget
+        {
+            return None;
+        }
+        self.ctx.metrics.partial_packet_disconnects.inc();
+        self.disconnect_packet(DisconnectReasonCode::QuotaExceeded);
+        Some(Close::Protocol(
+            "large packets of all clients over partial_packet_budget".into(),
+        ))
+    }
+
+    fn handle_buffered_packets(&mut self) -> Option<Close> {
         self.turn_ended_early = false;
         let shed_before = self.shed_before_a_ready_reader();
         loop {
@@ -1290,6 +1341,29 @@ async fn read_some<S: AsyncRead + Unpin>(
 
 /// The most one read takes from the socket.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// A read buffer over this size holds part of a large packet: its bytes
+/// count against `limits.partial_packet_budget`. Below it, what a client
+/// holds is bounded by the connection caps alone.
+const LARGE_PARTIAL: usize = 64 * 1024;
+
+/// What a read buffer of `len` bytes counts against the budget.
+fn large_partial(len: usize) -> usize {
+    if len > LARGE_PARTIAL { len } else { 0 }
+}
+
+impl Drop for Connection {
+    /// Gives back what the read buffer counted, however the connection ended.
+    fn drop(&mut self) {
+        let held = large_partial(self.rbuf.len());
+        if held > 0 {
+            self.ctx
+                .metrics
+                .partial_packets
+                .dec_by(i64::try_from(held).unwrap_or(i64::MAX));
+        }
+    }
+}
 
 /// Reads until a whole CONNECT is buffered and parses it. `Ok(None)`: the
 /// peer closed first.

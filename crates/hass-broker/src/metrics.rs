@@ -57,6 +57,10 @@ pub struct BrokerMetrics {
     pub auth_delayed: Counter,
     pub write_timeouts: Counter,
     pub connections_current: Gauge,
+    /// Bytes of large packets still arriving, in all connections' read
+    /// buffers (`limits.partial_packet_budget` caps it).
+    pub partial_packets: Gauge,
+    pub partial_packet_disconnects: Counter,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub malformed: Family<ReasonLabels, Counter>,
     pub messages_received: Family<QosLabels, Counter>,
@@ -99,6 +103,18 @@ impl BrokerMetrics {
             "clients_connected",
             "Clients connected now (after CONNACK)",
             self.connections_current.clone(),
+        );
+        registry.register_with_unit(
+            "partial_packets",
+            "Bytes of packets over 64 KiB still arriving, in all connections' read buffers",
+            Unit::Bytes,
+            self.partial_packets.clone(),
+        );
+        registry.register(
+            "partial_packet_budget_disconnects",
+            "Clients disconnected in the middle of a large packet, the others' being at \
+             limits.partial_packet_budget",
+            self.partial_packet_disconnects.clone(),
         );
         registry.register(
             "auth_failures",

@@ -1591,3 +1591,92 @@ fn properties_count_against_the_memory_budget() {
     );
     drop(stalled);
 }
+
+/// Each client that has logged in may send a packet of up to
+/// `max_packet_size`, and thousands may connect: the bytes of large packets
+/// still arriving are capped in all. Over `limits.partial_packet_budget`
+/// the clients in the middle of one are disconnected (MQTT 5: 0x97), and a
+/// large packet sent whole afterwards still goes through.
+#[test]
+fn large_packets_still_arriving_are_capped_in_all() {
+    let broker = TestBroker::start(
+        "limits:\n  max_packet_size: 1048576\n  partial_packet_budget: 2097152\n",
+    );
+    let login = Some((USER, PASSWORD));
+    let pid = broker.process.running().expect("running").pid();
+    let before = common::rss(pid);
+    // 40 clients each send 900 KiB of a 1 MiB PUBLISH, and no more.
+    let mut senders = Vec::new();
+    for i in 0..40 {
+        let (code, client) = RawClient::connect(broker.mqtt, 5, &format!("big{i}"), login, None);
+        assert_eq!(code, 0);
+        let mut head = vec![0x30];
+        head.extend(remaining_length(1024 * 1024));
+        head.extend_from_slice(&5u16.to_be_bytes());
+        head.extend_from_slice(b"big/x");
+        head.push(0);
+        let mut stream = client.stream;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        // A disconnected client's write fails: that is the point.
+        let _ = stream.write_all(&head);
+        let _ = stream.write_all(&vec![b'x'; 900 * 1024]);
+        senders.push(stream);
+    }
+    let cut_off = hass_test_support::wait_for(Duration::from_secs(20), || {
+        (broker.metric("hass_broker_partial_packet_budget_disconnects", None) >= 30.0).then_some(())
+    });
+    assert!(
+        cut_off.is_some(),
+        "{}",
+        hass_test_support::http::get(broker.admin, "/metrics")
+            .expect("metrics")
+            .body
+    );
+    assert!(broker.metric("hass_broker_partial_packets_bytes", None) <= 2097152.0);
+    let peak = common::peak_rss(pid);
+    eprintln!("RSS {} MiB before, peak {} MiB", before >> 20, peak >> 20);
+    // 36 MiB sent; the budget is 2 MiB, plus a read's worth a connection.
+    assert!(
+        peak < before + (16 << 20),
+        "peak RSS {} MiB from {} MiB",
+        peak >> 20,
+        before >> 20
+    );
+    drop(senders);
+    let released = hass_test_support::wait_for(Duration::from_secs(10), || {
+        (broker.metric("hass_broker_partial_packets_bytes", None) == 0.0).then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "the closed clients' bytes are given back"
+    );
+    // A large packet sent whole goes through.
+    let subscriber = broker.paho_subscribed(
+        4,
+        true,
+        &[
+            "subscribe",
+            "--filter",
+            "big/#",
+            "--expect",
+            "1",
+            "--timeout",
+            "10",
+        ],
+    );
+    let published = broker.paho(
+        4,
+        true,
+        &[
+            "publish-many",
+            "--topic",
+            "big/y",
+            "--payload-size",
+            "524288",
+        ],
+    );
+    assert_eq!(published["acked"], 1, "{published}");
+    assert_eq!(subscriber.finish()["count"], 1);
+}
