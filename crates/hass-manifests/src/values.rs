@@ -453,8 +453,9 @@ pub struct Broker {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exporter_password: Option<SecretKey>,
     /// `memory_limit` also sets the broker's memory budgets (queued 40 %,
-    /// retained 20 %, subscriptions 10 % of it), so it sheds and refuses
-    /// before the kernel kills it; at least 64Mi.
+    /// retained 20 %, subscriptions 10 %, large packets still arriving
+    /// 10 % of it), so it sheds and refuses before the kernel kills it; at
+    /// least 64Mi.
     pub resources: Resources,
     /// The `<name>-mqtt` Service (LoadBalancer for devices on the LAN).
     pub service: ServiceValues,

@@ -316,7 +316,8 @@ fn admin_section(values: &Values, config: &mut serde_json::Value, port: i32) {
 /// so it sheds queued messages and refuses new retained messages and
 /// subscriptions before the kernel kills it: queued 40 %, retained 20 %,
 /// subscriptions 10 % (a client at most 8 MiB of them, the broker's
-/// default), the rest for connections, packets being read and the process.
+/// default), large packets still arriving 10 % (the broker raises it to one
+/// packet of `max_packet_size`), the rest for connections and the process.
 /// The limit was checked when the values were loaded.
 fn broker_budgets(memory_limit: &str) -> serde_json::Value {
     let limit = crate::values::quantity_bytes(memory_limit).unwrap_or(512 << 20);
@@ -326,6 +327,7 @@ fn broker_budgets(memory_limit: &str) -> serde_json::Value {
         "retained_budget": limit / 5,
         "subscription_budget": subscriptions,
         "subscription_budget_per_client": subscriptions.min(8 << 20),
+        "partial_packet_budget": limit / 10,
     })
 }
 
