@@ -960,15 +960,13 @@ impl Router {
             .iter()
             .map(|f| session.subscriptions.remove(f).is_some())
             .collect();
-        for (filter, _) in filters.iter().zip(&existed).filter(|(_, e)| **e) {
-            let cost = subscription_index::cost(filter);
-            session.subscription_bytes -= cost;
-            *subscription_bytes -= cost;
-        }
         for (filter, existed) in filters.iter().zip(&existed) {
             leave_group(shared, filter, client_id);
             if *existed {
                 index.remove(filter, client_id);
+                let cost = subscription_index::cost(filter);
+                session.subscription_bytes -= cost;
+                *subscription_bytes -= cost;
             }
             if *existed && session.is_persistent() {
                 self.submit(Op::DeleteSubscription {
