@@ -3,6 +3,7 @@
 //! availability topic live here; losing or truncating them makes devices vanish.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -27,22 +28,36 @@ impl RetainedStore {
         if message.payload.is_empty() {
             return self.remove(&message.topic);
         }
-        self.bytes += message.weight();
-        let system = message.topic.starts_with(SYSTEM_PREFIX);
-        match self.by_topic.insert(message.topic.clone(), message) {
-            Some(old) => self.bytes -= old.weight(),
-            None if system => self.system += 1,
-            None => {}
-        }
-        true
+        self.set_within(message, usize::MAX)
     }
 
-    /// Whether storing `message` keeps retained messages within `budget`
-    /// bytes, or does not add to them (a replacement no larger than the
-    /// message it replaces always fits).
-    pub fn fits(&self, message: &Message, budget: usize) -> bool {
-        let old = self.by_topic.get(&message.topic).map_or(0, |m| m.weight());
-        message.weight() <= old || self.bytes - old + message.weight() <= budget
+    /// Stores `message` (a non-empty payload) if retained messages stay
+    /// within `budget` bytes, or it is no larger than the message it
+    /// replaces; returns whether it was stored. One lookup of the topic.
+    pub fn set_within(&mut self, message: Arc<Message>, budget: usize) -> bool {
+        let weight = message.weight();
+        let system = message.topic.starts_with(SYSTEM_PREFIX);
+        match self.by_topic.entry(message.topic.clone()) {
+            Entry::Occupied(mut slot) => {
+                let old = slot.get().weight();
+                if weight > old && self.bytes - old + weight > budget {
+                    return false;
+                }
+                self.bytes = self.bytes - old + weight;
+                slot.insert(message);
+            }
+            Entry::Vacant(slot) => {
+                if self.bytes.saturating_add(weight) > budget {
+                    return false;
+                }
+                self.bytes += weight;
+                if system {
+                    self.system += 1;
+                }
+                slot.insert(message);
+            }
+        }
+        true
     }
 
     pub fn remove(&mut self, topic: &str) -> bool {

@@ -591,8 +591,10 @@ impl Router {
                 if state.retained.remove(&message.topic) {
                     last_seq = self.submit(Op::DeleteRetained(message.topic.clone()));
                 }
-            } else if state.retained.fits(&message, self.limits.retained_budget) {
-                state.retained.set(message.clone());
+            } else if state
+                .retained
+                .set_within(message.clone(), self.limits.retained_budget)
+            {
                 last_seq = self.submit(Op::PutRetained(message.clone()));
             } else {
                 self.retained_over_budget(state, &message.topic);
