@@ -279,6 +279,19 @@ pub fn peak_rss(pid: u32) -> u64 {
     proc_status_bytes(pid, "VmHWM:")
 }
 
+/// Asserts that a process's peak resident memory is less than `limit_mib`
+/// MiB above `before` (its RSS when the test began), and prints both.
+pub fn assert_peak_rss_grew_less_than(pid: u32, before: u64, limit_mib: u64) {
+    let peak = peak_rss(pid);
+    eprintln!("RSS {} MiB before, peak {} MiB", before >> 20, peak >> 20);
+    assert!(
+        peak < before + (limit_mib << 20),
+        "peak RSS {} MiB from {} MiB",
+        peak >> 20,
+        before >> 20
+    );
+}
+
 /// Resident memory of a process now, from /proc, in bytes.
 pub fn rss(pid: u32) -> u64 {
     proc_status_bytes(pid, "VmRSS:")
