@@ -802,6 +802,25 @@ async fn idle_connections(broker: &Broker, dir: &Path, count: usize, transport: 
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    if let (Some(admin), Transport::Tcp) = (broker.admin, transport) {
+        // hass-broker parks a plain TCP connection after two quiet sweeps
+        // (2-3 s): measure what an idle connection holds once parked.
+        let parked = tokio::task::spawn_blocking(move || {
+            hass_test_support::wait_for(Duration::from_secs(10), || {
+                let body = hass_test_support::http::get(admin, "/metrics").ok()?.body;
+                let families = hass_test_support::openmetrics::parse(&body).ok()?;
+                let family =
+                    hass_test_support::openmetrics::find(&families, "hass_broker_clients_parked")?;
+                let parked = family.samples.first()?.value;
+                (parked >= count as f64).then_some(parked)
+            })
+        })
+        .await
+        .expect("wait for parking");
+        if parked.is_none() {
+            eprintln!("hass-broker: not all {count} idle connections parked within 10 s");
+        }
+    }
     let (_, _, after) = usage(pid);
     (after.saturating_sub(before)) as f64 / count as f64
 }

@@ -38,8 +38,12 @@ use crate::metrics::BrokerMetrics;
 use crate::router::{
     AckKind, ConnectRefused, ConnectRequest, Departure, Outgoing, Router, SubscribeResult,
 };
-use crate::session::{CloseRequest, LinkSignal, SubscriptionOptions};
+use crate::session::{CloseRequest, LinkSignal, ParkAsk, SubscriptionOptions};
 use crate::{topic, topic_alias};
+use hass_runtime::admission::Admitted;
+
+mod parking;
+pub use parking::ParkingLot;
 
 /// Settings every connection shares.
 #[derive(Debug)]
@@ -72,6 +76,9 @@ pub struct ConnectionContext {
     /// Store commits, when a store is configured. (Shutdown reaches
     /// connections through the router: `Router::close_all`.)
     pub committed: Option<watch::Receiver<u64>>,
+    /// Where idle plain-TCP connections wait without a task, once the
+    /// first MQTT listener has set it up (`None`: it could not be).
+    pub parking: std::sync::OnceLock<Option<Arc<ParkingLot>>>,
 }
 
 impl ConnectionContext {
@@ -101,8 +108,16 @@ impl ConnectionContext {
             admission: hass_runtime::admission::Admission::new(limits.admission()),
             auth_gate: crate::auth_gate::AuthGate::for_this_machine(),
             committed,
+            parking: std::sync::OnceLock::new(),
         }
     }
+}
+
+/// Why `Connection::run` returned.
+enum Stop {
+    Close(Close),
+    /// Idle since the sweep last asked: the connection goes to the parking lot.
+    Park,
 }
 
 /// Why a connection ended, for logs and the will decision.
@@ -129,7 +144,7 @@ pub fn serve<S>(
     ctx: Arc<ConnectionContext>,
 ) -> impl std::future::Future<Output = ()>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let handshake = Box::pin(async move {
         // Over a handshake cap, a connection waits its turn (as long as it
@@ -160,24 +175,48 @@ where
         };
         admitted.handshake_done();
         conn.ctx.metrics.connections_current.inc();
-        let close = conn.run(&mut stream).await;
-        let client_id = &conn.client_id;
-        let departure = match &close {
-            Close::Departure(d) => *d,
-            Close::Protocol(reason) => {
-                debug!(client_id = %Untrusted(client_id), "closing: {reason}");
-                Departure::Abnormal
-            }
-            Close::Io(e) => {
-                debug!(client_id = %Untrusted(client_id), "connection lost: {e}");
-                Departure::Abnormal
-            }
+        if is_tcp::<S>() && conn.ctx.parking.get().is_some_and(Option::is_some) {
+            conn.signal.allow_parking();
+        }
+        // `if let`, not `match`: its scrutinee is gone before `run` is
+        // awaited, instead of taking 24 bytes of every idle connection.
+        let stop = if let Some(close) = conn.start(&mut stream).await {
+            Stop::Close(close)
+        } else {
+            conn.run(&mut stream).await
         };
-        conn.ctx
-            .router
-            .disconnect(client_id, conn.conn_id, departure);
-        conn.ctx.metrics.connections_current.dec();
+        stopped(conn, stream, admitted, stop);
     }
+}
+
+/// Closes the connection, or parks it.
+fn stopped<S: 'static>(conn: Connection, stream: S, admitted: Admitted, stop: Stop) {
+    let close = match stop {
+        Stop::Close(close) => close,
+        Stop::Park => match (parkable(stream), conn.ctx.parking.get()) {
+            (Ok(tcp), Some(Some(lot))) => return lot.clone().park(conn.into_idle(), tcp, admitted),
+            (Ok(_), _) => Close::Io(std::io::ErrorKind::Unsupported.into()),
+            (Err(e), _) => Close::Io(e),
+        },
+    };
+    conn.finish(close);
+    drop(admitted);
+}
+
+/// Whether `S` is a plain TCP stream: only those park.
+fn is_tcp<S: 'static>() -> bool {
+    std::any::TypeId::of::<S>() == std::any::TypeId::of::<tokio::net::TcpStream>()
+}
+
+/// The socket under a plain TCP stream, off tokio's reactor. Only those
+/// are allowed to park, so anything else is an error here.
+fn parkable<S: 'static>(stream: S) -> std::io::Result<std::net::TcpStream> {
+    let mut slot = Some(stream);
+    (&mut slot as &mut dyn std::any::Any)
+        .downcast_mut::<Option<tokio::net::TcpStream>>()
+        .and_then(Option::take)
+        .ok_or_else(|| std::io::Error::other("only plain TCP connections park"))?
+        .into_std()
 }
 
 /// Reads CONNECT, authenticates, attaches the session and sends CONNACK.
@@ -516,6 +555,54 @@ struct Connection {
     turn_ended_early: bool,
 }
 
+/// What a parked connection keeps of its `Connection`: not its buffers and
+/// queue of acknowledgements, which are empty when it parks (56 bytes, not
+/// 152).
+struct IdleConnection {
+    ctx: Arc<ConnectionContext>,
+    client_id: Arc<str>,
+    conn_id: u64,
+    signal: Arc<LinkSignal>,
+    aliases: Option<Box<Aliases>>,
+    client_max_packet: u32,
+    incoming_qos2: u16,
+    version: Version,
+}
+
+impl Connection {
+    /// What an idle connection keeps while parked.
+    fn into_idle(mut self) -> IdleConnection {
+        IdleConnection {
+            ctx: self.ctx.clone(),
+            client_id: self.client_id.clone(),
+            conn_id: self.conn_id,
+            signal: self.signal.clone(),
+            aliases: self.aliases.take(),
+            client_max_packet: self.client_max_packet,
+            incoming_qos2: self.incoming_qos2,
+            version: self.version,
+        }
+    }
+
+    /// A parked connection, running again.
+    fn from_idle(idle: IdleConnection) -> Self {
+        Self {
+            ctx: idle.ctx,
+            version: idle.version,
+            client_id: idle.client_id,
+            conn_id: idle.conn_id,
+            signal: idle.signal,
+            client_max_packet: idle.client_max_packet,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            pending_acks: VecDeque::new(),
+            incoming_qos2: idle.incoming_qos2,
+            aliases: idle.aliases,
+            turn_ended_early: false,
+        }
+    }
+}
+
 /// A connection's MQTT 5 topic aliases: those the client set, and those
 /// the broker assigned on what it sent (when the client allows any).
 #[derive(Default)]
@@ -525,7 +612,9 @@ struct Aliases {
 }
 
 impl Connection {
-    async fn run<S>(&mut self, stream: &mut S) -> Close
+    /// The first turn after CONNACK: what was in flight, and what arrived
+    /// with CONNECT. `Some`: the connection ends here.
+    async fn start<S>(&mut self, stream: &mut S) -> Option<Close>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -538,20 +627,32 @@ impl Connection {
         }
         // Packets that arrived in the same read as CONNECT.
         if let Some(close) = self.handle_packets() {
-            return self.goodbye(stream, close).await;
+            return Some(self.goodbye(stream, close).await);
         }
         self.release_acks();
-        if let Err(e) = self.flush_queue(stream).await {
-            return e;
-        }
+        self.flush_queue(stream).await.err()
+    }
+
+    /// Serves the client until the connection closes, or parks when the
+    /// sweep asks and nothing has happened since it last asked.
+    async fn run<S>(&mut self, stream: &mut S) -> Stop
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         loop {
             if let Some(request) = self.signal.close_requested() {
-                return self.close_requested(stream, request).await;
+                return Stop::Close(self.close_requested(stream, request).await);
             }
             if let Some(close) = self.over_partial_packet_budget() {
-                return self.goodbye(stream, close).await;
+                return Stop::Close(self.goodbye(stream, close).await);
             }
             self.release_idle_buffers();
+            if self.signal.take_park_ask() == ParkAsk::Again {
+                if self.is_idle() {
+                    return Stop::Park;
+                }
+                self.signal.busy();
+            }
             // Boxed, and only while acknowledgements wait for the store: an
             // idle connection carries no commit waiter.
             let commit = self
@@ -576,14 +677,20 @@ impl Connection {
                     } } => Event::Committed,
                 }
             };
+            // Anything but the sweep's own ask is activity.
+            if !matches!(event, Event::Signal) || !self.signal.only_asked_to_park() {
+                self.signal.busy();
+            }
             match event {
-                Event::Read(Ok(0)) => return Close::Io(std::io::ErrorKind::UnexpectedEof.into()),
+                Event::Read(Ok(0)) => {
+                    return Stop::Close(Close::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
                 Event::Read(Ok(n)) => {
                     self.ctx.metrics.bytes_received.inc_by(n as u64);
                     self.signal.heard_from(Instant::now());
                     self.count_partial(self.rbuf.len() - n);
                     if let Some(close) = self.handle_packets() {
-                        return self.goodbye(stream, close).await;
+                        return Stop::Close(self.goodbye(stream, close).await);
                     }
                     // A full read means more is waiting: let the other
                     // connections (the subscribers this one floods among
@@ -595,17 +702,46 @@ impl Connection {
                 }
                 Event::Buffered => {
                     if let Some(close) = self.handle_packets() {
-                        return self.goodbye(stream, close).await;
+                        return Stop::Close(self.goodbye(stream, close).await);
                     }
                 }
-                Event::Read(Err(e)) => return Close::Io(e),
+                Event::Read(Err(e)) => return Stop::Close(Close::Io(e)),
                 Event::Signal | Event::Committed => {}
             }
             self.release_acks();
             if let Err(e) = self.flush_queue(stream).await {
-                return e;
+                return Stop::Close(e);
             }
         }
+    }
+
+    /// Nothing buffered either way, nothing waiting for the store: all the
+    /// connection holds is in `self` and its session.
+    fn is_idle(&self) -> bool {
+        self.rbuf.is_empty()
+            && self.wbuf.is_empty()
+            && self.pending_acks.is_empty()
+            && !self.turn_ended_early
+    }
+
+    /// Detaches from the session as `close` calls for.
+    fn finish(&self, close: Close) {
+        let client_id = &self.client_id;
+        let departure = match &close {
+            Close::Departure(d) => *d,
+            Close::Protocol(reason) => {
+                debug!(client_id = %Untrusted(client_id), "closing: {reason}");
+                Departure::Abnormal
+            }
+            Close::Io(e) => {
+                debug!(client_id = %Untrusted(client_id), "connection lost: {e}");
+                Departure::Abnormal
+            }
+        };
+        self.ctx
+            .router
+            .disconnect(client_id, self.conn_id, departure);
+        self.ctx.metrics.connections_current.dec();
     }
 
     /// Sends the DISCONNECT the router's close request calls for, then closes.

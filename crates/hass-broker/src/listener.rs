@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::connection::{self, ConnectionContext};
+use crate::connection::{self, ConnectionContext, ParkingLot};
 
 pub async fn bind(addr: SocketAddr, name: &str) -> Result<TcpListener, Fatal> {
     TcpListener::bind(addr)
@@ -26,6 +26,12 @@ pub async fn accept_loop(
     connections: TaskTracker,
     shutdown: Shutdown,
 ) {
+    // One parking lot for the broker's plain-TCP connections.
+    ctx.parking.get_or_init(|| {
+        ParkingLot::start(connections.clone(), ctx.metrics.connections_parked.clone())
+            .inspect_err(|e| warn!("idle connections will not park: {e}"))
+            .ok()
+    });
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

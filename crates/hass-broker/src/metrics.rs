@@ -57,6 +57,8 @@ pub struct BrokerMetrics {
     pub auth_delayed: Counter,
     pub write_timeouts: Counter,
     pub connections_current: Gauge,
+    /// Idle connections parked: no task, their sockets in the parking lot.
+    pub connections_parked: Gauge,
     /// Bytes of large packets still arriving, in all connections' read
     /// buffers (`limits.partial_packet_budget` caps it).
     pub partial_packets: Gauge,
@@ -103,6 +105,11 @@ impl BrokerMetrics {
             "clients_connected",
             "Clients connected now (after CONNACK)",
             self.connections_current.clone(),
+        );
+        registry.register(
+            "clients_parked",
+            "Idle clients parked without a task (included in clients_connected)",
+            self.connections_parked.clone(),
         );
         registry.register_with_unit(
             "partial_packets",

@@ -1234,12 +1234,15 @@ impl Router {
     /// Closes connections whose client has been silent for 1.5 times its
     /// Keep Alive. Called about once a second: a silent client is closed
     /// between 1.5 Keep Alive periods and a second later. One sweep instead
-    /// of a timer per connection keeps idle connections small.
+    /// of a timer per connection keeps idle connections small. The same
+    /// sweep asks connections that have heard nothing for a second to park.
     pub fn check_keepalives(&self, now: std::time::Instant) {
         let guard = self.lock();
         for link in guard.sessions.values().filter_map(|s| s.link.as_ref()) {
             if link.signal.keepalive_expired(now) {
                 link.signal.close(CloseRequest::KeepaliveExpired);
+            } else {
+                link.signal.suggest_park(now);
             }
         }
     }

@@ -114,13 +114,40 @@ pub struct LinkSignal {
     last_heard: AtomicU64,
     /// The connection waits for the client to read what it was sent.
     write_blocked: AtomicBool,
+    /// Where the connection stands on parking ([`crate::connection`]'s
+    /// parking lot): one of the `PARK_*` states.
+    park: AtomicU8,
 }
+
+/// The connection cannot park (not plain TCP, or no parking lot).
+const PARK_NEVER: u8 = 0;
+/// It may park, and has not been asked to since it was last busy.
+const PARK_ALLOWED: u8 = 1;
+/// The sweep asked it to park once.
+const PARK_ASKED: u8 = 2;
+/// It has seen the first ask and been quiet since.
+const PARK_QUIET: u8 = 3;
+/// The sweep asked again while it was quiet: it parks if idle.
+const PARK_ASKED_AGAIN: u8 = 4;
+/// It is parked: no task, its socket watched by the parking lot.
+const PARKED: u8 = 5;
 
 /// Milliseconds since the first call in this process: a monotonic clock
 /// that fits an atomic.
 pub fn millis(at: Instant) -> u64 {
     static START: LazyLock<Instant> = LazyLock::new(Instant::now);
     u64::try_from(at.saturating_duration_since(*START).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What the sweep's ask to park means to the connection, at its next turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkAsk {
+    /// No ask since the last turn.
+    None,
+    /// The first ask: nothing to do but note it.
+    First,
+    /// Asked twice with nothing happening in between: park if idle.
+    Again,
 }
 
 impl LinkSignal {
@@ -133,7 +160,109 @@ impl LinkSignal {
             keep_alive,
             last_heard: AtomicU64::new(millis(Instant::now())),
             write_blocked: AtomicBool::new(false),
+            park: AtomicU8::new(PARK_NEVER),
         }
+    }
+
+    /// The connection can park (plain TCP with a parking lot), and parks
+    /// as soon as it first has nothing to do: most clients are idle after
+    /// CONNECT and SUBSCRIBE, and a task given back at once is reused by
+    /// the next connection instead of staying in the heap's high-water
+    /// mark while a burst of clients connects.
+    pub fn allow_parking(&self) {
+        self.park.store(PARK_ASKED_AGAIN, Ordering::Release);
+    }
+
+    /// The connection cannot park after all.
+    pub fn forbid_parking(&self) {
+        self.park.store(PARK_NEVER, Ordering::Release);
+    }
+
+    /// Asks a connection that may park to park if it has been quiet since
+    /// the last ask, when it has not heard from its client for a second.
+    /// Parked and unparkable connections are not woken.
+    pub fn suggest_park(&self, now: Instant) {
+        let silent = millis(now).saturating_sub(self.last_heard.load(Ordering::Relaxed));
+        if silent < 1000 || self.write_blocked() {
+            return;
+        }
+        let asked = match self.park.load(Ordering::Acquire) {
+            PARK_ALLOWED => PARK_ASKED,
+            PARK_QUIET => PARK_ASKED_AGAIN,
+            _ => return,
+        };
+        let from = if asked == PARK_ASKED {
+            PARK_ALLOWED
+        } else {
+            PARK_QUIET
+        };
+        if self
+            .park
+            .compare_exchange(from, asked, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake();
+        }
+    }
+
+    /// The sweep's ask, taken by the connection at the top of its turn: a
+    /// first ask becomes "quiet", a second is the connection's to act on
+    /// (it parks, or calls `busy`).
+    pub fn take_park_ask(&self) -> ParkAsk {
+        match self.park.load(Ordering::Acquire) {
+            PARK_ASKED => {
+                let _ = self.park.compare_exchange(
+                    PARK_ASKED,
+                    PARK_QUIET,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                ParkAsk::First
+            }
+            PARK_ASKED_AGAIN => ParkAsk::Again,
+            _ => ParkAsk::None,
+        }
+    }
+
+    /// Whether a turn woken by this signal was only the sweep's ask.
+    pub fn only_asked_to_park(&self) -> bool {
+        matches!(
+            self.park.load(Ordering::Acquire),
+            PARK_ASKED | PARK_ASKED_AGAIN
+        )
+    }
+
+    /// Something happened: the connection is not quiet.
+    pub fn busy(&self) {
+        let state = self.park.load(Ordering::Acquire);
+        if matches!(state, PARK_QUIET | PARK_ASKED_AGAIN) {
+            let _ = self.park.compare_exchange(
+                state,
+                PARK_ALLOWED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
+    /// The connection parks: from now on `waker` stands for it. Returns
+    /// whether a wake or close came first (the caller unparks it then).
+    pub fn park(&self, waker: &std::task::Waker) -> bool {
+        self.park.store(PARKED, Ordering::Release);
+        self.waker.register(waker);
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// The connection runs again, and may park again later.
+    pub fn unpark(&self) {
+        let _ =
+            self.park
+                .compare_exchange(PARKED, PARK_ALLOWED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Whether the connection is parked.
+    pub fn is_parked(&self) -> bool {
+        self.park.load(Ordering::Acquire) == PARKED
     }
 
     /// The Keep Alive in force, seconds; 0: none.

@@ -496,6 +496,54 @@ fn mqttjs_publishes_discovery_and_reads_it_back_over_tcp_and_websockets() {
     );
 }
 
+/// An idle client's connection parks (no task, its socket in the parking
+/// lot) and is served as before: what it sends is handled in its turn
+/// against a client that is not parked (a parked subscriber's SUBSCRIBE,
+/// then an active publisher's PUBLISH: the message arrives, 40 times), it
+/// gets what is published to it, and its PINGREQ is answered.
+#[test]
+fn a_parked_connection_keeps_its_turn_and_its_service() {
+    let broker = TestBroker::start("");
+    let login = Some((USER, PASSWORD));
+    let parked = |n: f64| {
+        hass_test_support::wait_for(std::time::Duration::from_secs(10), || {
+            (broker.metric("hass_broker_clients_parked", None) == n).then_some(())
+        })
+        .is_some()
+    };
+    let mut missed = Vec::new();
+    for round in 0..40 {
+        let (_, mut publisher) =
+            RawClient::connect(broker.mqtt, 4, &format!("p{round}"), login, None);
+        let (_, mut subscriber) =
+            RawClient::connect(broker.mqtt, 4, &format!("s{round}"), login, None);
+        // Both park once CONNACK is out; the publisher's PINGREQ brings it
+        // back, and it stays a task until the sweep has found it idle twice.
+        assert!(parked(2.0), "round {round}: both clients parked");
+        assert!(publisher.ping(), "round {round}: a parked client's PINGREQ");
+        assert!(parked(1.0), "round {round}: the publisher is a task again");
+        let topic = format!("turn/{round}");
+        subscriber.send(&common::subscribe_packet(&topic, 0));
+        publisher.send(&common::publish_packet(&topic, b"request"));
+        let (kind, _) = subscriber.read_packet().expect("SUBACK");
+        assert_eq!(kind, 0x90, "round {round}: expected SUBACK");
+        publisher.send(&common::publish_packet(&topic, b"marker"));
+        let (kind, body) = subscriber.read_packet().expect("a PUBLISH");
+        assert_eq!(kind & 0xf0, 0x30, "round {round}: expected PUBLISH");
+        if body.ends_with(b"marker") {
+            missed.push(round);
+        } else {
+            // The marker too, to a subscriber that may have parked again.
+            let (_, body) = subscriber.read_packet().expect("the marker");
+            assert!(body.ends_with(b"marker"), "round {round}");
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "rounds whose message was missed: {missed:?}"
+    );
+}
+
 /// Packets that arrive on two connections are applied in the order they
 /// arrived, as Mosquitto does (Eclipse Paho's `test_request_response` and
 /// `test_subscribe_options` count on it): one client's SUBSCRIBE, then,
