@@ -448,6 +448,42 @@ fn a_session_taken_over_is_told_so_before_it_is_closed() {
     );
 }
 
+/// Every reason to close reaches a parked connection (no task, its socket
+/// in the parking lot) as it does a running one: Keep Alive (0x8D), a
+/// takeover (0x8E) and shutdown (0x8B), each with the client known to be
+/// parked first.
+#[test]
+fn a_parked_connection_is_told_why_it_is_closed() {
+    let mut broker = TestBroker::start("");
+    let parked = |broker: &TestBroker, n: f64| {
+        let seen = hass_test_support::wait_for(Duration::from_secs(10), || {
+            (broker.metric("hass_broker_clients_parked", None) == n).then_some(())
+        });
+        assert!(seen.is_some(), "{n} parked");
+    };
+    let told = |mut stream: TcpStream, code: u8| {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+        let mut all = Vec::new();
+        let _ = stream.read_to_end(&mut all);
+        assert!(
+            all.windows(3).any(|w| w[0] == 0xe0 && w[2] == code),
+            "no DISCONNECT {code:#x} in {all:02x?}"
+        );
+    };
+    let taken = connected_with_keepalive(&broker, "taken", 0);
+    let stays = connected_with_keepalive(&broker, "stays", 0);
+    let silent = connected_with_keepalive(&broker, "silent", 1);
+    parked(&broker, 3.0);
+    told(silent, 0x8d);
+    let _again = connected_with_keepalive(&broker, "taken", 0);
+    told(taken, 0x8e);
+    parked(&broker, 2.0);
+    assert_eq!(broker.stop(), Some(0));
+    told(stays, 0x8b);
+}
+
 #[test]
 fn sigterm_tells_mqtt5_clients_the_server_is_shutting_down() {
     let mut broker = TestBroker::start("");
