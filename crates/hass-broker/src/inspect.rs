@@ -242,7 +242,7 @@ fn client(session: &Session) -> ClientView {
     subscriptions.sort_unstable_by(|a, b| a.filter.cmp(&b.filter));
     ClientView {
         client_id: session.client_id.to_string(),
-        username: link.and_then(|l| l.username.clone()),
+        username: link.and_then(|l| l.username.as_deref().map(str::to_owned)),
         protocol: match link.map(|l| l.version) {
             Some(Version::V4) => "3.1.1",
             _ => "5",

@@ -188,7 +188,7 @@ struct RouterState {
 struct DelayedWill {
     due: SystemTime,
     message: Message,
-    username: Option<String>,
+    username: Option<Arc<str>>,
     acl: Option<Arc<ClientAcl>>,
 }
 
@@ -441,7 +441,7 @@ impl Router {
         session.disconnected_at = None;
         session.will = request.will.map(Box::new);
         session.will_delay = request.will_delay;
-        session.owner = Some(owner);
+        session.owner = Some(owner.clone());
         let signal = Arc::new(LinkSignal::new(request.keep_alive));
         if state.closing {
             signal.close(CloseRequest::ShuttingDown);
@@ -453,7 +453,8 @@ impl Router {
                 .receive_maximum
                 .clamp(1, self.limits.max_inflight.max(1)),
             version: request.version,
-            username: request.username,
+            // The owner's text, shared: one allocation a connection, not two.
+            username: request.username.is_some().then(|| owner.clone()),
             acl: request.acl,
             peer: request.peer,
             connected_at: SystemTime::now(),

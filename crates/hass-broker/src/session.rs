@@ -345,7 +345,7 @@ pub struct Link {
     pub receive_maximum: u16,
     pub version: Version,
     /// Who authenticated, to recompute the ACL when the file changes.
-    pub username: Option<String>,
+    pub username: Option<Arc<str>>,
     /// What the client may read; `None` when no ACL file is configured.
     pub acl: Option<Arc<ClientAcl>>,
     /// Where the client connected from; `None` for in-process callers.
