@@ -499,7 +499,8 @@ fn mqttjs_publishes_discovery_and_reads_it_back_over_tcp_and_websockets() {
 /// An idle client's connection parks (no task, its socket in the parking
 /// lot) and is served as before: what it sends is handled in its turn
 /// against a client that is not parked (a parked subscriber's SUBSCRIBE,
-/// then an active publisher's PUBLISH: the message arrives, 40 times), it
+/// then an active publisher's PUBLISH: the message arrives, 20 times; half
+/// were missed when the lot's task only spawned the parked one), it
 /// gets what is published to it, and its PINGREQ is answered.
 #[test]
 fn a_parked_connection_keeps_its_turn_and_its_service() {
@@ -512,7 +513,7 @@ fn a_parked_connection_keeps_its_turn_and_its_service() {
         .is_some()
     };
     let mut missed = Vec::new();
-    for round in 0..40 {
+    for round in 0..20 {
         let (_, mut publisher) =
             RawClient::connect(broker.mqtt, 4, &format!("p{round}"), login, None);
         let (_, mut subscriber) =
