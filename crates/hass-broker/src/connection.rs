@@ -8,7 +8,8 @@
 //! boxed and freed once it is done, the read and write buffers are given back
 //! whenever they are empty (reads land in a stack buffer first), and the
 //! router reaches the task through one [`crate::session::LinkSignal`] instead of a waiter per
-//! reason.
+//! reason. An idle plain-TCP connection goes further and parks: no task at
+//! all until its socket or its link has something for it (`parking`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -116,7 +117,8 @@ impl ConnectionContext {
 /// Why `Connection::run` returned.
 enum Stop {
     Close(Close),
-    /// Idle since the sweep last asked: the connection goes to the parking lot.
+    /// Idle at its first turn after CONNACK, or since the sweep last asked:
+    /// the connection goes to the parking lot.
     Park,
 }
 
@@ -633,8 +635,9 @@ impl Connection {
         self.flush_queue(stream).await.err()
     }
 
-    /// Serves the client until the connection closes, or parks when the
-    /// sweep asks and nothing has happened since it last asked.
+    /// Serves the client until the connection closes, or parks: at its
+    /// first idle turn after CONNACK, and when the sweep asks again with
+    /// nothing having happened since it last asked.
     async fn run<S>(&mut self, stream: &mut S) -> Stop
     where
         S: AsyncRead + AsyncWrite + Unpin,
