@@ -39,7 +39,7 @@ use crate::metrics::BrokerMetrics;
 use crate::router::{
     AckKind, ConnectRefused, ConnectRequest, Departure, Outgoing, Router, SubscribeResult,
 };
-use crate::session::{CloseRequest, LinkSignal, ParkAsk, SubscriptionOptions};
+use crate::session::{CloseRequest, LinkSignal, SubscriptionOptions};
 use crate::{topic, topic_alias};
 use hass_runtime::admission::Admitted;
 
@@ -650,7 +650,7 @@ impl Connection {
                 return Stop::Close(self.goodbye(stream, close).await);
             }
             self.release_idle_buffers();
-            if self.signal.take_park_ask() == ParkAsk::Again {
+            if self.signal.take_park_ask() {
                 if self.is_idle() {
                     return Stop::Park;
                 }

@@ -139,17 +139,6 @@ pub fn millis(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(*START).as_millis()).unwrap_or(u64::MAX)
 }
 
-/// What the sweep's ask to park means to the connection, at its next turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParkAsk {
-    /// No ask since the last turn.
-    None,
-    /// The first ask: nothing to do but note it.
-    First,
-    /// Asked twice with nothing happening in between: park if idle.
-    Again,
-}
-
 impl LinkSignal {
     /// A signal for a client that has just connected with `keep_alive` seconds.
     pub fn new(keep_alive: u16) -> Self {
@@ -186,15 +175,11 @@ impl LinkSignal {
         if silent < 1000 || self.write_blocked() {
             return;
         }
-        let asked = match self.park.load(Ordering::Acquire) {
+        let from = self.park.load(Ordering::Acquire);
+        let asked = match from {
             PARK_ALLOWED => PARK_ASKED,
             PARK_QUIET => PARK_ASKED_AGAIN,
             _ => return,
-        };
-        let from = if asked == PARK_ASKED {
-            PARK_ALLOWED
-        } else {
-            PARK_QUIET
         };
         if self
             .park
@@ -206,9 +191,9 @@ impl LinkSignal {
     }
 
     /// The sweep's ask, taken by the connection at the top of its turn: a
-    /// first ask becomes "quiet", a second is the connection's to act on
-    /// (it parks, or calls `busy`).
-    pub fn take_park_ask(&self) -> ParkAsk {
+    /// first ask becomes "quiet"; `true` for a second one, the connection's
+    /// to act on (it parks, or calls `busy`).
+    pub fn take_park_ask(&self) -> bool {
         match self.park.load(Ordering::Acquire) {
             PARK_ASKED => {
                 let _ = self.park.compare_exchange(
@@ -217,10 +202,9 @@ impl LinkSignal {
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 );
-                ParkAsk::First
+                false
             }
-            PARK_ASKED_AGAIN => ParkAsk::Again,
-            _ => ParkAsk::None,
+            state => state == PARK_ASKED_AGAIN,
         }
     }
 
@@ -258,11 +242,6 @@ impl LinkSignal {
         let _ =
             self.park
                 .compare_exchange(PARKED, PARK_ALLOWED, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    /// Whether the connection is parked.
-    pub fn is_parked(&self) -> bool {
-        self.park.load(Ordering::Acquire) == PARKED
     }
 
     /// The Keep Alive in force, seconds; 0: none.
