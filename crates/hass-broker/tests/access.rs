@@ -225,11 +225,8 @@ fn write_acl(broker: &TestBroker, text: &str) {
 }
 
 fn wait_for_metric(broker: &TestBroker, family: &str, label: Option<(&str, &str)>, at_least: f64) {
-    let reached = hass_test_support::wait_for(Duration::from_secs(10), || {
-        (broker.metric(family, label) >= at_least).then_some(())
-    });
     assert!(
-        reached.is_some(),
+        broker.await_metric(family, label, |v| v >= at_least),
         "{family} never reached {at_least}\n{}",
         broker.stderr()
     );

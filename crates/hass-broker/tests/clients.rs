@@ -506,12 +506,7 @@ fn mqttjs_publishes_discovery_and_reads_it_back_over_tcp_and_websockets() {
 fn a_parked_connection_keeps_its_turn_and_its_service() {
     let broker = TestBroker::start("");
     let login = Some((USER, PASSWORD));
-    let parked = |n: f64| {
-        hass_test_support::wait_for(std::time::Duration::from_secs(10), || {
-            (broker.metric("hass_broker_clients_parked", None) == n).then_some(())
-        })
-        .is_some()
-    };
+    let parked = |n: f64| broker.await_metric("hass_broker_clients_parked", None, |v| v == n);
     let mut missed = Vec::new();
     for round in 0..20 {
         let (_, mut publisher) =
@@ -523,15 +518,7 @@ fn a_parked_connection_keeps_its_turn_and_its_service() {
         assert!(parked(2.0), "round {round}: both clients parked");
         assert!(publisher.ping(), "round {round}: a parked client's PINGREQ");
         assert!(parked(1.0), "round {round}: the publisher is a task again");
-        let topic = format!("turn/{round}");
-        subscriber.send(&common::subscribe_packet(&topic, 0));
-        publisher.send(&common::publish_packet(&topic, b"request"));
-        let (kind, _) = subscriber.read_packet().expect("SUBACK");
-        assert_eq!(kind, 0x90, "round {round}: expected SUBACK");
-        publisher.send(&common::publish_packet(&topic, b"marker"));
-        let (kind, body) = subscriber.read_packet().expect("a PUBLISH");
-        assert_eq!(kind & 0xf0, 0x30, "round {round}: expected PUBLISH");
-        if body.ends_with(b"marker") {
+        if subscribe_then_publish(&mut subscriber, &mut publisher, &format!("turn/{round}")) {
             missed.push(round);
         } else {
             // The marker too, to a subscriber that may have parked again.
@@ -543,6 +530,26 @@ fn a_parked_connection_keeps_its_turn_and_its_service() {
         missed.is_empty(),
         "rounds whose message was missed: {missed:?}"
     );
+}
+
+/// The subscriber's SUBSCRIBE to `topic`, then, microseconds later, the
+/// publisher's PUBLISH "request" on it; once the SUBACK is in, a PUBLISH
+/// "marker". Whether the subscriber's first message was the marker: the
+/// request was applied before the subscription (a late request would
+/// come first), with no timeout to tell.
+fn subscribe_then_publish(
+    subscriber: &mut RawClient,
+    publisher: &mut RawClient,
+    topic: &str,
+) -> bool {
+    subscriber.send(&common::subscribe_packet(topic, 0));
+    publisher.send(&common::publish_packet(topic, b"request"));
+    let (kind, _) = subscriber.read_packet().expect("SUBACK");
+    assert_eq!(kind, 0x90, "{topic}: expected SUBACK");
+    publisher.send(&common::publish_packet(topic, b"marker"));
+    let (kind, body) = subscriber.read_packet().expect("a PUBLISH");
+    assert_eq!(kind & 0xf0, 0x30, "{topic}: expected PUBLISH");
+    body.ends_with(b"marker")
 }
 
 /// Packets that arrive on two connections are applied in the order they
@@ -563,17 +570,7 @@ fn packets_from_two_connections_are_applied_in_the_order_they_arrive() {
             RawClient::connect(broker.mqtt, 4, &format!("p{round}"), login, None);
         let (_, mut subscriber) =
             RawClient::connect(broker.mqtt, 4, &format!("s{round}"), login, None);
-        let topic = format!("order/{round}");
-        let subscribe = common::subscribe_packet(&topic, 0);
-        let request = common::publish_packet(&topic, b"request");
-        subscriber.send(&subscribe);
-        publisher.send(&request);
-        let (kind, _) = subscriber.read_packet().expect("SUBACK");
-        assert_eq!(kind, 0x90, "round {round}: expected SUBACK");
-        publisher.send(&common::publish_packet(&topic, b"marker"));
-        let (kind, body) = subscriber.read_packet().expect("a PUBLISH");
-        assert_eq!(kind & 0xf0, 0x30, "round {round}: expected PUBLISH");
-        if body.ends_with(b"marker") {
+        if subscribe_then_publish(&mut subscriber, &mut publisher, &format!("order/{round}")) {
             missed.push(round);
         }
     }

@@ -456,10 +456,8 @@ fn a_session_taken_over_is_told_so_before_it_is_closed() {
 fn a_parked_connection_is_told_why_it_is_closed() {
     let mut broker = TestBroker::start("");
     let parked = |broker: &TestBroker, n: f64| {
-        let seen = hass_test_support::wait_for(Duration::from_secs(10), || {
-            (broker.metric("hass_broker_clients_parked", None) == n).then_some(())
-        });
-        assert!(seen.is_some(), "{n} parked");
+        let seen = broker.await_metric("hass_broker_clients_parked", None, |v| v == n);
+        assert!(seen, "{n} parked");
     };
     let told = |mut stream: TcpStream, code: u8| {
         stream

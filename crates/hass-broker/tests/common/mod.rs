@@ -207,6 +207,20 @@ impl TestBroker {
             .map(|s| s.value)
             .sum()
     }
+
+    /// Waits (up to 10 s) until `family`'s value, labelled `label`,
+    /// satisfies `until`; whether it did.
+    pub fn await_metric(
+        &self,
+        family: &str,
+        label: Option<(&str, &str)>,
+        until: impl Fn(f64) -> bool,
+    ) -> bool {
+        hass_test_support::wait_for(std::time::Duration::from_secs(10), || {
+            until(self.metric(family, label)).then_some(())
+        })
+        .is_some()
+    }
 }
 
 impl Drop for TestBroker {
